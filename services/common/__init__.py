@@ -1,0 +1,1 @@
+"""Small shared parts used by every service."""

@@ -1,0 +1,1 @@
+"""Model zoo: DeepRecSys architectures as ONNX artifacts, and the NumPy reference."""

@@ -1,0 +1,77 @@
+"""In-process ONNX Runtime capacity: the physical limit every serving figure is compared to."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .artifact import Artifact
+from .inputs import random_inputs
+from .runtime import open_session
+
+DEFAULT_BATCH_SIZES = (1, 8, 32, 64, 128, 256, 512, 1024)
+
+
+def time_batches(session, batches: list[dict], min_seconds: float, min_runs: int = 5):
+    """Latencies (s) of back-to-back runs cycling over pre-made batches."""
+    for feeds in batches[:2]:
+        session.run(feeds)  # warm up allocator and caches
+    latencies, start = [], time.perf_counter()
+    while len(latencies) < min_runs or time.perf_counter() - start < min_seconds:
+        feeds = batches[len(latencies) % len(batches)]
+        t0 = time.perf_counter()
+        session.run(feeds)
+        latencies.append(time.perf_counter() - t0)
+    return np.array(latencies)
+
+
+def run(
+    artifact: Artifact,
+    batch_sizes=DEFAULT_BATCH_SIZES,
+    threads=(1, 2),
+    seconds: float = 1.0,
+    seed: int = 0,
+    log=print,
+) -> dict:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for n_threads in threads:
+        session = open_session(artifact.graph("whole"), "cpu", n_threads)
+        for batch in batch_sizes:
+            batches = [random_inputs(artifact.spec, batch, rng) for _ in range(4)]
+            lat = time_batches(session, batches, seconds)
+            row = {
+                "threads": n_threads,
+                "batch_size": batch,
+                "runs": len(lat),
+                "p50_ms": float(np.percentile(lat, 50) * 1e3),
+                "p99_ms": float(np.percentile(lat, 99) * 1e3),
+                "items_per_s": float(batch * len(lat) / lat.sum()),
+            }
+            rows.append(row)
+            log(
+                f"{n_threads:>7} {batch:>6} {row['runs']:>6} {row['p50_ms']:>9.3f} "
+                f"{row['p99_ms']:>9.3f} {row['items_per_s']:>12.0f}"
+            )
+    best = max(rows, key=lambda r: r["items_per_s"])
+    return {
+        "model": artifact.spec.name,
+        "size": artifact.spec.size,
+        "path": str(artifact.path),
+        "seconds_per_point": seconds,
+        "results": rows,
+        "best": best,
+    }
+
+
+HEADER = f"{'threads':>7} {'batch':>6} {'runs':>6} {'p50 ms':>9} {'p99 ms':>9} {'items/s':>12}"
+
+
+def save(result: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path

@@ -1,0 +1,60 @@
+"""ONNX Runtime sessions for a device, with the provider actually in use made explicit."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import onnxruntime as ort
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+
+class ProviderUnavailable(RuntimeError):
+    """The device asked for cannot be served by this ONNX Runtime build."""
+
+
+@dataclass
+class Session:
+    session: ort.InferenceSession
+    provider: str  # the execution provider that really runs the graph
+
+    def run(self, feeds: dict):
+        return self.session.run(None, feeds)
+
+
+def session_options(threads: int | None) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+def open_session(
+    graph_path, device: str = "cpu", threads: int | None = None, allow_cpu_fallback: bool = False
+) -> Session:
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"device must be cpu or gpu, not {device!r}")
+    providers = [CPU]
+    if device == "gpu":
+        available = ort.get_available_providers()
+        if CUDA in available:
+            providers = [CUDA, CPU]
+        elif not allow_cpu_fallback:
+            raise ProviderUnavailable(
+                f"--device gpu needs {CUDA}, but this onnxruntime build offers only "
+                f"{', '.join(available)} (install onnxruntime-gpu with CUDA, or pass "
+                "--allow-cpu-fallback to serve the GPU pool on the CPU)"
+            )
+    session = ort.InferenceSession(str(graph_path), session_options(threads), providers=providers)
+    in_use = session.get_providers()[0]
+    if device == "gpu" and in_use != CUDA and not allow_cpu_fallback:
+        # The CUDA provider is compiled in but could not start (driver, CUDA or cuDNN).
+        raise ProviderUnavailable(
+            f"{CUDA} failed to initialise; ONNX Runtime fell back to "
+            f"{in_use} (pass --allow-cpu-fallback to accept that)"
+        )
+    return Session(session, in_use)

@@ -1,0 +1,60 @@
+"""`deeprec model build|info|bench` through the real console entry point."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def deeprec(*args, check=True):
+    return subprocess.run(
+        [sys.executable, "-m", "deeprec.cli", *args],
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=300,
+    )
+
+
+def test_build_info_bench(tmp_path):
+    out = tmp_path / "ncf"
+    built = deeprec("model", "build", "ncf", "--size", "tiny", "--out", str(out), "--seed", "2")
+    assert "built ncf (tiny, seed 2)" in built.stdout
+
+    info = json.loads(deeprec("model", "info", str(out), "--json").stdout)
+    assert info["architecture"] == "ncf"
+    assert [t["rows"] for t in info["tables"]] == [300, 300, 60, 60]
+    assert info["embedding_parameters"] == (300 + 300 + 60 + 60) * 8
+    assert info["flops_per_item"] > 0
+    assert "FLOPs per item" in deeprec("model", "info", str(out)).stdout
+
+    result = tmp_path / "bench.json"
+    bench = deeprec(
+        "model",
+        "bench",
+        str(out),
+        "--batch-sizes",
+        "1,16",
+        "--threads",
+        "1",
+        "--seconds",
+        "0.05",
+        "--json",
+        str(result),
+    )
+    assert "best:" in bench.stdout
+    data = json.loads(result.read_text())
+    assert [(r["threads"], r["batch_size"]) for r in data["results"]] == [(1, 1), (1, 16)]
+    assert all(r["items_per_s"] > 0 and r["runs"] >= 5 for r in data["results"])
+
+
+def test_refuses_to_overwrite_and_reports_broken_artifacts(tmp_path):
+    out = tmp_path / "m"
+    deeprec("model", "build", "rmc1", "--size", "tiny", "--out", str(out))
+    again = deeprec("model", "build", "rmc1", "--size", "tiny", "--out", str(out), check=False)
+    assert again.returncode == 1 and "--force" in again.stderr
+    (out / "weights.bin").unlink()
+    broken = deeprec("model", "info", str(out), check=False)
+    assert broken.returncode == 2
+    assert "weights file" in broken.stderr and "is missing" in broken.stderr
