@@ -6,12 +6,29 @@ import argparse
 import sys
 
 from .models import commands as model_commands
+from .models.artifact import ArtifactError
+from .models.runtime import ProviderUnavailable
+
+
+def _add_serve(sub) -> None:
+    from .frontend import main as frontend
+    from .inference import main as inference
+
+    serve = sub.add_parser("serve", help="run one service in the foreground")
+    services = serve.add_subparsers(dest="service", required=True)
+    inference.add_arguments(
+        services.add_parser("inference", help="inference worker (deeprec.v1.Inference)")
+    )
+    frontend.add_arguments(
+        services.add_parser("frontend", help="query frontend (deeprec.v1.Recommender)")
+    )
 
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="deeprec", description=__doc__)
     sub = top.add_subparsers(dest="command", required=True)
     model_commands.add_parser(sub)
+    _add_serve(sub)
     return top
 
 
@@ -19,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except model_commands.ERRORS as err:
+    except (ArtifactError, ProviderUnavailable) as err:
         print(f"deeprec: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from deeprec.models import zoo
 from deeprec.models.artifact import load_artifact, write_artifact
 

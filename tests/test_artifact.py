@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import onnx
 import pytest
+
 from deeprec.models import artifact as artifact_mod
 from deeprec.models import zoo
 from deeprec.models.artifact import ArtifactError, load_artifact, write_artifact

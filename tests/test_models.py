@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from deeprec.models import reference, zoo
 from deeprec.models.inputs import random_inputs
 from deeprec.models.runtime import open_session

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from . import bench, info, zoo
-from .artifact import ArtifactError, load_artifact, write_artifact
+from .artifact import load_artifact, write_artifact
 
 
 def _progress_printer(label: str):
@@ -120,6 +120,3 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="result file (default results/model-bench-NAME-SIZE.json)")
     p.set_defaults(func=run_bench)
-
-
-ERRORS = (ArtifactError,)

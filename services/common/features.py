@@ -1,0 +1,189 @@
+"""Model signatures and the validation of one batch of features (pure, no gRPC).
+
+The frontend validates a whole query and the worker each sub-batch with the same code, so
+a bad request is refused with the same message wherever it is caught.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from deeprec.v1 import inference_pb2, tensor_pb2
+
+from .tensors import TensorError, decode, encode
+
+
+class InvalidFeatures(ValueError):
+    """The request's features do not fit the model; the message names the field."""
+
+
+@dataclass(frozen=True)
+class FeatureSignature:
+    name: str
+    table: str
+    rows: int
+    dim: int
+    pooling: str
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    """What a client must send: enough to validate and split a query without the model."""
+
+    name: str
+    version: str
+    architecture: str
+    dense_features: int
+    heads: int
+    features: tuple[FeatureSignature, ...]
+
+    @classmethod
+    def from_spec(cls, spec, version: str) -> ModelSignature:
+        feats = tuple(
+            FeatureSignature(
+                f.name, f.table, spec.table(f.table).rows, spec.table(f.table).dim, f.pooling
+            )
+            for f in spec.features
+        )
+        return cls(spec.name, version, spec.architecture, spec.dense_features, spec.heads, feats)
+
+    @classmethod
+    def from_proto(cls, d: inference_pb2.ModelDescription) -> ModelSignature:
+        feats = tuple(
+            FeatureSignature(f.name, f.table, f.rows, f.dim, f.pooling) for f in d.features
+        )
+        return cls(d.name, d.version, d.architecture, d.dense_features, d.heads, feats)
+
+    def to_proto(self, out: inference_pb2.ModelDescription) -> inference_pb2.ModelDescription:
+        out.name, out.version, out.architecture = self.name, self.version, self.architecture
+        out.dense_features, out.heads = self.dense_features, self.heads
+        for f in self.features:
+            out.features.add(name=f.name, table=f.table, rows=f.rows, dim=f.dim, pooling=f.pooling)
+        return out
+
+
+@dataclass
+class Batch:
+    """Decoded, validated features of N samples (arrays are views over the message)."""
+
+    n: int
+    dense: np.ndarray | None
+    ids: dict[str, np.ndarray]
+    lengths: dict[str, np.ndarray]
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        """ONNX Runtime inputs of the whole-model graph."""
+        out = {} if self.dense is None else {"dense": self.dense}
+        for name in self.ids:
+            out[f"{name}_ids"] = self.ids[name]
+            out[f"{name}_lengths"] = self.lengths[name]
+        return out
+
+
+def _decode(tensor: tensor_pb2.Tensor, field: str, dtype: int, ndim: int) -> np.ndarray:
+    if tensor.dtype != dtype:
+        want = tensor_pb2.DType.Name(dtype)
+        got = (
+            tensor_pb2.DType.Name(tensor.dtype)
+            if tensor.dtype in tensor_pb2.DType.values()
+            else str(tensor.dtype)
+        )
+        raise InvalidFeatures(f"{field}: dtype {got}, expected {want}")
+    try:
+        array = decode(tensor, field)
+    except TensorError as err:
+        raise InvalidFeatures(str(err)) from err
+    if array.ndim != ndim:
+        raise InvalidFeatures(f"{field}: expected {ndim}-D, got shape {list(array.shape)}")
+    return array
+
+
+def validate(
+    signature: ModelSignature, features: tensor_pb2.Features, max_items: int | None = None
+) -> Batch:
+    """Decode and check every tensor; raises InvalidFeatures naming the first problem."""
+    n = None
+    dense = None
+    if signature.dense_features:
+        if not features.HasField("dense"):
+            raise InvalidFeatures(
+                f"features.dense is missing (model {signature.name} takes "
+                f"{signature.dense_features} dense features)"
+            )
+        dense = _decode(features.dense, "features.dense", tensor_pb2.FLOAT32, 2)
+        if dense.shape[1] != signature.dense_features:
+            raise InvalidFeatures(
+                f"features.dense: {dense.shape[1]} columns, model "
+                f"{signature.name} takes {signature.dense_features}"
+            )
+        if not np.isfinite(dense).all():
+            raise InvalidFeatures("features.dense: contains NaN or infinite values")
+        n = dense.shape[0]
+    elif features.HasField("dense") and len(features.dense.data):
+        raise InvalidFeatures(f"features.dense: model {signature.name} takes no dense features")
+
+    expected = {f.name: f for f in signature.features}
+    ids, lengths = {}, {}
+    for i, sparse in enumerate(features.sparse):
+        where = f"features.sparse[{i}]"
+        if sparse.name not in expected:
+            raise InvalidFeatures(
+                f"{where}: unknown feature {sparse.name!r} (model "
+                f"{signature.name} has {', '.join(expected)})"
+            )
+        if sparse.name in ids:
+            raise InvalidFeatures(f"{where}: feature {sparse.name!r} is given twice")
+        where = f"features.sparse[{sparse.name}]"
+        feature_ids = _decode(sparse.ids, f"{where}.ids", tensor_pb2.INT64, 1)
+        feature_lengths = _decode(sparse.lengths, f"{where}.lengths", tensor_pb2.INT64, 1)
+        if n is None:
+            n = len(feature_lengths)
+        if len(feature_lengths) != n:
+            raise InvalidFeatures(
+                f"{where}.lengths: {len(feature_lengths)} samples, but the batch has {n}"
+            )
+        if len(feature_lengths) and feature_lengths.min() < 0:
+            raise InvalidFeatures(f"{where}.lengths: negative length")
+        if int(feature_lengths.sum()) != len(feature_ids):
+            raise InvalidFeatures(
+                f"{where}: lengths add up to {int(feature_lengths.sum())} "
+                f"but {len(feature_ids)} ids were sent"
+            )
+        if len(feature_ids):
+            low, high = int(feature_ids.min()), int(feature_ids.max())
+            rows = expected[sparse.name].rows
+            if low < 0 or high >= rows:
+                bad = low if low < 0 else high
+                raise InvalidFeatures(
+                    f"{where}.ids: id {bad} is out of range for table "
+                    f"{expected[sparse.name].table!r} with {rows} rows"
+                )
+        ids[sparse.name], lengths[sparse.name] = feature_ids, feature_lengths
+    missing = [name for name in expected if name not in ids]
+    if missing:
+        raise InvalidFeatures(f"features.sparse: missing feature(s) {', '.join(missing)}")
+    if not n:
+        raise InvalidFeatures("the batch has no items")
+    if max_items is not None and n > max_items:
+        raise InvalidFeatures(f"the batch has {n} items; at most {max_items} are accepted")
+    # Keep the model's feature order, whatever order the client used.
+    ids = {name: ids[name] for name in expected}
+    lengths = {name: lengths[name] for name in expected}
+    return Batch(n, dense, ids, lengths)
+
+
+def encode_features(
+    out: tensor_pb2.Features,
+    dense: np.ndarray | None,
+    ids: dict[str, np.ndarray],
+    lengths: dict[str, np.ndarray],
+) -> None:
+    """Fill a Features message from arrays (used by clients, the frontend and tests)."""
+    if dense is not None:
+        encode(dense, out.dense)
+    for name in ids:
+        sparse = out.sparse.add(name=name)
+        encode(ids[name], sparse.ids)
+        encode(lengths[name], sparse.lengths)

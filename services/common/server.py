@@ -1,0 +1,83 @@
+"""Serving scaffolding shared by every gRPC server: options, health, reflection, SIGTERM.
+
+Each service is a thin adapter: it registers its servicer here and gets the same
+message limits, health checking, reflection and graceful shutdown as all the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Callable, Iterable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger("deeprec")
+
+# The largest query (1024 items of a paper RMC2: 32 tables x 120 ids x 8 bytes each) is
+# about 32 MB; leave headroom. DEEPREC_MAX_MESSAGE_MB overrides.
+MAX_MESSAGE_BYTES = int(os.environ.get("DEEPREC_MAX_MESSAGE_MB", "256")) << 20
+GRACE_SECONDS = float(os.environ.get("DEEPREC_SHUTDOWN_GRACE_S", "10"))
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
+SERVER_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)]
+
+
+def setup_logging(service: str) -> None:
+    level = os.environ.get("DEEPREC_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(level=level, format=f"%(asctime)s {service} %(levelname)s %(message)s")
+
+
+class Server:
+    """A grpc.aio server with health, reflection and SIGTERM handling."""
+
+    def __init__(self, service_names: Iterable[str], interceptors=()):
+        self.grpc = grpc.aio.server(options=SERVER_OPTIONS, interceptors=list(interceptors))
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        self.service_names = list(service_names)
+        reflection.enable_server_reflection(
+            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.grpc
+        )
+        self.port: int | None = None
+        self._stopping = asyncio.Event()
+
+    def add(self, register: Callable, servicer) -> None:
+        register(servicer, self.grpc)
+
+    async def start(self, host: str, port: int) -> int:
+        self.port = self.grpc.add_insecure_port(f"{host}:{port}")
+        if not self.port:
+            raise OSError(f"cannot listen on {host}:{port}")
+        await self.grpc.start()
+        for name in ["", *self.service_names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return self.port
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def stop(self, grace: float = GRACE_SECONDS) -> None:
+        """Stop taking work (health NOT_SERVING, new RPCs refused), finish what is running."""
+        await self.health.enter_graceful_shutdown()
+        await self.grpc.stop(grace)
+
+    async def run_until_signalled(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        await self._stopping.wait()
+        log.info("shutting down: finishing in-flight requests (grace %.0f s)", GRACE_SECONDS)
+        await self.stop()
+        log.info("stopped")
+
+
+def channel(address: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)

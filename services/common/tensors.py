@@ -1,0 +1,54 @@
+"""Tensors on the wire: ``{dtype, shape, raw little-endian bytes}`` <-> NumPy, zero-copy reads."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from deeprec.v1 import tensor_pb2
+
+_TO_NUMPY = {
+    tensor_pb2.FLOAT32: np.dtype("<f4"),
+    tensor_pb2.INT64: np.dtype("<i8"),
+    tensor_pb2.INT32: np.dtype("<i4"),
+    tensor_pb2.FLOAT16: np.dtype("<f2"),
+}
+_TO_WIRE = {dtype: wire for wire, dtype in _TO_NUMPY.items()}
+
+
+class TensorError(ValueError):
+    """A wire tensor that cannot be decoded; the message names the field."""
+
+
+def dtype_name(wire: int) -> str:
+    return tensor_pb2.DType.Name(wire) if wire in tensor_pb2.DType.values() else str(wire)
+
+
+def encode(array: np.ndarray, out: tensor_pb2.Tensor | None = None) -> tensor_pb2.Tensor:
+    array = np.asarray(array)
+    dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
+    if dtype not in _TO_WIRE:
+        raise TensorError(
+            f"cannot send dtype {array.dtype} (supported: float32, float16, int64, int32)"
+        )
+    out = out if out is not None else tensor_pb2.Tensor()
+    out.dtype = _TO_WIRE[dtype]
+    out.shape[:] = array.shape
+    out.data = np.ascontiguousarray(array, dtype=dtype).tobytes()
+    return out
+
+
+def decode(tensor: tensor_pb2.Tensor, field: str) -> np.ndarray:
+    """A read-only view over the message's bytes (no copy); errors name ``field``."""
+    if tensor.dtype not in _TO_NUMPY:
+        raise TensorError(f"{field}: unsupported dtype {dtype_name(tensor.dtype)}")
+    dtype = _TO_NUMPY[tensor.dtype]
+    shape = tuple(tensor.shape)
+    if any(n < 0 for n in shape):
+        raise TensorError(f"{field}: negative dimension in shape {list(shape)}")
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if count * dtype.itemsize != len(tensor.data):
+        raise TensorError(
+            f"{field}: shape {list(shape)} of {np.dtype(dtype).name} needs "
+            f"{count * dtype.itemsize} bytes, got {len(tensor.data)}"
+        )
+    return np.frombuffer(tensor.data, dtype=dtype, count=count).reshape(shape)

@@ -1,0 +1,1 @@
+"""Frontend: validates, splits and routes queries (deeprec.v1.Recommender)."""

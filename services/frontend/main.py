@@ -1,0 +1,154 @@
+"""`deeprec serve frontend`: the public Recommender API in front of worker pools."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+
+from deeprec.common.features import ModelSignature
+from deeprec.common.server import Server, channel, setup_logging
+from deeprec.v1 import inference_pb2, inference_pb2_grpc, recommender_pb2, recommender_pb2_grpc
+
+from .policy import Policy, PolicyTable
+from .servicer import Pool, RecommenderServicer
+
+log = logging.getLogger("deeprec")
+SERVICE = recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name
+DEFAULT_MAX_ITEMS = 4096
+
+
+class StartupError(RuntimeError):
+    pass
+
+
+def parse_addresses(text: str | None) -> list[str]:
+    return [a.strip() for a in (text or "").split(",") if a.strip()]
+
+
+async def describe(stubs: dict, timeout: float) -> ModelSignature:
+    """Ask every worker what it serves; they must all serve the same model version."""
+    signatures = {}
+    for address, stub in stubs.items():
+        try:
+            reply = await stub.Describe(
+                inference_pb2.DescribeRequest(), timeout=timeout, wait_for_ready=True
+            )
+        except grpc.aio.AioRpcError as err:
+            raise StartupError(
+                f"worker {address} did not answer Describe within {timeout:g} s "
+                f"({err.code().name}: {err.details()})"
+            ) from None
+        signatures[address] = ModelSignature.from_proto(reply)
+        log.info(
+            "worker %s: %s v%s on %s (%s)",
+            address,
+            reply.name,
+            reply.version,
+            reply.device,
+            reply.provider,
+        )
+    distinct = {(s.name, s.version) for s in signatures.values()}
+    if len(distinct) > 1:
+        listing = ", ".join(f"{a}={s.name}/v{s.version}" for a, s in signatures.items())
+        raise StartupError(f"workers serve different models: {listing}")
+    return next(iter(signatures.values()))
+
+
+def _stubs(addresses: list[str]) -> dict:
+    return {a: inference_pb2_grpc.InferenceStub(channel(a)) for a in addresses}
+
+
+async def build_servicer(
+    workers: list[str],
+    gpu_workers: list[str],
+    batch_size: int,
+    offload_threshold: int,
+    max_items: int = DEFAULT_MAX_ITEMS,
+    connect_timeout: float = 30.0,
+) -> RecommenderServicer:
+    if not workers and not gpu_workers:
+        raise StartupError("no workers given (--workers and/or --gpu-workers)")
+    cpu_stubs, gpu_stubs = _stubs(workers), _stubs(gpu_workers)
+    signature = await describe(cpu_stubs | gpu_stubs, connect_timeout)
+    if not cpu_stubs:
+        raise StartupError(
+            "a CPU worker pool is needed (--workers): the GPU pool takes only "
+            "queries of at least T items"
+        )
+    policies = PolicyTable(Policy(signature.name, batch_size, offload_threshold))
+    return RecommenderServicer(
+        signature,
+        Pool.of("cpu", cpu_stubs),
+        Pool.of("gpu", gpu_stubs) if gpu_stubs else None,
+        policies,
+        max_items,
+    )
+
+
+async def start(servicer: RecommenderServicer, host: str, port: int) -> Server:
+    server = Server([SERVICE])
+    server.add(recommender_pb2_grpc.add_RecommenderServicer_to_server, servicer)
+    await server.start(host, port)
+    return server
+
+
+async def serve(args) -> int:
+    try:
+        servicer = await build_servicer(
+            parse_addresses(args.workers),
+            parse_addresses(args.gpu_workers),
+            args.batch_size,
+            args.offload_threshold,
+            args.max_items,
+            args.connect_timeout,
+        )
+    except StartupError as err:
+        log.error("%s", err)
+        return 1
+    server = await start(servicer, args.host, args.port)
+    policy = servicer.policies.get(servicer.signature.name)
+    log.info(
+        "serving on %s:%d: %s, %d cpu / %d gpu workers, B=%d T=%d",
+        args.host,
+        server.port,
+        servicer.signature.name,
+        len(servicer.pools["cpu"].balancer),
+        len(servicer.pools["gpu"].balancer) if servicer.pools["gpu"] else 0,
+        policy.batch_size,
+        policy.offload_threshold,
+    )
+    await server.run_until_signalled()
+    return 0
+
+
+def run(args) -> int:
+    setup_logging(f"frontend:{args.port}")
+    return asyncio.run(serve(args))
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--workers", default="", help="CPU worker addresses, comma-separated")
+    parser.add_argument("--gpu-workers", default="", help="GPU worker addresses")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=50051, help="0 picks a free port")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="B: items per sub-batch on CPU workers (0 = no split)",
+    )
+    parser.add_argument(
+        "--offload-threshold",
+        type=int,
+        default=0,
+        help="T: queries of >= T items go whole to a GPU worker (0 = never)",
+    )
+    parser.add_argument(
+        "--max-items", type=int, default=DEFAULT_MAX_ITEMS, help="largest query accepted, in items"
+    )
+    parser.add_argument(
+        "--connect-timeout", type=float, default=30.0, help="seconds to wait for workers at start"
+    )
+    parser.set_defaults(func=run)

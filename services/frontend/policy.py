@@ -1,0 +1,37 @@
+"""The serving policy per model (DeepRecSched's B and T), swapped atomically."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class Policy:
+    model: str
+    batch_size: int  # B: items per sub-batch; 0 = no split
+    offload_threshold: int  # T: queries of >= T items go whole to the GPU pool; 0 = never
+    version: int = 0
+    pinned: bool = False
+
+    def __post_init__(self):
+        if self.batch_size < 0 or self.offload_threshold < 0:
+            raise ValueError("batch size and offload threshold must be >= 0")
+
+
+class PolicyTable:
+    """Current policy of each model; readers get one immutable Policy, never a mix."""
+
+    def __init__(self, defaults: Policy):
+        self._defaults = defaults
+        self._policies: dict[str, Policy] = {}
+
+    def get(self, model: str) -> Policy:
+        return self._policies.get(model) or replace(self._defaults, model=model)
+
+    def apply(self, policy: Policy) -> bool:
+        """Install ``policy`` unless an equal or newer version is already in force."""
+        current = self._policies.get(policy.model)
+        if current is not None and current.version >= policy.version:
+            return False
+        self._policies[policy.model] = policy
+        return True

@@ -1,0 +1,138 @@
+"""deeprec.v1.Recommender: validate, split or offload, fan out, reassemble in order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from deeprec.common.errors import DeadlineExceeded, NotFound, Unavailable, grpc_errors
+from deeprec.common.features import ModelSignature, encode_features, validate
+from deeprec.common.tensors import decode, encode
+from deeprec.v1 import inference_pb2, recommender_pb2, recommender_pb2_grpc
+
+from .balancer import LeastOutstanding, NoWorker
+from .policy import PolicyTable
+from .routing import choose_path
+from .split import SubBatch, split
+
+log = logging.getLogger("deeprec")
+
+# Worker failures worth one retry elsewhere: the worker (not the request) is the problem.
+RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+}
+
+
+@dataclass
+class Pool:
+    """Workers of one kind (cpu or gpu): their stubs and the balancer over them."""
+
+    name: str
+    stubs: dict
+    balancer: LeastOutstanding
+
+    @classmethod
+    def of(cls, name: str, stubs: dict) -> Pool:
+        return cls(name, stubs, LeastOutstanding(stubs))
+
+
+class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
+    def __init__(
+        self,
+        signature: ModelSignature,
+        cpu: Pool,
+        gpu: Pool | None,
+        policies: PolicyTable,
+        max_items: int,
+    ):
+        self.signature = signature
+        self.pools = {"cpu": cpu, "gpu": gpu}
+        self.policies = policies
+        self.max_items = max_items
+
+    @grpc_errors
+    async def Recommend(self, request, context):
+        if request.model and request.model != self.signature.name:
+            raise NotFound(
+                f"model {request.model!r} is not served (serving {self.signature.name!r})"
+            )
+        batch = validate(self.signature, request.features, self.max_items)
+        policy = self.policies.get(self.signature.name)
+        path = choose_path(batch.n, policy, self.pools["gpu"] is not None)
+        parts = split(batch, 0 if path == "gpu" else policy.batch_size)
+        timeout = context.time_remaining()
+        results = await asyncio.gather(
+            *(self._predict(self.pools[path], part, timeout) for part in parts)
+        )
+        scores = np.concatenate([s for s, _ in results]) if len(results) > 1 else results[0][0]
+        response = recommender_pb2.RecommendResponse()
+        encode(scores, response.scores)
+        info = response.info
+        info.path, info.sub_batches = path, len(parts)
+        info.batch_size, info.offload_threshold = policy.batch_size, policy.offload_threshold
+        info.policy_version, info.model_version = policy.version, self.signature.version
+        info.retries = sum(retried for _, retried in results)
+        return response
+
+    async def _predict(self, pool: Pool, part: SubBatch, timeout: float | None):
+        """Scores of one sub-batch; one retry on another worker if a worker fails."""
+        request = inference_pb2.PredictRequest(model=self.signature.name)
+        encode_features(request.features, part.dense, part.ids, part.lengths)
+        tried: list[str] = []
+        while True:
+            try:
+                worker = pool.balancer.acquire(exclude=tried)
+            except NoWorker:
+                raise Unavailable(self._gave_up(pool, tried, part)) from None
+            failed = True
+            try:
+                reply = await pool.stubs[worker].Predict(request, timeout=timeout)
+                failed = False
+            except grpc.aio.AioRpcError as err:
+                tried.append(worker)
+                code = err.code()
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    failed = False  # the client's deadline, not the worker's fault
+                    raise DeadlineExceeded(
+                        f"deadline exceeded while items {part.start}-"
+                        f"{part.end} ran on {pool.name} worker {worker}"
+                    ) from None
+                if code not in RETRYABLE:
+                    raise Unavailable(
+                        f"{pool.name} worker {worker} refused items "
+                        f"{part.start}-{part.end}: {code.name}: "
+                        f"{err.details()}"
+                    ) from None
+                log.warning(
+                    "%s worker %s failed (%s: %s)", pool.name, worker, code.name, err.details()
+                )
+                if len(tried) > 1:
+                    raise Unavailable(self._gave_up(pool, tried, part)) from None
+                continue
+            finally:
+                pool.balancer.release(worker, failed=failed)
+            scores = decode(reply.scores, "scores")
+            if scores.shape[0] != part.end - part.start:
+                raise Unavailable(
+                    f"{pool.name} worker {worker} answered {scores.shape[0]} "
+                    f"scores for {part.end - part.start} items"
+                )
+            return scores, len(tried)
+
+    @staticmethod
+    def _gave_up(pool: Pool, tried: list[str], part: SubBatch) -> str:
+        if not tried:
+            return f"no {pool.name} worker available for items {part.start}-{part.end}"
+        return (
+            f"items {part.start}-{part.end} failed on {pool.name} worker(s) "
+            f"{', '.join(tried)} and no other worker could take them"
+        )

@@ -1,0 +1,1 @@
+"""Inference worker: one ONNX Runtime session behind deeprec.v1.Inference."""

@@ -1,0 +1,47 @@
+"""deeprec.v1.Inference: validate a sub-batch, run the ONNX Runtime session, return scores."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from deeprec.common.errors import NotFound, grpc_errors
+from deeprec.common.features import ModelSignature, validate
+from deeprec.common.tensors import encode
+from deeprec.v1 import inference_pb2, inference_pb2_grpc
+
+log = logging.getLogger("deeprec")
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServicer):
+    def __init__(self, session, signature: ModelSignature, device: str, mode: str = "single"):
+        self.session = session
+        self.signature = signature
+        self.device = device
+        self.mode = mode
+        # One sub-batch at a time per worker (DeepRecSys' model of a CPU worker): ONNX
+        # Runtime already uses its intra-op threads, and queueing here keeps tail latency
+        # honest instead of oversubscribing the cores.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort")
+
+    @grpc_errors
+    async def Predict(self, request, context):
+        if request.model and request.model != self.signature.name:
+            raise NotFound(
+                f"model {request.model!r} is not served here (this worker serves "
+                f"{self.signature.name!r})"
+            )
+        batch = validate(self.signature, request.features)
+        loop = asyncio.get_running_loop()
+        scores = await loop.run_in_executor(self.executor, self.session.run, batch.feeds())
+        response = inference_pb2.PredictResponse(provider=self.session.provider)
+        encode(scores[0], response.scores)
+        return response
+
+    @grpc_errors
+    async def Describe(self, request, context):
+        description = inference_pb2.ModelDescription(
+            device=self.device, provider=self.session.provider, mode=self.mode
+        )
+        return self.signature.to_proto(description)

@@ -1,0 +1,64 @@
+from deeprec.v1 import tensor_pb2 as _tensor_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class PredictRequest(_message.Message):
+    __slots__ = ("model", "features")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    features: _tensor_pb2.Features
+    def __init__(self, model: _Optional[str] = ..., features: _Optional[_Union[_tensor_pb2.Features, _Mapping]] = ...) -> None: ...
+
+class PredictResponse(_message.Message):
+    __slots__ = ("scores", "provider")
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    scores: _tensor_pb2.Tensor
+    provider: str
+    def __init__(self, scores: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., provider: _Optional[str] = ...) -> None: ...
+
+class DescribeRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class FeatureDescription(_message.Message):
+    __slots__ = ("name", "table", "rows", "dim", "pooling")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    POOLING_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    table: str
+    rows: int
+    dim: int
+    pooling: str
+    def __init__(self, name: _Optional[str] = ..., table: _Optional[str] = ..., rows: _Optional[int] = ..., dim: _Optional[int] = ..., pooling: _Optional[str] = ...) -> None: ...
+
+class ModelDescription(_message.Message):
+    __slots__ = ("name", "version", "architecture", "dense_features", "heads", "features", "device", "provider", "mode")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    DENSE_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    architecture: str
+    dense_features: int
+    heads: int
+    features: _containers.RepeatedCompositeFieldContainer[FeatureDescription]
+    device: str
+    provider: str
+    mode: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., architecture: _Optional[str] = ..., dense_features: _Optional[int] = ..., heads: _Optional[int] = ..., features: _Optional[_Iterable[_Union[FeatureDescription, _Mapping]]] = ..., device: _Optional[str] = ..., provider: _Optional[str] = ..., mode: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,1 @@
+"""Production-like workload: arrivals, query sizes, id distributions, open-loop load."""

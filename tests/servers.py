@@ -1,0 +1,188 @@
+"""Real deeprec servers for tests: in-process on a background event loop, or as processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from deeprec.common.features import encode_features
+from deeprec.frontend import main as frontend_main
+from deeprec.inference import main as inference_main
+from deeprec.v1 import recommender_pb2, recommender_pb2_grpc
+
+
+class Loop:
+    """An asyncio loop on a daemon thread, so sync tests can host grpc.aio servers."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro, timeout=60):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self):
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+class InProcessCluster:
+    """Workers and a frontend as grpc.aio servers on 127.0.0.1 in this process."""
+
+    def __init__(
+        self,
+        model_dir,
+        workers=2,
+        gpu_workers=0,
+        batch_size=0,
+        offload_threshold=0,
+        worker_addresses=None,
+        max_items=4096,
+    ):
+        self.model_dir = model_dir
+        self.n_workers, self.n_gpu = workers, gpu_workers
+        self.batch_size, self.offload_threshold = batch_size, offload_threshold
+        self.extra_workers = worker_addresses or []
+        self.max_items = max_items
+        self.servers = []
+
+    def __enter__(self):
+        self.loop = Loop()
+        self.worker_servicers = []
+        addresses, gpu_addresses = list(self.extra_workers), []
+        for device, count, out in (
+            ("cpu", self.n_workers, addresses),
+            ("gpu", self.n_gpu, gpu_addresses),
+        ):
+            for _ in range(count):
+                servicer = inference_main.build_servicer(
+                    self.model_dir, device, 1, allow_cpu_fallback=True
+                )
+                server = self.loop.run(inference_main.start(servicer, "127.0.0.1", 0))
+                self.servers.append(server)
+                self.worker_servicers.append(servicer)
+                out.append(f"127.0.0.1:{server.port}")
+        self.worker_addresses, self.gpu_addresses = addresses, gpu_addresses
+        self.frontend = self.loop.run(
+            frontend_main.build_servicer(
+                addresses,
+                gpu_addresses,
+                self.batch_size,
+                self.offload_threshold,
+                self.max_items,
+                connect_timeout=10,
+            )
+        )
+        server = self.loop.run(frontend_main.start(self.frontend, "127.0.0.1", 0))
+        self.servers.append(server)
+        self.address = f"127.0.0.1:{server.port}"
+        self.channel = grpc.insecure_channel(self.address)
+        self.stub = recommender_pb2_grpc.RecommenderStub(self.channel)
+        return self
+
+    def __exit__(self, *exc):
+        self.channel.close()
+        for server in reversed(self.servers):
+            self.loop.run(server.stop(0))
+        self.loop.close()
+
+
+def request_for(spec, inputs, model="") -> recommender_pb2.RecommendRequest:
+    request = recommender_pb2.RecommendRequest(model=model)
+    encode_features(
+        request.features,
+        inputs.get("dense"),
+        {f.name: inputs[f"{f.name}_ids"] for f in spec.features},
+        {f.name: inputs[f"{f.name}_lengths"] for f in spec.features},
+    )
+    return request
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(address: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{address} not healthy after {timeout} s")
+            time.sleep(0.1)
+
+
+class WorkerProcess:
+    """`deeprec serve inference` as a real child process."""
+
+    def __init__(self, model_dir, *extra):
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "deeprec.cli",
+                "serve",
+                "inference",
+                "--model",
+                str(model_dir),
+                "--port",
+                str(self.port),
+                "--threads",
+                "1",
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def wait_healthy(self):
+        wait_healthy(self.address)
+        return self
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None and _pid_exists(self.proc.pid)
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def scores_of(response) -> np.ndarray:
+    from deeprec.common.tensors import decode
+
+    return decode(response.scores, "scores")

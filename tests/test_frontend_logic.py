@@ -1,0 +1,80 @@
+"""Pure frontend logic: splitting, routing, balancing and policies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deeprec.common.features import Batch
+from deeprec.frontend.balancer import LeastOutstanding, NoWorker
+from deeprec.frontend.policy import Policy, PolicyTable
+from deeprec.frontend.routing import choose_path
+from deeprec.frontend.split import split, sub_batch_bounds
+
+
+@pytest.mark.parametrize(
+    ("n", "b", "bounds"),
+    [
+        (10, 3, [(0, 3), (3, 6), (6, 9), (9, 10)]),
+        (10, 0, [(0, 10)]),
+        (10, 10, [(0, 10)]),
+        (10, 99, [(0, 10)]),
+        (1, 1, [(0, 1)]),
+    ],
+)
+def test_sub_batch_bounds(n, b, bounds):
+    assert sub_batch_bounds(n, b) == bounds
+
+
+def test_split_is_zero_copy_and_reassembles_every_item_in_order():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(0, 4, 11)
+    ids = np.arange(lengths.sum())
+    dense = rng.standard_normal((11, 3)).astype(np.float32)
+    batch = Batch(11, dense, {"f": ids}, {"f": lengths})
+    parts = split(batch, 4)
+    assert [(p.start, p.end) for p in parts] == [(0, 4), (4, 8), (8, 11)]
+    assert all(np.shares_memory(p.ids["f"], ids) or not len(p.ids["f"]) for p in parts)
+    assert all(np.shares_memory(p.dense, dense) for p in parts)
+    np.testing.assert_array_equal(np.concatenate([p.ids["f"] for p in parts]), ids)
+    np.testing.assert_array_equal(np.concatenate([p.lengths["f"] for p in parts]), lengths)
+    np.testing.assert_array_equal(np.concatenate([p.dense for p in parts]), dense)
+    for p in parts:
+        assert len(p.ids["f"]) == p.lengths["f"].sum()
+
+
+def test_routing_follows_the_offload_threshold():
+    policy = Policy("m", batch_size=8, offload_threshold=100)
+    assert choose_path(100, policy, gpu_pool=True) == "gpu"
+    assert choose_path(99, policy, gpu_pool=True) == "cpu"
+    assert choose_path(500, policy, gpu_pool=False) == "cpu"
+    assert choose_path(500, Policy("m", 8, 0), gpu_pool=True) == "cpu"
+
+
+def test_least_outstanding_prefers_idle_workers_and_ejects_failures():
+    now = [0.0]
+    pool = LeastOutstanding(["a", "b", "c"], eject_seconds=1.0, clock=lambda: now[0])
+    first = [pool.acquire() for _ in range(3)]
+    assert sorted(first) == ["a", "b", "c"]  # one each before anyone gets a second
+    pool.release("b")
+    assert pool.acquire() == "b"
+    for w in ["a", "b", "b", "c"]:
+        pool.release(w)
+    pool.release("a", failed=True) if pool.outstanding["a"] else None
+    pool.outstanding["a"] += 1
+    pool.release("a", failed=True)
+    assert "a" not in {pool.acquire() for _ in range(1)}
+    assert pool.acquire(exclude=["b", "c"]) == "a"  # ejected, but the only one allowed
+    now[0] = 2.0
+    with pytest.raises(NoWorker):
+        pool.acquire(exclude=["a", "b", "c"])
+
+
+def test_policy_table_keeps_the_newest_version():
+    table = PolicyTable(Policy("", 64, 0))
+    assert table.get("rmc1") == Policy("rmc1", 64, 0)
+    assert table.apply(Policy("rmc1", 16, 0, version=2))
+    assert not table.apply(Policy("rmc1", 32, 0, version=1))
+    assert table.get("rmc1").batch_size == 16
+    with pytest.raises(ValueError):
+        Policy("rmc1", -1, 0)
