@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from deeprec.common.features import Batch
+from deeprec.common.policy import Policy, PolicyTable
 from deeprec.frontend.balancer import LeastOutstanding, NoWorker
-from deeprec.frontend.policy import Policy, PolicyTable
 from deeprec.frontend.routing import choose_path
 from deeprec.frontend.split import split, sub_batch_bounds
 

@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from servers import InProcessCluster, WorkerProcess, request_for, scores_of
 
-from deeprec.frontend.policy import Policy
+from deeprec.common.policy import Policy
 from deeprec.models import reference, zoo
 from deeprec.models.inputs import random_inputs
 from deeprec.v1 import inference_pb2, inference_pb2_grpc

@@ -8,10 +8,10 @@ import logging
 import grpc
 
 from deeprec.common.features import ModelSignature
+from deeprec.common.policy import Policy, PolicyTable
 from deeprec.common.server import Server, channel, setup_logging
 from deeprec.v1 import inference_pb2, inference_pb2_grpc, recommender_pb2, recommender_pb2_grpc
 
-from .policy import Policy, PolicyTable
 from .servicer import Pool, RecommenderServicer
 
 log = logging.getLogger("deeprec")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .policy import Policy
+from deeprec.common.policy import Policy
 
 
 def choose_path(n_items: int, policy: Policy, gpu_pool: bool) -> str:

@@ -11,11 +11,11 @@ import numpy as np
 
 from deeprec.common.errors import DeadlineExceeded, NotFound, Unavailable, grpc_errors
 from deeprec.common.features import ModelSignature, encode_features, validate
+from deeprec.common.policy import PolicyTable
 from deeprec.common.tensors import decode, encode
 from deeprec.v1 import inference_pb2, recommender_pb2, recommender_pb2_grpc
 
 from .balancer import LeastOutstanding, NoWorker
-from .policy import PolicyTable
 from .routing import choose_path
 from .split import SubBatch, split
 

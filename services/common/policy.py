@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -35,3 +35,44 @@ class PolicyTable:
             return False
         self._policies[policy.model] = policy
         return True
+
+
+def to_proto(policy: Policy, out=None):
+    from deeprec.v1 import scheduler_pb2
+
+    out = out if out is not None else scheduler_pb2.Policy()
+    out.model, out.batch_size = policy.model, policy.batch_size
+    out.offload_threshold, out.version, out.pinned = (
+        policy.offload_threshold,
+        policy.version,
+        policy.pinned,
+    )
+    return out
+
+
+def from_proto(message) -> Policy:
+    return Policy(
+        message.model,
+        message.batch_size,
+        message.offload_threshold,
+        message.version,
+        message.pinned,
+    )
+
+
+def to_json(policy: Policy) -> dict:
+    return asdict(policy)
+
+
+def from_json(data: dict) -> Policy:
+    """A policy from saved JSON; ValueError names what is wrong."""
+    try:
+        return Policy(
+            str(data["model"]),
+            int(data["batch_size"]),
+            int(data["offload_threshold"]),
+            int(data.get("version", 0)),
+            bool(data.get("pinned", False)),
+        )
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"malformed policy {data!r}: {err}") from err
