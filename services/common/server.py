@@ -79,5 +79,16 @@ class Server:
         log.info("stopped")
 
 
-def channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+# A restarted peer is found again within about a second, not gRPC's default 2 minutes.
+CLIENT_OPTIONS = [
+    *CHANNEL_OPTIONS,
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
+def channel(address: str, interceptors=()) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(
+        address, options=CLIENT_OPTIONS, interceptors=list(interceptors) or None
+    )

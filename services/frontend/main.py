@@ -10,9 +10,12 @@ import grpc
 from deeprec.common.features import ModelSignature
 from deeprec.common.policy import Policy, PolicyTable
 from deeprec.common.server import Server, channel, setup_logging
+from deeprec.common.telemetry import Telemetry
+from deeprec.common.telemetry import setup as setup_telemetry
 from deeprec.v1 import inference_pb2, inference_pb2_grpc, recommender_pb2, recommender_pb2_grpc
 
 from .servicer import Pool, RecommenderServicer
+from .watch import PolicyWatcher
 
 log = logging.getLogger("deeprec")
 SERVICE = recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name
@@ -56,8 +59,8 @@ async def describe(stubs: dict, timeout: float) -> ModelSignature:
     return next(iter(signatures.values()))
 
 
-def _stubs(addresses: list[str]) -> dict:
-    return {a: inference_pb2_grpc.InferenceStub(channel(a)) for a in addresses}
+def _stubs(addresses: list[str], interceptors=()) -> dict:
+    return {a: inference_pb2_grpc.InferenceStub(channel(a, interceptors)) for a in addresses}
 
 
 async def build_servicer(
@@ -67,10 +70,13 @@ async def build_servicer(
     offload_threshold: int,
     max_items: int = DEFAULT_MAX_ITEMS,
     connect_timeout: float = 30.0,
+    telemetry: Telemetry | None = None,
 ) -> RecommenderServicer:
     if not workers and not gpu_workers:
         raise StartupError("no workers given (--workers and/or --gpu-workers)")
-    cpu_stubs, gpu_stubs = _stubs(workers), _stubs(gpu_workers)
+    telemetry = telemetry or Telemetry()
+    interceptors = telemetry.client_interceptors()
+    cpu_stubs, gpu_stubs = _stubs(workers, interceptors), _stubs(gpu_workers, interceptors)
     signature = await describe(cpu_stubs | gpu_stubs, connect_timeout)
     if not cpu_stubs:
         raise StartupError(
@@ -84,17 +90,22 @@ async def build_servicer(
         Pool.of("gpu", gpu_stubs) if gpu_stubs else None,
         policies,
         max_items,
+        telemetry.meter,
     )
 
 
-async def start(servicer: RecommenderServicer, host: str, port: int) -> Server:
-    server = Server([SERVICE])
+async def start(
+    servicer: RecommenderServicer, host: str, port: int, telemetry: Telemetry | None = None
+) -> Server:
+    telemetry = telemetry or Telemetry()
+    server = Server([SERVICE], interceptors=telemetry.server_interceptors())
     server.add(recommender_pb2_grpc.add_RecommenderServicer_to_server, servicer)
     await server.start(host, port)
     return server
 
 
 async def serve(args) -> int:
+    telemetry = setup_telemetry("frontend")
     try:
         servicer = await build_servicer(
             parse_addresses(args.workers),
@@ -103,14 +114,19 @@ async def serve(args) -> int:
             args.offload_threshold,
             args.max_items,
             args.connect_timeout,
+            telemetry,
         )
     except StartupError as err:
         log.error("%s", err)
         return 1
-    server = await start(servicer, args.host, args.port)
+    server = await start(servicer, args.host, args.port, telemetry)
+    watcher = None
+    if args.scheduler:
+        watcher = PolicyWatcher(args.scheduler, servicer.policies, f"{args.host}:{server.port}")
+        watcher.start()
     policy = servicer.policies.get(servicer.signature.name)
     log.info(
-        "serving on %s:%d: %s, %d cpu / %d gpu workers, B=%d T=%d",
+        "serving on %s:%d: %s, %d cpu / %d gpu workers, B=%d T=%d%s",
         args.host,
         server.port,
         servicer.signature.name,
@@ -118,8 +134,12 @@ async def serve(args) -> int:
         len(servicer.pools["gpu"].balancer) if servicer.pools["gpu"] else 0,
         policy.batch_size,
         policy.offload_threshold,
+        f", policies from scheduler {args.scheduler}" if args.scheduler else "",
     )
     await server.run_until_signalled()
+    if watcher:
+        await watcher.stop()
+    telemetry.shutdown()
     return 0
 
 
@@ -147,6 +167,9 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument(
         "--max-items", type=int, default=DEFAULT_MAX_ITEMS, help="largest query accepted, in items"
+    )
+    parser.add_argument(
+        "--scheduler", default="", help="scheduler address to follow for policies (B, T)"
     )
     parser.add_argument(
         "--connect-timeout", type=float, default=30.0, help="seconds to wait for workers at start"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 import grpc
@@ -16,6 +17,7 @@ from deeprec.common.tensors import decode, encode
 from deeprec.v1 import inference_pb2, recommender_pb2, recommender_pb2_grpc
 
 from .balancer import LeastOutstanding, NoWorker
+from .metrics import FrontendMetrics
 from .routing import choose_path
 from .split import SubBatch, split
 
@@ -53,14 +55,17 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         gpu: Pool | None,
         policies: PolicyTable,
         max_items: int,
+        meter=None,
     ):
         self.signature = signature
         self.pools = {"cpu": cpu, "gpu": gpu}
         self.policies = policies
         self.max_items = max_items
+        self.metrics = FrontendMetrics(meter, signature.name, self.pools, policies)
 
     @grpc_errors
     async def Recommend(self, request, context):
+        received = time.perf_counter()
         if request.model and request.model != self.signature.name:
             raise NotFound(
                 f"model {request.model!r} is not served (serving {self.signature.name!r})"
@@ -68,10 +73,11 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         batch = validate(self.signature, request.features, self.max_items)
         policy = self.policies.get(self.signature.name)
         path = choose_path(batch.n, policy, self.pools["gpu"] is not None)
-        parts = split(batch, 0 if path == "gpu" else policy.batch_size)
+        batch_size = 0 if path == "gpu" else policy.batch_size
+        parts = split(batch, batch_size)
         timeout = context.time_remaining()
         results = await asyncio.gather(
-            *(self._predict(self.pools[path], part, timeout) for part in parts)
+            *(self._predict(self.pools[path], part, timeout, batch_size) for part in parts)
         )
         scores = np.concatenate([s for s, _ in results]) if len(results) > 1 else results[0][0]
         response = recommender_pb2.RecommendResponse()
@@ -81,9 +87,10 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         info.batch_size, info.offload_threshold = policy.batch_size, policy.offload_threshold
         info.policy_version, info.model_version = policy.version, self.signature.version
         info.retries = sum(retried for _, retried in results)
+        self.metrics.query((time.perf_counter() - received) * 1e3, batch.n, path, policy)
         return response
 
-    async def _predict(self, pool: Pool, part: SubBatch, timeout: float | None):
+    async def _predict(self, pool: Pool, part: SubBatch, timeout: float | None, batch_size: int):
         """Scores of one sub-batch; one retry on another worker if a worker fails."""
         request = inference_pb2.PredictRequest(model=self.signature.name)
         encode_features(request.features, part.dense, part.ids, part.lengths)
@@ -94,6 +101,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
             except NoWorker:
                 raise Unavailable(self._gave_up(pool, tried, part)) from None
             failed = True
+            sent = time.perf_counter()
             try:
                 reply = await pool.stubs[worker].Predict(request, timeout=timeout)
                 failed = False
@@ -120,6 +128,13 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
                 continue
             finally:
                 pool.balancer.release(worker, failed=failed)
+            self.metrics.sub_batch(
+                (time.perf_counter() - sent) * 1e3,
+                reply,
+                part.end - part.start,
+                pool.name,
+                batch_size,
+            )
             scores = decode(reply.scores, "scores")
             if scores.shape[0] != part.end - part.start:
                 raise Unavailable(

@@ -7,6 +7,8 @@ import logging
 
 from deeprec.common.features import ModelSignature
 from deeprec.common.server import Server, setup_logging
+from deeprec.common.telemetry import Telemetry
+from deeprec.common.telemetry import setup as setup_telemetry
 from deeprec.models.artifact import load_artifact
 from deeprec.models.runtime import open_session
 from deeprec.v1 import inference_pb2, inference_pb2_grpc
@@ -26,8 +28,10 @@ def build_servicer(model_dir, device="cpu", threads=None, allow_cpu_fallback=Fal
     return InferenceServicer(session, signature, device)
 
 
-async def start(servicer: InferenceServicer, host: str, port: int) -> Server:
-    server = Server([SERVICE])
+async def start(
+    servicer: InferenceServicer, host: str, port: int, telemetry: Telemetry | None = None
+) -> Server:
+    server = Server([SERVICE], interceptors=(telemetry or Telemetry()).server_interceptors())
     server.add(inference_pb2_grpc.add_InferenceServicer_to_server, servicer)
     await server.start(host, port)
     return server
@@ -35,7 +39,8 @@ async def start(servicer: InferenceServicer, host: str, port: int) -> Server:
 
 async def serve(args) -> int:
     servicer = build_servicer(args.model, args.device, args.threads, args.allow_cpu_fallback)
-    server = await start(servicer, args.host, args.port)
+    telemetry = setup_telemetry("inference")
+    server = await start(servicer, args.host, args.port, telemetry)
     log.info(
         "serving on %s:%d: %s v%s, device %s, provider %s, %s threads",
         args.host,
@@ -48,6 +53,7 @@ async def serve(args) -> int:
     )
     await server.run_until_signalled()
     servicer.executor.shutdown(wait=True)
+    telemetry.shutdown()
     return 0
 
 

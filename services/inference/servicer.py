@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from deeprec.common.errors import NotFound, grpc_errors
@@ -34,10 +35,18 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             )
         batch = validate(self.signature, request.features)
         loop = asyncio.get_running_loop()
-        scores = await loop.run_in_executor(self.executor, self.session.run, batch.feeds())
-        response = inference_pb2.PredictResponse(provider=self.session.provider)
+        queued = time.perf_counter()
+        started, scores = await loop.run_in_executor(self.executor, self._run, batch.feeds())
+        response = inference_pb2.PredictResponse(
+            provider=self.session.provider,
+            queue_ms=(started - queued) * 1e3,
+            service_ms=(time.perf_counter() - started) * 1e3,
+        )
         encode(scores[0], response.scores)
         return response
+
+    def _run(self, feeds):
+        return time.perf_counter(), self.session.run(feeds)
 
     @grpc_errors
     async def Describe(self, request, context):

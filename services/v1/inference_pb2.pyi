@@ -16,12 +16,16 @@ class PredictRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., features: _Optional[_Union[_tensor_pb2.Features, _Mapping]] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
-    __slots__ = ("scores", "provider")
+    __slots__ = ("scores", "provider", "queue_ms", "service_ms")
     SCORES_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_MS_FIELD_NUMBER: _ClassVar[int]
     scores: _tensor_pb2.Tensor
     provider: str
-    def __init__(self, scores: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., provider: _Optional[str] = ...) -> None: ...
+    queue_ms: float
+    service_ms: float
+    def __init__(self, scores: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., provider: _Optional[str] = ..., queue_ms: _Optional[float] = ..., service_ms: _Optional[float] = ...) -> None: ...
 
 class DescribeRequest(_message.Message):
     __slots__ = ()

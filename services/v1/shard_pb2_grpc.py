@@ -40,6 +40,11 @@ class SparseShardStub:
                 request_serializer=deeprec_dot_v1_dot_shard__pb2.LookupRequest.SerializeToString,
                 response_deserializer=deeprec_dot_v1_dot_shard__pb2.LookupResponse.FromString,
                 _registered_method=True)
+        self.Describe = channel.unary_unary(
+                '/deeprec.v1.SparseShard/Describe',
+                request_serializer=deeprec_dot_v1_dot_shard__pb2.DescribeShardRequest.SerializeToString,
+                response_deserializer=deeprec_dot_v1_dot_shard__pb2.ShardDescription.FromString,
+                _registered_method=True)
 
 
 class SparseShardServicer:
@@ -52,6 +57,13 @@ class SparseShardServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Describe(self, request, context):
+        """What this shard holds, so a worker can check it talks to the shard its plan names.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SparseShardServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +71,11 @@ def add_SparseShardServicer_to_server(servicer, server):
                     servicer.Lookup,
                     request_deserializer=deeprec_dot_v1_dot_shard__pb2.LookupRequest.FromString,
                     response_serializer=deeprec_dot_v1_dot_shard__pb2.LookupResponse.SerializeToString,
+            ),
+            'Describe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Describe,
+                    request_deserializer=deeprec_dot_v1_dot_shard__pb2.DescribeShardRequest.FromString,
+                    response_serializer=deeprec_dot_v1_dot_shard__pb2.ShardDescription.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -89,6 +106,33 @@ class SparseShard:
             '/deeprec.v1.SparseShard/Lookup',
             deeprec_dot_v1_dot_shard__pb2.LookupRequest.SerializeToString,
             deeprec_dot_v1_dot_shard__pb2.LookupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Describe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeprec.v1.SparseShard/Describe',
+            deeprec_dot_v1_dot_shard__pb2.DescribeShardRequest.SerializeToString,
+            deeprec_dot_v1_dot_shard__pb2.ShardDescription.FromString,
             options,
             channel_credentials,
             insecure,
