@@ -8,11 +8,16 @@ import sys
 from .models import commands as model_commands
 from .models.artifact import ArtifactError
 from .models.runtime import ProviderUnavailable
+from .scheduler import commands as policy_commands
+from .sharding import commands as sharding_commands
+from .sharding.plan import PlanError
 
 
 def _add_serve(sub) -> None:
     from .frontend import main as frontend
     from .inference import main as inference
+    from .scheduler import main as scheduler
+    from .shard import main as shard
 
     serve = sub.add_parser("serve", help="run one service in the foreground")
     services = serve.add_subparsers(dest="service", required=True)
@@ -22,6 +27,14 @@ def _add_serve(sub) -> None:
     frontend.add_arguments(
         services.add_parser("frontend", help="query frontend (deeprec.v1.Recommender)")
     )
+    scheduler.add_arguments(
+        services.add_parser("scheduler", help="tuning scheduler (deeprec.v1.Scheduler + OTLP)")
+    )
+    shard.add_arguments(
+        services.add_parser(
+            "shard", help="sparse shard of a sharding plan (deeprec.v1.SparseShard)"
+        )
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -29,6 +42,8 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True)
     model_commands.add_parser(sub)
     _add_serve(sub)
+    policy_commands.add_parser(sub)
+    sharding_commands.add_parser(sub)
     return top
 
 
@@ -36,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ArtifactError, ProviderUnavailable) as err:
+    except (ArtifactError, ProviderUnavailable, PlanError) as err:
         print(f"deeprec: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -16,6 +16,10 @@ class ServingError(Exception):
     code = grpc.StatusCode.INTERNAL
 
 
+class InvalidArgument(ServingError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
 class NotFound(ServingError):
     code = grpc.StatusCode.NOT_FOUND
 

@@ -66,13 +66,16 @@ def to_json(policy: Policy) -> dict:
 
 def from_json(data: dict) -> Policy:
     """A policy from saved JSON; ValueError names what is wrong."""
+    pinned = data.get("pinned", False)
+    if not isinstance(pinned, bool):
+        raise ValueError(f"malformed policy {data!r}: 'pinned' must be true or false")
     try:
         return Policy(
             str(data["model"]),
             int(data["batch_size"]),
             int(data["offload_threshold"]),
             int(data.get("version", 0)),
-            bool(data.get("pinned", False)),
+            pinned,
         )
     except (KeyError, TypeError) as err:
         raise ValueError(f"malformed policy {data!r}: {err}") from err

@@ -1,0 +1,1 @@
+"""Scheduler: tail latency from OTLP, DeepRecSched tuning, policy stream."""

@@ -1,0 +1,78 @@
+"""`deeprec policy show|set|pin`: operators read and set policies on a running scheduler."""
+
+from __future__ import annotations
+
+import sys
+
+import grpc
+
+from deeprec.v1 import scheduler_pb2, scheduler_pb2_grpc
+
+
+def _stub(address: str):
+    return scheduler_pb2_grpc.SchedulerStub(grpc.insecure_channel(address))
+
+
+def _print(policy) -> None:
+    pinned = " pinned" if policy.pinned else ""
+    threshold = policy.offload_threshold or "never"
+    print(
+        f"{policy.model}: B={policy.batch_size or 'no split'} T={threshold} "
+        f"(version {policy.version}{pinned})"
+    )
+
+
+def show(args) -> int:
+    stub = _stub(args.scheduler)
+    try:
+        if args.model:
+            _print(stub.GetPolicy(scheduler_pb2.GetPolicyRequest(model=args.model), timeout=5))
+            return 0
+        stream = stub.WatchPolicies(scheduler_pb2.WatchPoliciesRequest(frontend="cli"), timeout=5)
+        policies = next(iter(stream)).policies
+        stream.cancel()
+    except grpc.RpcError as err:
+        print(f"deeprec: {err.code().name}: {err.details()}", file=sys.stderr)
+        return 1
+    if not policies:
+        print(
+            "no policies yet (the scheduler adopts a model's policy once its frontends "
+            "report metrics)"
+        )
+    for policy in policies:
+        _print(policy)
+    return 0
+
+
+def set_policy(args) -> int:
+    request = scheduler_pb2.SetPolicyRequest(
+        policy=scheduler_pb2.Policy(
+            model=args.model, batch_size=args.batch_size, offload_threshold=args.offload_threshold
+        ),
+        pin=args.pin,
+    )
+    try:
+        _print(_stub(args.scheduler).SetPolicy(request, timeout=5))
+    except grpc.RpcError as err:
+        print(f"deeprec: {err.code().name}: {err.details()}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    policy = subparsers.add_parser("policy", help="show or set serving policies (B, T)")
+    sub = policy.add_subparsers(dest="policy_command", required=True)
+    p = sub.add_parser("show", help="the policy of one model, or all")
+    p.add_argument("--scheduler", default="127.0.0.1:50071")
+    p.add_argument("--model", default="")
+    p.set_defaults(func=show)
+    for name, pin, text in (
+        ("set", False, "set a policy; the tuner continues from it"),
+        ("pin", True, "set a policy and stop tuning it"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--scheduler", default="127.0.0.1:50071")
+        p.add_argument("--model", required=True)
+        p.add_argument("--batch-size", type=int, required=True, help="B (0 = no split)")
+        p.add_argument("--offload-threshold", type=int, default=0, help="T (0 = never)")
+        p.set_defaults(func=set_policy, pin=pin)

@@ -1,0 +1,137 @@
+"""The scheduler's state: policies per model, their tuners, the metrics window, the store.
+
+No gRPC here: the service layer calls ``ingest``, ``tick`` and ``set_policy`` and
+broadcasts whatever changed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+
+from deeprec.common.policy import Policy
+
+from .ingest import ingest
+from .tuner import Tuner, TunerConfig
+from .window import MetricsWindow
+
+log = logging.getLogger("deeprec")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    sla_ms: float = 50.0
+    percentile: float = 0.95
+    tune: bool = True
+    tuner: TunerConfig = field(default_factory=TunerConfig)
+
+
+class SchedulerCore:
+    def __init__(self, config: SchedulerConfig, store=None):
+        self.config = config
+        self.store = store
+        self.window = MetricsWindow()
+        self.policies: dict[str, Policy] = dict(store.load()) if store else {}
+        self.tuners: dict[str, Tuner] = {}
+        self.trial_start: dict[str, float] = {}  # model -> when its policy took effect
+        if self.policies:
+            log.info(
+                "restored policies: %s",
+                ", ".join(
+                    f"{p.model} v{p.version} B={p.batch_size} T={p.offload_threshold}"
+                    for p in self.policies.values()
+                ),
+            )
+
+    # -- inputs -------------------------------------------------------------------------------
+
+    def ingest(self, request, now: float) -> int:
+        return ingest(request, self.window, now)
+
+    def set_policy(
+        self, model: str, batch_size: int, offload_threshold: int, pin: bool, now: float
+    ) -> Policy:
+        """An operator's policy: applied at once; pinned ones are left alone by the tuner."""
+        current = self.policies.get(model)
+        version = self._next_version(model, current)
+        policy = Policy(model, batch_size, offload_threshold, version, pin)
+        self._install(policy, now)
+        self.tuners.pop(model, None)  # a new starting point: tune afresh (unless pinned)
+        return policy
+
+    # -- the control loop ---------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[Policy]:
+        """One control step for every model; returns the policies that changed."""
+        self.window.prune(now)
+        changed = []
+        for model in sorted(self.window.models()):
+            if model not in self.policies:
+                changed.append(self._adopt(model, now))
+                continue
+            if not self.config.tune:
+                continue
+            policy = self.policies[model]
+            tuner = self.tuners.get(model)
+            if tuner is None:
+                tuner = self.tuners[model] = Tuner(self._tuner_config(model))
+            since = self.trial_start.setdefault(model, now)
+            obs = self.window.observation(model, policy.version, since, now, self.config.percentile)
+            decision = tuner.step(policy, obs)
+            if decision.policy is not None:
+                new = replace(
+                    decision.policy,
+                    model=model,
+                    version=self._next_version(model, policy),
+                    pinned=False,
+                )
+                log.info(
+                    "%s: B=%d T=%d (phase %s, p%d %.1f ms at %.0f qps)",
+                    model,
+                    new.batch_size,
+                    new.offload_threshold,
+                    tuner.phase,
+                    round(self.config.percentile * 100),
+                    obs.latency_ms,
+                    obs.qps,
+                )
+                self._install(new, now)
+                changed.append(new)
+            elif decision.consumed:
+                self.trial_start[model] = now
+        return changed
+
+    def _tuner_config(self, model: str) -> TunerConfig:
+        gpu = self.window.workers.get((model, "gpu"), 0) > 0
+        return replace(self.config.tuner, sla_ms=self.config.sla_ms, gpu=gpu)
+
+    def _adopt(self, model: str, now: float) -> Policy:
+        """First sight of a model: take over the policy its frontends run with."""
+        batch_size, threshold, version = self.window.frontend_policy.get(model, (0, 0, 0))
+        policy = Policy(model, batch_size, threshold, version + 1)
+        log.info("%s: adopted the frontends' policy B=%d T=%d", model, batch_size, threshold)
+        self._install(policy, now)
+        return policy
+
+    def _next_version(self, model: str, current: Policy | None) -> int:
+        # Never go below what frontends already run, or they would ignore the update.
+        reported = self.window.frontend_policy.get(model, (0, 0, 0))[2]
+        return max(current.version if current else 0, reported) + 1
+
+    def _install(self, policy: Policy, now: float) -> None:
+        self.policies[policy.model] = policy
+        self.trial_start[policy.model] = now
+        if self.store is not None:
+            self.store.save(self.policies)
+
+    # -- reporting ----------------------------------------------------------------------------
+
+    def summary(self, model: str, now: float, seconds: float = 10.0) -> dict:
+        histogram = self.window.latency_histogram(model, since=now - seconds)
+        return {
+            "qps": histogram.count / seconds,
+            "p50_ms": histogram.quantile(0.50),
+            "p95_ms": histogram.quantile(0.95),
+            "p99_ms": histogram.quantile(0.99),
+            "phase": self.tuners[model].phase if model in self.tuners else "idle",
+        }

@@ -1,0 +1,120 @@
+"""`deeprec serve scheduler`: OTLP metrics in, DeepRecSched tuning, policies out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+
+from deeprec.common.server import Server, setup_logging
+from deeprec.v1 import scheduler_pb2, scheduler_pb2_grpc
+
+from .core import SchedulerConfig, SchedulerCore
+from .service import Broadcaster, MetricsReceiver, SchedulerServicer, control_loop
+from .store import StoreError, store_from_settings
+from .tuner import TunerConfig
+
+log = logging.getLogger("deeprec")
+SERVICES = [
+    scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name,
+    metrics_service_pb2.DESCRIPTOR.services_by_name["MetricsService"].full_name,
+]
+
+
+class Scheduler:
+    """The scheduler's server and control loop, startable in-process (tests) or as a CLI."""
+
+    def __init__(self, config: SchedulerConfig, store=None, interval: float = 1.0):
+        self.core = SchedulerCore(config, store)
+        self.broadcaster = Broadcaster()
+        self.interval = interval
+        self.server: Server | None = None
+        self._loop_task: asyncio.Task | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        self.server = Server(SERVICES)
+        self.server.add(
+            scheduler_pb2_grpc.add_SchedulerServicer_to_server,
+            SchedulerServicer(self.core, self.broadcaster),
+        )
+        self.server.add(
+            metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server,
+            MetricsReceiver(self.core),
+        )
+        port = await self.server.start(host, port)
+        self._loop_task = asyncio.get_running_loop().create_task(
+            control_loop(self.core, self.broadcaster, self.interval)
+        )
+        return port
+
+    async def stop(self, grace: float = 1.0) -> None:
+        if self._loop_task:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        if self.server:
+            await self.server.stop(grace)
+
+
+def config_from_args(args) -> SchedulerConfig:
+    tuner = TunerConfig(min_queries=args.trial_queries, max_trial_s=args.max_trial_seconds)
+    return SchedulerConfig(
+        sla_ms=args.sla_ms, percentile=args.percentile / 100.0, tune=not args.no_tune, tuner=tuner
+    )
+
+
+async def serve(args) -> int:
+    try:
+        store = store_from_settings(args.state, args.configmap, args.namespace)
+        scheduler = Scheduler(config_from_args(args), store, args.interval)
+    except StoreError as err:
+        log.error("%s", err)
+        return 1
+    port = await scheduler.start(args.host, args.port)
+    log.info(
+        "serving on %s:%d: SLA p%g <= %g ms, tuning %s, policies %s",
+        args.host,
+        port,
+        args.percentile,
+        args.sla_ms,
+        "off" if args.no_tune else "on",
+        store or "not persisted",
+    )
+    scheduler.server.service_names = SERVICES
+    await scheduler.server.run_until_signalled()
+    await scheduler.stop(0)
+    return 0
+
+
+def run(args) -> int:
+    setup_logging(f"scheduler:{args.port}")
+    return asyncio.run(serve(args))
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=50071, help="0 picks a free port")
+    parser.add_argument("--sla-ms", type=float, default=50.0, help="tail-latency target")
+    parser.add_argument(
+        "--percentile",
+        type=float,
+        default=95.0,
+        choices=(95.0, 99.0),
+        help="which tail the SLA bounds",
+    )
+    parser.add_argument("--interval", type=float, default=1.0, help="control loop period (s)")
+    parser.add_argument(
+        "--trial-queries", type=int, default=300, help="queries measured per tuning trial"
+    )
+    parser.add_argument(
+        "--max-trial-seconds",
+        type=float,
+        default=20.0,
+        help="end a trial after this long under light load",
+    )
+    parser.add_argument("--no-tune", action="store_true", help="only serve set policies")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--state", help="file that keeps the policies across restarts")
+    where.add_argument("--configmap", help="ConfigMap that keeps the policies (in a cluster)")
+    parser.add_argument("--namespace", help="ConfigMap namespace (default: the pod's)")
+    parser.set_defaults(func=run)

@@ -1,0 +1,238 @@
+"""DeepRecSched online: hill-climb B, then T, against the tail-latency SLA at the current load.
+
+Pure logic: the scheduler feeds one ``Observation`` per tick (what was measured since the
+policy in force took effect) and gets back the next policy to try, if any. The paper
+measures every candidate offline; here the per-sub-batch service time that every trial
+measures is fitted to ``a + b * items``, and a queueing estimate ranks the untried batch
+sizes, so the climb jumps to the predicted best instead of walking there one step at a
+time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+from deeprec.common.policy import Policy
+
+INF = math.inf
+
+
+@dataclass(frozen=True)
+class Observation:
+    queries: int  # answered under the policy in force
+    seconds: float
+    latency_ms: float  # at the SLA percentile
+    qps: float
+    mean_items: float
+    cpu_workers: int = 1
+    max_items: int = 0  # largest query seen (0 = unknown)
+    # batch size in force -> (mean items per sub-batch, mean service ms, sub-batches)
+    service: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TunerConfig:
+    sla_ms: float = 50.0
+    batch_sizes: tuple[int, ...] = (4, 8, 16, 32, 64, 128, 256, 512, 1024)
+    thresholds: tuple[int, ...] = (0, 100, 200, 300, 400, 500, 600, 700, 1024)  # 0 = never
+    gpu: bool = False
+    min_queries: int = 300  # a trial's sample
+    max_trial_s: float = 20.0  # under light load, settle for fewer queries
+    min_trial_queries: int = 50
+    guard_factor: float = 3.0  # a trial this far over the SLA and the incumbent is cut short
+    improvement: float = 0.02  # relative gain the model must predict to jump
+    plateau: float = 0.1  # results this close to the best count as equally good
+    drift: float = 0.3  # relative load change that starts a new round of tuning
+
+
+@dataclass
+class ServiceModel:
+    """Sub-batch service time = overhead_ms + per_item_ms * items (least squares)."""
+
+    overhead_ms: float
+    per_item_ms: float
+
+    @classmethod
+    def fit(cls, service: dict) -> ServiceModel | None:
+        points = [(items, ms, n) for items, ms, n in service.values() if n > 0]
+        # Two sub-batch sizes too close together give a slope made of noise.
+        if not points or max(p[0] for p in points) < 1.5 * min(p[0] for p in points):
+            return None
+        weight = sum(n for _, _, n in points)
+        mx = sum(x * n for x, _, n in points) / weight
+        my = sum(y * n for _, y, n in points) / weight
+        var = sum(n * (x - mx) ** 2 for x, _, n in points)
+        slope = sum(n * (x - mx) * (y - my) for x, y, n in points) / var
+        slope = max(slope, 1e-6)
+        return cls(max(my - slope * mx, 0.0), slope)
+
+    def predict_latency(self, batch_size: int, obs: Observation) -> float:
+        """Mean query latency (ms) at the observed load if every query were split by B."""
+        n = max(obs.mean_items, 1.0)
+        k = 1 if batch_size <= 0 else math.ceil(n / batch_size)
+        service = self.overhead_ms + self.per_item_ms * n / k
+        workers = max(obs.cpu_workers, 1)
+        utilisation = obs.qps * k * service / (workers * 1000.0)
+        if utilisation >= 0.97:
+            return INF
+        rounds = math.ceil(k / workers)
+        return rounds * service + service * utilisation / (1.0 - utilisation)
+
+
+@dataclass
+class Decision:
+    policy: Policy | None  # a new policy to apply (None: keep the one in force)
+    consumed: bool  # the observation window was used up; start a new one
+
+
+class Tuner:
+    """One model's tuner: phases ``b`` (batch size), ``t`` (offload threshold), ``hold``."""
+
+    def __init__(self, config: TunerConfig):
+        self.config = config
+        self.phase = "idle"
+        self.results: dict[int, float] = {}  # knob value -> tail latency, this phase
+        self.service: dict = {}  # batch size -> (items, ms, n), across rounds (load-free)
+        self.incumbent: Policy | None = None
+        self.incumbent_ms = INF
+        self.base_qps = 0.0
+        self.max_items = 0
+        self.trials = 0
+        self.history: list[tuple[str, int, float]] = []  # (knob, value, latency) per trial
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def step(self, policy: Policy, obs: Observation) -> Decision:
+        if policy.pinned:
+            self.phase = "idle"
+            return Decision(None, consumed=True)
+        if self.phase == "idle":
+            self._start_round(policy)
+        self.service.update({b: v for b, v in obs.service.items() if v[2] > 0})
+        self.max_items = max(self.max_items, obs.max_items)
+        knob = self._knob(policy)
+        trial = self.phase != "hold" and knob not in self.results
+        if trial and self._breaks_sla_badly(obs):
+            self._record(knob, INF)
+            return Decision(self._next(policy, obs), consumed=True)
+        enough = obs.queries >= self.config.min_queries or (
+            obs.seconds >= self.config.max_trial_s and obs.queries >= self.config.min_trial_queries
+        )
+        if not enough:
+            return Decision(None, consumed=False)
+        if self.phase == "hold":
+            return self._watch_for_drift(policy, obs)
+        self._record(knob, obs.latency_ms)
+        if obs.latency_ms < self.incumbent_ms:
+            self.incumbent, self.incumbent_ms = policy, obs.latency_ms
+        return Decision(self._next(policy, obs), consumed=True)
+
+    # -- phases -----------------------------------------------------------------------------
+
+    def _start_round(self, policy: Policy) -> None:
+        self.phase, self.results = "b", {}
+        self.incumbent, self.incumbent_ms = policy, INF
+
+    def _knob(self, policy: Policy) -> int:
+        return policy.offload_threshold if self.phase == "t" else policy.batch_size
+
+    def _record(self, knob: int, latency_ms: float) -> None:
+        self.results[knob] = latency_ms
+        self.trials += 1
+        self.history.append((self.phase, knob, latency_ms))
+
+    def _breaks_sla_badly(self, obs: Observation) -> bool:
+        limit = self.config.guard_factor * max(self.config.sla_ms, self.incumbent_ms)
+        return obs.queries >= self.config.min_trial_queries and obs.latency_ms > limit
+
+    def _next(self, policy: Policy, obs: Observation) -> Policy | None:
+        """The next trial of this phase, or move on; returns a policy to apply or None."""
+        while True:
+            if self.phase == "b":
+                value = self._next_batch_size(obs)
+                if value is not None:
+                    return replace(self.incumbent, batch_size=value)
+                self.phase, self.results = ("t" if self.config.gpu else "hold"), {}
+                if self.phase == "t":
+                    self.results[self.incumbent.offload_threshold] = self.incumbent_ms
+                continue
+            if self.phase == "t":
+                value = self._next_threshold()
+                if value is not None:
+                    return replace(self.incumbent, offload_threshold=value)
+                self.phase = "hold"
+                continue
+            # hold: settle on the incumbent, remember the load it was tuned for
+            self.base_qps = obs.qps
+            if self._same_knobs(policy, self.incumbent):
+                return None
+            return self.incumbent
+
+    def _next_batch_size(self, obs: Observation) -> int | None:
+        candidates = self.config.batch_sizes
+        best = min(self.results, key=self.results.get) if self.results else None
+        model = ServiceModel.fit(self.service)
+        if best is None:
+            return None
+        if model is not None:
+            predicted = {b: model.predict_latency(b, obs) for b in candidates}
+            untried = [b for b in candidates if b not in self.results]
+            if untried:
+                guess = min(untried, key=predicted.get)
+                # Jump to the predicted best if the model expects it to beat what we have.
+                if predicted[guess] < predicted.get(best, INF) * (1 - self.config.improvement):
+                    return guess
+        return self._explore(candidates, model, obs)
+
+    def _next_threshold(self) -> int | None:
+        # A threshold above every query size routes exactly like "never": not worth a trial.
+        useful = tuple(
+            t for t in self.config.thresholds if t == 0 or not self.max_items or t <= self.max_items
+        )
+        return self._explore(useful, None, None, zero_is_infinite=True)
+
+    def _explore(self, candidates, model, obs, zero_is_infinite=False) -> int | None:
+        """An untried neighbour of a good value: the best, or one within the plateau
+        tolerance of it (so flat stretches, e.g. thresholds above every query size, are
+        crossed instead of stopping the climb)."""
+        best_ms = min(self.results.values())
+        good = sorted(
+            (ms, value)
+            for value, ms in self.results.items()
+            if ms <= best_ms * (1 + self.config.plateau)
+        )
+        for _, value in good:
+            for neighbour in _neighbours(candidates, value, zero_is_infinite):
+                if neighbour in self.results:
+                    continue
+                if model is None or model.predict_latency(neighbour, obs) < INF:
+                    return neighbour
+        return None
+
+    def _watch_for_drift(self, policy: Policy, obs: Observation) -> Decision:
+        load_moved = abs(obs.qps - self.base_qps) > self.config.drift * max(self.base_qps, 1e-9)
+        slo_broken = obs.latency_ms > self.config.sla_ms >= self.incumbent_ms
+        if load_moved or slo_broken:
+            self._start_round(policy)
+            self._record(policy.batch_size, obs.latency_ms)
+            self.incumbent_ms = obs.latency_ms
+            return Decision(self._next(policy, obs), consumed=True)
+        return Decision(None, consumed=True)
+
+    @staticmethod
+    def _same_knobs(a: Policy, b: Policy) -> bool:
+        return (a.batch_size, a.offload_threshold) == (b.batch_size, b.offload_threshold)
+
+
+def _neighbours(candidates: tuple[int, ...], value: int, zero_is_infinite=False) -> list[int]:
+    """The candidates next to ``value`` (larger first), or the nearest ones if off-grid."""
+    ordered = sorted(candidates, key=lambda c: INF if zero_is_infinite and c == 0 else c)
+    if zero_is_infinite and value == 0:
+        return ordered[-2:-1] if 0 in ordered else ordered[-1:]
+    if value in ordered:
+        i = ordered.index(value)
+        return [ordered[j] for j in (i + 1, i - 1) if 0 <= j < len(ordered)]
+    above = [c for c in ordered if c > value][:1]
+    below = [c for c in ordered if c < value][-1:]
+    return above + below

@@ -1,0 +1,109 @@
+"""Sliding windows over what frontends export: tail latency, load, service times."""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from dataclasses import dataclass
+
+from .histogram import ExpHistogram, merge
+from .tuner import Observation
+
+
+@dataclass
+class _Sizes:
+    t: float
+    count: int
+    total: float
+    largest: float
+
+
+@dataclass
+class _Service:
+    t: float
+    count: int
+    ms: float  # summed service time
+    items: float  # summed items
+
+
+class MetricsWindow:
+    """Everything received in the last ``horizon_s`` seconds, per model.
+
+    Latency and sizes are kept per policy version, so a trial is judged only on queries
+    served under it, even when an export straddles a policy change.
+    """
+
+    def __init__(self, horizon_s: float = 300.0):
+        self.horizon_s = horizon_s
+        self.latency = defaultdict(deque)  # (model, version) -> (t, path, ExpHistogram)
+        self.sizes = defaultdict(deque)  # (model, version) -> _Sizes
+        self.service = defaultdict(deque)  # (model, batch_size) -> _Service
+        self.workers: dict[tuple[str, str], int] = {}  # (model, path) -> pool size
+        self.frontend_policy: dict[str, tuple[int, int, int]] = {}  # model -> (B, T, version)
+
+    def models(self) -> set[str]:
+        return {model for model, _ in self.latency} | set(self.frontend_policy)
+
+    def add_latency(self, t, model, version, path, histogram: ExpHistogram) -> None:
+        self.latency[model, version].append((t, path, histogram))
+
+    def add_sizes(self, t, model, version, count, total, largest) -> None:
+        self.sizes[model, version].append(_Sizes(t, count, total, largest))
+
+    def add_service(self, t, model, batch_size, count, ms=0.0, items=0.0) -> None:
+        """Service time and sub-batch sizes arrive as separate metrics: merge by time."""
+        entries = self.service[model, batch_size]
+        if entries and entries[-1].t == t and entries[-1].count == count:
+            entries[-1].ms += ms
+            entries[-1].items += items
+        else:
+            entries.append(_Service(t, count, ms, items))
+
+    def prune(self, now: float) -> None:
+        cutoff = now - self.horizon_s
+        for store in (self.latency, self.sizes, self.service):
+            for key in list(store):
+                entries = store[key]
+                while entries and _time(entries[0]) < cutoff:
+                    entries.popleft()
+                if not entries:
+                    del store[key]
+
+    def latency_histogram(self, model, version=None, since=-1e18, path=None) -> ExpHistogram:
+        picked = []
+        for (m, v), entries in self.latency.items():
+            if m != model or (version is not None and v != version):
+                continue
+            picked += [h for t, p, h in entries if t >= since and (path is None or p == path)]
+        return merge(picked)
+
+    def observation(
+        self, model: str, version: int, since: float, now: float, percentile: float
+    ) -> Observation:
+        """What was measured under policy ``version`` since it took effect at ``since``."""
+        histogram = self.latency_histogram(model, version, since)
+        sizes = [s for s in self.sizes.get((model, version), ()) if s.t >= since]
+        count = sum(s.count for s in sizes)
+        seconds = max(now - since, 1e-9)
+        service = {}
+        for (m, batch_size), entries in self.service.items():
+            n = sum(e.count for e in entries)
+            if m == model and n:
+                service[batch_size] = (
+                    sum(e.items for e in entries) / n,
+                    sum(e.ms for e in entries) / n,
+                    n,
+                )
+        return Observation(
+            queries=histogram.count,
+            seconds=seconds,
+            latency_ms=histogram.quantile(percentile) if histogram.count else 0.0,
+            qps=histogram.count / seconds,
+            mean_items=(sum(s.total for s in sizes) / count) if count else 0.0,
+            cpu_workers=self.workers.get((model, "cpu"), 1),
+            max_items=int(max((s.largest for s in sizes), default=0)),
+            service=service,
+        )
+
+
+def _time(entry) -> float:
+    return entry[0] if isinstance(entry, tuple) else entry.t
