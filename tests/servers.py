@@ -49,12 +49,14 @@ class InProcessCluster:
         offload_threshold=0,
         worker_addresses=None,
         max_items=4096,
+        telemetry=None,
     ):
         self.model_dir = model_dir
         self.n_workers, self.n_gpu = workers, gpu_workers
         self.batch_size, self.offload_threshold = batch_size, offload_threshold
         self.extra_workers = worker_addresses or []
         self.max_items = max_items
+        self.telemetry = telemetry
         self.servers = []
 
     def __enter__(self):
@@ -69,7 +71,9 @@ class InProcessCluster:
                 servicer = inference_main.build_servicer(
                     self.model_dir, device, 1, allow_cpu_fallback=True
                 )
-                server = self.loop.run(inference_main.start(servicer, "127.0.0.1", 0))
+                server = self.loop.run(
+                    inference_main.start(servicer, "127.0.0.1", 0, self.telemetry)
+                )
                 self.servers.append(server)
                 self.worker_servicers.append(servicer)
                 out.append(f"127.0.0.1:{server.port}")
@@ -82,9 +86,10 @@ class InProcessCluster:
                 self.offload_threshold,
                 self.max_items,
                 connect_timeout=10,
+                telemetry=self.telemetry,
             )
         )
-        server = self.loop.run(frontend_main.start(self.frontend, "127.0.0.1", 0))
+        server = self.loop.run(frontend_main.start(self.frontend, "127.0.0.1", 0, self.telemetry))
         self.servers.append(server)
         self.address = f"127.0.0.1:{server.port}"
         self.channel = grpc.insecure_channel(self.address)
@@ -186,3 +191,32 @@ def scores_of(response) -> np.ndarray:
     from deeprec.common.tensors import decode
 
     return decode(response.scores, "scores")
+
+
+class ShardProcess(WorkerProcess):
+    """`deeprec serve shard` as a real child process."""
+
+    def __init__(self, model_dir, plan_path, shard, *extra):
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "deeprec.cli",
+                "serve",
+                "shard",
+                "--model",
+                str(model_dir),
+                "--plan",
+                str(plan_path),
+                "--shard",
+                str(shard),
+                "--port",
+                str(self.port),
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )

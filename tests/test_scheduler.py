@@ -1,0 +1,124 @@
+"""Scheduler logic without servers: histograms, the tuner against the simulator, ingest."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from deeprec.common.policy import Policy
+from deeprec.scheduler.histogram import ExpHistogram, bucket_index, merge
+from deeprec.scheduler.simulator import ServerModel, simulate
+from deeprec.scheduler.tuner import Observation, ServiceModel, Tuner, TunerConfig
+
+
+def test_bucket_boundaries_follow_the_otel_definition():
+    # scale 0: bucket i holds (2**i, 2**(i+1)]
+    assert bucket_index(1.0, 0) == -1
+    assert bucket_index(1.5, 0) == 0
+    assert bucket_index(2.0, 0) == 0
+    assert bucket_index(2.1, 0) == 1
+    assert bucket_index(4.0, 1) == 3  # base sqrt(2): (2**1.5, 2**2]
+
+
+def test_merged_histograms_of_different_scales_give_the_right_quantiles():
+    values = np.random.default_rng(0).lognormal(3.0, 0.6, 60_000)
+    parts = [ExpHistogram.of_values(values[i::3], scale) for i, scale in enumerate((8, 5, 3))]
+    merged = merge(parts)
+    assert merged.scale == 3 and merged.count == 60_000
+    assert merged.sum == pytest.approx(values.sum())
+    width = 2 ** (2**-3) - 1  # relative bucket width at scale 3
+    for q in (0.5, 0.95, 0.99):
+        assert merged.quantile(q) == pytest.approx(np.quantile(values, q), rel=width)
+
+
+def test_service_model_fits_overhead_and_per_item_cost():
+    service = {16: (16.0, 1.0 + 0.05 * 16, 100), 128: (120.0, 1.0 + 0.05 * 120, 50)}
+    model = ServiceModel.fit(service)
+    assert model.overhead_ms == pytest.approx(1.0)
+    assert model.per_item_ms == pytest.approx(0.05)
+    assert ServiceModel.fit({16: (16.0, 1.8, 100)}) is None  # one size: no slope
+
+
+def _tune(server, config, start: Policy, rate, seconds_per_trial=10, max_steps=60, seed=100):
+    tuner, policy = Tuner(config), start
+    for step in range(max_steps):
+        obs = simulate(
+            server,
+            policy.batch_size,
+            policy.offload_threshold,
+            rate,
+            seconds_per_trial,
+            seed=seed + step,
+        )
+        decision = tuner.step(policy, obs)
+        if decision.policy is not None:
+            policy = replace(decision.policy, version=policy.version + 1)
+        elif tuner.phase == "hold":
+            return tuner, policy
+    raise AssertionError(f"no convergence in {max_steps} trials: {tuner.history}")
+
+
+@pytest.mark.parametrize("rate", [20, 60, 100])
+@pytest.mark.parametrize("start", [4, 1024])
+def test_batch_size_converges_to_the_best_candidate(rate, start):
+    server, config = ServerModel(), TunerConfig(min_queries=200)
+    sweep = {b: simulate(server, b, 0, rate, 30, seed=1).latency_ms for b in config.batch_sizes}
+    best = min(sweep.values())
+    tuner, policy = _tune(server, config, Policy("m", start, 0), rate)
+    # Within trial noise of the best (trials are 10 s of Poisson load each).
+    assert sweep[policy.batch_size] <= 1.15 * best, (policy, sweep, tuner.history)
+    assert tuner.trials < len(config.batch_sizes)  # the model saves trials
+    if start == 4:
+        assert sweep[start] > 5 * best  # the start really was bad
+
+
+@pytest.mark.parametrize("rate", [40, 100])
+def test_offload_threshold_converges_with_a_gpu_pool(rate):
+    server = ServerModel(gpu_workers=1, gpu_overhead_ms=6, gpu_per_item_ms=0.01)
+    config = TunerConfig(gpu=True)
+    tuner, policy = _tune(server, config, Policy("m", 1024, 0), rate)
+    sweep = {
+        (b, t): simulate(server, b, t, rate, 30, seed=1).latency_ms
+        for b in (64, 128, 256, 512, 1024)
+        for t in config.thresholds
+    }
+    best = min(sweep.values())
+    final = simulate(server, policy.batch_size, policy.offload_threshold, rate, 30, seed=1)
+    assert policy.offload_threshold != 0, tuner.history  # offloading pays off here
+    assert final.latency_ms <= 1.15 * best, (policy, tuner.history)
+
+
+def test_a_trial_that_breaks_the_sla_badly_is_cut_short_and_reverted():
+    config = TunerConfig(sla_ms=50, min_queries=300, min_trial_queries=50)
+    tuner = Tuner(config)
+    start = Policy("m", 64, 0)
+    good = Observation(400, 4.0, 30.0, 100, 250, 2, 700, {64: (60.0, 3.4, 1000)})
+    trial = tuner.step(start, good).policy
+    assert trial is not None and trial.batch_size != 64
+    # 60 queries in, the trial's tail is 10x the SLA: cut it, do not wait for 300.
+    awful = Observation(60, 0.5, 500.0, 120, 250, 2, 700, {})
+    decision = tuner.step(replace(trial, version=1), awful)
+    assert decision.consumed
+    assert tuner.results[trial.batch_size] == float("inf")
+    assert decision.policy is None or decision.policy.batch_size != trial.batch_size
+
+
+def test_pinned_policies_are_not_tuned():
+    tuner = Tuner(TunerConfig())
+    obs = Observation(1000, 10, 500.0, 100, 250, 2, 700, {})
+    assert tuner.step(Policy("m", 1, 0, 3, pinned=True), obs).policy is None
+
+
+def test_retunes_when_the_load_moves():
+    server, config = ServerModel(), TunerConfig(min_queries=200)
+    tuner, policy = _tune(server, config, Policy("m", 1024, 0), rate=20)
+    trials = tuner.trials
+    # Same load: hold.
+    same = simulate(server, policy.batch_size, 0, 20, 10, seed=999)
+    assert tuner.step(policy, same).policy is None and tuner.phase == "hold"
+    # Load x3: a new round starts from the current policy.
+    busier = simulate(server, policy.batch_size, 0, 60, 10, seed=998)
+    tuner.step(policy, busier)
+    assert tuner.phase == "b" and tuner.trials > trials
