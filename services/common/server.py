@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 from collections.abc import Callable, Iterable
 
@@ -16,12 +15,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from .config import env
+
 log = logging.getLogger("deeprec")
 
 # The largest query (1024 items of a paper RMC2: 32 tables x 120 ids x 8 bytes each) is
 # about 32 MB; leave headroom. DEEPREC_MAX_MESSAGE_MB overrides.
-MAX_MESSAGE_BYTES = int(os.environ.get("DEEPREC_MAX_MESSAGE_MB", "256")) << 20
-GRACE_SECONDS = float(os.environ.get("DEEPREC_SHUTDOWN_GRACE_S", "10"))
+MAX_MESSAGE_BYTES = env("DEEPREC_MAX_MESSAGE_MB", 256, int) << 20
+GRACE_SECONDS = env("DEEPREC_SHUTDOWN_GRACE_S", 10.0, float)
 
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -31,7 +32,7 @@ SERVER_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)]
 
 
 def setup_logging(service: str) -> None:
-    level = os.environ.get("DEEPREC_LOG_LEVEL", "INFO").upper()
+    level = env("DEEPREC_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(level=level, format=f"%(asctime)s {service} %(levelname)s %(message)s")
 
 

@@ -7,6 +7,7 @@ import logging
 
 import grpc
 
+from deeprec.common.config import env
 from deeprec.common.features import ModelSignature
 from deeprec.common.policy import Policy, PolicyTable
 from deeprec.common.server import Server, channel, setup_logging
@@ -149,27 +150,42 @@ def run(args) -> int:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--workers", default="", help="CPU worker addresses, comma-separated")
-    parser.add_argument("--gpu-workers", default="", help="GPU worker addresses")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=50051, help="0 picks a free port")
+    parser.add_argument(
+        "--workers",
+        default=env("DEEPREC_WORKERS", ""),
+        help="CPU worker addresses, comma-separated",
+    )
+    parser.add_argument(
+        "--gpu-workers",
+        default=env("DEEPREC_GPU_WORKERS", ""),
+        help="GPU worker addresses, comma-separated",
+    )
+    parser.add_argument("--host", default=env("DEEPREC_HOST", "127.0.0.1"))
+    parser.add_argument(
+        "--port", type=int, default=env("DEEPREC_PORT", 50051, int), help="0 picks a free port"
+    )
     parser.add_argument(
         "--batch-size",
         type=int,
-        default=64,
+        default=env("DEEPREC_BATCH_SIZE", 64, int),
         help="B: items per sub-batch on CPU workers (0 = no split)",
     )
     parser.add_argument(
         "--offload-threshold",
         type=int,
-        default=0,
+        default=env("DEEPREC_OFFLOAD_THRESHOLD", 0, int),
         help="T: queries of >= T items go whole to a GPU worker (0 = never)",
     )
     parser.add_argument(
-        "--max-items", type=int, default=DEFAULT_MAX_ITEMS, help="largest query accepted, in items"
+        "--max-items",
+        type=int,
+        default=env("DEEPREC_MAX_ITEMS", DEFAULT_MAX_ITEMS, int),
+        help="largest query accepted, in items",
     )
     parser.add_argument(
-        "--scheduler", default="", help="scheduler address to follow for policies (B, T)"
+        "--scheduler",
+        default=env("DEEPREC_SCHEDULER", ""),
+        help="scheduler address to follow for policies (B, T)",
     )
     parser.add_argument(
         "--connect-timeout", type=float, default=30.0, help="seconds to wait for workers at start"

@@ -7,6 +7,7 @@ import logging
 
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 
+from deeprec.common.config import env
 from deeprec.common.server import Server, setup_logging
 from deeprec.v1 import scheduler_pb2, scheduler_pb2_grpc
 
@@ -114,7 +115,15 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--no-tune", action="store_true", help="only serve set policies")
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--state", help="file that keeps the policies across restarts")
-    where.add_argument("--configmap", help="ConfigMap that keeps the policies (in a cluster)")
+    where.add_argument(
+        "--state",
+        default=env("DEEPREC_POLICY_STATE", None),
+        help="file that keeps the policies across restarts",
+    )
+    where.add_argument(
+        "--configmap",
+        default=env("DEEPREC_POLICY_CONFIGMAP", None),
+        help="ConfigMap that keeps the policies (in a cluster)",
+    )
     parser.add_argument("--namespace", help="ConfigMap namespace (default: the pod's)")
     parser.set_defaults(func=run)
