@@ -16,6 +16,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .config import env
+from .tls import from_env as tls_from_env
+
+FROM_ENV = object()  # default for ``tls``: read DEEPREC_TLS_DIR
 
 log = logging.getLogger("deeprec")
 
@@ -39,7 +42,8 @@ def setup_logging(service: str) -> None:
 class Server:
     """A grpc.aio server with health, reflection and SIGTERM handling."""
 
-    def __init__(self, service_names: Iterable[str], interceptors=()):
+    def __init__(self, service_names: Iterable[str], interceptors=(), tls=FROM_ENV):
+        self.tls = tls_from_env() if tls is FROM_ENV else tls
         self.grpc = grpc.aio.server(options=SERVER_OPTIONS, interceptors=list(interceptors))
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
@@ -54,7 +58,11 @@ class Server:
         register(servicer, self.grpc)
 
     async def start(self, host: str, port: int) -> int:
-        self.port = self.grpc.add_insecure_port(f"{host}:{port}")
+        address = f"{host}:{port}"
+        if self.tls is None:
+            self.port = self.grpc.add_insecure_port(address)
+        else:
+            self.port = self.grpc.add_secure_port(address, self.tls.server_credentials())
         if not self.port:
             raise OSError(f"cannot listen on {host}:{port}")
         await self.grpc.start()
@@ -89,7 +97,25 @@ CLIENT_OPTIONS = [
 ]
 
 
-def channel(address: str, interceptors=()) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(
-        address, options=CLIENT_OPTIONS, interceptors=list(interceptors) or None
+def channel(address: str, interceptors=(), tls=FROM_ENV) -> grpc.aio.Channel:
+    """An asyncio client channel: mutual TLS when DEEPREC_TLS_DIR is set."""
+    tls = tls_from_env() if tls is FROM_ENV else tls
+    interceptors = list(interceptors) or None
+    if tls is None:
+        return grpc.aio.insecure_channel(address, CLIENT_OPTIONS, interceptors=interceptors)
+    return grpc.aio.secure_channel(
+        address,
+        tls.channel_credentials(),
+        [*CLIENT_OPTIONS, *tls.channel_options()],
+        interceptors=interceptors,
+    )
+
+
+def sync_channel(address: str, tls=FROM_ENV) -> grpc.Channel:
+    """A blocking client channel (CLIs, load tests), with the same TLS rule."""
+    tls = tls_from_env() if tls is FROM_ENV else tls
+    if tls is None:
+        return grpc.insecure_channel(address, CLIENT_OPTIONS)
+    return grpc.secure_channel(
+        address, tls.channel_credentials(), [*CLIENT_OPTIONS, *tls.channel_options()]
     )

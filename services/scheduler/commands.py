@@ -6,11 +6,13 @@ import sys
 
 import grpc
 
+from deeprec.common.config import env
+from deeprec.common.server import sync_channel
 from deeprec.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 
 def _stub(address: str):
-    return scheduler_pb2_grpc.SchedulerStub(grpc.insecure_channel(address))
+    return scheduler_pb2_grpc.SchedulerStub(sync_channel(address))
 
 
 def _print(policy) -> None:
@@ -51,8 +53,9 @@ def set_policy(args) -> int:
         ),
         pin=args.pin,
     )
+    metadata = [("authorization", f"Bearer {args.token}")] if args.token else None
     try:
-        _print(_stub(args.scheduler).SetPolicy(request, timeout=5))
+        _print(_stub(args.scheduler).SetPolicy(request, timeout=5, metadata=metadata))
     except grpc.RpcError as err:
         print(f"deeprec: {err.code().name}: {err.details()}", file=sys.stderr)
         return 1
@@ -75,4 +78,9 @@ def add_parser(subparsers) -> None:
         p.add_argument("--model", required=True)
         p.add_argument("--batch-size", type=int, required=True, help="B (0 = no split)")
         p.add_argument("--offload-threshold", type=int, default=0, help="T (0 = never)")
+        p.add_argument(
+            "--token",
+            default=env("DEEPREC_ADMIN_TOKEN", ""),
+            help="admin token, if the scheduler requires one",
+        )
         p.set_defaults(func=set_policy, pin=pin)

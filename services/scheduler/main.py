@@ -26,8 +26,15 @@ SERVICES = [
 class Scheduler:
     """The scheduler's server and control loop, startable in-process (tests) or as a CLI."""
 
-    def __init__(self, config: SchedulerConfig, store=None, interval: float = 1.0):
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        store=None,
+        interval: float = 1.0,
+        admin_token: str | None = None,
+    ):
         self.core = SchedulerCore(config, store)
+        self.admin_token = admin_token  # None: DEEPREC_ADMIN_TOKEN
         self.broadcaster = Broadcaster()
         self.interval = interval
         self.server: Server | None = None
@@ -37,7 +44,7 @@ class Scheduler:
         self.server = Server(SERVICES)
         self.server.add(
             scheduler_pb2_grpc.add_SchedulerServicer_to_server,
-            SchedulerServicer(self.core, self.broadcaster),
+            SchedulerServicer(self.core, self.broadcaster, self.admin_token),
         )
         self.server.add(
             metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server,

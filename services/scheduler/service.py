@@ -8,6 +8,7 @@ import time
 
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 
+from deeprec.common.auth import check_admin
 from deeprec.common.errors import InvalidArgument, NotFound, grpc_errors
 from deeprec.common.policy import to_proto
 from deeprec.v1 import scheduler_pb2, scheduler_pb2_grpc
@@ -36,9 +37,10 @@ def policy_set(policies) -> scheduler_pb2.PolicySet:
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
-    def __init__(self, core: SchedulerCore, broadcaster: Broadcaster):
+    def __init__(self, core: SchedulerCore, broadcaster: Broadcaster, admin_token=None):
         self.core = core
         self.broadcaster = broadcaster
+        self.admin_token = admin_token  # None: DEEPREC_ADMIN_TOKEN
 
     async def WatchPolicies(self, request, context):
         queue: asyncio.Queue = asyncio.Queue()
@@ -60,6 +62,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
 
     @grpc_errors
     async def SetPolicy(self, request, context):
+        who = check_admin(context, self.admin_token)
         p = request.policy
         if not p.model:
             raise InvalidArgument("policy.model is required")
@@ -69,7 +72,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             p.model, p.batch_size, p.offload_threshold, request.pin, time.monotonic()
         )
         log.info(
-            "operator set %s: B=%d T=%d%s",
+            "%s set %s: B=%d T=%d%s",
+            who,
             policy.model,
             policy.batch_size,
             policy.offload_threshold,
