@@ -78,3 +78,22 @@ def test_policy_table_keeps_the_newest_version():
     assert table.get("rmc1").batch_size == 16
     with pytest.raises(ValueError):
         Policy("rmc1", -1, 0)
+
+
+def test_admission_refuses_what_cannot_meet_its_deadline():
+    from deeprec.common.errors import ResourceExhausted
+    from deeprec.frontend.admission import Admission
+
+    admission = Admission(max_items_in_flight=1000)
+    admission.admit("cpu", 200, workers=2, deadline_ms=50)  # no cost measured yet: admit
+    admission.observe("cpu", 100, service_ms=10.0)  # 0.1 ms per item
+    # 200 in flight + 300 new = 500 items * 0.1 ms / 2 workers = 25 ms
+    assert admission.predicted_ms("cpu", 300, workers=2) == pytest.approx(25.0)
+    admission.admit("cpu", 300, workers=2, deadline_ms=30)
+    with pytest.raises(ResourceExhausted, match="predicted 35 ms .* deadline of 30 ms"):
+        admission.admit("cpu", 200, workers=2, deadline_ms=30)
+    with pytest.raises(ResourceExhausted, match="limit of 1000"):
+        admission.admit("cpu", 600, workers=2, deadline_ms=None)
+    admission.release("cpu", 300)
+    admission.admit("cpu", 200, workers=2, deadline_ms=30)  # room again
+    assert admission.pools["cpu"].items_in_flight == 400

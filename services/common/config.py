@@ -31,6 +31,9 @@ ENV: dict[str, str] = {
     "DEEPREC_BATCH_SIZE": "B: items per sub-batch until the scheduler says otherwise",
     "DEEPREC_OFFLOAD_THRESHOLD": "T: queries of >= T items go to the GPU pool (0 = never)",
     "DEEPREC_MAX_ITEMS": "largest query accepted, in items",
+    "DEEPREC_MAX_ITEMS_IN_FLIGHT": "items queued per pool before RESOURCE_EXHAUSTED",
+    "DEEPREC_ADMISSION_BUDGET_MS": "latency budget of queries sent without a deadline",
+    "DEEPREC_MAX_QUEUE": "sub-batches a worker queues before RESOURCE_EXHAUSTED",
     # scheduler
     "DEEPREC_SLA_MS": "tail-latency target, ms",
     "DEEPREC_PERCENTILE": "95 or 99",

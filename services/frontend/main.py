@@ -15,6 +15,7 @@ from deeprec.common.telemetry import Telemetry
 from deeprec.common.telemetry import setup as setup_telemetry
 from deeprec.v1 import inference_pb2, inference_pb2_grpc, recommender_pb2, recommender_pb2_grpc
 
+from .admission import Admission
 from .servicer import Pool, RecommenderServicer
 from .watch import PolicyWatcher
 
@@ -72,6 +73,7 @@ async def build_servicer(
     max_items: int = DEFAULT_MAX_ITEMS,
     connect_timeout: float = 30.0,
     telemetry: Telemetry | None = None,
+    admission: Admission | None = None,
 ) -> RecommenderServicer:
     if not workers and not gpu_workers:
         raise StartupError("no workers given (--workers and/or --gpu-workers)")
@@ -92,6 +94,7 @@ async def build_servicer(
         policies,
         max_items,
         telemetry.meter,
+        admission,
     )
 
 
@@ -116,6 +119,7 @@ async def serve(args) -> int:
             args.max_items,
             args.connect_timeout,
             telemetry,
+            Admission(args.max_items_in_flight, args.admission_budget_ms),
         )
     except StartupError as err:
         log.error("%s", err)

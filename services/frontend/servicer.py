@@ -16,6 +16,7 @@ from deeprec.common.policy import PolicyTable
 from deeprec.common.tensors import decode, encode
 from deeprec.v1 import inference_pb2, recommender_pb2, recommender_pb2_grpc
 
+from .admission import Admission
 from .balancer import LeastOutstanding, NoWorker
 from .metrics import FrontendMetrics
 from .routing import choose_path
@@ -56,12 +57,14 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         policies: PolicyTable,
         max_items: int,
         meter=None,
+        admission: Admission | None = None,
     ):
         self.signature = signature
         self.pools = {"cpu": cpu, "gpu": gpu}
         self.policies = policies
         self.max_items = max_items
         self.metrics = FrontendMetrics(meter, signature.name, self.pools, policies)
+        self.admission = admission or Admission()
 
     @grpc_errors
     async def Recommend(self, request, context):
@@ -76,9 +79,16 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         batch_size = 0 if path == "gpu" else policy.batch_size
         parts = split(batch, batch_size)
         timeout = context.time_remaining()
-        results = await asyncio.gather(
-            *(self._predict(self.pools[path], part, timeout, batch_size) for part in parts)
+        pool = self.pools[path]
+        self.admission.admit(
+            path, batch.n, len(pool.balancer), None if timeout is None else timeout * 1e3
         )
+        try:
+            results = await _all_or_nothing(
+                [self._predict(pool, part, timeout, batch_size) for part in parts]
+            )
+        finally:
+            self.admission.release(path, batch.n)
         scores = np.concatenate([s for s, _ in results]) if len(results) > 1 else results[0][0]
         response = recommender_pb2.RecommendResponse()
         encode(scores, response.scores)
@@ -135,6 +145,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
                 pool.name,
                 batch_size,
             )
+            self.admission.observe(pool.name, part.end - part.start, reply.service_ms)
             scores = decode(reply.scores, "scores")
             if scores.shape[0] != part.end - part.start:
                 raise Unavailable(
@@ -151,3 +162,16 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
             f"items {part.start}-{part.end} failed on {pool.name} worker(s) "
             f"{', '.join(tried)} and no other worker could take them"
         )
+
+
+async def _all_or_nothing(coros: list):
+    """Results of every coroutine in order; on the first failure the rest are cancelled
+    (a query fails whole, so its other sub-batches should stop using workers)."""
+    if len(coros) == 1:
+        return [await coros[0]]
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(c) for c in coros]
+    except BaseExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    return [t.result() for t in tasks]

@@ -7,7 +7,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from deeprec.common.errors import NotFound, grpc_errors
+from deeprec.common.errors import DeadlineExceeded, NotFound, ResourceExhausted, grpc_errors
 from deeprec.common.features import ModelSignature, validate
 from deeprec.common.tensors import encode
 from deeprec.v1 import inference_pb2, inference_pb2_grpc
@@ -16,7 +16,14 @@ log = logging.getLogger("deeprec")
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
-    def __init__(self, session, signature: ModelSignature, device: str, mode: str = "single"):
+    def __init__(
+        self,
+        session,
+        signature: ModelSignature,
+        device: str,
+        mode: str = "single",
+        max_queue: int = 64,
+    ):
         self.session = session
         self.signature = signature
         self.device = device
@@ -25,6 +32,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         # Runtime already uses its intra-op threads, and queueing here keeps tail latency
         # honest instead of oversubscribing the cores.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort")
+        self.max_queue = max_queue
+        self.queued = 0  # sub-batches accepted and not finished
 
     @grpc_errors
     async def Predict(self, request, context):
@@ -34,9 +43,24 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 f"{self.signature.name!r})"
             )
         batch = validate(self.signature, request.features)
+        if self.queued >= self.max_queue:
+            raise ResourceExhausted(f"worker queue full ({self.queued} sub-batches waiting)")
         loop = asyncio.get_running_loop()
         queued = time.perf_counter()
-        started, scores = await loop.run_in_executor(self.executor, self._run, batch.feeds())
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else queued + remaining
+        self.queued += 1
+        try:
+            started, scores = await loop.run_in_executor(
+                self.executor, self._run, batch.feeds(), deadline
+            )
+        finally:
+            self.queued -= 1
+        if scores is None:
+            raise DeadlineExceeded(
+                f"deadline passed after {(started - queued) * 1e3:.0f} ms "
+                "in the worker's queue; not run"
+            )
         response = inference_pb2.PredictResponse(
             provider=self.session.provider,
             queue_ms=(started - queued) * 1e3,
@@ -45,8 +69,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         encode(scores[0], response.scores)
         return response
 
-    def _run(self, feeds):
-        return time.perf_counter(), self.session.run(feeds)
+    def _run(self, feeds, deadline: float | None):
+        started = time.perf_counter()
+        if deadline is not None and started > deadline:
+            return started, None  # nobody waits for this answer any more: skip the work
+        return started, self.session.run(feeds)
 
     @grpc_errors
     async def Describe(self, request, context):
