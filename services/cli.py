@@ -9,6 +9,7 @@ from .models import commands as model_commands
 from .models.artifact import ArtifactError
 from .models.runtime import ProviderUnavailable
 from .scheduler import commands as policy_commands
+from .shard import bench as shard_bench
 from .sharding import commands as sharding_commands
 from .sharding.plan import PlanError
 
@@ -44,6 +45,7 @@ def parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     policy_commands.add_parser(sub)
     sharding_commands.add_parser(sub)
+    shard_bench.add_parser(sub)  # last: joins the `bench` group if one is registered above
     return top
 
 

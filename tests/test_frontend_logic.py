@@ -87,13 +87,13 @@ def test_admission_refuses_what_cannot_meet_its_deadline():
     admission = Admission(max_items_in_flight=1000)
     admission.admit("cpu", 200, workers=2, deadline_ms=50)  # no cost measured yet: admit
     admission.observe("cpu", 100, service_ms=10.0)  # 0.1 ms per item
-    # 200 in flight + 300 new = 500 items * 0.1 ms / 2 workers = 25 ms
-    assert admission.predicted_ms("cpu", 300, workers=2) == pytest.approx(25.0)
-    admission.admit("cpu", 300, workers=2, deadline_ms=30)
-    with pytest.raises(ResourceExhausted, match="predicted 35 ms .* deadline of 30 ms"):
-        admission.admit("cpu", 200, workers=2, deadline_ms=30)
+    assert admission.predicted_wait_ms("cpu", workers=2) == pytest.approx(10.0)
+    admission.admit("cpu", 300, workers=2, deadline_ms=30)  # waits ~10 ms: fine
+    # 500 items ahead * 0.1 ms / 2 workers = 25 ms of waiting
+    with pytest.raises(ResourceExhausted, match=r"predicted wait 25 ms .* deadline of 20 ms"):
+        admission.admit("cpu", 10, workers=2, deadline_ms=20)
     with pytest.raises(ResourceExhausted, match="limit of 1000"):
         admission.admit("cpu", 600, workers=2, deadline_ms=None)
     admission.release("cpu", 300)
-    admission.admit("cpu", 200, workers=2, deadline_ms=30)  # room again
-    assert admission.pools["cpu"].items_in_flight == 400
+    admission.admit("cpu", 10, workers=2, deadline_ms=20)  # room again
+    assert admission.pools["cpu"].items_in_flight == 210

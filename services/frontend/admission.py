@@ -2,8 +2,9 @@
 
 A query that would wait behind more work than its deadline allows is refused at once
 with RESOURCE_EXHAUSTED instead of queueing, timing out and taking capacity from queries
-that could still make it. The prediction is the pool's backlog in items times the
-measured cost per item, spread over the pool's workers.
+that could still make it. The predicted wait is the pool's backlog in items times the
+measured cost per item, spread over the pool's workers. (A deadline too short for the
+query's own work, with nothing ahead of it, is tried and ends in DEADLINE_EXCEEDED.)
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ class Admission:
         self.default_budget_ms = default_budget_ms  # used when a query has no deadline
         self.pools: dict[str, PoolLoad] = defaultdict(PoolLoad)
 
-    def predicted_ms(self, path: str, items: int, workers: int) -> float:
+    def predicted_wait_ms(self, path: str, workers: int) -> float:
         pool = self.pools[path]
-        return (pool.items_in_flight + items) * pool.ms_per_item / max(workers, 1)
+        return pool.items_in_flight * pool.ms_per_item / max(workers, 1)
 
     def admit(self, path: str, items: int, workers: int, deadline_ms: float | None) -> None:
         """Raise ResourceExhausted, or count the query's items as in flight."""
@@ -42,11 +43,11 @@ class Admission:
             )
         budget = deadline_ms if deadline_ms is not None else self.default_budget_ms
         if budget:
-            predicted = self.predicted_ms(path, items, workers)
+            predicted = self.predicted_wait_ms(path, workers)
             if predicted > budget:
                 raise ResourceExhausted(
-                    f"overloaded: predicted {predicted:.0f} ms on the {path} pool exceeds the "
-                    f"deadline of {budget:.0f} ms; retry later or with a longer deadline"
+                    f"overloaded: predicted wait {predicted:.0f} ms on the {path} pool exceeds "
+                    f"the deadline of {budget:.0f} ms; retry later or with a longer deadline"
                 )
         pool.items_in_flight += items
 

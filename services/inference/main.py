@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from deeprec.common.config import env
 from deeprec.common.features import ModelSignature
 from deeprec.common.server import Server, setup_logging
 from deeprec.common.telemetry import Telemetry
@@ -13,19 +14,29 @@ from deeprec.models.artifact import load_artifact
 from deeprec.models.runtime import open_session
 from deeprec.v1 import inference_pb2, inference_pb2_grpc
 
+from . import sharded
 from .servicer import InferenceServicer
 
 log = logging.getLogger("deeprec")
 SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
 
 
-def build_servicer(model_dir, device="cpu", threads=None, allow_cpu_fallback=False):
+def build_servicer(
+    model_dir, device="cpu", threads=None, allow_cpu_fallback=False, sharding=None, max_queue=64
+):
+    """``sharding`` (a sharded.ShardedConfig): run the dense graph, look up on the shards."""
     artifact = load_artifact(model_dir)
-    session = open_session(artifact.graph("whole"), device, threads, allow_cpu_fallback)
+    if sharding is None:
+        session = open_session(artifact.graph("whole"), device, threads, allow_cpu_fallback)
+    else:
+        session = sharded.open_sharded_session(
+            artifact, sharding, device, threads, allow_cpu_fallback
+        )
     if device == "gpu" and session.provider != "CUDAExecutionProvider":
         log.warning("GPU worker is running on %s (--allow-cpu-fallback)", session.provider)
     signature = ModelSignature.from_spec(artifact.spec, artifact.version)
-    return InferenceServicer(session, signature, device)
+    mode = "single" if sharding is None else "sharded"
+    return InferenceServicer(session, signature, device, mode, max_queue)
 
 
 async def start(
@@ -38,7 +49,14 @@ async def start(
 
 
 async def serve(args) -> int:
-    servicer = build_servicer(args.model, args.device, args.threads, args.allow_cpu_fallback)
+    servicer = build_servicer(
+        args.model,
+        args.device,
+        args.threads,
+        args.allow_cpu_fallback,
+        sharded.config_from_args(args),
+        args.max_queue,
+    )
     telemetry = setup_telemetry("inference")
     server = await start(servicer, args.host, args.port, telemetry)
     log.info(
@@ -53,6 +71,8 @@ async def serve(args) -> int:
     )
     await server.run_until_signalled()
     servicer.executor.shutdown(wait=True)
+    if hasattr(servicer.session, "close"):
+        servicer.session.close()  # sharded: its shard channels
     telemetry.shutdown()
     return 0
 
@@ -63,19 +83,32 @@ def run(args) -> int:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", required=True, help="model artifact directory")
-    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=50061, help="0 picks a free port")
+    model = env("DEEPREC_MODEL_DIR", None)
+    parser.add_argument(
+        "--model", required=model is None, default=model, help="model artifact directory"
+    )
+    parser.add_argument("--device", choices=("cpu", "gpu"), default=env("DEEPREC_DEVICE", "cpu"))
+    parser.add_argument("--host", default=env("DEEPREC_HOST", "127.0.0.1"))
+    parser.add_argument(
+        "--port", type=int, default=env("DEEPREC_PORT", 50061, int), help="0 picks a free port"
+    )
     parser.add_argument(
         "--threads",
         type=int,
-        default=None,
+        default=env("DEEPREC_THREADS", None, int),
         help="ONNX Runtime intra-op threads (default: all cores)",
     )
     parser.add_argument(
         "--allow-cpu-fallback",
         action="store_true",
+        default=env("DEEPREC_ALLOW_CPU_FALLBACK", False, bool),
         help="with --device gpu: serve on the CPU if CUDA is unavailable",
     )
+    parser.add_argument(
+        "--max-queue",
+        type=int,
+        default=env("DEEPREC_MAX_QUEUE", 64, int),
+        help="sub-batches queued before RESOURCE_EXHAUSTED",
+    )
+    sharded.add_arguments(parser)
     parser.set_defaults(func=run)

@@ -1,0 +1,363 @@
+"""Sharded inference: lookups on the sparse shards over gRPC, then the dense graph here.
+
+``ShardedSession`` has the interface of models.runtime.Session (``run(feeds)``,
+``provider``), so the Inference servicer runs it unchanged. ``run`` is called on the
+servicer's executor thread: it routes the batch's ids (deeprec.sharding.router), sends one
+Lookup per shard it needs at once (synchronous stubs' futures: the RPCs overlap with no
+extra threads), retries a failed shard on its other replicas, and runs the dense graph.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from deeprec.common.errors import ServingError, Unavailable
+from deeprec.common.server import sync_channel
+from deeprec.common.tensors import TensorError, decode, encode
+from deeprec.models.runtime import open_session
+from deeprec.sharding.plan import Plan, PlanError, load_plan, parse_bytes
+from deeprec.sharding.profile import load_profile
+from deeprec.sharding.router import Want, assemble, dense_feeds, pool_local, route, wants_of
+from deeprec.v1 import shard_pb2, shard_pb2_grpc
+
+from .cache import MODES, HotRowCache, choose_rows
+
+log = logging.getLogger("deeprec")
+
+# A replica that fails this way may be down or overloaded: another replica may answer.
+RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.INTERNAL,
+}
+
+
+class ShardSetupError(PlanError):
+    """The shards named on the command line do not serve the plan as given."""
+
+
+@dataclass
+class ShardedConfig:
+    plan: str  # plan file
+    shards: list[list[str]]  # per shard (plan order), its replicas' addresses
+    cache_bytes: int = 0
+    cache_mode: str = "static"
+    cache_profile: str | None = None  # access profile for the static cache
+    lookup_timeout: float = 10.0
+    connect_timeout: float = 30.0
+    refresh_every: int = 64  # adaptive cache: batches between refreshes
+
+
+def parse_shard_addresses(text: str) -> list[list[str]]:
+    """``A,B+C``: shard 0 at A, shard 1 replicated at B and C (plan order)."""
+    shards = [[a.strip() for a in s.split("+") if a.strip()] for s in text.split(",")]
+    if not text.strip() or any(not s for s in shards):
+        raise ValueError(f"--shards {text!r}: expected ADDR[+ADDR...] per shard, comma-separated")
+    return shards
+
+
+class Replicas:
+    """One shard's replicas: round robin over the healthy ones; a replica that failed is
+    skipped for ``eject_seconds`` unless every replica has failed."""
+
+    def __init__(self, shard: int, addresses: list[str], eject_seconds: float = 1.0):
+        self.shard, self.addresses = shard, list(addresses)
+        self.channels = {a: sync_channel(a) for a in addresses}  # mutual TLS if configured
+        self.stubs = {a: shard_pb2_grpc.SparseShardStub(c) for a, c in self.channels.items()}
+        self.ejected_until = dict.fromkeys(addresses, 0.0)
+        self.eject_seconds = eject_seconds
+        self._turn = itertools.count()
+        self._lock = threading.Lock()
+
+    def order(self) -> list[str]:
+        """Replicas to try, best first."""
+        with self._lock:
+            start = next(self._turn) % len(self.addresses)
+            now = time.monotonic()
+        rotated = self.addresses[start:] + self.addresses[:start]
+        return sorted(rotated, key=lambda a: self.ejected_until[a] > now)  # stable
+
+    def failed(self, address: str) -> None:
+        with self._lock:
+            self.ejected_until[address] = time.monotonic() + self.eject_seconds
+
+    def close(self) -> None:
+        for c in self.channels.values():
+            c.close()
+
+
+def _request(parts) -> shard_pb2.LookupRequest:
+    request = shard_pb2.LookupRequest()
+    for part in parts:
+        lookup = request.lookups.add(table=part.table, pool=part.pool)
+        # Ids were validated against the table's rows: int32 holds them when it has fewer
+        # than 2^31, and halves the bytes both sides serialize.
+        small = not len(part.ids) or int(part.ids.max()) < 2**31
+        encode(part.ids.astype(np.int32) if small else part.ids, lookup.ids)
+        encode(part.lengths, lookup.lengths)
+    return request
+
+
+class ShardedSession:
+    def __init__(self, artifact, plan: Plan, config: ShardedConfig, dense_session):
+        plan.check_artifact(artifact)
+        if len(config.shards) != len(plan.shards):
+            raise ShardSetupError(
+                f"the plan has {len(plan.shards)} shard(s) but --shards names "
+                f"{len(config.shards)}: give one ADDR[+ADDR...] per shard, in plan order"
+            )
+        self.spec, self.plan, self.config = artifact.spec, plan, config
+        self.dim = artifact.spec.embedding_dim
+        self.dense = dense_session
+        self.replicas = [Replicas(k, addresses) for k, addresses in enumerate(config.shards)]
+        self.cache = None
+        self._batches = 0
+        self._refresher = None
+        self._refreshing = None
+        if config.cache_bytes:
+            dims = {t.name: t.dim for t in artifact.spec.tables}
+            rows = {t.name: t.rows for t in artifact.spec.tables}
+            self.cache = HotRowCache(config.cache_bytes, dims, config.cache_mode, rows)
+
+    @property
+    def provider(self) -> str:
+        return self.dense.provider
+
+    # -- startup ----------------------------------------------------------------------------
+
+    def check_shards(self) -> None:
+        """Every replica must describe itself as the plan's shard; every shard needs one
+        reachable replica. Unreachable replicas start ejected."""
+        calls = [
+            (
+                rep,
+                a,
+                rep.stubs[a].Describe.future(
+                    shard_pb2.DescribeShardRequest(),
+                    timeout=self.config.connect_timeout,
+                    wait_for_ready=True,
+                ),
+            )
+            for rep in self.replicas
+            for a in rep.addresses
+        ]
+        reachable = dict.fromkeys(range(len(self.replicas)), 0)
+        for rep, address, call in calls:
+            try:
+                d = call.result()
+            except grpc.RpcError as err:
+                log.warning("shard %d replica %s: %s", rep.shard, address, err.code().name)
+                rep.failed(address)
+                continue
+            expected = (self.spec.name, self.plan.version, self.plan.plan_id, rep.shard)
+            if (d.model, d.version, d.plan_id, d.shard) != expected:
+                raise ShardSetupError(
+                    f"{address} serves {d.model} v{d.version} plan {d.plan_id} shard {d.shard}, "
+                    f"expected {expected[0]} v{expected[1]} plan {expected[2]} shard {rep.shard} "
+                    "(--shards must list the plan's shards in order)"
+                )
+            reachable[rep.shard] += 1
+        down = [k for k, n in reachable.items() if not n]
+        if down:
+            raise ShardSetupError(
+                f"no replica of shard(s) {', '.join(map(str, down))} answered within "
+                f"{self.config.connect_timeout:g} s"
+            )
+
+    def warm_cache(self, profile) -> None:
+        """Static cache: fetch a profile's hottest rows from the shards."""
+        candidates = {n: (t.hot_ids, t.hot_counts) for n, t in profile.tables.items()}
+        self._install(choose_rows(candidates, self.cache.dims, self.cache.budget))
+
+    # -- serving ----------------------------------------------------------------------------
+
+    def run(self, feeds: dict) -> list[np.ndarray]:
+        wants = wants_of(self.spec, feeds)
+        routed = route(self.plan, wants, self.cache)
+        started = self._start(routed.parts)
+        local = pool_local(routed)  # the cache's share, while the shards do theirs
+        looked_up = assemble(routed, self._collect(routed.parts, started), self.dim, local)
+        scores = self.dense.run(dense_feeds(self.spec, feeds, looked_up))
+        if self.cache is not None:
+            self.cache.record(routed.ids, routed.cached)
+            if self.cache.mode == "adaptive":
+                self._observe(wants)
+        return scores
+
+    def _lookup(self, parts: dict[int, list]) -> dict[int, list[np.ndarray]]:
+        """One Lookup per shard, all in flight together; failures retried on other replicas."""
+        return self._collect(parts, self._start(parts))
+
+    def _start(self, parts: dict[int, list]) -> dict:
+        started = {}
+        for shard, shard_parts in parts.items():
+            rep = self.replicas[shard]
+            request = _request(shard_parts)
+            order = rep.order()
+            future = rep.stubs[order[0]].Lookup.future(request, timeout=self.config.lookup_timeout)
+            started[shard] = (request, order, future)
+        return started
+
+    def _collect(self, parts: dict[int, list], started: dict) -> dict[int, list[np.ndarray]]:
+        results = {}
+        for shard, (request, order, future) in started.items():
+            rep = self.replicas[shard]
+            errors = []
+            for i, address in enumerate(order):
+                try:
+                    if i:
+                        reply = rep.stubs[address].Lookup(
+                            request, timeout=self.config.lookup_timeout
+                        )
+                    else:
+                        reply = future.result()
+                except grpc.RpcError as err:
+                    errors.append(f"{address}: {err.code().name} {err.details()}")
+                    if err.code() not in RETRYABLE:
+                        raise ServingError(
+                            f"shard {shard} refused the lookup: {errors[-1]}"
+                        ) from None
+                    rep.failed(address)
+                    continue
+                results[shard] = self._decode(shard, reply, len(parts[shard]))
+                break
+            else:
+                raise Unavailable(f"shard {shard}: no replica answered ({'; '.join(errors)})")
+        return results
+
+    def _decode(self, shard: int, reply, count: int) -> list[np.ndarray]:
+        if len(reply.results) != count:
+            raise ServingError(
+                f"shard {shard} answered {len(reply.results)} results for {count} lookups"
+            )
+        try:
+            return [decode(t, f"shard {shard} results[{i}]") for i, t in enumerate(reply.results)]
+        except TensorError as err:
+            raise ServingError(str(err)) from None
+
+    # -- the cache --------------------------------------------------------------------------
+
+    def fetch_rows(self, tables: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Rows (float32) of the given ids per table, from the shards."""
+        wants = [
+            Want(t, t, np.asarray(ids, np.int64), np.array([len(ids)], np.int64), False)
+            for t, ids in tables.items()
+        ]
+        routed = route(self.plan, wants)
+        return assemble(routed, self._lookup(routed.parts), self.dim)
+
+    def _install(self, chosen: dict[str, np.ndarray]) -> None:
+        """Cache ``chosen`` ids per table: rows already cached are kept, new ones fetched."""
+        missing, kept = {}, {}
+        for table, ids in chosen.items():
+            snapshot = self.cache.snapshot(table)
+            if snapshot is not None and len(snapshot.ids):
+                old_ids, old_rows = snapshot.ids, snapshot.rows
+                slot = np.minimum(np.searchsorted(old_ids, ids), len(old_ids) - 1)
+                have = old_ids[slot] == ids
+                kept[table] = (ids[have], old_rows[slot[have]])
+                ids = ids[~have]
+            if len(ids):
+                missing[table] = ids
+        fetched = self.fetch_rows(missing) if missing else {}
+        tables = {}
+        for table in chosen:
+            parts = [kept[table]] if table in kept else []
+            if table in missing:
+                parts.append((missing[table], fetched[table]))
+            if parts:
+                tables[table] = tuple(np.concatenate(p) for p in zip(*parts, strict=True))
+        self.cache.install(tables)
+
+    def _observe(self, wants) -> None:
+        for want in wants:
+            self.cache.sampler.observe(want.table, want.ids)
+        self._batches += 1
+        if self._batches % self.config.refresh_every:
+            return
+        if self._refreshing is not None and not self._refreshing.done():
+            return
+        if self._refresher is None:
+            self._refresher = ThreadPoolExecutor(1, thread_name_prefix="cache-refresh")
+        self._refreshing = self._refresher.submit(self.refresh_cache)
+
+    def refresh_cache(self) -> None:
+        """Adaptive cache: keep the hottest rows of the recent window."""
+        try:
+            chosen = choose_rows(self.cache.sampler.counts(), self.cache.dims, self.cache.budget)
+            self._install(chosen)
+        except ServingError as err:  # shards busy or down: keep the old rows
+            log.warning("hot-row cache refresh failed: %s", err)
+
+    def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.shutdown(wait=True)
+        for rep in self.replicas:
+            rep.close()
+
+
+def open_sharded_session(
+    artifact, config: ShardedConfig, device="cpu", threads=None, allow_cpu_fallback=False
+) -> ShardedSession:
+    plan = load_plan(config.plan)
+    dense = open_session(artifact.graph("dense"), device, threads, allow_cpu_fallback)
+    session = ShardedSession(artifact, plan, config, dense)
+    session.check_shards()
+    if session.cache is not None and config.cache_mode == "static":
+        if not config.cache_profile:
+            raise ShardSetupError("--cache-mode static needs an access profile (--cache-profile)")
+        session.warm_cache(load_profile(config.cache_profile))
+    return session
+
+
+# -- command line -----------------------------------------------------------------------------
+
+
+def add_arguments(parser) -> None:
+    group = parser.add_argument_group("sharded mode (tables on sparse shards)")
+    group.add_argument("--plan", help="sharding plan: serve the dense graph, look up on shards")
+    group.add_argument(
+        "--shards",
+        help="shard addresses in plan order, comma-separated; replicas joined by '+' "
+        "(e.g. 127.0.0.1:7001+127.0.0.1:7011,127.0.0.1:7002)",
+    )
+    group.add_argument(
+        "--cache-bytes", default="0", help="hot-row cache size (e.g. 8M; default 0: no cache)"
+    )
+    group.add_argument("--cache-mode", choices=MODES, default="static")
+    group.add_argument("--cache-profile", help="access profile for the static cache")
+    group.add_argument("--shard-timeout", type=float, default=10.0, help="seconds per shard lookup")
+
+
+def config_from_args(args) -> ShardedConfig | None:
+    if not args.plan:
+        if args.shards:
+            raise ShardSetupError("--shards needs --plan")
+        return None
+    if not args.shards:
+        raise ShardSetupError("--plan needs --shards (one address per shard of the plan)")
+    try:
+        shards = parse_shard_addresses(args.shards)
+        cache_bytes = parse_bytes(args.cache_bytes)
+    except ValueError as err:
+        raise ShardSetupError(str(err)) from None
+    return ShardedConfig(
+        args.plan,
+        shards,
+        cache_bytes,
+        args.cache_mode,
+        args.cache_profile,
+        lookup_timeout=args.shard_timeout,
+    )

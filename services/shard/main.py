@@ -1,0 +1,82 @@
+"""`deeprec serve shard`: shard K of a sharding plan, on one port."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from deeprec.common.server import Server, setup_logging
+from deeprec.common.telemetry import Telemetry
+from deeprec.common.telemetry import setup as setup_telemetry
+from deeprec.models.artifact import load_artifact
+from deeprec.sharding.plan import load_plan
+from deeprec.v1 import shard_pb2, shard_pb2_grpc
+
+from .servicer import ShardServicer
+from .store import ShardStore
+
+log = logging.getLogger("deeprec")
+SERVICE = shard_pb2.DESCRIPTOR.services_by_name["SparseShard"].full_name
+ROW_DTYPE_FLAGS = {"fp32": "float32", "fp16": "float16"}
+
+
+def build_servicer(model_dir, plan_path, shard: int, row_dtype: str | None = None):
+    """``row_dtype``: "fp32"/"fp16" (or float32/float16); None keeps the plan's."""
+    artifact = load_artifact(model_dir)
+    plan = load_plan(plan_path)
+    dtype = ROW_DTYPE_FLAGS.get(row_dtype, row_dtype)
+    return ShardServicer(ShardStore(artifact, plan, shard, dtype))
+
+
+async def start(
+    servicer: ShardServicer, host: str, port: int, telemetry: Telemetry | None = None
+) -> Server:
+    server = Server([SERVICE], interceptors=(telemetry or Telemetry()).server_interceptors())
+    server.add(shard_pb2_grpc.add_SparseShardServicer_to_server, servicer)
+    await server.start(host, port)
+    return server
+
+
+async def serve(args) -> int:
+    servicer = build_servicer(args.model, args.plan, args.shard, args.row_dtype)
+    telemetry = setup_telemetry("shard")
+    server = await start(servicer, args.host, args.port, telemetry)
+    store = servicer.store
+    log.info(
+        "serving on %s:%d: %s v%s shard %d of %d (%s plan %s), %s rows, %.1f MB: %s",
+        args.host,
+        server.port,
+        store.model,
+        store.version,
+        store.shard,
+        len(store.plan.shards),
+        store.plan.strategy,
+        store.plan.plan_id,
+        store.row_dtype,
+        store.nbytes / 1e6,
+        ", ".join(f"{h.table}[{h.start}:{h.stop}]" for h in store.held.values()),
+    )
+    await server.run_until_signalled()
+    telemetry.shutdown()
+    return 0
+
+
+def run(args) -> int:
+    setup_logging(f"shard{args.shard}:{args.port}")
+    return asyncio.run(serve(args))
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help="model artifact directory")
+    parser.add_argument("--plan", required=True, help="sharding plan (from `deeprec plan`)")
+    parser.add_argument("--shard", type=int, required=True, help="this shard's index in the plan")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=50071, help="0 picks a free port")
+    parser.add_argument(
+        "--row-dtype",
+        choices=sorted(ROW_DTYPE_FLAGS),
+        default=None,
+        help="row storage: fp32 maps the artifact's rows, fp16 keeps a half-size copy "
+        "(default: the plan's)",
+    )
+    parser.set_defaults(func=run)

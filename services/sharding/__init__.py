@@ -1,0 +1,1 @@
+"""The sharding planner: which sparse shard holds which embedding rows (pure Python)."""

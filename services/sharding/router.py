@@ -1,0 +1,184 @@
+"""Route a batch's ids to the shards that hold them, and put the answers back together.
+
+Pure NumPy, no gRPC: the sharded session sends what ``route`` returns and hands the
+replies to ``assemble``. Sum-pooled features ask each shard for the partial sums of the ids
+it holds (a row-wise split table gives one partial per shard) and add them up; sequence
+features ask for rows and scatter them back to their positions. Ids the hot-row cache
+holds are pooled locally and never sent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from deeprec.models.pooling import sample_of, segment_sum
+
+from .plan import Plan
+
+
+@dataclass
+class Want:
+    """One feature's ids for a batch: pooled per sample (pool) or as rows in order."""
+
+    key: str
+    table: str
+    ids: np.ndarray
+    lengths: np.ndarray
+    pool: bool
+
+
+@dataclass
+class Part:
+    """One TableLookup for one shard."""
+
+    key: str
+    table: str
+    ids: np.ndarray
+    lengths: np.ndarray
+    pool: bool
+    positions: np.ndarray | None = None  # rows only: where they go in the key's rows
+
+
+@dataclass
+class Routed:
+    wants: list[Want]
+    parts: dict[int, list[Part]]  # shard -> its lookups, in request order
+    # Cache hits, pooled by ``pool_local`` (while the shards work): key -> (pool, rows of
+    # the cache, slots of the hot ids, per-sample counts (pool) or positions (rows)).
+    local: dict[str, tuple] = field(default_factory=dict)
+    ids: int = 0  # ids in the batch
+    cached: int = 0  # of them answered by the cache
+
+
+def wants_of(spec, feeds: dict) -> list[Want]:
+    """The lookups a batch of whole-model inputs needs: one per sparse feature."""
+    return [
+        Want(
+            f.name,
+            f.table,
+            np.asarray(feeds[f"{f.name}_ids"], dtype=np.int64),
+            np.asarray(feeds[f"{f.name}_lengths"], dtype=np.int64),
+            f.pooling == "sum",
+        )
+        for f in spec.features
+    ]
+
+
+def _sub_lengths(mask: np.ndarray, samples: np.ndarray, n: int) -> np.ndarray:
+    return np.bincount(samples[mask], minlength=n).astype(np.int64)
+
+
+def route(plan: Plan, wants: list[Want], cache=None) -> Routed:
+    """Split every want by the shards holding its rows; ``cache`` (a HotRowCache or None:
+    ``snapshot(table)`` -> None or an object with ``locate(ids)`` and ``rows``) answers the
+    ids it holds locally."""
+    routed = Routed(wants, {})
+    for want in wants:
+        n, ids, lengths = len(want.lengths), want.ids, want.lengths
+        routed.ids += len(ids)
+        samples = None
+        remote = None  # mask of ids to fetch; None = all of them
+        snapshot = cache.snapshot(want.table) if cache is not None else None
+        if snapshot is not None and len(ids):
+            hot, slots = snapshot.locate(ids)
+            if len(slots):
+                routed.cached += len(slots)
+                samples = sample_of(lengths)
+                remote = ~hot
+                where = _sub_lengths(hot, samples, n) if want.pool else np.flatnonzero(hot)
+                routed.local[want.key] = (want.pool, snapshot.rows, slots, where)
+        ranges = plan.ranges_of(want.table)
+        if remote is None and len(ranges) == 1:
+            routed.parts.setdefault(ranges[0][0], []).append(
+                Part(want.key, want.table, ids, lengths, want.pool)
+            )
+            continue
+        # Which range each id falls in (-1: answered by the cache), then one stable sort
+        # groups the ids by range while keeping each sample's ids in order.
+        starts = np.array([r.start for _, r in ranges[1:]], dtype=np.int64)
+        # int16: numpy sorts it by radix, several times faster than int64 (up to 32k ranges).
+        which = np.searchsorted(starts, ids, side="right").astype(np.int16)
+        if remote is not None:
+            which[~remote] = -1
+        if samples is None:
+            samples = sample_of(lengths)
+        keep = which >= 0
+        counts = np.bincount(
+            which[keep].astype(np.int64) * n + samples[keep], minlength=len(ranges) * n
+        ).reshape(len(ranges), n)
+        order = np.argsort(which, kind="stable")
+        edges = np.searchsorted(which[order], np.arange(-1, len(ranges)), side="right")
+        for j, (shard, _) in enumerate(ranges):
+            positions = order[edges[j] : edges[j + 1]]
+            if not len(positions):
+                continue  # nothing to ask this shard: its partial sum would be zeros
+            part = Part(
+                want.key,
+                want.table,
+                ids[positions],
+                counts[j].astype(np.int64),
+                want.pool,
+                None if want.pool else positions,
+            )
+            routed.parts.setdefault(shard, []).append(part)
+    return routed
+
+
+def pool_local(routed: Routed) -> dict[str, np.ndarray]:
+    """The cache's share: pooled sums [N, dim] per sum key, hot rows per sequence key."""
+    return {
+        key: segment_sum(np.take(rows, slots, axis=0), where)
+        if pool
+        else np.take(rows, slots, axis=0)
+        for key, (pool, rows, slots, where) in routed.local.items()
+    }
+
+
+def assemble(
+    routed: Routed,
+    results: dict[int, list[np.ndarray]],
+    dim: int,
+    local: dict[str, np.ndarray] | None = None,
+) -> dict:
+    """Per key: the pooled [N, dim] float32, or the rows [total, dim] float32 in id order.
+
+    ``results[shard][i]`` answers ``routed.parts[shard][i]``; ``local`` is
+    ``pool_local(routed)`` (computed here if not given). Partial sums are added in
+    float64, so a split table loses no precision to the order of additions.
+    """
+    pooled = {
+        w.key: np.zeros((len(w.lengths), dim), dtype=np.float64) for w in routed.wants if w.pool
+    }
+    rows = {
+        w.key: np.zeros((len(w.ids), dim), dtype=np.float32) for w in routed.wants if not w.pool
+    }
+    for shard, parts in routed.parts.items():
+        for part, result in zip(parts, results[shard], strict=True):
+            if part.pool:
+                pooled[part.key] += result
+            elif part.positions is None:
+                rows[part.key][:] = result
+            else:
+                rows[part.key][part.positions] = result
+    local = pool_local(routed) if local is None else local
+    for key, value in local.items():
+        if routed.local[key][0]:
+            pooled[key] += value
+        else:
+            rows[key][routed.local[key][3]] = value
+    out = {key: value.astype(np.float32) for key, value in pooled.items()}
+    return out | rows
+
+
+def dense_feeds(spec, feeds: dict, looked_up: dict) -> dict:
+    """Inputs of the dense graph from the batch and the assembled lookups."""
+    out = {"dense": feeds["dense"]} if spec.dense_features else {}
+    for f in spec.features:
+        if f.pooling == "sum":
+            out[f"{f.name}_pooled"] = looked_up[f.name]
+        else:
+            out[f"{f.name}_rows"] = looked_up[f.name]
+            out[f"{f.name}_lengths"] = np.asarray(feeds[f"{f.name}_lengths"], dtype=np.int64)
+    return out
