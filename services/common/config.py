@@ -24,6 +24,16 @@ ENV: dict[str, str] = {
     "DEEPREC_DEVICE": "cpu or gpu",
     "DEEPREC_THREADS": "ONNX Runtime intra-op threads",
     "DEEPREC_ALLOW_CPU_FALLBACK": "true: a gpu worker may run on the CPU provider",
+    # sharded inference worker
+    "DEEPREC_PLAN": "sharding plan file (worker in sharded mode, and shards)",
+    "DEEPREC_SHARDS": "shard addresses in plan order, comma-separated; replicas joined by +",
+    "DEEPREC_CACHE_BYTES": "hot-row cache size, e.g. 8M (0 = no cache)",
+    "DEEPREC_CACHE_MODE": "static (from a profile) or adaptive",
+    "DEEPREC_CACHE_PROFILE": "access profile for the static cache",
+    "DEEPREC_SHARD_TIMEOUT": "seconds per shard lookup",
+    # sparse shard
+    "DEEPREC_SHARD_INDEX": "this shard's index in the plan",
+    "DEEPREC_ROW_DTYPE": "fp32 (map the artifact's rows) or fp16 (half-size copy)",
     # frontend
     "DEEPREC_WORKERS": "CPU worker addresses, comma-separated",
     "DEEPREC_GPU_WORKERS": "GPU worker addresses, comma-separated",

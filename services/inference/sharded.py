@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
+from deeprec.common.config import env
 from deeprec.common.errors import ServingError, Unavailable
 from deeprec.common.server import sync_channel
 from deeprec.common.tensors import TensorError, decode, encode
@@ -327,18 +328,34 @@ def open_sharded_session(
 
 def add_arguments(parser) -> None:
     group = parser.add_argument_group("sharded mode (tables on sparse shards)")
-    group.add_argument("--plan", help="sharding plan: serve the dense graph, look up on shards")
+    group.add_argument(
+        "--plan",
+        default=env("DEEPREC_PLAN", None),
+        help="sharding plan: serve the dense graph, look up on shards",
+    )
     group.add_argument(
         "--shards",
+        default=env("DEEPREC_SHARDS", None),
         help="shard addresses in plan order, comma-separated; replicas joined by '+' "
         "(e.g. 127.0.0.1:7001+127.0.0.1:7011,127.0.0.1:7002)",
     )
     group.add_argument(
-        "--cache-bytes", default="0", help="hot-row cache size (e.g. 8M; default 0: no cache)"
+        "--cache-bytes",
+        default=env("DEEPREC_CACHE_BYTES", "0"),
+        help="hot-row cache size (e.g. 8M; default 0: no cache)",
     )
-    group.add_argument("--cache-mode", choices=MODES, default="static")
-    group.add_argument("--cache-profile", help="access profile for the static cache")
-    group.add_argument("--shard-timeout", type=float, default=10.0, help="seconds per shard lookup")
+    group.add_argument("--cache-mode", choices=MODES, default=env("DEEPREC_CACHE_MODE", "static"))
+    group.add_argument(
+        "--cache-profile",
+        default=env("DEEPREC_CACHE_PROFILE", None),
+        help="access profile for the static cache",
+    )
+    group.add_argument(
+        "--shard-timeout",
+        type=float,
+        default=env("DEEPREC_SHARD_TIMEOUT", 10.0, float),
+        help="seconds per shard lookup",
+    )
 
 
 def config_from_args(args) -> ShardedConfig | None:
