@@ -42,9 +42,12 @@ from deeprec import cli
 from deeprec.common import telemetry
 from deeprec.common.config import ENV
 from deeprec.common.server import Server
+from deeprec.inference import main as inference_main
+from deeprec.inference.sharded import ShardedConfig
 from deeprec.models import zoo
 from deeprec.models.inputs import random_inputs
 from deeprec.scheduler import main as scheduler_main
+from deeprec.shard import main as shard_main
 from deeprec.sharding.commands import ROW_DTYPE_FLAGS
 from deeprec.sharding.planner import make_plan
 from deeprec.sharding.strategies import STRATEGIES
@@ -986,7 +989,7 @@ def test_the_compose_health_check_asks_grpc_health():
 # Metrics the dashboard shows before a service emits them: services/inference/sharded.py
 # records no per-shard latency yet. Remove an entry once its metric is emitted (the strict
 # xfail below then starts failing as a reminder).
-PENDING = {"deeprec_shard_lookup_latency_milliseconds": {"shard"}}
+PENDING: dict[str, set[str]] = {}
 PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and",
                 "or", "unless", "offset", "inf", "nan"}  # fmt: skip
 # OpenTelemetry units the Prometheus translator spells out (its table, the ones we use).
@@ -1099,7 +1102,7 @@ class Receiver(metrics_service_pb2_grpc.MetricsServiceServicer):
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_zoo) -> dict[str, dict]:
+def exported(tiny_zoo, tmp_path_factory) -> dict[str, dict]:
     """Metrics real frontend and workers export over OTLP while serving a few queries."""
     artifact = tiny_zoo["rmc1"]
     loop, receiver = Loop(), Receiver()
@@ -1124,7 +1127,25 @@ def exported(tiny_zoo) -> dict[str, dict]:
                 cluster.stub.Recommend(
                     request_for(artifact.spec, random_inputs(artifact.spec, n, rng)), timeout=10
                 )
-            assert provider.force_flush(10_000), "the OTLP export did not complete"
+        # A sharded worker: its per-shard lookup latency feeds the dashboard's shard panel.
+        plan = make_plan(artifact.spec, artifact.version, 2, "capacity")
+        plan_path = plan.save(tmp_path_factory.mktemp("plan") / "plan.json")
+        shards = []
+        for k in range(2):
+            servicer = shard_main.build_servicer(artifact.path, plan_path, k)
+            shards.append(loop.run(shard_main.start(servicer, "127.0.0.1", 0)))
+        config = ShardedConfig(
+            str(plan_path), [[f"127.0.0.1:{s.port}"] for s in shards], connect_timeout=10
+        )
+        worker = inference_main.build_servicer(artifact.path, "cpu", 1, sharding=config)
+        worker.session.instrument(meter.meter)
+        inputs = random_inputs(artifact.spec, 5, rng)
+        feeds = {k: v for k, v in inputs.items()}
+        worker.session.run(feeds)
+        worker.session.close()
+        for s in shards:
+            loop.run(s.stop(0))
+        assert provider.force_flush(10_000), "the OTLP export did not complete"
     finally:
         provider.shutdown()
         loop.run(server.stop(0))
@@ -1174,13 +1195,10 @@ def test_the_dashboard_queries_only_metrics_the_services_emit(exported):
     assert not set(PENDING) & set(series), "emitted now: drop it from PENDING"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="no per-shard lookup latency metric yet (services/inference/sharded.py records "
-    "none); the dashboard's per-shard panel queries deeprec.shard.lookup.latency {shard}",
-)
-def test_the_pending_shard_latency_metric_is_emitted(exported):
-    assert set(PENDING) <= set(exported_series(exported))
+def test_sharded_workers_export_per_shard_lookup_latency(exported):
+    series = exported_series(exported)
+    assert series["deeprec_shard_lookup_latency_milliseconds"] >= {"shard", "model"}
+    assert {("shard", "0"), ("shard", "1")} <= exported["deeprec.shard.lookup.latency"]["values"]
 
 
 def test_the_dashboard_shows_what_issue_7_asks_for():

@@ -16,6 +16,7 @@ ENV: dict[str, str] = {
     "DEEPREC_LOG_LEVEL": "logging level (INFO, DEBUG, ...)",
     "DEEPREC_MAX_MESSAGE_MB": "largest gRPC message, MB",
     "DEEPREC_SHUTDOWN_GRACE_S": "seconds to finish in-flight work after SIGTERM",
+    "DEEPREC_CONNECT_TIMEOUT": "seconds to wait for the services this one calls at start",
     "DEEPREC_TLS_DIR": "directory with tls.crt, tls.key, ca.crt: mutual TLS everywhere",
     "DEEPREC_TLS_SERVER_NAME": "name to expect in servers' certificates (default: host)",
     "DEEPREC_ADMIN_TOKEN": "bearer token that admin RPCs (policy set/pin) require",

@@ -94,6 +94,9 @@ CLIENT_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
+    # One address may be a headless Service with many pods behind it: spread calls over
+    # all of them (gRPC's default, pick_first, would pin every call to one pod).
+    ("grpc.lb_policy_name", "round_robin"),
 ]
 
 

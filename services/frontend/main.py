@@ -192,6 +192,9 @@ def add_arguments(parser) -> None:
         help="scheduler address to follow for policies (B, T)",
     )
     parser.add_argument(
-        "--connect-timeout", type=float, default=30.0, help="seconds to wait for workers at start"
+        "--connect-timeout",
+        type=float,
+        default=env("DEEPREC_CONNECT_TIMEOUT", 30.0, float),
+        help="seconds to wait for workers at start",
     )
     parser.set_defaults(func=run)

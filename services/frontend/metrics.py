@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-# Metric names are a contract with the scheduler (services/scheduler/ingest.py) and the
-# Grafana dashboard.
-QUERY_LATENCY = "deeprec.query.latency"
-QUERY_SIZE = "deeprec.query.size"
-SUBBATCH_LATENCY = "deeprec.subbatch.latency"
-SUBBATCH_SERVICE = "deeprec.subbatch.service_time"
-SUBBATCH_QUEUE = "deeprec.subbatch.queue_wait"
-SUBBATCH_SIZE = "deeprec.subbatch.size"
-POOL_WORKERS = "deeprec.pool.workers"
-POLICY_BATCH_SIZE = "deeprec.policy.batch_size"
-POLICY_THRESHOLD = "deeprec.policy.offload_threshold"
-POLICY_VERSION = "deeprec.policy.version"
+from deeprec.common.metric_names import (
+    POLICY_BATCH_SIZE,
+    POLICY_THRESHOLD,
+    POLICY_VERSION,
+    POOL_WORKERS,
+    QUERY_LATENCY,
+    QUERY_SIZE,
+    SUBBATCH_LATENCY,
+    SUBBATCH_QUEUE,
+    SUBBATCH_SERVICE,
+    SUBBATCH_SIZE,
+)
 
 
 class FrontendMetrics:

@@ -58,6 +58,8 @@ async def serve(args) -> int:
         args.max_queue,
     )
     telemetry = setup_telemetry("inference")
+    if telemetry.meter is not None and hasattr(servicer.session, "instrument"):
+        servicer.session.instrument(telemetry.meter)  # sharded: per-shard lookup latency
     server = await start(servicer, args.host, args.port, telemetry)
     log.info(
         "serving on %s:%d: %s v%s, device %s, provider %s, %s threads",

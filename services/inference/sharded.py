@@ -21,6 +21,7 @@ import numpy as np
 
 from deeprec.common.config import env
 from deeprec.common.errors import ServingError, Unavailable
+from deeprec.common.metric_names import SHARD_LOOKUP_LATENCY
 from deeprec.common.server import sync_channel
 from deeprec.common.tensors import TensorError, decode, encode
 from deeprec.models.runtime import open_session
@@ -124,6 +125,7 @@ class ShardedSession:
         self.dense = dense_session
         self.replicas = [Replicas(k, addresses) for k, addresses in enumerate(config.shards)]
         self.cache = None
+        self.lookup_latency = None  # a histogram once instrument() gave a meter
         self._batches = 0
         self._refresher = None
         self._refreshing = None
@@ -135,6 +137,12 @@ class ShardedSession:
     @property
     def provider(self) -> str:
         return self.dense.provider
+
+    def instrument(self, meter) -> None:
+        """Record each shard's lookup round trip (the dashboard's per-shard panel)."""
+        self.lookup_latency = meter.create_histogram(
+            SHARD_LOOKUP_LATENCY, unit="ms", description="lookup round trip to one shard"
+        )
 
     # -- startup ----------------------------------------------------------------------------
 
@@ -208,12 +216,12 @@ class ShardedSession:
             request = _request(shard_parts)
             order = rep.order()
             future = rep.stubs[order[0]].Lookup.future(request, timeout=self.config.lookup_timeout)
-            started[shard] = (request, order, future)
+            started[shard] = (request, order, future, time.perf_counter())
         return started
 
     def _collect(self, parts: dict[int, list], started: dict) -> dict[int, list[np.ndarray]]:
         results = {}
-        for shard, (request, order, future) in started.items():
+        for shard, (request, order, future, sent) in started.items():
             rep = self.replicas[shard]
             errors = []
             for i, address in enumerate(order):
@@ -233,6 +241,11 @@ class ShardedSession:
                     rep.failed(address)
                     continue
                 results[shard] = self._decode(shard, reply, len(parts[shard]))
+                if self.lookup_latency is not None:
+                    self.lookup_latency.record(
+                        (time.perf_counter() - sent) * 1e3,
+                        {"model": self.spec.name, "shard": str(shard)},
+                    )
                 break
             else:
                 raise Unavailable(f"shard {shard}: no replica answered ({'; '.join(errors)})")
@@ -377,4 +390,5 @@ def config_from_args(args) -> ShardedConfig | None:
         args.cache_mode,
         args.cache_profile,
         lookup_timeout=args.shard_timeout,
+        connect_timeout=env("DEEPREC_CONNECT_TIMEOUT", 30.0, float),
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deeprec.frontend import metrics as names
+from deeprec.common import metric_names as names
 
 from .histogram import ExpHistogram
 from .window import MetricsWindow

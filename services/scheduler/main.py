@@ -100,13 +100,20 @@ def run(args) -> int:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=50071, help="0 picks a free port")
-    parser.add_argument("--sla-ms", type=float, default=50.0, help="tail-latency target")
+    parser.add_argument("--host", default=env("DEEPREC_HOST", "127.0.0.1"))
+    parser.add_argument(
+        "--port", type=int, default=env("DEEPREC_PORT", 50071, int), help="0 picks a free port"
+    )
+    parser.add_argument(
+        "--sla-ms",
+        type=float,
+        default=env("DEEPREC_SLA_MS", 50.0, float),
+        help="tail-latency target",
+    )
     parser.add_argument(
         "--percentile",
         type=float,
-        default=95.0,
+        default=env("DEEPREC_PERCENTILE", 95.0, float),
         choices=(95.0, 99.0),
         help="which tail the SLA bounds",
     )

@@ -1,0 +1,14 @@
+"""Names of the metrics deeprec emits: a contract with the scheduler (which tunes on them)
+and the Grafana dashboard (tests check the dashboard against a live export)."""
+
+QUERY_LATENCY = "deeprec.query.latency"
+QUERY_SIZE = "deeprec.query.size"
+SUBBATCH_LATENCY = "deeprec.subbatch.latency"
+SUBBATCH_SERVICE = "deeprec.subbatch.service_time"
+SUBBATCH_QUEUE = "deeprec.subbatch.queue_wait"
+SUBBATCH_SIZE = "deeprec.subbatch.size"
+POOL_WORKERS = "deeprec.pool.workers"
+POLICY_BATCH_SIZE = "deeprec.policy.batch_size"
+POLICY_THRESHOLD = "deeprec.policy.offload_threshold"
+POLICY_VERSION = "deeprec.policy.version"
+SHARD_LOOKUP_LATENCY = "deeprec.shard.lookup.latency"
