@@ -10,7 +10,13 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from deeprec.common.errors import DeadlineExceeded, NotFound, Unavailable, grpc_errors
+from deeprec.common.errors import (
+    DeadlineExceeded,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+    grpc_errors,
+)
 from deeprec.common.features import ModelSignature, encode_features, validate
 from deeprec.common.policy import PolicyTable
 from deeprec.common.tensors import decode, encode
@@ -105,11 +111,12 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         request = inference_pb2.PredictRequest(model=self.signature.name)
         encode_features(request.features, part.dense, part.ids, part.lengths)
         tried: list[str] = []
+        full = 0  # workers that refused because their queue was full
         while True:
             try:
                 worker = pool.balancer.acquire(exclude=tried)
             except NoWorker:
-                raise Unavailable(self._gave_up(pool, tried, part)) from None
+                raise self._gave_up(pool, tried, part, full) from None
             failed = True
             sent = time.perf_counter()
             try:
@@ -130,11 +137,12 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
                         f"{part.start}-{part.end}: {code.name}: "
                         f"{err.details()}"
                     ) from None
+                full += code == grpc.StatusCode.RESOURCE_EXHAUSTED
                 log.warning(
                     "%s worker %s failed (%s: %s)", pool.name, worker, code.name, err.details()
                 )
                 if len(tried) > 1:
-                    raise Unavailable(self._gave_up(pool, tried, part)) from None
+                    raise self._gave_up(pool, tried, part, full) from None
                 continue
             finally:
                 pool.balancer.release(worker, failed=failed)
@@ -155,12 +163,17 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
             return scores, len(tried)
 
     @staticmethod
-    def _gave_up(pool: Pool, tried: list[str], part: SubBatch) -> str:
+    def _gave_up(pool: Pool, tried: list[str], part: SubBatch, full: int) -> Exception:
+        items = f"items {part.start}-{part.end}"
         if not tried:
-            return f"no {pool.name} worker available for items {part.start}-{part.end}"
-        return (
-            f"items {part.start}-{part.end} failed on {pool.name} worker(s) "
-            f"{', '.join(tried)} and no other worker could take them"
+            return Unavailable(f"no {pool.name} worker available for {items}")
+        if full == len(tried):  # overload, not failure: tell the client to back off
+            return ResourceExhausted(
+                f"{items}: every {pool.name} worker tried ({', '.join(tried)}) has a full queue"
+            )
+        return Unavailable(
+            f"{items} failed on {pool.name} worker(s) {', '.join(tried)} and "
+            "no other worker could take them"
         )
 
 

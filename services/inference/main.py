@@ -22,7 +22,7 @@ SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
 
 
 def build_servicer(
-    model_dir, device="cpu", threads=None, allow_cpu_fallback=False, sharding=None, max_queue=64
+    model_dir, device="cpu", threads=None, allow_cpu_fallback=False, sharding=None, max_queue=1024
 ):
     """``sharding`` (a sharded.ShardedConfig): run the dense graph, look up on the shards."""
     artifact = load_artifact(model_dir)
@@ -109,7 +109,7 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--max-queue",
         type=int,
-        default=env("DEEPREC_MAX_QUEUE", 64, int),
+        default=env("DEEPREC_MAX_QUEUE", 1024, int),
         help="sub-batches queued before RESOURCE_EXHAUSTED",
     )
     sharded.add_arguments(parser)

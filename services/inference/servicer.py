@@ -22,7 +22,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         signature: ModelSignature,
         device: str,
         mode: str = "single",
-        max_queue: int = 64,
+        max_queue: int = 1024,
     ):
         self.session = session
         self.signature = signature

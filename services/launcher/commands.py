@@ -1,0 +1,516 @@
+"""`deeprec up`, `deeprec query`, `deeprec demo` and `deeprec bench serving`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from deeprec.common.features import ModelSignature
+from deeprec.common.tensors import decode
+from deeprec.models import bench, zoo
+from deeprec.models.artifact import ArtifactError, load_artifact
+from deeprec.workload.client import BadResponse, RecommenderClient
+from deeprec.workload.distributions import ID_CHOICES, SIZE_CHOICES, parse_sizes
+from deeprec.workload.queries import Query, build_request, mean_lookups_of, table_ids
+
+from . import report
+from .cluster import Interrupted, LaunchError, LocalCluster
+from .loadrun import DEFAULT_ARTIFACTS, ModelNotFound, Workload, drive, model_spec, prepare
+from .loadrun import resolve_model as _resolve_model
+
+# Demo defaults, measured on the project's 2-core machine with the small RMC1 model (see
+# docs): the MLPerf mix averages 270 items a query, so 30 queries/s is ~8k items/s, well
+# under what two single-threaded workers serve, leaving room for the tail.
+DEMO_RATE = 30.0
+DEMO_SECONDS = 30.0
+DEMO_BATCH_SIZE = 256
+PROGRESS_EVERY = 5.0
+
+
+def cores() -> int:
+    """Cores this process may run on (a container's or taskset's share, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """SIGTERM and SIGINT set an Event instead of killing us mid-way, so every exit path
+    stops the children; the previous handlers come back afterwards."""
+    stop = threading.Event()
+    previous = {}
+
+    def handler(signum, frame):
+        if not stop.is_set():
+            say(f"{signal.Signals(signum).name}: stopping")
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous[sig] = signal.signal(sig, handler)
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _resolve(args) -> Path:
+    return _resolve_model(args.model, args.size, args.artifacts, say)
+
+
+def _cluster(args, model_dir: Path, stop: threading.Event, port: int) -> LocalCluster:
+    return LocalCluster(
+        model_dir,
+        workers=args.workers,
+        gpu_workers=args.gpu_workers,
+        port=port,
+        threads=args.threads,
+        batch_size=args.batch_size,
+        offload_threshold=args.offload_threshold,
+        host=args.host,
+        log_dir=args.log_dir,
+        startup_timeout=args.startup_timeout,
+        stop_requested=stop,
+        say=say,
+    )
+
+
+def _stop(cluster: LocalCluster, after_failure: bool = False) -> bool:
+    """Stop every child; True when all of them exited cleanly on SIGTERM."""
+    codes = cluster.stop()
+    if after_failure:
+        if len(codes) > 1:
+            say(f"stopped the other {len(codes) - 1} process(es)")
+        return False
+    unclean = {
+        c.name: ("killed" if c.killed else c.exit_code)
+        for c in cluster.children
+        if c.killed or c.exit_code not in (0, None)
+    }
+    if unclean:
+        say(f"stopped, but not cleanly: {unclean}")
+        return False
+    if codes:
+        say(f"stopped {len(codes)} processes cleanly")
+    return True
+
+
+def _start(cluster: LocalCluster) -> int | None:
+    """Start the cluster; an exit code if it could not."""
+    try:
+        cluster.start()
+    except Interrupted:
+        _stop(cluster)
+        return 0
+    except LaunchError as err:
+        say(f"deeprec: error: {err}")
+        _stop(cluster, after_failure=True)
+        return 1
+    print(cluster.describe(), flush=True)
+    return None
+
+
+# -- deeprec up -----------------------------------------------------------------------------
+
+
+def up(args) -> int:
+    try:
+        model_dir = _resolve(args)
+    except (ModelNotFound, ArtifactError) as err:
+        say(f"deeprec: error: {err}")
+        return 2
+    with stop_on_signals() as stop:
+        cluster = _cluster(args, model_dir, stop, args.port)
+        code = _start(cluster)
+        if code is not None:
+            return code
+        print(
+            f"ready: try  deeprec query --target {cluster.frontend_address} --items 200 "
+            f"--model-dir {model_dir}   (Ctrl-C stops everything)",
+            flush=True,
+        )
+        failed = False
+        while not stop.wait(0.5):
+            dead = cluster.dead_children()
+            if dead:
+                say(f"deeprec: error: {dead[0].failure('exited unexpectedly')}; stopping")
+                failed = True
+                break
+        clean = _stop(cluster)
+    return 1 if failed or not clean else 0
+
+
+# -- deeprec query --------------------------------------------------------------------------
+
+
+def _signature(args):
+    spec, version = model_spec(args.model, args.model_dir, args.size)
+    return spec, ModelSignature.from_spec(spec, version)
+
+
+async def _query_once(args, spec, signature) -> int:
+    rng = np.random.default_rng(args.seed)
+    ids = table_ids(signature, args.ids, seed=args.seed)
+    request = build_request(signature, args.items, rng, mean_lookups_of(spec), ids)
+    query = Query(args.items, request.SerializeToString())
+    async with RecommenderClient(args.target, args.timeout) as client:
+        start = time.perf_counter()
+        try:
+            response = await client.recommend(query)
+        except grpc.aio.AioRpcError as err:
+            say(
+                f"deeprec: error: query to {args.target} failed: {err.code().name}: {err.details()}"
+            )
+            return 1
+        except BadResponse as err:
+            say(f"deeprec: error: bad answer from {args.target}: {err}")
+            return 1
+        elapsed_ms = (time.perf_counter() - start) * 1e3
+    scores = decode(response.scores, "scores")
+    info = response.info
+    print(
+        f"{args.target}: {scores.shape[0]} scores ({signature.name}, {scores.shape[1]} "
+        f"head(s)) in {elapsed_ms:.1f} ms; path {info.path}, {info.sub_batches} sub-batch(es), "
+        f"B={info.batch_size}, T={info.offload_threshold}, model v{info.model_version}"
+    )
+    first = " ".join(f"{s:.4f}" for s in scores[: args.show, 0])
+    print(f"first scores: {first}{' ...' if scores.shape[0] > args.show else ''}")
+    return 0
+
+
+def query(args) -> int:
+    try:
+        spec, signature = _signature(args)
+    except (ModelNotFound, ArtifactError) as err:
+        say(f"deeprec: error: {err}")
+        return 2
+    return asyncio.run(_query_once(args, spec, signature))
+
+
+# -- deeprec demo ---------------------------------------------------------------------------
+
+
+def _workload(args) -> Workload:
+    return Workload(parse_sizes(args.sizes), args.ids, args.exponent, args.seed)
+
+
+def _save(data: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def _progress(p) -> None:
+    say(report.progress_line(p))
+
+
+def _config(args, cluster: LocalCluster) -> dict:
+    return {
+        "workers": args.workers,
+        "gpu_workers": args.gpu_workers,
+        "gpu_on_cpu": cluster.gpu_on_cpu,
+        "threads_per_worker": args.threads,
+        "batch_size": args.batch_size,
+        "offload_threshold": args.offload_threshold,
+        "cores": cores(),
+        "query_sizes": args.sizes,
+        "ids": args.ids,
+        "exponent": args.exponent,
+        "seed": args.seed,
+    }
+
+
+def demo(args) -> int:
+    try:
+        model_dir = _resolve(args)
+        artifact = load_artifact(model_dir)
+        workload = _workload(args)
+    except (ModelNotFound, ArtifactError, ValueError) as err:
+        say(f"deeprec: error: {err}")
+        return 2
+    queries = prepare(artifact.spec, artifact.version, workload)
+    with stop_on_signals() as stop:
+        cluster = _cluster(args, model_dir, stop, args.port)
+        code = _start(cluster)
+        if code is not None:
+            return code
+        try:
+            say(
+                f"warming up, then {args.seconds:g} s of open-loop Poisson load at "
+                f"{args.rate:g} queries/s ({args.sizes} query sizes, mean "
+                f"{workload.sizes.mean:.0f} items; {args.ids} ids)"
+            )
+            result = asyncio.run(
+                drive(
+                    cluster.frontend_address,
+                    queries,
+                    args.rate,
+                    args.seconds,
+                    args.seed,
+                    progress=_progress,
+                    stop=stop,
+                )
+            )
+        finally:
+            clean = _stop(cluster)
+    print(
+        f"\ndeeprec demo: {artifact.spec.name} ({artifact.spec.size}) on {cores()} "
+        f"cores, {args.workers} cpu + {args.gpu_workers} gpu worker(s)"
+    )
+    for line in report.load_report(result):
+        print(line)
+    out = args.json or f"results/demo-{artifact.spec.name}-{artifact.spec.size}.json"
+    data = {
+        "kind": "demo",
+        "model": artifact.spec.name,
+        "size": artifact.spec.size,
+        "config": _config(args, cluster),
+        "result": result.to_json(),
+        "clean_shutdown": clean,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    print(f"wrote {_save(data, out)}")
+    return 0 if clean and result.error_count == 0 else 1
+
+
+# -- deeprec bench serving ------------------------------------------------------------------
+
+
+def _in_process(artifact, seconds: float) -> dict:
+    n = cores()
+    say(f"in-process ONNX Runtime capacity ({n} threads, {seconds:g} s per batch size)")
+    say(bench.HEADER)
+    return bench.run(artifact, bench.DEFAULT_BATCH_SIZES, (n,), seconds, log=say)
+
+
+def serving_bench(args) -> int:
+    try:
+        model_dir = _resolve(args)
+        artifact = load_artifact(model_dir)
+        workload = _workload(args)
+        rates = args.rates
+    except (ModelNotFound, ArtifactError, ValueError) as err:
+        say(f"deeprec: error: {err}")
+        return 2
+    with stop_on_signals() as stop:
+        # Before any server starts: the reference must have the machine to itself.
+        in_process = _in_process(artifact, args.bench_seconds)
+        capacity = in_process["best"]["items_per_s"]
+        if stop.is_set():
+            return 0
+        if rates is None:
+            full = capacity / workload.sizes.mean
+            rates = [round(full * f, 1) for f in (0.2, 0.4, 0.5, 0.6, 0.7, 0.8)]
+        say(
+            f"in-process best: {capacity:,.0f} items/s = {capacity / workload.sizes.mean:.0f} "
+            f"queries/s of {workload.sizes.mean:.0f} items; serving rates {rates}"
+        )
+        queries = prepare(artifact.spec, artifact.version, workload)
+        cluster = _cluster(args, model_dir, stop, 0)
+        code = _start(cluster)
+        if code is not None:
+            return code
+        results = []
+        try:
+            print(report.SERVING_HEADER)
+            for i, rate in enumerate(rates):
+                if stop.is_set():
+                    break
+                result = asyncio.run(
+                    drive(
+                        cluster.frontend_address,
+                        queries,
+                        rate,
+                        args.seconds,
+                        args.seed + i,
+                        stop=stop,
+                        warmup=i == 0,
+                    )
+                )
+                results.append(result)
+                print(report.serving_row(result, capacity), flush=True)
+                if result.qps < 0.9 * rate or result.error_count:
+                    say(
+                        f"saturated at {rate:g} queries/s (achieved {result.qps:.1f}, "
+                        f"{result.error_count} errors): skipping higher rates"
+                    )
+                    break
+        finally:
+            clean = _stop(cluster)
+    good = [r for r in results if r.error_count == 0]
+    served = max((r.items_per_s for r in good), default=0.0)
+    bounded = [r for r in good if r.latency.get("p99_ms", float("inf")) <= args.p99_ms]
+    bounded_served = max((r.items_per_s for r in bounded), default=0.0)
+    print(
+        f"served capacity {served:,.0f} items/s = {served / capacity:.2f} of in-process "
+        f"ONNX Runtime ({capacity:,.0f} items/s, {cores()} threads); with p99 <= "
+        f"{args.p99_ms:g} ms: {bounded_served:,.0f} items/s = {bounded_served / capacity:.2f}"
+    )
+    out = args.json or f"results/bench-serving-{artifact.spec.name}-{artifact.spec.size}.json"
+    data = {
+        "kind": "serving-bench",
+        "model": artifact.spec.name,
+        "size": artifact.spec.size,
+        "config": _config(args, cluster) | {"seconds_per_rate": args.seconds},
+        "in_process": {"best": in_process["best"], "results": in_process["results"]},
+        "rates": [r.to_json() | {"ratio": r.items_per_s / capacity} for r in results],
+        "served_items_per_s": served,
+        "ratio": served / capacity,
+        "p99_target_ms": args.p99_ms,
+        "latency_bounded_items_per_s": bounded_served,
+        "latency_bounded_ratio": bounded_served / capacity,
+        "clean_shutdown": clean,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    print(f"wrote {_save(data, out)}")
+    return 0 if clean else 1
+
+
+# -- parsers --------------------------------------------------------------------------------
+
+
+def _model_args(p) -> None:
+    p.add_argument(
+        "--model",
+        default=zoo.DEFAULT_MODEL,
+        help=f"zoo model ({', '.join(zoo.MODEL_NAMES)}) or artifact directory "
+        f"(default {zoo.DEFAULT_MODEL})",
+    )
+    p.add_argument("--size", choices=zoo.SIZES, default="small", help="zoo model size")
+    p.add_argument(
+        "--artifacts",
+        default=DEFAULT_ARTIFACTS,
+        help="where zoo models are built, as NAME-SIZE (default artifacts/)",
+    )
+
+
+def _cluster_args(p, batch_size: int | None = None) -> None:
+    p.add_argument("--workers", type=int, default=2, help="CPU inference workers (default 2)")
+    p.add_argument("--gpu-workers", type=int, default=0, help="GPU inference workers")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per worker")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=batch_size,
+        help="B, items per sub-batch (default: "
+        + (str(batch_size) if batch_size else "the frontend's")
+        + ")",
+    )
+    p.add_argument("--offload-threshold", type=int, default=None, help="T (GPU offload)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--log-dir", help="children's logs (default: a new temporary directory)")
+    p.add_argument(
+        "--startup-timeout", type=float, default=120.0, help="seconds to wait for health"
+    )
+
+
+def _load_args(p) -> None:
+    p.add_argument("--sizes", default="mlperf", help=f"query sizes: {SIZE_CHOICES}")
+    p.add_argument("--ids", choices=ID_CHOICES, default="powerlaw", help="embedding id law")
+    p.add_argument("--exponent", type=float, default=1.05, help="power-law exponent")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _rates(text: str) -> list[float]:
+    return [_positive(r) for r in text.split(",")]
+
+
+def _bench_group(subparsers):
+    """The `bench` group's subcommands, whichever area registers the group first."""
+    bench_parser = subparsers.choices.get("bench") or subparsers.add_parser(
+        "bench", help="serving benchmarks"
+    )
+    for action in bench_parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return bench_parser.add_subparsers(dest="bench_command", required=True)
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "up", help="run frontend and workers locally on 127.0.0.1 until Ctrl-C"
+    )
+    _model_args(p)
+    _cluster_args(p)
+    p.add_argument("--port", type=int, default=50051, help="frontend port (0 = any free)")
+    p.set_defaults(func=up)
+
+    p = subparsers.add_parser("query", help="send one production-like query to a frontend")
+    p.add_argument("--target", default="127.0.0.1:50051", help="frontend address")
+    p.add_argument("--items", type=int, default=200, help="candidate items in the query")
+    p.add_argument(
+        "--model",
+        default=None,
+        help=f"zoo model name or artifact directory (default {zoo.DEFAULT_MODEL})",
+    )
+    p.add_argument("--model-dir", help="artifact directory (its model.json gives the inputs)")
+    p.add_argument("--size", choices=zoo.SIZES, default="small", help="zoo model size")
+    p.add_argument("--ids", choices=ID_CHOICES, default="powerlaw")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--show", type=int, default=5, help="scores to print")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds")
+    p.set_defaults(func=query)
+
+    p = subparsers.add_parser(
+        "demo", help="start locally, run open-loop production-like load, report, stop"
+    )
+    _model_args(p)
+    _cluster_args(p, DEMO_BATCH_SIZE)
+    _load_args(p)
+    p.add_argument("--port", type=int, default=0, help="frontend port (default: any free)")
+    p.add_argument("--seconds", type=_positive, default=DEMO_SECONDS, help="load duration")
+    p.add_argument("--rate", type=_positive, default=DEMO_RATE, help="queries/s (Poisson)")
+    p.add_argument("--json", help="report file (default results/demo-NAME-SIZE.json)")
+    p.set_defaults(func=demo)
+
+    p = _bench_group(subparsers).add_parser(
+        "serving", help="served items/s and latency per load rate vs in-process ONNX Runtime"
+    )
+    _model_args(p)
+    _cluster_args(p, DEMO_BATCH_SIZE)
+    _load_args(p)
+    p.add_argument(
+        "--rates",
+        type=_rates,
+        help="queries/s, comma-separated (default: 20%%-80%% of in-process capacity)",
+    )
+    p.add_argument("--seconds", type=_positive, default=15.0, help="load duration per rate")
+    p.add_argument(
+        "--bench-seconds", type=float, default=1.0, help="in-process bench time per batch size"
+    )
+    p.add_argument(
+        "--p99-ms", type=float, default=100.0, help="tail target for latency-bounded capacity"
+    )
+    p.add_argument("--json", help="result file (default results/bench-serving-NAME-SIZE.json)")
+    p.set_defaults(func=serving_bench)
+
+
+ERRORS = (LaunchError, ModelNotFound)

@@ -1,0 +1,60 @@
+"""A Recommender client for load runs: sends pre-serialized requests, checks the answer."""
+
+from __future__ import annotations
+
+import asyncio
+
+from deeprec.common.server import channel
+from deeprec.common.tensors import decode
+from deeprec.v1 import recommender_pb2
+
+from .queries import Query
+
+RECOMMEND = "/deeprec.v1.Recommender/Recommend"
+
+
+class BadResponse(Exception):
+    """The server answered OK but not with one row of scores per item."""
+
+    status = "BAD_RESPONSE"  # how the open-loop driver counts it
+
+
+class RecommenderClient:
+    """One channel to a frontend; ``send`` fits ``run_open_loop``."""
+
+    def __init__(self, address: str, timeout: float = 30.0):
+        self.address, self.timeout = address, timeout
+        self.channel = channel(address)
+        # No request serializer: the payload is already a serialized RecommendRequest.
+        self._recommend = self.channel.unary_unary(
+            RECOMMEND,
+            request_serializer=None,
+            response_deserializer=recommender_pb2.RecommendResponse.FromString,
+        )
+
+    async def wait_ready(self, timeout: float = 10.0) -> None:
+        try:
+            await asyncio.wait_for(self.channel.channel_ready(), timeout)
+        except TimeoutError:
+            raise ConnectionError(
+                f"cannot connect to {self.address} within {timeout:g} s"
+            ) from None
+
+    async def recommend(self, query: Query) -> recommender_pb2.RecommendResponse:
+        response = await self._recommend(query.payload, timeout=self.timeout)
+        rows = decode(response.scores, "scores").shape[0] if response.HasField("scores") else 0
+        if rows != query.items:
+            raise BadResponse(f"{rows} scores for {query.items} items")
+        return response
+
+    async def send(self, query: Query) -> str:
+        return (await self.recommend(query)).info.path
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> RecommenderClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
