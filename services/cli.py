@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .launcher import commands as launcher_commands
 from .models import commands as model_commands
 from .models.artifact import ArtifactError
 from .models.runtime import ProviderUnavailable
@@ -45,7 +46,12 @@ def parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     policy_commands.add_parser(sub)
     sharding_commands.add_parser(sub)
-    shard_bench.add_parser(sub)  # last: joins the `bench` group if one is registered above
+    launcher_commands.add_parser(sub)
+    bench = sub.add_parser("bench", help="serving benchmarks").add_subparsers(
+        dest="bench_command", required=True
+    )
+    launcher_commands.add_bench_parser(bench)
+    shard_bench.add_parser(bench)
     return top
 
 
@@ -53,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ArtifactError, ProviderUnavailable, PlanError) as err:
+    except (ArtifactError, ProviderUnavailable, PlanError, *launcher_commands.ERRORS) as err:
         print(f"deeprec: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -187,6 +187,18 @@ def add_arguments(parser) -> None:
         help="largest query accepted, in items",
     )
     parser.add_argument(
+        "--max-items-in-flight",
+        type=int,
+        default=env("DEEPREC_MAX_ITEMS_IN_FLIGHT", 65536, int),
+        help="bound on items queued per pool; beyond it RESOURCE_EXHAUSTED",
+    )
+    parser.add_argument(
+        "--admission-budget-ms",
+        type=float,
+        default=env("DEEPREC_ADMISSION_BUDGET_MS", 0.0, float),
+        help="latency budget for queries sent without a deadline (0 = admit them)",
+    )
+    parser.add_argument(
         "--scheduler",
         default=env("DEEPREC_SCHEDULER", ""),
         help="scheduler address to follow for policies (B, T)",

@@ -443,17 +443,6 @@ def _rates(text: str) -> list[float]:
     return [_positive(r) for r in text.split(",")]
 
 
-def _bench_group(subparsers):
-    """The `bench` group's subcommands, whichever area registers the group first."""
-    bench_parser = subparsers.choices.get("bench") or subparsers.add_parser(
-        "bench", help="serving benchmarks"
-    )
-    for action in bench_parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    return bench_parser.add_subparsers(dest="bench_command", required=True)
-
-
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "up", help="run frontend and workers locally on 127.0.0.1 until Ctrl-C"
@@ -491,7 +480,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--json", help="report file (default results/demo-NAME-SIZE.json)")
     p.set_defaults(func=demo)
 
-    p = _bench_group(subparsers).add_parser(
+
+def add_bench_parser(bench) -> None:
+    """`deeprec bench serving`, in the `bench` group that cli.py owns."""
+    p = bench.add_parser(
         "serving", help="served items/s and latency per load rate vs in-process ONNX Runtime"
     )
     _model_args(p)

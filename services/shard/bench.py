@@ -405,14 +405,7 @@ def add_arguments(p) -> None:
 
 
 def add_parser(subparsers) -> None:
-    """`deeprec bench sharding`, under the `bench` group (made here if no one else has)."""
-    import argparse
-
-    bench = subparsers.choices.get("bench") or subparsers.add_parser(
-        "bench", help="serving benchmarks"
-    )
-    actions = [a for a in bench._actions if isinstance(a, argparse._SubParsersAction)]
-    sub = actions[0] if actions else bench.add_subparsers(dest="bench_command", required=True)
+    """`deeprec bench sharding`, in the `bench` group that cli.py owns."""
     add_arguments(
-        sub.add_parser("sharding", help="sharding strategies vs single-server at equal load")
+        subparsers.add_parser("sharding", help="sharding strategies vs single-server at equal load")
     )
