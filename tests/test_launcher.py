@@ -105,6 +105,8 @@ def test_up_answers_queries_and_sigterm_stops_every_child(tiny_model, tmp_path):
             "1",
             "--offload-threshold",
             "100",
+            "--shards",
+            "2",
             "--log-dir",
             str(tmp_path / "logs"),
         ],
@@ -116,7 +118,9 @@ def test_up_answers_queries_and_sigterm_stops_every_child(tiny_model, tmp_path):
         out = read_until(up, "ready:", TIMEOUT)
         address = re.search(r"^frontend\s+(\S+)", out, re.M).group(1)
         pids = [int(p) for p in re.findall(r"pid (\d+)", out)]
-        assert len(pids) == 4  # frontend, 2 cpu workers, 1 gpu worker
+        # scheduler, 2 shards, 2 cpu workers, 1 gpu worker, frontend
+        assert len(pids) == 7, out
+        scheduler = re.search(r"^scheduler\s+(\S+)", out, re.M).group(1)
         assert all(alive(pid) for pid in pids)
 
         for items, path in ((37, "cpu"), (150, "gpu")):
@@ -127,13 +131,22 @@ def test_up_answers_queries_and_sigterm_stops_every_child(tiny_model, tmp_path):
             assert f": {items} scores" in answer.stdout
             assert f"path {path}" in answer.stdout
 
+        # The frontend reports to the scheduler, which adopts the model's policy.
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            shown = deeprec("policy", "show", "--scheduler", scheduler)
+            if "rmc1: B=" in shown.stdout or time.monotonic() > deadline:
+                break
+            deeprec("query", "--target", address, "--items", "20", "--model-dir", str(tiny_model))
+        assert "rmc1: B=" in shown.stdout, shown.stdout + shown.stderr
+
         up.send_signal(signal.SIGTERM)
         assert up.wait(TIMEOUT) == 0
     finally:
         if up.poll() is None:
             up.kill()
             up.wait()
-    assert "stopped 4 processes cleanly" in up.stderr.read()
+    assert "stopped 7 processes cleanly" in up.stderr.read()
     assert [pid for pid in pids if alive(pid)] == []
 
 
@@ -221,6 +234,7 @@ def test_demo_runs_load_reports_and_writes_json(tiny_model, tmp_path):
     assert run["errors"] == {}
     assert run["latency"]["count"] == run["ok"]
     assert set(run["paths"]) == {"cpu"}
+    assert data["cpu"]["own_cores"] > 0 and data["cpu"]["other_cores"] >= 0
     assert data["clean_shutdown"] is True
 
 
@@ -247,6 +261,7 @@ def test_serving_bench_compares_with_in_process_capacity(tiny_model, tmp_path):
     assert data["in_process"]["best"]["threads"] == len(os.sched_getaffinity(0))
     assert [r["target_qps"] for r in data["rates"]] == [5.0, 10.0]
     assert all(r["errors"] == {} and r["ok"] == r["sent"] for r in data["rates"])
+    assert all(r["cpu"]["own_cores"] > 0 for r in data["rates"])
     capacity = data["in_process"]["best"]["items_per_s"]
     assert data["ratio"] == pytest.approx(data["served_items_per_s"] / capacity)
     assert "of in-process" in result.stdout

@@ -21,11 +21,12 @@ from deeprec.inference.sharded import (
     ShardSetupError,
     open_sharded_session,
 )
+from deeprec.launcher.processes import Supervisor
 from deeprec.models import reference
 from deeprec.models.inputs import random_inputs
 from deeprec.models.runtime import open_session
 from deeprec.shard import main as shard_main
-from deeprec.shard.launch import Children, plan_shards, start_shards, worker_flags
+from deeprec.shard.launch import plan_shards, start_shards, worker_flags
 from deeprec.sharding.planner import make_plan
 from deeprec.sharding.profile import count
 from deeprec.sharding.strategies import STRATEGIES
@@ -330,14 +331,14 @@ def test_cli_shards_and_sharded_worker_processes_serve_and_stop_cleanly(tiny_zoo
     plan_path = tmp_path / "plan.json"
     plan = plan_shards(artifact, 2, "load", plan_path)
     profile = _profile(artifact).save(tmp_path / "profile.json")
-    with Children(tmp_path / "logs") as children:
+    with Supervisor(tmp_path / "logs") as children:
         addresses = start_shards(children, artifact.path, plan_path, len(plan.shards))
         flags = worker_flags(
             plan_path, addresses, artifact.spec.table_bytes // 4, "static", profile
         )
         argv = ["serve", "inference", "--model", str(artifact.path), "--port", "0"]
         worker = children.spawn("worker", [*argv, "--threads", "1", *flags])
-        children.wait_serving([worker])
+        children.wait_healthy([worker], 120.0)
         inputs = inputs_for(artifact.spec, 16, 21)
         request = inference_pb2.PredictRequest(features=request_for(artifact.spec, inputs).features)
         with grpc.insecure_channel(worker.address) as channel:

@@ -20,18 +20,22 @@ from deeprec.common.features import ModelSignature
 from deeprec.common.tensors import decode
 from deeprec.models import bench, zoo
 from deeprec.models.artifact import ArtifactError, load_artifact
+from deeprec.sharding.plan import parse_bytes
+from deeprec.sharding.strategies import STRATEGIES
 from deeprec.workload.client import BadResponse, RecommenderClient
 from deeprec.workload.distributions import ID_CHOICES, SIZE_CHOICES, parse_sizes
 from deeprec.workload.queries import Query, build_request, mean_lookups_of, table_ids
 
-from . import report
+from . import cpu, report
 from .cluster import Interrupted, LaunchError, LocalCluster
 from .loadrun import DEFAULT_ARTIFACTS, ModelNotFound, Workload, drive, model_spec, prepare
 from .loadrun import resolve_model as _resolve_model
 
-# Demo defaults, measured on the project's 2-core machine with the small RMC1 model (see
-# docs): the MLPerf mix averages 270 items a query, so 30 queries/s is ~8k items/s, well
-# under what two single-threaded workers serve, leaving room for the tail.
+# Demo and serving-bench defaults, measured with the small RMC1 model on the project's 2-core
+# machine. The MLPerf mix averages 270 items a query; two single-threaded workers with B=256
+# serve ~20k items/s (~75 queries/s) before the tail blows up (B=128 costs more per item in
+# the frontend; one worker with 2 threads serves less). 30 queries/s (~8k items/s) leaves
+# the demo well inside that, with room for the tail.
 DEMO_RATE = 30.0
 DEMO_SECONDS = 30.0
 DEMO_BATCH_SIZE = 256
@@ -84,6 +88,12 @@ def _cluster(args, model_dir: Path, stop: threading.Event, port: int) -> LocalCl
         threads=args.threads,
         batch_size=args.batch_size,
         offload_threshold=args.offload_threshold,
+        scheduler=args.scheduler,
+        sla_ms=args.sla_ms,
+        shards=args.shards,
+        strategy=args.strategy,
+        replicas=args.replicas,
+        memory_per_shard=args.memory_per_shard,
         host=args.host,
         log_dir=args.log_dir,
         startup_timeout=args.startup_timeout,
@@ -252,12 +262,15 @@ def demo(args) -> int:
         code = _start(cluster)
         if code is not None:
             return code
+        usage = {}
         try:
             say(
                 f"warming up, then {args.seconds:g} s of open-loop Poisson load at "
                 f"{args.rate:g} queries/s ({args.sizes} query sizes, mean "
                 f"{workload.sizes.mean:.0f} items; {args.ids} ids)"
             )
+            pids = [os.getpid(), *(c.pid for c in cluster.children)]
+            before, start = cpu.sample(pids), time.monotonic()
             result = asyncio.run(
                 drive(
                     cluster.frontend_address,
@@ -267,8 +280,10 @@ def demo(args) -> int:
                     args.seed,
                     progress=_progress,
                     stop=stop,
+                    progress_every=PROGRESS_EVERY,
                 )
             )
+            usage = cpu.cores_used(before, cpu.sample(pids), time.monotonic() - start)
         finally:
             clean = _stop(cluster)
     print(
@@ -277,6 +292,12 @@ def demo(args) -> int:
     )
     for line in report.load_report(result):
         print(line)
+    if usage:
+        print(
+            f"cpu: deeprec (servers + this client) {usage['own_cores']:.2f} cores, "
+            f"other processes {usage['other_cores']:.2f}"
+        )
+    _warn_if_shared("the demo", usage)
     out = args.json or f"results/demo-{artifact.spec.name}-{artifact.spec.size}.json"
     data = {
         "kind": "demo",
@@ -284,6 +305,7 @@ def demo(args) -> int:
         "size": artifact.spec.size,
         "config": _config(args, cluster),
         "result": result.to_json(),
+        "cpu": usage,
         "clean_shutdown": clean,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -301,6 +323,25 @@ def _in_process(artifact, seconds: float) -> dict:
     return bench.run(artifact, bench.DEFAULT_BATCH_SIZES, (n,), seconds, log=say)
 
 
+# Cores used by processes outside a measurement above which its figures are flagged.
+SHARED_CORES = 0.15
+
+
+def _warn_if_shared(what: str, usage: dict) -> None:
+    other = usage.get("other_cores", 0.0)
+    if other > SHARED_CORES:
+        say(
+            f"note: other processes used {other:.2f} cores during {what}; its figures are "
+            "not clean (the machine is shared)"
+        )
+
+
+def _at_batch(in_process: dict, batch_size: int | None) -> dict | None:
+    """The in-process point at the serving sub-batch size, for context next to the best."""
+    rows = [r for r in in_process["results"] if r["batch_size"] == batch_size]
+    return rows[0] if rows else None
+
+
 def serving_bench(args) -> int:
     try:
         model_dir = _resolve(args)
@@ -312,7 +353,12 @@ def serving_bench(args) -> int:
         return 2
     with stop_on_signals() as stop:
         # Before any server starts: the reference must have the machine to itself.
+        before, start = cpu.sample([os.getpid()]), time.monotonic()
         in_process = _in_process(artifact, args.bench_seconds)
+        in_process["cpu"] = cpu.cores_used(
+            before, cpu.sample([os.getpid()]), time.monotonic() - start
+        )
+        _warn_if_shared("the in-process bench", in_process["cpu"])
         capacity = in_process["best"]["items_per_s"]
         if stop.is_set():
             return 0
@@ -328,12 +374,14 @@ def serving_bench(args) -> int:
         code = _start(cluster)
         if code is not None:
             return code
-        results = []
+        results, usage = [], []
+        pids = [os.getpid(), *(c.pid for c in cluster.children)]
         try:
             print(report.SERVING_HEADER)
             for i, rate in enumerate(rates):
                 if stop.is_set():
                     break
+                before, start = cpu.sample(pids), time.monotonic()
                 result = asyncio.run(
                     drive(
                         cluster.frontend_address,
@@ -345,8 +393,10 @@ def serving_bench(args) -> int:
                         warmup=i == 0,
                     )
                 )
+                usage.append(cpu.cores_used(before, cpu.sample(pids), time.monotonic() - start))
                 results.append(result)
                 print(report.serving_row(result, capacity), flush=True)
+                _warn_if_shared(f"{rate:g} queries/s", usage[-1])
                 if result.qps < 0.9 * rate or result.error_count:
                     say(
                         f"saturated at {rate:g} queries/s (achieved {result.qps:.1f}, "
@@ -370,8 +420,12 @@ def serving_bench(args) -> int:
         "model": artifact.spec.name,
         "size": artifact.spec.size,
         "config": _config(args, cluster) | {"seconds_per_rate": args.seconds},
-        "in_process": {"best": in_process["best"], "results": in_process["results"]},
-        "rates": [r.to_json() | {"ratio": r.items_per_s / capacity} for r in results],
+        "in_process": {k: in_process[k] for k in ("best", "results", "cpu")}
+        | {"at_batch_size": _at_batch(in_process, args.batch_size)},
+        "rates": [
+            r.to_json() | {"ratio": r.items_per_s / capacity, "cpu": u}
+            for r, u in zip(results, usage, strict=True)
+        ],
         "served_items_per_s": served,
         "ratio": served / capacity,
         "p99_target_ms": args.p99_ms,
@@ -402,8 +456,27 @@ def _model_args(p) -> None:
     )
 
 
-def _cluster_args(p, batch_size: int | None = None) -> None:
+def _cluster_args(p, batch_size: int | None = None, scheduler: bool = True) -> None:
     p.add_argument("--workers", type=int, default=2, help="CPU inference workers (default 2)")
+    p.add_argument(
+        "--scheduler",
+        action=argparse.BooleanOptionalAction,
+        default=scheduler,
+        help="start the tuning scheduler and wire the frontend to it"
+        + (" (default on)" if scheduler else " (default off)"),
+    )
+    p.add_argument("--sla-ms", type=float, default=50.0, help="the scheduler's tail target")
+    p.add_argument("--shards", type=int, default=0, help="sparse shards (0 = single-server)")
+    p.add_argument(
+        "--strategy",
+        choices=sorted(STRATEGIES),
+        default="capacity",
+        help="how tables are placed on shards",
+    )
+    p.add_argument("--replicas", type=int, default=1, help="processes per shard")
+    p.add_argument(
+        "--memory-per-shard", type=parse_bytes, default=None, help="bytes per shard, e.g. 64M"
+    )
     p.add_argument("--gpu-workers", type=int, default=0, help="GPU inference workers")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per worker")
     p.add_argument(
@@ -487,7 +560,7 @@ def add_bench_parser(bench) -> None:
         "serving", help="served items/s and latency per load rate vs in-process ONNX Runtime"
     )
     _model_args(p)
-    _cluster_args(p, DEMO_BATCH_SIZE)
+    _cluster_args(p, DEMO_BATCH_SIZE, scheduler=False)
     _load_args(p)
     p.add_argument(
         "--rates",

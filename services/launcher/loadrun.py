@@ -106,6 +106,7 @@ async def drive(
     stop: threading.Event | None = None,
     timeout: float = 30.0,
     warmup: bool = True,
+    progress_every: float = 5.0,
 ) -> LoadResult:
     """Open-loop Poisson load on one frontend (after an unmeasured warm-up)."""
     rng = np.random.default_rng([seed, 1])
@@ -120,6 +121,7 @@ async def drive(
             seconds,
             rng,
             progress=progress,
+            progress_every=progress_every,
             stop=stop,
             drain_timeout=timeout,
         )

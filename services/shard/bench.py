@@ -27,6 +27,7 @@ from deeprec.common.features import ModelSignature
 from deeprec.common.server import channel as aio_channel
 from deeprec.common.server import sync_channel
 from deeprec.common.tensors import decode
+from deeprec.launcher.processes import Supervisor
 from deeprec.models import zoo
 from deeprec.models.artifact import MANIFEST, load_artifact, write_artifact
 from deeprec.sharding.plan import PlanError, parse_bytes, summary
@@ -45,7 +46,7 @@ from deeprec.workload.queries import (
     table_ids,
 )
 
-from .launch import Children, start_shards, worker_flags
+from .launch import start_shards, worker_flags
 
 PREDICT = "/deeprec.v1.Inference/Predict"
 INSTALL_HINT = "pip install -e '.[bench]'  (or: pip install 'matplotlib>=3.8,<4')"
@@ -129,7 +130,7 @@ def run_config(
     label, artifact, queries, rate, seconds, seed, log_dir, plan_path=None, shards=0, cache=None
 ) -> dict:
     """One configuration: start its processes, warm up, load, measure, stop."""
-    with Children(Path(log_dir) / label.replace("+", "-")) as children:
+    with Supervisor(Path(log_dir) / label.replace("+", "-")) as children:
         shard_addresses = []
         argv = ["serve", "inference", "--model", str(artifact.path), "--port", "0"]
         argv += ["--threads", "1"]
@@ -137,7 +138,7 @@ def run_config(
             shard_addresses = start_shards(children, artifact.path, plan_path, shards)
             argv += worker_flags(plan_path, shard_addresses, **(cache or {}))
         worker = children.spawn("worker", argv)
-        children.wait_serving([worker])
+        children.wait_healthy([worker], 120.0)
         pids = [c.pid for c in children.children]
         pid_of = {c.address: c.pid for c in children.children}
         start = time.perf_counter()

@@ -1,0 +1,54 @@
+"""CPU time of the benchmark's own processes vs the whole machine (Linux /proc).
+
+On a shared machine another job can take cores in the middle of a serving benchmark; the
+figures then say more about that job than about deeprec. Measuring both lets a report
+show how many cores went to processes outside the benchmark, so such runs are flagged.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of one process (all its threads); None if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds spent not idle, summed over every core, since boot; None if unknown."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return (sum(ticks) - ticks[3] - ticks[4]) / _TICK  # minus idle and iowait
+
+
+@dataclass
+class CpuSample:
+    own: float | None  # seconds used by the watched processes
+    machine: float | None  # seconds used by everything
+
+
+def sample(pids: list[int]) -> CpuSample:
+    per_process = [process_seconds(pid) for pid in pids]
+    own = None if any(s is None for s in per_process) else sum(per_process)
+    return CpuSample(own, machine_busy_seconds())
+
+
+def cores_used(before: CpuSample, after: CpuSample, seconds: float) -> dict:
+    """Average cores used by the watched processes and by everything else."""
+    if seconds <= 0 or None in (before.own, after.own, before.machine, after.machine):
+        return {}
+    own = (after.own - before.own) / seconds
+    machine = (after.machine - before.machine) / seconds
+    return {"own_cores": round(own, 3), "other_cores": round(max(machine - own, 0.0), 3)}
