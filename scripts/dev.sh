@@ -33,9 +33,7 @@ cmd=${1:-help}
 case "$cmd" in
     demo)
         setup
-        model=artifacts/rmc1-small
-        [ -f "$model/model.json" ] || "$venv/bin/deeprec" model build rmc1 --size small --out "$model"
-        exec "$venv/bin/deeprec" model bench "$model" "$@"
+        exec "$venv/bin/deeprec" demo "$@"
         ;;
     test)
         setup
