@@ -147,43 +147,45 @@ class ShardedSession:
     # -- startup ----------------------------------------------------------------------------
 
     def check_shards(self) -> None:
-        """Every replica must describe itself as the plan's shard; every shard needs one
-        reachable replica. Unreachable replicas start ejected."""
-        calls = [
-            (
-                rep,
-                a,
-                rep.stubs[a].Describe.future(
-                    shard_pb2.DescribeShardRequest(),
-                    timeout=self.config.connect_timeout,
-                    wait_for_ready=True,
-                ),
-            )
-            for rep in self.replicas
-            for a in rep.addresses
-        ]
+        """Every replica that answers must describe itself as the plan's shard; every shard
+        needs one replica answering within the connect timeout. Replicas that do not answer
+        start ejected, so one dead replica does not hold up a (re)starting worker."""
+        deadline = time.monotonic() + self.config.connect_timeout
+        pending = {(rep.shard, a) for rep in self.replicas for a in rep.addresses}
         reachable = dict.fromkeys(range(len(self.replicas)), 0)
-        for rep, address, call in calls:
-            try:
-                d = call.result()
-            except grpc.RpcError as err:
-                log.warning("shard %d replica %s: %s", rep.shard, address, err.code().name)
-                rep.failed(address)
-                continue
-            expected = (self.spec.name, self.plan.version, self.plan.plan_id, rep.shard)
-            if (d.model, d.version, d.plan_id, d.shard) != expected:
-                raise ShardSetupError(
-                    f"{address} serves {d.model} v{d.version} plan {d.plan_id} shard {d.shard}, "
-                    f"expected {expected[0]} v{expected[1]} plan {expected[2]} shard {rep.shard} "
-                    "(--shards must list the plan's shards in order)"
-                )
-            reachable[rep.shard] += 1
-        down = [k for k, n in reachable.items() if not n]
+        while True:
+            for rep in self.replicas:
+                for address in rep.addresses:
+                    if (rep.shard, address) in pending and self._describe(rep, address):
+                        pending.discard((rep.shard, address))
+                        reachable[rep.shard] += 1
+            down = [k for k, n in reachable.items() if not n]
+            if not down or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        for shard, address in pending:
+            log.warning("shard %d replica %s is not answering; starting without it", shard, address)
+            self.replicas[shard].failed(address)
         if down:
             raise ShardSetupError(
                 f"no replica of shard(s) {', '.join(map(str, down))} answered within "
                 f"{self.config.connect_timeout:g} s"
             )
+
+    def _describe(self, rep, address: str) -> bool:
+        """True if ``address`` answers as shard ``rep.shard`` of this plan."""
+        try:
+            d = rep.stubs[address].Describe(shard_pb2.DescribeShardRequest(), timeout=2)
+        except grpc.RpcError:
+            return False
+        expected = (self.spec.name, self.plan.version, self.plan.plan_id, rep.shard)
+        if (d.model, d.version, d.plan_id, d.shard) != expected:
+            raise ShardSetupError(
+                f"{address} serves {d.model} v{d.version} plan {d.plan_id} shard {d.shard}, "
+                f"expected {expected[0]} v{expected[1]} plan {expected[2]} shard {rep.shard} "
+                "(--shards must list the plan's shards in order)"
+            )
+        return True
 
     def warm_cache(self, profile) -> None:
         """Static cache: fetch a profile's hottest rows from the shards."""

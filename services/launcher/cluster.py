@@ -208,6 +208,14 @@ class LocalCluster:
         )
         return worker_flags(plan_path, addresses)
 
+    # -- faults (chaos tests, soak) ----------------------------------------------------------
+
+    def kill(self, name: str) -> None:
+        self.supervisor.kill(self._one(name))
+
+    def restart(self, name: str) -> None:
+        self.supervisor.restart(self._one(name), self.startup_timeout)
+
     # -- watch and stop ---------------------------------------------------------------------
 
     def dead_children(self) -> list[Child]:

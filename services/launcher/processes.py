@@ -68,6 +68,7 @@ class Child:
     address: str | None = None
     exit_code: int | None = None
     killed: bool = False  # needed SIGKILL
+    env: dict = field(default_factory=dict)  # set on top of the launcher's environment
 
     @property
     def pid(self) -> int:
@@ -103,10 +104,33 @@ class Supervisor:
         self.log_dir.mkdir(parents=True, exist_ok=True)
 
     def spawn(self, name: str, argv: list[str], env: dict | None = None) -> Child:
-        child = Child(name, list(argv), self.log_dir / f"{name}.log")
+        child = Child(name, list(argv), self.log_dir / f"{name}.log", env=dict(env or {}))
+        self._launch(child, "wb")
+        self.children.append(child)
+        return child
+
+    def kill(self, child: Child) -> None:
+        """SIGKILL, as a crash would: no graceful shutdown."""
+        self._signal(child, signal.SIGKILL)
+        child.exit_code = child.process.wait()
+        child.killed = True
+
+    def restart(self, child: Child, timeout: float) -> None:
+        """Start a stopped child again on the same address (callers keep their channels)."""
+        if child.alive():
+            raise LaunchError(f"{child.name} is still running")
+        if child.address is not None:
+            port = child.address.rsplit(":", 1)[1]
+            i = child.argv.index("--port")
+            child.argv[i + 1] = port
+        child.exit_code, child.killed = None, False
+        self._launch(child, "ab")
+        self.wait_healthy([child], timeout)
+
+    def _launch(self, child: Child, mode: str) -> None:
         guard = [sys.executable, "-m", "deeprec.launcher.orphan_guard", str(os.getpid())]
-        environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        with open(child.log_path, "wb") as log:
+        environment = {**os.environ, "PYTHONUNBUFFERED": "1", **child.env}
+        with open(child.log_path, mode) as log:
             child.process = subprocess.Popen(
                 [*guard, *self.cli, *child.argv],
                 stdin=subprocess.DEVNULL,
@@ -115,8 +139,6 @@ class Supervisor:
                 env=environment,
                 process_group=0,
             )
-        self.children.append(child)
-        return child
 
     def wait_healthy(self, children: list[Child], timeout: float) -> None:
         """Wait for each child's "serving on" line, then for health SERVING."""

@@ -1,14 +1,17 @@
 """The distributions of production-like load (pure NumPy; every draw takes a Generator).
 
 - arrivals: a Poisson process, i.e. exponential gaps at a rate;
-- query sizes: the MLPerf DLRM server mix, the DeepRecSys lognormal, or a fixed N;
-- embedding ids: a bounded power law (Zipf-like) over a table's rows, or uniform.
+- query sizes: the MLPerf DLRM server mix, the DeepRecSys lognormal, a fixed N, or the
+  sizes listed in a file (e.g. taken from a production log);
+- embedding ids: a bounded power law (Zipf-like) over a table's rows, or uniform; the
+  power law's hot set can drift (the hottest ids cool off and the next ones move up).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
@@ -117,8 +120,67 @@ class FixedSizes:
         return self.items
 
 
-QuerySizes = MLPerfSizes | LognormalSizes | FixedSizes
-SIZE_CHOICES = "mlperf, lognormal or a fixed item count N"
+@dataclass(frozen=True)
+class FileSizes:
+    """The empirical distribution of the sizes listed in a file (each equally likely).
+
+    The file holds positive integers separated by whitespace or commas; ``#`` starts a
+    comment. A size listed k times is k times as likely, so a log of real query sizes can
+    be used as it is.
+    """
+
+    path: str
+    sizes: tuple[int, ...] = field(default=(), repr=False)
+    name: str = "file"
+
+    def __post_init__(self):
+        if not self.sizes:
+            object.__setattr__(self, "sizes", read_sizes(self.path))
+
+    @property
+    def max(self) -> int:
+        return max(self.sizes)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.sizes))
+
+    def sample(self, count: int, rng: np.random.Generator) -> np.ndarray:
+        return rng.choice(np.asarray(self.sizes, dtype=np.int64), size=count)
+
+    def quantile(self, p: float) -> int:
+        ordered = sorted(self.sizes)
+        return ordered[min(int(p * len(ordered)), len(ordered) - 1)]
+
+
+def read_sizes(path: str) -> tuple[int, ...]:
+    """Query sizes from a text file; a clear ValueError for anything else."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise ValueError(f"query sizes file {path}: {err.strerror or err}") from None
+    sizes = []
+    for number, line in enumerate(text.splitlines(), 1):
+        for token in line.split("#", 1)[0].replace(",", " ").split():
+            try:
+                size = int(token)
+            except ValueError:
+                raise ValueError(
+                    f"query sizes file {path}, line {number}: {token!r} is not an integer"
+                ) from None
+            if size < 1:
+                raise ValueError(
+                    f"query sizes file {path}, line {number}: a query needs at least 1 "
+                    f"item, got {size}"
+                )
+            sizes.append(size)
+    if not sizes:
+        raise ValueError(f"query sizes file {path} lists no sizes")
+    return tuple(sizes)
+
+
+QuerySizes = MLPerfSizes | LognormalSizes | FixedSizes | FileSizes
+SIZE_CHOICES = "mlperf, lognormal, a fixed item count N, or file:PATH"
 
 
 def stratified_sizes(sizes: QuerySizes, count: int) -> np.ndarray:
@@ -131,11 +193,13 @@ def stratified_sizes(sizes: QuerySizes, count: int) -> np.ndarray:
 
 
 def parse_sizes(text: str) -> QuerySizes:
-    """``mlperf`` | ``lognormal`` | ``N`` (every query N items)."""
+    """``mlperf`` | ``lognormal`` | ``N`` (every query N items) | ``file:PATH``."""
     if text == "mlperf":
         return MLPerfSizes()
     if text == "lognormal":
         return LognormalSizes()
+    if text.startswith("file:"):
+        return FileSizes(text.removeprefix("file:"))
     try:
         return FixedSizes(int(text.removeprefix("fixed:")))
     except ValueError:
@@ -151,6 +215,9 @@ class UniformIds:
 
     def sample(self, count: int, rng: np.random.Generator) -> np.ndarray:
         return rng.integers(0, self.rows, size=count, dtype=np.int64)
+
+    def drift(self, ids: np.ndarray, ranks: int) -> np.ndarray:
+        return np.asarray(ids, dtype=np.int64)  # no hot set to move
 
 
 DEFAULT_EXPONENT = 1.05
@@ -246,9 +313,37 @@ class PowerLawIds:
     def sample(self, count: int, rng: np.random.Generator) -> np.ndarray:
         return self.ids_of_ranks(self.sample_ranks(count, rng))
 
+    def drift(self, ids: np.ndarray, ranks: int) -> np.ndarray:
+        """The same draws after the hot set slid by ``ranks``: the id of rank r becomes
+        the id of rank r + ranks (mod rows), so the ``ranks`` hottest ids turn coldest and
+        every other id moves up. Ranks map to ids affinely, so this is one modular add."""
+        shift = (self._a * (ranks % self.rows)) % self.rows
+        return (np.asarray(ids, dtype=np.int64) + shift) % self.rows
+
 
 IdDistribution = UniformIds | PowerLawIds
 ID_CHOICES = ("powerlaw", "uniform")
+
+
+def parse_exponents(text: str) -> float | dict[str, float]:
+    """Zipf exponents: ``S`` for every table, or ``S,TABLE=S2,...`` per table, where the
+    leading ``S`` (stored under ``*``) covers the tables not named."""
+    out: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",")):
+        table, _, value = part.rpartition("=")
+        try:
+            exponent = float(value)
+        except ValueError:
+            raise ValueError(
+                f"exponents {text!r}: {part!r} is neither S nor TABLE=S (S a number >= 0)"
+            ) from None
+        if exponent < 0:
+            raise ValueError(f"exponents {text!r}: {part!r} is negative")
+        key = table.strip() or "*"
+        if key in out:
+            raise ValueError(f"exponents {text!r}: {key} is given twice")
+        out[key] = exponent
+    return out["*"] if list(out) == ["*"] else out
 
 
 def id_distribution(

@@ -70,6 +70,7 @@ class LoadResult:
     latency: dict  # latency_summary of OK queries
     paths: dict[str, dict]  # path -> latency_summary of its OK queries
     stopped_early: bool = False
+    start: float = 0.0  # the event loop's clock (time.monotonic) at due offset 0
     # Per query, in due order: seconds from due to completion (NaN if not OK), and status.
     latencies: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
     statuses: list[str] = field(default_factory=list, repr=False)
@@ -149,8 +150,12 @@ async def run_open_loop(
     progress: Callable[[Progress], None] | None = None,
     progress_every: float = 5.0,
     stop: threading.Event | asyncio.Event | None = None,
+    arrivals: np.ndarray | None = None,
 ) -> LoadResult:
     """Fire queries at Poisson(rate) due times for ``duration`` s; return what happened.
+
+    ``arrivals`` (sorted due offsets in s, all < ``duration``) replaces the Poisson draw,
+    for a load that changes rate mid-run (``rate`` is then only reported).
 
     At most ``max_in_flight`` queries are outstanding: past that, a due query waits for a
     slot (and counts as late) so a dead server cannot make the client run away. After the
@@ -159,7 +164,7 @@ async def run_open_loop(
     """
     if max_in_flight < 1:
         raise ValueError("max_in_flight must be >= 1")
-    offsets = poisson_arrivals(rate, duration, rng)
+    offsets = poisson_arrivals(rate, duration, rng) if arrivals is None else arrivals
     run = _Run(len(offsets))
     slots = asyncio.Semaphore(max_in_flight)
     tasks: set[asyncio.Task] = set()
@@ -273,6 +278,7 @@ def _result(
         latency=latency_summary(latencies[ok_mask]),
         paths=paths,
         stopped_early=stopped,
+        start=start,
         latencies=latencies,
         statuses=[s or UNFINISHED for s in run.status[:scheduled]],
     )

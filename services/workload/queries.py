@@ -8,12 +8,14 @@ costs a copy, not a draw. Query sizes still follow their distribution exactly.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from deeprec.common.features import ModelSignature, encode_features
+from deeprec.common.tensors import decode, encode
 from deeprec.v1 import recommender_pb2, tensor_pb2
 
 from .distributions import (
@@ -36,11 +38,25 @@ def table_ids(
     exponent: float | Mapping[str, float] = DEFAULT_EXPONENT,
     seed: int = 0,
 ) -> dict[str, IdDistribution]:
-    """One id distribution per table: features sharing a table share its hot ids."""
+    """One id distribution per table: features sharing a table share its hot ids.
+
+    ``exponent`` is one Zipf exponent for all tables or a mapping table -> exponent, where
+    the key ``*`` covers the tables not named (see ``distributions.parse_exponents``).
+    """
     rows = {f.table: f.rows for f in signature.features}
+    if isinstance(exponent, Mapping):
+        unknown = set(exponent) - set(rows) - {"*"}
+        if unknown:
+            raise ValueError(
+                f"exponent for unknown table(s) {', '.join(sorted(unknown))} (model "
+                f"{signature.name} has {', '.join(rows)})"
+            )
     out = {}
     for i, (table, n) in enumerate(rows.items()):
-        s = exponent.get(table, DEFAULT_EXPONENT) if isinstance(exponent, Mapping) else exponent
+        if isinstance(exponent, Mapping):
+            s = exponent.get(table, exponent.get("*", DEFAULT_EXPONENT))
+        else:
+            s = exponent
         out[table] = id_distribution(kind, n, s, seed=seed * 7919 + i)
     return out
 
@@ -186,3 +202,57 @@ def query_bytes(pool: ItemPool, items: float) -> float:
     dense = 0 if pool.dense is None else pool.dense.shape[1] * 4
     ids = sum(len(v) for v in pool.ids.values()) * 8 / pool.items
     return items * (dense + ids + 8 * len(pool.lengths))
+
+
+# -- hot-set drift --------------------------------------------------------------------------
+
+
+def drifted(
+    queries: list[Query],
+    signature: ModelSignature,
+    ids: Mapping[str, IdDistribution],
+    ranks: int,
+) -> list[Query]:
+    """The same queries after every table's hot set slid by ``ranks`` (see
+    ``PowerLawIds.drift``): same sizes, lengths and dense values, shifted ids."""
+    table_of = {f.name: f.table for f in signature.features}
+    out = []
+    for query in queries:
+        request = recommender_pb2.RecommendRequest.FromString(query.payload)
+        for sparse in request.features.sparse:
+            moved = ids[table_of[sparse.name]].drift(decode(sparse.ids, sparse.name), ranks)
+            encode(moved, sparse.ids)
+        out.append(Query(query.items, request.SerializeToString()))
+    return out
+
+
+class EpochCycle:
+    """Queries whose hot set drifts with time: epoch k = floor(elapsed / period) draws from
+    ``epochs[k]`` (the last epoch once the list runs out). Epochs are prepared up front so
+    that no query is built while the load runs."""
+
+    def __init__(
+        self,
+        epochs: list[list[Query]],
+        period: float,
+        rng: np.random.Generator,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        if period <= 0:
+            raise ValueError(f"drift period must be > 0 s, got {period}")
+        self.cycles = [QueryCycle(queries, rng) for queries in epochs]
+        if not self.cycles:
+            raise ValueError("no epochs of queries")
+        self.period, self.clock = period, clock
+        self.start: float | None = None  # the first call starts epoch 0
+
+    @property
+    def epoch(self) -> int:
+        if self.start is None:
+            return 0
+        return min(int((self.clock() - self.start) / self.period), len(self.cycles) - 1)
+
+    def __call__(self) -> Query:
+        if self.start is None:
+            self.start = self.clock()
+        return self.cycles[self.epoch]()

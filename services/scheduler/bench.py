@@ -1,0 +1,576 @@
+"""`deeprec bench tuning`: how soon the scheduler finds a good B after the load doubles.
+
+One run, real processes on 127.0.0.1 (scheduler, CPU workers, frontend; RMC1 small by
+default), the same prepared queries (MLPerf sizes, power-law ids) throughout:
+
+1. **Sweep**: a scheduler that does not tune pins each candidate B in turn; open-loop
+   Poisson load at the post-step rate 2R; p95 per B. The best static p95 is the smallest.
+   (The sweep goes through a scheduler, not a frontend flag, so it pays the same telemetry
+   export as the tuning run, and one warm cluster serves every B.)
+2. **Tuning**: a fresh cluster whose scheduler tunes, reset to a bad B when the load
+   starts; rate R for the first half, 2R for the second (one open-loop run of a piecewise
+   Poisson process). The scheduler's policy is sampled every 0.5 s; p95 comes from the
+   client's own latencies (from each query's due time).
+3. **Report**: seconds from the step until the tail is within 5% of the best static p95
+   and stays there, the final p95 ratio, a table, JSON and a PNG of B, T and p95 over time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from deeprec.common.server import sync_channel
+from deeprec.launcher import cpu
+from deeprec.launcher.cluster import LocalCluster
+from deeprec.launcher.loadrun import DEFAULT_ARTIFACTS, Workload, prepare, resolve_model, warm_up
+from deeprec.models import zoo
+from deeprec.models.artifact import load_artifact
+from deeprec.v1 import scheduler_pb2, scheduler_pb2_grpc
+from deeprec.workload.client import RecommenderClient
+from deeprec.workload.distributions import ID_CHOICES, SIZE_CHOICES, parse_sizes, poisson_arrivals
+from deeprec.workload.openloop import LoadResult, run_open_loop
+from deeprec.workload.queries import QueryCycle
+
+INSTALL_HINT = "pip install -e '.[bench]'  (or: pip install 'matplotlib>=3.8,<4')"
+# B values the tuner can choose (TunerConfig.batch_sizes) that matter for MLPerf sizes
+# (100-700 items): below 32 the sub-batch fan-out alone saturates 2 cores; 1024 = no split.
+SWEEP_BATCH_SIZES = (32, 64, 128, 256, 512, 1024)
+# Pre-step rate: 2R = 30 queries/s (~8k items/s) is the demo's load, well inside what two
+# single-threaded workers serve on 2 cores (~20k items/s, see the serving bench).
+RATE = 15.0
+START_BATCH_SIZE = 32  # bad at both rates: 9 sub-batches per query of fan-out overhead
+GOAL_S = 30.0
+TOLERANCE = 0.05
+WINDOW_S = 2.0  # p95 per window (the plot's dots)
+ROLLING_S = 10.0  # trailing p95 (the plot's line): ~300 queries at 2R
+HOLD_S = 10.0  # "stays within": judged on at least this much load after the settle time
+FINAL_S = 20.0  # the final p95: the last seconds of the run
+SHARED_CORES = 0.15  # other processes' cores above which figures are flagged
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- load -----------------------------------------------------------------------------------
+
+
+def step_arrivals(
+    rate: float, seconds: float, factor: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Due offsets of a Poisson process at ``rate`` for the first half, ``factor`` x rate
+    for the second (memoryless, so two pieces glued together are exactly that process)."""
+    half = seconds / 2
+    first = poisson_arrivals(rate, half, rng)
+    second = half + poisson_arrivals(rate * factor, seconds - half, rng)
+    return np.concatenate([first, second[second < seconds]])
+
+
+async def _drive(address, queries, offsets, seconds, seed, *, warm, stop, before_load=None):
+    """Warm up (unmeasured), then open-loop load at the given due offsets."""
+    async with RecommenderClient(address) as client:
+        await client.wait_ready(60.0)
+        if warm:
+            await warm_up(client, queries)
+        if before_load is not None:
+            await before_load(client)
+        return await run_open_loop(
+            client.send,
+            QueryCycle(queries, np.random.default_rng([seed, 2])),
+            len(offsets) / seconds,
+            seconds,
+            np.random.default_rng([seed, 1]),
+            stop=stop,
+            arrivals=offsets,
+        )
+
+
+def _stub(address: str):
+    return scheduler_pb2_grpc.SchedulerStub(sync_channel(address))
+
+
+def set_policy(address: str, model: str, batch_size: int, pin: bool) -> int:
+    """Set B on the scheduler (T = never); returns the new policy version."""
+    request = scheduler_pb2.SetPolicyRequest(
+        policy=scheduler_pb2.Policy(model=model, batch_size=batch_size), pin=pin
+    )
+    return _stub(address).SetPolicy(request, timeout=10).version
+
+
+async def wait_for_version(client: RecommenderClient, query, version: int, timeout=15.0):
+    """Until the frontend serves under ``version`` (the policy stream is asynchronous)."""
+    deadline = time.monotonic() + timeout
+    while (await client.recommend(query)).info.policy_version < version:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the frontend did not apply policy version {version}")
+        await asyncio.sleep(0.1)
+
+
+class PolicySampler:
+    """GetPolicy every ``every`` s on a thread: (monotonic time, B, T, version) samples."""
+
+    def __init__(self, address: str, model: str, every: float = 0.5):
+        self.address, self.model, self.every = address, model, every
+        self.samples: list[tuple[float, int, int, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        request = scheduler_pb2.GetPolicyRequest(model=self.model)
+        with sync_channel(self.address) as channel:
+            stub = scheduler_pb2_grpc.SchedulerStub(channel)
+            while True:
+                try:
+                    p = stub.GetPolicy(request, timeout=2)
+                    self.samples.append(
+                        (time.monotonic(), p.batch_size, p.offload_threshold, p.version)
+                    )
+                except grpc.RpcError:  # NOT_FOUND until the scheduler has the model
+                    pass
+                if self._stop.wait(self.every):
+                    return
+
+    def __enter__(self) -> PolicySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+# -- analysis (pure) ------------------------------------------------------------------------
+
+
+def p95_ms(latencies_s: np.ndarray) -> float:
+    """p95 in ms; a failed query (NaN) counts as infinitely slow. NaN if there is none."""
+    if len(latencies_s) == 0:
+        return float("nan")
+    ms = np.where(np.isnan(latencies_s), np.inf, np.asarray(latencies_s) * 1e3)
+    return float(np.percentile(ms, 95, method="higher"))  # no interpolation towards inf
+
+
+def windows(due: np.ndarray, latencies: np.ndarray, seconds: float, width: float) -> list:
+    """p95 of the queries due in each ``width``-second window."""
+    out = []
+    for start in np.arange(0.0, seconds, width):
+        mask = (due >= start) & (due < start + width)
+        out.append(
+            {
+                "t": float(start + width / 2),
+                "queries": int(mask.sum()),
+                "errors": int(np.isnan(latencies[mask]).sum()),
+                "p95_ms": p95_ms(latencies[mask]),
+            }
+        )
+    return out
+
+
+def rolling(due, latencies, seconds: float, width: float, every: float = 0.5) -> list:
+    """Trailing p95: at each t, of the queries due in [t - width, t)."""
+    out = []
+    for t in np.arange(width, seconds + 1e-9, every):
+        mask = (due >= t - width) & (due < t)
+        out.append({"t": float(t), "p95_ms": p95_ms(latencies[mask])})
+    return out
+
+
+def settle_time(due, latencies, step: float, seconds: float, target_ms: float, hold: float):
+    """Seconds after ``step`` from which the p95 of everything due until the end is within
+    ``target_ms`` (on a 0.5 s grid, with at least ``hold`` s of load to judge); None if
+    never. Judging the whole rest of the run is what "and stays there" means, and it
+    averages over enough queries that one lucky window does not count."""
+    for t in np.arange(step, seconds - hold + 1e-9, 0.5):
+        if p95_ms(latencies[due >= t]) <= target_ms:
+            return float(t - step)
+    return None
+
+
+def policy_settle_time(samples: list[dict], step: float, good: set[int]) -> float | None:
+    """Seconds after ``step`` from which every sampled B is one of the ``good`` ones."""
+    settled = None
+    for sample in samples:
+        if sample["t"] < step:
+            continue
+        if sample["batch_size"] not in good:
+            settled = None
+        elif settled is None:
+            settled = sample["t"]
+    return None if settled is None else settled - step
+
+
+def reaction_time(samples: list[dict], step: float) -> float | None:
+    """Seconds after ``step`` until the scheduler first changed the policy."""
+    before = [p["version"] for p in samples if p["t"] < step]
+    last = before[-1] if before else None
+    for p in samples:
+        if p["t"] >= step and p["version"] != last:
+            return p["t"] - step
+    return None
+
+
+def summarise(tuning: dict, sweep: list, step: float, seconds: float, due, latencies) -> dict:
+    best = min(sweep, key=lambda r: r["p95_ms"])
+    target = best["p95_ms"] * (1 + TOLERANCE)
+    good = {r["batch_size"] for r in sweep if r["p95_ms"] <= target}
+    final = p95_ms(latencies[due >= seconds - FINAL_S])
+    settle = settle_time(due, latencies, step, seconds, target, HOLD_S)
+    return {
+        "best_static_batch_size": best["batch_size"],
+        "best_static_p95_ms": best["p95_ms"],
+        "tolerance": TOLERANCE,
+        "good_batch_sizes": sorted(good),
+        "goal_s": GOAL_S,
+        "settle_s": settle,
+        "met_goal": settle is not None and settle <= GOAL_S,
+        "policy_settle_s": policy_settle_time(tuning["policy"], step, good),
+        "reaction_s": reaction_time(tuning["policy"], step),
+        "pre_step_p95_ms": p95_ms(latencies[(due >= step - FINAL_S) & (due < step)]),
+        "post_step_p95_ms": p95_ms(latencies[due >= step]),
+        "final_p95_ms": final,
+        "final_ratio": final / best["p95_ms"],
+        "final_batch_size": tuning["policy"][-1]["batch_size"] if tuning["policy"] else None,
+    }
+
+
+# -- the two phases -------------------------------------------------------------------------
+
+
+def _cluster(args, model_dir, stop, name, scheduler_args, batch_size=None) -> LocalCluster:
+    return LocalCluster(
+        model_dir,
+        workers=args.workers,
+        threads=args.threads,
+        batch_size=batch_size,
+        scheduler=True,
+        sla_ms=args.sla_ms,
+        scheduler_args=tuple(scheduler_args),
+        log_dir=Path(args.log_dir, name) if args.log_dir else None,
+        stop_requested=stop,
+        say=say,
+    )
+
+
+def _pids(cluster: LocalCluster) -> list[int]:
+    return [os.getpid(), *(c.pid for c in cluster.children)]
+
+
+def _flag_shared(what: str, usage: dict) -> None:
+    if usage.get("other_cores", 0.0) > SHARED_CORES:
+        say(
+            f"note: other processes used {usage['other_cores']:.2f} cores during {what}; "
+            "its figures are not clean (the machine is shared)"
+        )
+
+
+def sweep(args, model_dir, model, queries, rate, stop) -> list[dict]:
+    """p95 at each pinned B, at a steady ``rate``, on one warm cluster."""
+    rows = []
+    with _cluster(args, model_dir, stop, f"sweep-{rate:g}", ["--no-tune"]) as cluster:
+        address = cluster.scheduler_address
+        for i, batch_size in enumerate(args.batch_sizes):
+            if stop.is_set():
+                break
+            version = set_policy(address, model, batch_size, pin=True)
+
+            async def applied(client, v=version):
+                await wait_for_version(client, queries[0], v)
+
+            offsets = poisson_arrivals(rate, args.sweep_seconds, np.random.default_rng(i))
+            pids = _pids(cluster)
+            before, start = cpu.sample(pids), time.monotonic()
+            result = asyncio.run(
+                _drive(
+                    cluster.frontend_address,
+                    queries,
+                    offsets,
+                    args.sweep_seconds,
+                    args.seed + i,
+                    warm=i == 0,
+                    stop=stop,
+                    before_load=applied,
+                )
+            )
+            usage = cpu.cores_used(before, cpu.sample(pids), time.monotonic() - start)
+            row = {
+                "batch_size": batch_size,
+                "rate_qps": rate,
+                "p95_ms": p95_ms(result.latencies),
+                "load": result.to_json(),
+                "cpu": usage,
+            }
+            rows.append(row)
+            say(
+                f"  B={batch_size:<5} p95 {row['p95_ms']:7.1f} ms  ({result.ok} ok, "
+                f"{result.error_count} errors, {result.qps:.1f} queries/s)"
+            )
+            _flag_shared(f"B={batch_size}", usage)
+    return rows
+
+
+def tuning_run(args, model_dir, model, queries, stop) -> tuple[dict, LoadResult, np.ndarray]:
+    """The load step under a tuning scheduler, from a bad B; the policy over time."""
+    flags = ["--interval", str(args.interval), "--trial-queries", str(args.trial_queries)]
+    flags += ["--max-trial-seconds", str(args.max_trial_seconds)]
+    offsets = step_arrivals(args.rate, args.seconds, args.factor, np.random.default_rng(99))
+    cluster = _cluster(args, model_dir, stop, "tuning", flags, args.start_batch_size)
+    with cluster:
+        address = cluster.scheduler_address
+
+        async def reset(client):
+            # After the warm-up: the tuner starts afresh from the bad B as the load starts.
+            version = set_policy(address, model, args.start_batch_size, pin=False)
+            await wait_for_version(client, queries[0], version)
+
+        pids = _pids(cluster)
+        before, start = cpu.sample(pids), time.monotonic()
+        with PolicySampler(address, model, args.sample_every) as sampler:
+            result = asyncio.run(
+                _drive(
+                    cluster.frontend_address,
+                    queries,
+                    offsets,
+                    args.seconds,
+                    args.seed,
+                    warm=True,
+                    stop=stop,
+                    before_load=reset,
+                )
+            )
+        usage = cpu.cores_used(before, cpu.sample(pids), time.monotonic() - start)
+        _flag_shared("the tuning run", usage)
+        log_dir = str(cluster.log_dir)
+    samples = [
+        {"t": t - result.start, "batch_size": b, "offload_threshold": threshold, "version": v}
+        for t, b, threshold, v in sampler.samples
+        if t >= result.start
+    ]
+    tuning = {"policy": samples, "cpu": usage, "scheduler_flags": flags, "logs": log_dir}
+    return tuning, result, offsets[: len(result.latencies)]
+
+
+# -- report ---------------------------------------------------------------------------------
+
+
+def _num(value: float | None) -> float | None:
+    """JSON has no NaN or infinity: those become null."""
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
+def _clean(data):
+    if isinstance(data, dict):
+        return {k: _clean(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_clean(v) for v in data]
+    if isinstance(data, float):
+        return _num(data)
+    return data
+
+
+def table(data: dict) -> str:
+    s, c = data["summary"], data["config"]
+
+    def sec(v):
+        return "never" if v is None else f"{v:.1f} s"
+
+    lines = [
+        f"{data['model']} ({data['size']}): {c['workers']} workers on {c['cores']} cores; "
+        f"{c['rate_qps']:g} -> {c['rate_qps'] * c['step_factor']:g} queries/s at "
+        f"t={c['step_at_s']:g} s",
+        f"static sweep at {c['rate_qps'] * c['step_factor']:g} queries/s "
+        f"({c['sweep_seconds']:g} s each):",
+        f"{'B':>6} {'p95 ms':>8} {'p99 ms':>8} {'queries':>8} {'errors':>6}",
+    ]
+    for r in data["sweep"]:
+        lat = r["load"]["latency"]
+        mark = "  <- best" if r["batch_size"] == s["best_static_batch_size"] else ""
+        lines.append(
+            f"{r['batch_size']:>6} {r['p95_ms'] or float('nan'):>8.1f} "
+            f"{lat.get('p99_ms', float('nan')):>8.1f} {lat.get('count', 0):>8} "
+            f"{sum(r['load']['errors'].values()):>6}{mark}"
+        )
+    final_b = s["final_batch_size"]
+    lines += [
+        f"tuning from B={c['start_batch_size']} (scheduler {' '.join(data['tuning']['scheduler_flags'])})",
+        f"  p95 before the step (last {FINAL_S:g} s)  {s['pre_step_p95_ms'] or float('nan'):.1f} ms",
+        f"  first policy change after step      {sec(s['reaction_s'])}",
+        f"  B within 5% of best (and stays)     {sec(s['policy_settle_s'])}",
+        f"  p95 within 5% of best (and stays)   {sec(s['settle_s'])}  "
+        f"(goal <= {s['goal_s']:g} s: {'met' if s['met_goal'] else 'not met'})",
+        f"  final p95 (last {FINAL_S:g} s)             {s['final_p95_ms'] or float('nan'):.1f} ms"
+        f" = {s['final_ratio'] or float('nan'):.2f}x best static "
+        f"{s['best_static_p95_ms']:.1f} ms (B={s['best_static_batch_size']}); final B={final_b}",
+    ]
+    return "\n".join(lines)
+
+
+def plot(data: dict, path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        say(f"note: no PNG written: matplotlib is not installed; {INSTALL_HINT}")
+        return None
+    c, s, t = data["config"], data["summary"], data["tuning"]
+    step = c["step_at_s"]
+    policy = np.array(
+        [(p["t"], p["batch_size"], p["offload_threshold"]) for p in t["policy"]], dtype=float
+    ).reshape(-1, 3)
+    fig, axes = plt.subplots(3, 1, figsize=(11, 8), sharex=True, height_ratios=(1, 1, 2))
+    axes[0].step(policy[:, 0], policy[:, 1], where="post", color="tab:blue")
+    axes[0].set_yscale("log", base=2)
+    axes[0].set_ylabel("B (items)")
+    axes[0].axhline(s["best_static_batch_size"], color="gray", linestyle=":", linewidth=0.8)
+    axes[1].step(policy[:, 0], policy[:, 2], where="post", color="tab:purple")
+    axes[1].set_ylabel("T (0 = never)")
+    ax = axes[2]
+    w = [(p["t"], p["p95_ms"]) for p in t["windows"] if p["p95_ms"] is not None]
+    ax.scatter(*zip(*w, strict=True), s=10, color="tab:orange", label=f"p95 per {WINDOW_S:g} s")
+    r = [(p["t"], p["p95_ms"]) for p in t["rolling"] if p["p95_ms"] is not None]
+    ax.plot(*zip(*r, strict=True), color="tab:red", label=f"p95, trailing {ROLLING_S:g} s")
+    best = s["best_static_p95_ms"]
+    ax.axhline(best, color="black", linewidth=0.8, label=f"best static (B={s['best_static_batch_size']})")
+    ax.axhspan(best, best * (1 + TOLERANCE), color="green", alpha=0.2, label="+5%")
+    ax.axvspan(step, step + GOAL_S, color="gray", alpha=0.1, label=f"goal: {GOAL_S:g} s")
+    if s["settle_s"] is not None:
+        ax.axvline(step + s["settle_s"], color="green", linestyle="--", label="settled")
+    ax.set_yscale("log")
+    ax.set_ylabel("p95 latency (ms)")
+    ax.set_xlabel("seconds")
+    ax.legend(loc="upper left", fontsize=8)
+    for a in axes:
+        a.axvline(step, color="black", linestyle="--", linewidth=1)
+    fig.suptitle(
+        f"{data['model']} ({data['size']}): load step {c['rate_qps']:g} -> "
+        f"{c['rate_qps'] * c['step_factor']:g} queries/s at t={step:g} s; "
+        f"final p95 {s['final_ratio'] or float('nan'):.2f}x best static"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# -- the command ----------------------------------------------------------------------------
+
+
+def bench_tuning(args) -> int:
+    from deeprec.launcher.commands import cores, stop_on_signals
+
+    model_dir = resolve_model(args.model, args.size, args.artifacts, say)
+    artifact = load_artifact(model_dir)
+    spec, model = artifact.spec, artifact.spec.name
+    workload = Workload(parse_sizes(args.sizes), args.ids, args.exponent, args.seed)
+    queries = prepare(spec, artifact.version, workload)
+    high = args.rate * args.factor
+    step = args.seconds / 2
+    with stop_on_signals() as stop:
+        say(f"sweep: B in {list(args.batch_sizes)} at {high:g} queries/s")
+        rows = sweep(args, model_dir, model, queries, high, stop)
+        pre = []
+        if args.pre_sweep and not stop.is_set():
+            say(f"sweep: B in {list(args.batch_sizes)} at {args.rate:g} queries/s")
+            pre = sweep(args, model_dir, model, queries, args.rate, stop)
+        if stop.is_set() or not rows:
+            return 130
+        say(
+            f"tuning: from B={args.start_batch_size}, {args.rate:g} queries/s for {step:g} s, "
+            f"then {high:g} queries/s for {args.seconds - step:g} s"
+        )
+        tuning, result, due = tuning_run(args, model_dir, model, queries, stop)
+    latencies = result.latencies
+    tuning |= {
+        "load": result.to_json(),
+        "windows": windows(due, latencies, args.seconds, WINDOW_S),
+        "rolling": rolling(due, latencies, args.seconds, ROLLING_S),
+    }
+    data = {
+        "kind": "tuning-bench",
+        "model": model,
+        "size": spec.size,
+        "config": {
+            "workers": args.workers,
+            "threads_per_worker": args.threads,
+            "cores": cores(),
+            "rate_qps": args.rate,
+            "step_factor": args.factor,
+            "seconds": args.seconds,
+            "step_at_s": step,
+            "start_batch_size": args.start_batch_size,
+            "sla_ms": args.sla_ms,
+            "sweep_batch_sizes": list(args.batch_sizes),
+            "sweep_seconds": args.sweep_seconds,
+            "query_sizes": args.sizes,
+            "ids": args.ids,
+            "exponent": args.exponent,
+            "seed": args.seed,
+        },
+        "sweep": rows,
+        "pre_sweep": pre,
+        "summary": summarise(tuning, rows, step, args.seconds, due, latencies),
+        "tuning": tuning,
+        "command": " ".join(["deeprec", *sys.argv[1:]]),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    data = _clean(data)
+    out = Path(args.json or f"results/bench-tuning-{model}-{spec.size}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=2) + "\n")
+    print(table(data))
+    png = None if args.no_plot else plot(data, out.with_suffix(".png"))
+    print(f"wrote {out}" + (f" and {png}" if png else ""))
+    return 0
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    return tuple(int(b) for b in text.split(","))
+
+
+def add_bench_parser(bench) -> None:
+    """`deeprec bench tuning`, in the `bench` group that cli.py owns."""
+    p = bench.add_parser(
+        "tuning", help="time for the scheduler to match the best static B after a load step"
+    )
+    p.add_argument("--model", default=zoo.DEFAULT_MODEL, help="zoo model or artifact directory")
+    p.add_argument("--size", choices=zoo.SIZES, default="small", help="zoo model size")
+    p.add_argument("--artifacts", default=DEFAULT_ARTIFACTS, help="where zoo models are built")
+    p.add_argument("--workers", type=int, default=2, help="CPU inference workers")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per worker")
+    p.add_argument("--rate", type=float, default=RATE, help="queries/s before the step")
+    p.add_argument("--factor", type=float, default=2.0, help="rate multiplier at the step")
+    p.add_argument("--seconds", type=float, default=120.0, help="tuning run; the step halfway")
+    p.add_argument(
+        "--batch-sizes",
+        type=_sizes,
+        default=SWEEP_BATCH_SIZES,
+        help="static B to sweep, comma-separated",
+    )
+    p.add_argument("--sweep-seconds", type=float, default=15.0, help="load per swept B")
+    p.add_argument("--pre-sweep", action="store_true", help="also sweep at the pre-step rate")
+    p.add_argument(
+        "--start-batch-size", type=int, default=START_BATCH_SIZE, help="the bad B to start from"
+    )
+    p.add_argument("--sla-ms", type=float, default=100.0, help="the scheduler's p95 target")
+    p.add_argument("--interval", type=float, default=0.5, help="scheduler control period (s)")
+    p.add_argument("--trial-queries", type=int, default=300, help="queries per tuning trial")
+    p.add_argument("--max-trial-seconds", type=float, default=20.0, help="trial time limit")
+    p.add_argument("--sample-every", type=float, default=0.5, help="policy sampling (s)")
+    p.add_argument("--sizes", default="mlperf", help=f"query sizes: {SIZE_CHOICES}")
+    p.add_argument("--ids", choices=ID_CHOICES, default="powerlaw", help="embedding id law")
+    p.add_argument("--exponent", type=float, default=1.05, help="power-law exponent")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-dir", help="children's logs (default: a new temporary directory)")
+    p.add_argument("--json", help="result file (default results/bench-tuning-NAME-SIZE.json)")
+    p.add_argument("--no-plot", action="store_true", help="JSON only, no PNG")
+    p.set_defaults(func=bench_tuning)
