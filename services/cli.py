@@ -9,6 +9,7 @@ from .launcher import commands as launcher_commands
 from .models import commands as model_commands
 from .models.artifact import ArtifactError
 from .models.runtime import ProviderUnavailable
+from .scheduler import bench as scheduler_bench
 from .scheduler import commands as policy_commands
 from .shard import bench as shard_bench
 from .sharding import commands as sharding_commands
@@ -51,6 +52,7 @@ def parser() -> argparse.ArgumentParser:
         dest="bench_command", required=True
     )
     launcher_commands.add_bench_parser(bench)
+    scheduler_bench.add_bench_parser(bench)
     shard_bench.add_parser(bench)
     return top
 

@@ -48,7 +48,7 @@ class Trial:
     phase: str = ""  # bracket | bisect | confirm (set by the search)
 
     def verdict(self, sla: SLA, min_served: float = 0.9) -> str:
-        """"" if the trial meets the SLA, else why not."""
+        """ "" if the trial meets the SLA, else why not."""
         if self.errors:
             return f"{self.errors} errors"
         if not self.tail_ms <= sla.ms:  # NaN and inf fail too
@@ -129,7 +129,7 @@ def find_capacity(
         trial = Trial(**{**asdict(trial), "rate": rate, "phase": phase})
         trials.append(trial)
         verdict = trial.verdict(sla, config.min_served)
-        log(f"  {phase:<8} {rate:8.2f} q/s: " + ("meets the SLA" if not verdict else verdict))
+        log(f"  {phase:<8} {rate:8.2f} q/s: " + (verdict or "meets the SLA"))
         return not verdict
 
     lo, hi = 0.0, math.inf  # highest passing and lowest failing rates so far

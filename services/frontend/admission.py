@@ -24,7 +24,7 @@ class PoolLoad:
 
 
 class Admission:
-    def __init__(self, max_items_in_flight: int = 65536, default_budget_ms: float = 0.0):
+    def __init__(self, max_items_in_flight: int = 16384, default_budget_ms: float = 0.0):
         self.max_items_in_flight = max_items_in_flight
         self.default_budget_ms = default_budget_ms  # used when a query has no deadline
         self.pools: dict[str, PoolLoad] = defaultdict(PoolLoad)

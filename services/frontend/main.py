@@ -189,7 +189,7 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--max-items-in-flight",
         type=int,
-        default=env("DEEPREC_MAX_ITEMS_IN_FLIGHT", 65536, int),
+        default=env("DEEPREC_MAX_ITEMS_IN_FLIGHT", 16384, int),
         help="bound on items queued per pool; beyond it RESOURCE_EXHAUSTED",
     )
     parser.add_argument(

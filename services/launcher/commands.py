@@ -27,6 +27,7 @@ from deeprec.workload.distributions import ID_CHOICES, SIZE_CHOICES, parse_sizes
 from deeprec.workload.queries import Query, build_request, mean_lookups_of, table_ids
 
 from . import cpu, report
+from .chaos import Fault, run_chaos
 from .cluster import Interrupted, LaunchError, LocalCluster
 from .loadrun import DEFAULT_ARTIFACTS, ModelNotFound, Workload, drive, model_spec, prepare
 from .loadrun import resolve_model as _resolve_model
@@ -554,8 +555,90 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=demo)
 
 
+# -- deeprec bench soak ---------------------------------------------------------------------
+
+
+def soak_faults(victims: list[str], seconds: float, every: float, down: float) -> list[Fault]:
+    """Kill one victim every ``every`` s in turn, restart it ``down`` s later."""
+    faults, t, i = [], every, 0
+    while t + down < seconds:
+        victim = victims[i % len(victims)]
+        faults += [Fault(t, "kill", victim), Fault(t + down, "restart", victim)]
+        t, i = t + every, i + 1
+    return faults
+
+
+def soak(args) -> int:
+    try:
+        model_dir = _resolve(args)
+        artifact = load_artifact(model_dir)
+        workload = _workload(args)
+    except (ModelNotFound, ArtifactError, ValueError) as err:
+        say(f"deeprec: error: {err}")
+        return 2
+    queries = prepare(artifact.spec, artifact.version, workload)
+    seconds = args.minutes * 60
+    with stop_on_signals() as stop:
+        cluster = _cluster(args, model_dir, stop, 0)
+        code = _start(cluster)
+        if code is not None:
+            return code
+        victims = [c.name for c in cluster.children if c.name.startswith(("worker-", "shard-"))]
+        faults = soak_faults(victims, seconds, args.kill_every, args.down_seconds)
+        say(
+            f"soak: {seconds:g} s at {args.rate:g} queries/s, {len(faults) // 2} kill(s) of "
+            f"{', '.join(victims)}, each down {args.down_seconds:g} s"
+        )
+        try:
+            result = asyncio.run(
+                run_chaos(
+                    cluster,
+                    queries,
+                    args.rate,
+                    seconds,
+                    faults,
+                    args.seed,
+                    memory_every=args.memory_every,
+                )
+            )
+        finally:
+            clean = _stop(cluster)
+    for line in result.lines():
+        print(line)
+    print("memory (MB RSS) over time:")
+    names = sorted({k for sample in result.memory for k in sample if k != "t"})
+    print(f"{'t s':>7} " + " ".join(f"{n:>12}" for n in names))
+    for sample in result.memory:
+        print(
+            f"{sample['t']:>7.0f} " + " ".join(f"{sample.get(n, 0) / 2**20:>12.0f}" for n in names)
+        )
+    out = args.json or f"results/soak-{artifact.spec.name}-{artifact.spec.size}.json"
+    print(
+        f"wrote {_save({'kind': 'soak', 'config': _config(args, cluster)} | result.to_json(), out)}"
+    )
+    counts = result.counts
+    return 0 if clean and counts["answered_wrong"] == 0 and counts["lost"] == 0 else 1
+
+
 def add_bench_parser(bench) -> None:
-    """`deeprec bench serving`, in the `bench` group that cli.py owns."""
+    """`deeprec bench serving` and `deeprec bench soak`, in the `bench` group of cli.py."""
+    p = bench.add_parser(
+        "soak",
+        help="minutes of production-like load while processes "
+        "are killed and restarted; every query accounted for",
+    )
+    _model_args(p)
+    _cluster_args(p, DEMO_BATCH_SIZE, scheduler=False)
+    _load_args(p)
+    p.set_defaults(shards=2, replicas=2)
+    p.add_argument("--minutes", type=_positive, default=2.0)
+    p.add_argument("--rate", type=_positive, default=8.0, help="queries/s (Poisson)")
+    p.add_argument("--kill-every", type=_positive, default=15.0, help="seconds between kills")
+    p.add_argument("--down-seconds", type=_positive, default=5.0, help="before the restart")
+    p.add_argument("--memory-every", type=_positive, default=10.0, help="RSS sample period")
+    p.add_argument("--json", help="result file (default results/soak-NAME-SIZE.json)")
+    p.set_defaults(func=soak)
+
     p = bench.add_parser(
         "serving", help="served items/s and latency per load rate vs in-process ONNX Runtime"
     )

@@ -219,7 +219,8 @@ def reaction_time(samples: list[dict], step: float) -> float | None:
 
 
 def summarise(tuning: dict, sweep: list, step: float, seconds: float, due, latencies) -> dict:
-    best = min(sweep, key=lambda r: r["p95_ms"])
+    measured = [r for r in sweep if np.isfinite(r["p95_ms"])] or sweep
+    best = min(measured, key=lambda r: r["p95_ms"])
     target = best["p95_ms"] * (1 + TOLERANCE)
     good = {r["batch_size"] for r in sweep if r["p95_ms"] <= target}
     final = p95_ms(latencies[due >= seconds - FINAL_S])
@@ -376,39 +377,46 @@ def _clean(data):
     return data
 
 
+def _ms(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _sec(value: float | None) -> str:
+    return "never" if value is None else f"{value:.1f} s"
+
+
 def table(data: dict) -> str:
     s, c = data["summary"], data["config"]
-
-    def sec(v):
-        return "never" if v is None else f"{v:.1f} s"
-
     lines = [
         f"{data['model']} ({data['size']}): {c['workers']} workers on {c['cores']} cores; "
         f"{c['rate_qps']:g} -> {c['rate_qps'] * c['step_factor']:g} queries/s at "
         f"t={c['step_at_s']:g} s",
         f"static sweep at {c['rate_qps'] * c['step_factor']:g} queries/s "
         f"({c['sweep_seconds']:g} s each):",
-        f"{'B':>6} {'p95 ms':>8} {'p99 ms':>8} {'queries':>8} {'errors':>6}",
+        f"{'B':>6} {'p95 ms':>8} {'p99 ms':>8} {'queries':>8} {'errors':>6} "
+        f"{'p95 ms at ' + format(c['rate_qps'], 'g') + '/s':>16}",
     ]
+    pre = {r["batch_size"]: r["p95_ms"] for r in data["pre_sweep"]}
     for r in data["sweep"]:
         lat = r["load"]["latency"]
         mark = "  <- best" if r["batch_size"] == s["best_static_batch_size"] else ""
         lines.append(
-            f"{r['batch_size']:>6} {r['p95_ms'] or float('nan'):>8.1f} "
-            f"{lat.get('p99_ms', float('nan')):>8.1f} {lat.get('count', 0):>8} "
-            f"{sum(r['load']['errors'].values()):>6}{mark}"
+            f"{r['batch_size']:>6} {_ms(r['p95_ms']):>8} {_ms(lat.get('p99_ms')):>8} "
+            f"{lat.get('count', 0):>8} {sum(r['load']['errors'].values()):>6} "
+            f"{_ms(pre.get(r['batch_size'])):>16}{mark}"
         )
-    final_b = s["final_batch_size"]
+    flags = " ".join(data["tuning"]["scheduler_flags"])
+    goal = "met" if s["met_goal"] else "not met"
     lines += [
-        f"tuning from B={c['start_batch_size']} (scheduler {' '.join(data['tuning']['scheduler_flags'])})",
-        f"  p95 before the step (last {FINAL_S:g} s)  {s['pre_step_p95_ms'] or float('nan'):.1f} ms",
-        f"  first policy change after step      {sec(s['reaction_s'])}",
-        f"  B within 5% of best (and stays)     {sec(s['policy_settle_s'])}",
-        f"  p95 within 5% of best (and stays)   {sec(s['settle_s'])}  "
-        f"(goal <= {s['goal_s']:g} s: {'met' if s['met_goal'] else 'not met'})",
-        f"  final p95 (last {FINAL_S:g} s)             {s['final_p95_ms'] or float('nan'):.1f} ms"
-        f" = {s['final_ratio'] or float('nan'):.2f}x best static "
-        f"{s['best_static_p95_ms']:.1f} ms (B={s['best_static_batch_size']}); final B={final_b}",
+        f"tuning from B={c['start_batch_size']} (scheduler {flags}):",
+        f"  p95 before the step (last {FINAL_S:g} s)   {_ms(s['pre_step_p95_ms'])} ms",
+        f"  first policy change after the step   {_sec(s['reaction_s'])}",
+        f"  B within 5% of best, and stays       {_sec(s['policy_settle_s'])}",
+        f"  p95 within 5% of best, and stays     {_sec(s['settle_s'])} "
+        f"(goal <= {s['goal_s']:g} s: {goal})",
+        f"  final p95 (last {FINAL_S:g} s)              {_ms(s['final_p95_ms'])} ms = "
+        f"{_ms(s['final_ratio'], 2)}x best static {_ms(s['best_static_p95_ms'])} ms "
+        f"(B={s['best_static_batch_size']}); final B={s['final_batch_size']}",
     ]
     return "\n".join(lines)
 
@@ -440,7 +448,9 @@ def plot(data: dict, path: Path) -> Path | None:
     r = [(p["t"], p["p95_ms"]) for p in t["rolling"] if p["p95_ms"] is not None]
     ax.plot(*zip(*r, strict=True), color="tab:red", label=f"p95, trailing {ROLLING_S:g} s")
     best = s["best_static_p95_ms"]
-    ax.axhline(best, color="black", linewidth=0.8, label=f"best static (B={s['best_static_batch_size']})")
+    ax.axhline(
+        best, color="black", linewidth=0.8, label=f"best static (B={s['best_static_batch_size']})"
+    )
     ax.axhspan(best, best * (1 + TOLERANCE), color="green", alpha=0.2, label="+5%")
     ax.axvspan(step, step + GOAL_S, color="gray", alpha=0.1, label=f"goal: {GOAL_S:g} s")
     if s["settle_s"] is not None:
@@ -454,7 +464,7 @@ def plot(data: dict, path: Path) -> Path | None:
     fig.suptitle(
         f"{data['model']} ({data['size']}): load step {c['rate_qps']:g} -> "
         f"{c['rate_qps'] * c['step_factor']:g} queries/s at t={step:g} s; "
-        f"final p95 {s['final_ratio'] or float('nan'):.2f}x best static"
+        f"final p95 {_ms(s['final_ratio'], 2)}x best static"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -1,0 +1,1 @@
+"""Benchmarks: latency-bounded throughput (`deeprec bench capacity`) and peers side by side."""
