@@ -1,0 +1,49 @@
+"""Overload: far past capacity, the frontend sheds early instead of queueing forever."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from deeprec.launcher.cluster import LocalCluster
+from deeprec.launcher.loadrun import Workload, prepare
+from deeprec.workload.client import RecommenderClient
+from deeprec.workload.distributions import FixedSizes
+from deeprec.workload.openloop import run_open_loop
+from deeprec.workload.queries import QueryCycle
+
+DEADLINE_S = 0.1
+
+
+async def _overload(address, queries, rate, seconds):
+    async with RecommenderClient(address, DEADLINE_S) as client:  # every query: 100 ms
+        await client.wait_ready()
+        for query in queries[:5]:
+            await client.send(query)
+        return await run_open_loop(
+            client.send,
+            QueryCycle(queries, np.random.default_rng(0)),
+            rate,
+            seconds,
+            np.random.default_rng(1),
+            drain_timeout=5,
+        )
+
+
+def test_shedding_happens_and_admitted_queries_are_answered(tiny_zoo, tmp_path):
+    artifact = tiny_zoo["rmc1"]
+    queries = prepare(artifact.spec, artifact.version, Workload(FixedSizes(2000), seed=1))
+    with LocalCluster(artifact.path, workers=1, batch_size=0, log_dir=tmp_path) as cluster:
+        # Several times what one worker serves (about 100 of these queries/s here).
+        result = asyncio.run(_overload(cluster.frontend_address, queries, 500, 4))
+        after = asyncio.run(_overload(cluster.frontend_address, queries, 5, 1))
+    errors = dict(result.errors)
+    assert errors.pop("RESOURCE_EXHAUSTED", 0) > 0, result.errors  # shed early
+    # Nothing else goes wrong: admitted queries are answered, or (rarely, when a
+    # prediction was wrong) run out of their deadline; nothing is dropped unanswered.
+    assert set(errors) <= {"DEADLINE_EXCEEDED"}, result.errors
+    assert result.ok > 0
+    assert result.ok + sum(result.errors.values()) == result.sent
+    # Once the overload is over, queries are served again.
+    assert after.ok == after.sent and not after.errors
