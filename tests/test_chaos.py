@@ -45,23 +45,27 @@ def test_kills_and_restarts_under_load_lose_no_query_and_corrupt_no_answer(tiny_
     ) as cluster:
         report = asyncio.run(
             run_chaos(
-                cluster, queries, rate=15, seconds=10, faults=FAULTS, timeout=5, memory_every=1.0
+                cluster, queries, rate=15, seconds=14, faults=FAULTS, timeout=5, memory_every=1.0
             )
         )
         codes = cluster.stop()
     print("\n".join(report.lines()))
+    print("".join("." if s == "OK" else "x" for s in report.load.statuses))
     counts = report.counts
     assert counts["answered_wrong"] == 0
     assert counts["lost"] == 0
-    assert counts["sent"] == counts["scheduled"] > 100
+    assert counts["sent"] == counts["scheduled"] > 150
     accounted = counts["answered_correctly"] + sum(counts["failed"].values())
     assert accounted == counts["sent"]
-    # Worker and shard-replica deaths are absorbed by retries; only the frontend's own
-    # downtime may fail queries, and only as UNAVAILABLE.
-    assert set(counts["failed"]) <= {"UNAVAILABLE"}
-    assert counts["answered_correctly"] > 0.8 * counts["sent"]
+    # Worker and shard-replica deaths are absorbed by retries; the frontend's own downtime
+    # fails queries with a clear status.
+    assert set(counts["failed"]) <= {"UNAVAILABLE", "RESOURCE_EXHAUSTED"}
+    # Before the frontend is killed (6.5 s into 14 s), every query is answered: the worker
+    # and shard-replica faults cost retries, not answers.
+    before_frontend_fault = int(0.4 * counts["sent"])
+    assert set(report.load.statuses[:before_frontend_fault]) == {"OK"}
     # After the frontend came back, the client reconnected: the last queries are answered.
     assert report.load.statuses[-10:] == ["OK"] * 10
     assert [what for _, what in report.events] == [f"{f.action} {f.target}" for f in FAULTS]
-    assert all(code == 0 for code in codes.values()), codes
+    assert {name: code for name, code in codes.items() if code != 0} == {}
     assert len(report.memory) >= 5

@@ -117,7 +117,8 @@ def test_scheduler_moves_a_bad_batch_size_and_the_tail_drops(tiny_zoo, monkeypat
             assert final.batch_size > 1, core.tuners["rmc1"].history
             assert before.count and after.count
             assert after.quantile(0.95) < before.quantile(0.95), core.tuners["rmc1"].history
-            assert not load.failed
+            # The bad start may overload the workers: shedding is the only failure allowed.
+            assert set(load.failed) <= {grpc.StatusCode.RESOURCE_EXHAUSTED}, load.failed
             loop.run(watcher.stop())
     finally:
         provider.shutdown()

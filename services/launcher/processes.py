@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,11 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from deeprec.common.server import sync_channel
+
+# Children are started from one thread that lives as long as the launcher: the kernel's
+# parent-death signal (orphan_guard) fires when the *thread* that forked a child exits, so
+# a child restarted from a short-lived thread would be stopped when that thread ends.
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deeprec-spawner")
 
 SERVING_LINE = re.compile(r"serving on (\[[^\]]+\]|[^\s:]+):(\d+)")
 
@@ -131,14 +137,15 @@ class Supervisor:
         guard = [sys.executable, "-m", "deeprec.launcher.orphan_guard", str(os.getpid())]
         environment = {**os.environ, "PYTHONUNBUFFERED": "1", **child.env}
         with open(child.log_path, mode) as log:
-            child.process = subprocess.Popen(
+            child.process = _SPAWNER.submit(
+                subprocess.Popen,
                 [*guard, *self.cli, *child.argv],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=environment,
                 process_group=0,
-            )
+            ).result()
 
     def wait_healthy(self, children: list[Child], timeout: float) -> None:
         """Wait for each child's "serving on" line, then for health SERVING."""
