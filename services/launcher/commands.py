@@ -249,15 +249,20 @@ def _config(args, cluster: LocalCluster) -> dict:
     }
 
 
+def _model_and_queries(args):
+    """The model (built on first use), its artifact, the workload and its queries."""
+    model_dir = _resolve(args)
+    artifact = load_artifact(model_dir)
+    workload = _workload(args)
+    return model_dir, artifact, workload, prepare(artifact.spec, artifact.version, workload)
+
+
 def demo(args) -> int:
     try:
-        model_dir = _resolve(args)
-        artifact = load_artifact(model_dir)
-        workload = _workload(args)
+        model_dir, artifact, workload, queries = _model_and_queries(args)
     except (ModelNotFound, ArtifactError, ValueError) as err:
         say(f"deeprec: error: {err}")
         return 2
-    queries = prepare(artifact.spec, artifact.version, workload)
     with stop_on_signals() as stop:
         cluster = _cluster(args, model_dir, stop, args.port)
         code = _start(cluster)
@@ -570,13 +575,10 @@ def soak_faults(victims: list[str], seconds: float, every: float, down: float) -
 
 def soak(args) -> int:
     try:
-        model_dir = _resolve(args)
-        artifact = load_artifact(model_dir)
-        workload = _workload(args)
+        model_dir, artifact, _, queries = _model_and_queries(args)
     except (ModelNotFound, ArtifactError, ValueError) as err:
         say(f"deeprec: error: {err}")
         return 2
-    queries = prepare(artifact.spec, artifact.version, workload)
     seconds = args.minutes * 60
     with stop_on_signals() as stop:
         cluster = _cluster(args, model_dir, stop, 0)
