@@ -17,11 +17,13 @@ import grpc
 import numpy as np
 
 from deeprec.common.features import ModelSignature
+from deeprec.common.server import sync_channel
 from deeprec.common.tensors import decode
 from deeprec.models import bench, zoo
 from deeprec.models.artifact import ArtifactError, load_artifact
 from deeprec.sharding.plan import parse_bytes
 from deeprec.sharding.strategies import STRATEGIES
+from deeprec.v1 import scheduler_pb2, scheduler_pb2_grpc
 from deeprec.workload.client import BadResponse, RecommenderClient
 from deeprec.workload.distributions import ID_CHOICES, SIZE_CHOICES, parse_sizes
 from deeprec.workload.queries import Query, build_request, mean_lookups_of, table_ids
@@ -257,6 +259,23 @@ def _model_and_queries(args):
     return model_dir, artifact, workload, prepare(artifact.spec, artifact.version, workload)
 
 
+def _tuned_policy(cluster: LocalCluster, model: str) -> str | None:
+    """The scheduler's policy at the end of a run, as a line for the report."""
+    if not cluster.scheduler:
+        return None
+    with sync_channel(cluster.scheduler_address) as chan:
+        try:
+            p = scheduler_pb2_grpc.SchedulerStub(chan).GetPolicy(
+                scheduler_pb2.GetPolicyRequest(model=model), timeout=5
+            )
+        except grpc.RpcError as err:
+            return f"no policy ({err.code().name}: {err.details()})"
+    return (
+        f"{model} ended at B={p.batch_size} T={p.offload_threshold or 'never'} "
+        f"(policy version {p.version})"
+    )
+
+
 def demo(args) -> int:
     try:
         model_dir, artifact, workload, queries = _model_and_queries(args)
@@ -290,6 +309,7 @@ def demo(args) -> int:
                 )
             )
             usage = cpu.cores_used(before, cpu.sample(pids), time.monotonic() - start)
+            policy = _tuned_policy(cluster, artifact.spec.name)
         finally:
             clean = _stop(cluster)
     print(
@@ -304,6 +324,8 @@ def demo(args) -> int:
             f"other processes {usage['other_cores']:.2f}"
         )
     _warn_if_shared("the demo", usage)
+    if policy:
+        print(f"scheduler: {policy}")
     out = args.json or f"results/demo-{artifact.spec.name}-{artifact.spec.size}.json"
     data = {
         "kind": "demo",
@@ -312,6 +334,7 @@ def demo(args) -> int:
         "config": _config(args, cluster),
         "result": result.to_json(),
         "cpu": usage,
+        "scheduler_policy": policy,
         "clean_shutdown": clean,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
