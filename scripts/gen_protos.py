@@ -28,8 +28,15 @@ def generate(out: Path) -> None:
     include = Path(protoc.__file__).parent / "_proto"
     with tempfile.TemporaryDirectory() as tmp:
         files = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / "deeprec/v1").glob("*.proto"))
-        args = ["protoc", f"-I{PROTOS}", f"-I{include}", f"--python_out={tmp}",
-                f"--pyi_out={tmp}", f"--grpc_python_out={tmp}", *files]
+        args = [
+            "protoc",
+            f"-I{PROTOS}",
+            f"-I{include}",
+            f"--python_out={tmp}",
+            f"--pyi_out={tmp}",
+            f"--grpc_python_out={tmp}",
+            *files,
+        ]
         if protoc.main(args) != 0:
             raise SystemExit("protoc failed")
         out.mkdir(parents=True, exist_ok=True)
@@ -56,8 +63,10 @@ def main() -> int:
         fresh, committed = snapshot(Path(tmp)), snapshot(STUBS)
     stale = sorted(n for n in fresh.keys() | committed.keys() if fresh.get(n) != committed.get(n))
     if stale:
-        print(f"stale stubs in services/v1: {', '.join(stale)}; run scripts/gen_protos.py",
-              file=sys.stderr)
+        print(
+            f"stale stubs in services/v1: {', '.join(stale)}; run scripts/gen_protos.py",
+            file=sys.stderr,
+        )
         return 1
     print("services/v1 stubs are up to date")
     return 0
