@@ -92,6 +92,8 @@ def test_admission_refuses_what_cannot_meet_its_deadline():
     # 500 items ahead * 0.1 ms / 2 workers = 25 ms of waiting
     with pytest.raises(ResourceExhausted, match=r"predicted wait 25 ms .* deadline of 20 ms"):
         admission.admit("cpu", 10, workers=2, deadline_ms=20)
+    with pytest.raises(ResourceExhausted, match=r"wait 25 ms .*\+10 ms to serve"):
+        admission.admit("cpu", 200, workers=2, deadline_ms=30)  # 25 ms wait + 10 ms own
     with pytest.raises(ResourceExhausted, match="limit of 1000"):
         admission.admit("cpu", 600, workers=2, deadline_ms=None)
     admission.release("cpu", 300)

@@ -41,15 +41,25 @@ class Admission:
                 f"{path} pool has {pool.items_in_flight} items in flight; a query of {items} "
                 f"would pass the limit of {self.max_items_in_flight}"
             )
-        budget = deadline_ms if deadline_ms is not None else self.default_budget_ms
-        if budget:
-            predicted = self.predicted_wait_ms(path, workers)
-            if predicted > budget:
-                raise ResourceExhausted(
-                    f"overloaded: predicted wait {predicted:.0f} ms on the {path} pool exceeds "
-                    f"the deadline of {budget:.0f} ms; retry later or with a longer deadline"
-                )
+        self.check_wait(path, workers, deadline_ms, own_items=items)
         pool.items_in_flight += items
+
+    def check_wait(
+        self, path: str, workers: int, deadline_ms: float | None, own_items: int = 0
+    ) -> None:
+        """Refuse when there is a backlog and waiting for it, then serving the query's own
+        items, would pass the deadline. (With no backlog the query is always tried.)"""
+        budget = deadline_ms if deadline_ms is not None else self.default_budget_ms
+        wait = self.predicted_wait_ms(path, workers)
+        if not budget or wait <= 0:
+            return
+        own = own_items * self.pools[path].ms_per_item / max(workers, 1)
+        if wait + own > budget:
+            raise ResourceExhausted(
+                f"overloaded: predicted wait {wait:.0f} ms on the {path} pool (+{own:.0f} ms "
+                f"to serve) exceeds the deadline of {budget:.0f} ms; retry later or with a "
+                "longer deadline"
+            )
 
     def release(self, path: str, items: int) -> None:
         self.pools[path].items_in_flight -= items

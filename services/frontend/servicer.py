@@ -79,16 +79,17 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
             raise NotFound(
                 f"model {request.model!r} is not served (serving {self.signature.name!r})"
             )
+        timeout = context.time_remaining()
+        deadline_ms = None if timeout is None else timeout * 1e3
+        if self.pools["gpu"] is None:  # shed before paying for validation
+            self.admission.check_wait("cpu", len(self.pools["cpu"].balancer), deadline_ms)
         batch = validate(self.signature, request.features, self.max_items)
         policy = self.policies.get(self.signature.name)
         path = choose_path(batch.n, policy, self.pools["gpu"] is not None)
         batch_size = 0 if path == "gpu" else policy.batch_size
         parts = split(batch, batch_size)
-        timeout = context.time_remaining()
         pool = self.pools[path]
-        self.admission.admit(
-            path, batch.n, len(pool.balancer), None if timeout is None else timeout * 1e3
-        )
+        self.admission.admit(path, batch.n, len(pool.balancer), deadline_ms)
         try:
             results = await _all_or_nothing(
                 [self._predict(pool, part, timeout, batch_size) for part in parts]

@@ -583,6 +583,68 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=demo)
 
 
+# -- deeprec bench overload -----------------------------------------------------------------
+
+
+def overload(args) -> int:
+    """Offered load from under to past capacity, every query with a deadline: what is
+    admitted keeps its tail near the deadline, the rest is shed early."""
+    try:
+        model_dir, artifact, _, queries = _model_and_queries(args)
+    except (ModelNotFound, ArtifactError, ValueError) as err:
+        say(f"deeprec: error: {err}")
+        return 2
+    deadline_s = args.deadline_ms / 1e3
+    rows = []
+    with stop_on_signals() as stop:
+        cluster = _cluster(args, model_dir, stop, 0)
+        code = _start(cluster)
+        if code is not None:
+            return code
+        try:
+            for rate in args.rates:
+                if stop.is_set():
+                    break
+                result = asyncio.run(
+                    drive(
+                        cluster.frontend_address,
+                        queries,
+                        rate,
+                        args.seconds,
+                        args.seed,
+                        stop=stop,
+                        timeout=deadline_s,
+                        warmup=not rows,
+                    )
+                )
+                rows.append({"offered_qps": rate} | result.to_json())
+        finally:
+            clean = _stop(cluster)
+    print(
+        f"\n{'offered/s':>10} {'answered/s':>10} {'shed':>6} {'deadline':>9} "
+        f"{'p50 ms':>8} {'p99 ms':>8}   (deadline {args.deadline_ms:g} ms)"
+    )
+    for row in rows:
+        lat = row["latency"]
+        print(
+            f"{row['offered_qps']:>10.0f} {row['achieved_qps']:>10.1f} "
+            f"{row['errors'].get('RESOURCE_EXHAUSTED', 0):>6} "
+            f"{row['errors'].get('DEADLINE_EXCEEDED', 0):>9} "
+            f"{lat.get('p50_ms', float('nan')):>8.1f} {lat.get('p99_ms', float('nan')):>8.1f}"
+        )
+    out = args.json or f"results/bench-overload-{artifact.spec.name}-{artifact.spec.size}.json"
+    data = {
+        "kind": "overload",
+        "model": artifact.spec.name,
+        "size": artifact.spec.size,
+        "deadline_ms": args.deadline_ms,
+        "config": _config(args, cluster),
+        "rates": rows,
+    }
+    print(f"wrote {_save(data, out)}")
+    return 0 if clean else 1
+
+
 # -- deeprec bench soak ---------------------------------------------------------------------
 
 
@@ -663,6 +725,25 @@ def add_bench_parser(bench) -> None:
     p.add_argument("--memory-every", type=_positive, default=10.0, help="RSS sample period")
     p.add_argument("--json", help="result file (default results/soak-NAME-SIZE.json)")
     p.set_defaults(func=soak)
+
+    p = bench.add_parser(
+        "overload",
+        help="tail and shedding from under to past capacity, every query with a deadline",
+    )
+    _model_args(p)
+    _cluster_args(p, DEMO_BATCH_SIZE, scheduler=False)
+    _load_args(p)
+    p.add_argument(
+        "--rates",
+        type=_rates,
+        default=[40.0, 80.0, 160.0],
+        help="queries/s, comma-separated (default 40,80,160: about half, once "
+        "and twice what the small RMC1 model serves on 2 cores)",
+    )
+    p.add_argument("--deadline-ms", type=_positive, default=250.0, help="each query's deadline")
+    p.add_argument("--seconds", type=_positive, default=15.0, help="load time per rate")
+    p.add_argument("--json", help="result file (default results/bench-overload-NAME-SIZE.json)")
+    p.set_defaults(func=overload)
 
     p = bench.add_parser(
         "serving", help="served items/s and latency per load rate vs in-process ONNX Runtime"
