@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .bench import commands as bench_commands
 from .launcher import commands as launcher_commands
 from .models import commands as model_commands
 from .models.artifact import ArtifactError
@@ -52,6 +53,7 @@ def parser() -> argparse.ArgumentParser:
         dest="bench_command", required=True
     )
     launcher_commands.add_bench_parser(bench)
+    bench_commands.add_bench_parser(bench)
     scheduler_bench.add_bench_parser(bench)
     shard_bench.add_parser(bench)
     return top

@@ -15,19 +15,23 @@ from deeprec.models import zoo
 from deeprec.v1 import recommender_pb2
 from deeprec.workload.distributions import (
     MLPERF_QUANTILES,
+    FileSizes,
     FixedSizes,
     LognormalSizes,
     MLPerfSizes,
     PowerLawIds,
     UniformIds,
+    parse_exponents,
     parse_sizes,
     poisson_arrivals,
     stratified_sizes,
 )
 from deeprec.workload.openloop import UNFINISHED, run_open_loop
 from deeprec.workload.queries import (
+    EpochCycle,
     QueryCycle,
     build_features,
+    drifted,
     make_pool,
     mean_lookups_of,
     prepare_queries,
@@ -311,3 +315,95 @@ def test_drain_is_bounded_and_stop_ends_arrivals_early():
     assert drained.errors == {UNFINISHED: drained.sent}
     assert stopped.stopped_early and 0 < stopped.scheduled < 100
     assert stopped.send_window < 30.0
+
+
+# -- sizes from a file, per-table exponents, hot-set drift -----------------------------------
+
+
+def test_sizes_from_a_file_follow_the_listed_mix(tmp_path):
+    path = tmp_path / "sizes.txt"
+    path.write_text("# sizes seen in a log\n100, 100 300\n700  # the big one\n\n")
+    sizes = parse_sizes(f"file:{path}")
+    assert isinstance(sizes, FileSizes) and sizes.sizes == (100, 100, 300, 700)
+    assert sizes.max == 700 and sizes.mean == 300
+    drawn = Counter(sizes.sample(100_000, np.random.default_rng(20)).tolist())
+    for size, share in ((100, 0.5), (300, 0.25), (700, 0.25)):
+        assert drawn[size] / 100_000 == pytest.approx(share, abs=0.01)
+    assert Counter(stratified_sizes(sizes, 8).tolist()) == {100: 4, 300: 2, 700: 2}
+    for text, message in (
+        ("", "lists no sizes"),
+        ("10 x", "'x' is not an integer"),
+        ("5\n0", "line 2: a query needs at least 1 item"),
+    ):
+        path.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            parse_sizes(f"file:{path}")
+    with pytest.raises(ValueError, match=r"query sizes file .*missing"):
+        parse_sizes(f"file:{tmp_path / 'missing'}")
+
+
+def test_zipf_exponent_per_table():
+    assert parse_exponents("1.2") == 1.2
+    assert parse_exponents("0.9, t0=1.3,t2=0") == {"*": 0.9, "t0": 1.3, "t2": 0.0}
+    for bad in ("x", "t0=-1", "1,1", "t0=1,t0=2"):
+        with pytest.raises(ValueError):
+            parse_exponents(bad)
+    signature = ModelSignature.from_spec(zoo.preset("rmc1", "tiny"), "1")
+    dists = table_ids(signature, "powerlaw", parse_exponents("0.9,t0=1.3"), seed=1)
+    assert dists["t0"].exponent == 1.3 and dists["t1"].exponent == 0.9
+    # A steeper law puts more of the draws on its hottest id.
+    rng = np.random.default_rng(21)
+    top = {t: np.bincount(dists[t].sample(50_000, rng)).max() for t in ("t0", "t1")}
+    assert top["t0"] > 2 * top["t1"]
+    with pytest.raises(ValueError, match="unknown table"):
+        table_ids(signature, "powerlaw", {"nope": 1.0})
+
+
+def test_hot_set_drift_slides_the_ranks():
+    dist = PowerLawIds(10_000, 1.1, seed=3)
+    ids = dist.sample(200_000, np.random.default_rng(22))
+    moved = dist.drift(ids, 5)
+    # A draw of rank r becomes the id of rank r + 5: the rank-6 id is now the hottest,
+    # and the 5 hottest ids of before are now the coldest ranks.
+    ranks = np.arange(1, 11)
+    np.testing.assert_array_equal(
+        dist.drift(dist.ids_of_ranks(ranks), 5), dist.ids_of_ranks(ranks + 5)
+    )
+    hot_before = set(dist.ids_of_ranks(np.arange(1, 6)).tolist())
+    counts = np.bincount(moved, minlength=10_000)
+    assert not hot_before & set(np.argsort(counts)[-20:].tolist())
+    assert np.argmax(counts) == dist.ids_of_ranks(np.array([6]))[0]
+    # Same law, same head share: only which ids are hot changed.
+    assert np.sort(counts)[-10:].sum() == np.sort(np.bincount(ids, minlength=10_000))[-10:].sum()
+    assert (dist.drift(ids, 10_000) == ids).all()  # a full turn
+    assert (UniformIds(50).drift(np.arange(50), 7) == np.arange(50)).all()
+
+
+def test_drifted_queries_change_only_ids_and_epochs_follow_the_clock():
+    spec = zoo.preset("rmc1", "tiny")
+    signature = ModelSignature.from_spec(spec, "1")
+    rng = np.random.default_rng(23)
+    dists = table_ids(signature)
+    pool = make_pool(signature, 1500, rng, mean_lookups_of(spec), dists)
+    queries = prepare_queries(pool, MLPerfSizes(), rng, count=20)
+    later = drifted(queries, signature, dists, 50)
+    for before, after in zip(queries, later, strict=True):
+        a = validate(
+            signature, recommender_pb2.RecommendRequest.FromString(before.payload).features
+        )
+        b = validate(signature, recommender_pb2.RecommendRequest.FromString(after.payload).features)
+        assert after.items == before.items and a.n == b.n
+        np.testing.assert_array_equal(a.dense, b.dense)
+        for f in spec.features:
+            np.testing.assert_array_equal(a.lengths[f.name], b.lengths[f.name])
+            expected = dists[f.table].drift(a.ids[f.name], 50)
+            np.testing.assert_array_equal(b.ids[f.name], expected)
+    now = [0.0]
+    cycle = EpochCycle([queries, later], 10.0, np.random.default_rng(24), clock=lambda: now[0])
+    assert cycle() in queries and cycle.epoch == 0
+    now[0] = 10.5
+    assert cycle() in later and cycle.epoch == 1
+    now[0] = 1e6  # past the last epoch: stays there
+    assert cycle() in later
+    with pytest.raises(ValueError):
+        EpochCycle([queries], 0, rng)

@@ -2,8 +2,8 @@
 start and stop the server, and a gRPC client for its KServe v2 ``ModelInfer``.
 
 The ``tritonserver`` binary ships inside the ``nvidia-pytriton`` wheel (the ``peers``
-extra). It is found without importing pytriton (whose client side needs tritonclient,
-which is not installed alongside deeprec's protobuf). There is no ONNX Runtime backend
+extra). It is found without importing pytriton, whose client side needs a tritonclient
+that newer releases pin to protobuf < 7; only the binary is used. There is no ONNX Runtime backend
 on PyPI, so the model runs in Triton's python backend (``triton_model.py``) on the same
 ONNX Runtime and graph as deeprec, with Triton's dynamic batcher on.
 
@@ -39,8 +39,8 @@ from deeprec.workload.queries import Query
 
 MODEL = "deeprec"
 INSTALL_HINT = (
-    "Triton is an optional peer: pip install -e '.[peers]' (it bundles tritonserver; if pip "
-    "cannot resolve it next to deeprec's protobuf: pip install --no-deps nvidia-pytriton)"
+    "Triton is an optional peer: pip install -e '.[peers]' (its wheel bundles tritonserver), "
+    "or pip install --no-deps nvidia-pytriton, or --triton-dir DIR of an unpacked one"
 )
 
 
@@ -65,17 +65,18 @@ class TritonDist:
         return self.root / "python_backend_stubs" / version / "triton_python_backend_stub"
 
 
-def find_triton(root: str | os.PathLike | None = None) -> TritonDist:
-    """The pytriton wheel's tritonserver (or one under ``root``), checked to be runnable."""
-    if root is None:
+def find_triton(package: str | os.PathLike | None = None) -> TritonDist:
+    """The tritonserver of the ``pytriton`` package directory given (or in
+    DEEPREC_TRITON_DIR; e.g. an unpacked wheel), else of the installed pytriton wheel,
+    checked to be runnable."""
+    package = package or os.environ.get("DEEPREC_TRITON_DIR") or None
+    if package is None:
         spec = importlib.util.find_spec("pytriton")
         if spec is None or not spec.submodule_search_locations:
             raise TritonUnavailable(f"nvidia-pytriton is not installed. {INSTALL_HINT}")
-        package = Path(next(iter(spec.submodule_search_locations)))
-        dist = TritonDist(package / "tritonserver", package.parent / "nvidia_pytriton.libs")
-    else:
-        root = Path(root)
-        dist = TritonDist(root, root / "lib")
+        package = next(iter(spec.submodule_search_locations))
+    package = Path(package)
+    dist = TritonDist(package / "tritonserver", package.parent / "nvidia_pytriton.libs")
     for needed in (dist.binary, dist.root / "backends" / "python" / "libtriton_python.so"):
         if not needed.is_file():
             raise TritonUnavailable(f"{needed} is missing. {INSTALL_HINT}")
@@ -161,12 +162,13 @@ def backend_dir(dist: TritonDist, out: Path) -> Path:
     does, but with links instead of a copy of the whole distribution)."""
     python = out / "backends" / "python"
     python.mkdir(parents=True, exist_ok=True)
-    for source in (dist.root / "backends" / "python").iterdir():
-        if source.is_file() and not (python / source.name).exists():
-            (python / source.name).symlink_to(source)
-    stub = python / "triton_python_backend_stub"
-    if not stub.exists():
-        stub.symlink_to(dist.stub())
+    links = {s.name: s for s in (dist.root / "backends" / "python").iterdir() if s.is_file()}
+    links["triton_python_backend_stub"] = dist.stub()
+    for name, source in links.items():
+        link = python / name
+        if link.is_symlink() or link.exists():
+            link.unlink()  # a directory reused with another Triton build
+        link.symlink_to(source)
     return out / "backends"
 
 
@@ -198,6 +200,8 @@ class TritonServer:
         self.process: subprocess.Popen | None = None
         self.address: str | None = None
         self.log_path = self.workdir / "tritonserver.log"
+        # The stubs' shared-memory regions get a name of ours, to be removed on stop.
+        self.shm_prefix = f"deeprec_bench_triton_{os.getpid()}_{id(self):x}_"
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -215,6 +219,7 @@ class TritonServer:
             "--allow-gpu-metrics=false",
             "--strict-readiness=true",
             "--exit-timeout-secs=10",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
         guard = [sys.executable, "-m", "deeprec.launcher.orphan_guard", str(os.getpid())]
         with open(self.log_path, "wb") as log:
@@ -253,24 +258,35 @@ class TritonServer:
                 time.sleep(0.2)
 
     def stop(self, grace: float = 15.0) -> int | None:
-        if self.process is None or self.process.poll() is not None:
-            return None if self.process is None else self.process.returncode
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)  # its stubs too
-        try:
-            return self.process.wait(grace)
-        except subprocess.TimeoutExpired:
+        """SIGTERM to the server's process group (its python stubs too), SIGKILL after
+        ``grace``; then SIGKILL whatever is left of the group (a crashed server leaves its
+        stubs behind) and remove the shared-memory regions of its stubs."""
+        if self.process is None:
+            return None
+        code = self.process.poll()
+        if code is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            return self.process.wait()
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                code = self.process.wait(grace)
+            except subprocess.TimeoutExpired:
+                code = None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        if code is None:
+            code = self.process.wait()
+        for region in Path("/dev/shm").glob(f"{self.shm_prefix}*"):
+            with contextlib.suppress(OSError):
+                region.unlink()
+        return code
 
 
 # -- the client -----------------------------------------------------------------------------
 
 
 def _messages() -> dict:
-    """ModelReady and ModelInfer messages of Triton's grpc_service.proto (package
-    ``inference``), only the fields used here, with their upstream field numbers."""
+    """ModelReady, ModelInfer and ModelStatistics messages of Triton's grpc_service.proto
+    (package ``inference``), only the fields used here, with their upstream numbers."""
     f = descriptor_pb2.FieldDescriptorProto
     string, int64, boolean, raw, nested = (
         f.TYPE_STRING,
@@ -330,6 +346,21 @@ def _messages() -> dict:
             infer_response,
             message("ModelReadyRequest", [("name", string, one, None)]),
             message("ModelReadyResponse", [("ready", boolean, one, None)]),
+            message("ModelStatisticsRequest", [("name", string, one, None)]),
+            message(
+                "ModelStatistics",
+                [
+                    ("name", string, one, None),
+                    ("version", string, one, None),
+                    ("last_inference", f.TYPE_UINT64, one, None),
+                    ("inference_count", f.TYPE_UINT64, one, None),
+                    ("execution_count", f.TYPE_UINT64, one, None),
+                ],
+            ),
+            message(
+                "ModelStatisticsResponse",
+                [("model_stats", nested, many, ".inference.ModelStatistics")],
+            ),
         ]
     )
     pool = descriptor_pool.DescriptorPool()
@@ -341,7 +372,8 @@ def _messages() -> dict:
 
 
 MESSAGES = _messages()
-INFER = "/inference.GRPCInferenceService/ModelInfer"
+SERVICE = "/inference.GRPCInferenceService/"
+INFER = SERVICE + "ModelInfer"
 DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}
 
 
@@ -381,17 +413,33 @@ class TritonClient:
                 f"cannot connect to {self.address} within {timeout:g} s"
             ) from None
 
-    async def send(self, query: Query) -> str:
+    async def scores(self, query: Query) -> np.ndarray:
+        """float32 [N, heads] for the query's N items (checked, not trusted)."""
         response = await self._infer(query.payload, timeout=self.timeout)
         if not response.outputs:
             raise BadResponse("no outputs")
         shape = list(response.outputs[0].shape)
-        if len(shape) != 3 or shape[1] != query.items:
+        if len(shape) != 3 or shape[:2] != [1, query.items]:
             raise BadResponse(f"scores of shape {shape} for {query.items} items")
-        raw = len(response.raw_output_contents[0]) if response.raw_output_contents else 0
-        if raw != 4 * int(np.prod(shape)):
-            raise BadResponse(f"{raw} bytes of scores for shape {shape}")
+        raw = response.raw_output_contents[0] if response.raw_output_contents else b""
+        if len(raw) != 4 * int(np.prod(shape)):
+            raise BadResponse(f"{len(raw)} bytes of scores for shape {shape}")
+        return np.frombuffer(raw, dtype="<f4").reshape(shape[1:])
+
+    async def send(self, query: Query) -> str:
+        await self.scores(query)
         return "triton"
+
+    async def statistics(self) -> tuple[int, int]:
+        """(inference_count, execution_count): queries answered, model executions run."""
+        call = self.channel.unary_unary(
+            SERVICE + "ModelStatistics",
+            request_serializer=MESSAGES["ModelStatisticsRequest"].SerializeToString,
+            response_deserializer=MESSAGES["ModelStatisticsResponse"].FromString,
+        )
+        reply = await call(MESSAGES["ModelStatisticsRequest"](name=MODEL), timeout=self.timeout)
+        stats = reply.model_stats[0]
+        return stats.inference_count, stats.execution_count
 
     async def close(self) -> None:
         await self.channel.close()

@@ -41,6 +41,13 @@ class TritonPythonModel:
             if "dense" in self.inputs
             else next(name for name in self.inputs if name.endswith("_lengths"))
         )
+        # Outputs go out by DLPack too where this Triton takes NumPy 2's capsules (2.51
+        # does, 2.41 does not); otherwise by the NumPy constructor.
+        try:
+            pb_utils.Tensor.from_dlpack("scores", np.zeros((1, 1, 1), np.float32))
+            self.tensor = pb_utils.Tensor.from_dlpack
+        except Exception:
+            self.tensor = pb_utils.Tensor
 
     def execute(self, requests):
         try:
@@ -61,7 +68,6 @@ class TritonPythonModel:
         responses, start = [], 0
         for n in counts:
             part = np.ascontiguousarray(scores[start : start + n][None])
-            output = pb_utils.Tensor.from_dlpack("scores", part)
-            responses.append(pb_utils.InferenceResponse([output]))
+            responses.append(pb_utils.InferenceResponse([self.tensor("scores", part)]))
             start += n
         return responses
