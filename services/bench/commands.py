@@ -1,0 +1,146 @@
+"""`deeprec bench capacity` and `deeprec bench peers`, in the `bench` group cli.py owns."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from deeprec.launcher.commands import DEMO_BATCH_SIZE, stop_on_signals
+from deeprec.launcher.loadrun import DEFAULT_ARTIFACTS
+from deeprec.models import zoo
+from deeprec.workload.distributions import ID_CHOICES, SIZE_CHOICES
+
+from .targets import CONFIG_CHOICES
+
+DEFAULT_CONFIGS = f"nosplit,64,{DEMO_BATCH_SIZE},tuned"
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def capacity(args) -> int:
+    from .capacity import run_capacity
+
+    with stop_on_signals() as stop:
+        return run_capacity(args, stop, say)
+
+
+def peers(args) -> int:
+    from .peers import run_peers
+
+    with stop_on_signals() as stop:
+        return run_peers(args, stop, say)
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _common(p) -> None:
+    g = p.add_argument_group("model and workload")
+    g.add_argument(
+        "--model",
+        default=zoo.DEFAULT_MODEL,
+        help=f"zoo model ({', '.join(zoo.MODEL_NAMES)}) or artifact directory",
+    )
+    g.add_argument("--size", choices=zoo.SIZES, default="small", help="zoo model size")
+    g.add_argument("--artifacts", default=DEFAULT_ARTIFACTS, help="where zoo models are built")
+    g.add_argument("--sizes", default="mlperf", help=f"query sizes: {SIZE_CHOICES}")
+    g.add_argument("--ids", choices=ID_CHOICES, default="powerlaw", help="embedding id law")
+    g.add_argument("--exponent", default="1.05", help="Zipf exponent S, or S,TABLE=S2,...")
+    g.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("SLA and search")
+    g.add_argument(
+        "--slo-ms", type=_positive, default=100.0, help="tail-latency target (default 100)"
+    )
+    g.add_argument(
+        "--percentile", type=float, choices=(95.0, 99.0), default=95.0, help="which tail"
+    )
+    g.add_argument("--start-rate", type=_positive, default=10.0, help="first rate (queries/s)")
+    g.add_argument("--max-rate", type=_positive, default=1e4, help="highest rate tried")
+    g.add_argument(
+        "--tolerance", type=_positive, default=0.05, help="relative width of the final bracket"
+    )
+    g.add_argument("--confirmations", type=int, default=2, help="extra runs the answer must pass")
+    g.add_argument("--max-trials", type=int, default=20, help="trial budget per configuration")
+    g.add_argument("--seconds", type=_positive, default=10.0, help="seconds per trial")
+    g.add_argument(
+        "--min-queries",
+        type=int,
+        default=400,
+        help="queries per trial at least (longer trials at low rates, up to 3x --seconds)",
+    )
+    g.add_argument(
+        "--settle-seconds",
+        type=float,
+        default=30.0,
+        help="tuned configuration: unmeasured load at each new rate before measuring",
+    )
+    g.add_argument(
+        "--sequential",
+        action="store_true",
+        help="search one target after another (default: all started, trials taking turns, "
+        "so load from elsewhere on the machine hits every target alike)",
+    )
+    g = p.add_argument_group("servers")
+    g.add_argument("--workers", type=int, default=2, help="deeprec CPU workers (and peer threads)")
+    g.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per worker")
+    g.add_argument("--host", default="127.0.0.1")
+    g.add_argument("--log-dir", help="servers' logs (default: temporary directories)")
+    g.add_argument("--startup-timeout", type=float, default=120.0)
+    p.add_argument("--json", help="result file (default results/bench-KIND-NAME-SIZE.json)")
+    p.add_argument("--png", help="plot file (default: the JSON's name with .png)")
+
+
+def add_bench_parser(bench) -> None:
+    p = bench.add_parser(
+        "capacity",
+        help="latency-bounded throughput: highest Poisson rate meeting the SLA, per config",
+        description="For each configuration, start deeprec locally, search the highest "
+        "open-loop Poisson arrival rate whose tail latency meets the SLA (bracketing, "
+        "bisection, confirmation runs), stop it. JSON and a PNG of tail latency vs rate.",
+    )
+    _common(p)
+    p.add_argument(
+        "--configs",
+        default=DEFAULT_CONFIGS,
+        help=f"comma-separated: {CONFIG_CHOICES} (default {DEFAULT_CONFIGS})",
+    )
+    p.set_defaults(func=capacity)
+
+    p = bench.add_parser(
+        "peers",
+        help="deeprec vs Triton and a plain grpcio+ONNX Runtime server, same SLA and cores",
+        description="The capacity search on deeprec and on its peers, one after another, "
+        "with the same model graph, queries, SLA and threads; prints and saves the ratios. "
+        "Triton needs the peers extra: pip install -e '.[peers]'.",
+    )
+    _common(p)
+    p.add_argument(
+        "--deeprec",
+        default=str(DEMO_BATCH_SIZE),
+        help=f"the deeprec configuration: {CONFIG_CHOICES} (default {DEMO_BATCH_SIZE})",
+    )
+    p.add_argument("--peers", default="triton,plain", help="comma-separated: triton, plain")
+    p.add_argument(
+        "--triton-max-batch", type=int, default=8, help="queries Triton's batcher may merge"
+    )
+    p.add_argument("--triton-delay-us", type=int, default=0, help="Triton batcher max queue delay")
+    p.add_argument(
+        "--triton-dir",
+        help="a pytriton package directory holding tritonserver/ (default: "
+        "DEEPREC_TRITON_DIR, else the installed nvidia-pytriton)",
+    )
+    p.add_argument(
+        "--require-triton",
+        action="store_true",
+        help="fail instead of skipping Triton when it is not installed",
+    )
+    p.set_defaults(func=peers)

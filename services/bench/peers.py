@@ -1,0 +1,96 @@
+"""`deeprec bench peers`: deeprec's latency-bounded throughput next to the servers people
+would pick instead, on the same model graph, queries, SLA and cores.
+
+Peers: NVIDIA Triton (python backend on ONNX Runtime, dynamic batcher on; the
+``peers`` extra) and a plain grpcio server around one ONNX Runtime session. Each gets
+the threads deeprec's workers get (workers x threads). The ratios are deeprec's
+capacity over each peer's.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from .capacity import (
+    BadArguments,
+    Searches,
+    capacity_of,
+    common,
+    cores,
+    header,
+    search_targets,
+    setup,
+    table,
+    write_outputs,
+)
+from .targets import DeeprecTarget, PlainTarget, TritonTarget, parse_configs
+
+PEERS = ("triton", "plain")
+
+
+def ratios(entries: list[dict]) -> dict[str, float | None]:
+    """deeprec's capacity / each peer's (None when either is missing or the peer's is 0)."""
+    ours = next((capacity_of(e) for e in entries if e["config"]["kind"] == "deeprec"), None)
+    out = {}
+    for entry in entries:
+        kind = entry["config"]["kind"]
+        if kind == "deeprec":
+            continue
+        theirs = capacity_of(entry)
+        out[f"deeprec/{kind}"] = ours / theirs if ours is not None and theirs else None
+    return out
+
+
+def run_peers(args, stop: threading.Event, say: Callable[[str], None]) -> int:
+    try:
+        configs = parse_configs(args.deeprec)
+        if len(configs) != 1:
+            raise BadArguments("--deeprec takes one configuration")
+        config = configs[0]
+        peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+        unknown = set(peers) - set(PEERS)
+        if unknown:
+            raise BadArguments(f"unknown peer(s) {', '.join(sorted(unknown))}: choose {PEERS}")
+        model_dir, artifact, workload, queries, sla, search, plan, tuned_plan = setup(args, say)
+    except (BadArguments, ValueError) as err:
+        say(f"deeprec: error: {err}")
+        return 2
+    shared = common(args, model_dir, artifact, stop, say)
+    targets, skipped = [DeeprecTarget(shared, config, sla)], {}
+    for peer in peers:
+        if peer == "plain":
+            targets.append(PlainTarget(shared))
+            continue
+        from .triton import TritonUnavailable
+
+        try:
+            targets.append(
+                TritonTarget(shared, args.triton_max_batch, args.triton_delay_us, args.triton_dir)
+            )
+        except TritonUnavailable as err:
+            if args.require_triton:
+                say(f"deeprec: error: {err}")
+                return 2
+            say(f"note: skipping Triton: {err}")
+            skipped["triton"] = str(err)
+    data = header("peers", args, artifact, workload, sla, search)
+    searches = Searches(queries, sla, search, plan, tuned_plan, args.seed, stop, say)
+    data["configs"] = search_targets(targets, searches, interleave=not args.sequential)
+    data["skipped"] = skipped
+    data["ratios"] = ratios(data["configs"])
+    print(
+        f"\nlatency-bounded throughput, {sla.describe()}: {artifact.spec.name} "
+        f"({artifact.spec.size}), same graph and queries, {cores()} cores, "
+        f"{args.workers} x {args.threads} thread(s) each"
+    )
+    for line in table(data):
+        print(line)
+    for name, value in data["ratios"].items():
+        print(f"{name}: " + ("-" if value is None else f"{value:.2f}x"))
+    for name, why in skipped.items():
+        print(f"{name}: skipped ({why})")
+    out = args.json or f"results/bench-peers-{artifact.spec.name}-{artifact.spec.size}.json"
+    write_outputs(data, out, args.png, say)
+    failed = [e for e in data["configs"] if "search" not in e]
+    return 1 if failed or len(data["configs"]) < len(targets) else 0

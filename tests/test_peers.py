@@ -1,0 +1,177 @@
+"""Peers: Triton (python backend on ONNX Runtime, dynamic batcher) and the plain grpcio
+server serve the same scores as deeprec's reference, and `deeprec bench peers` runs them
+all for real (processes on 127.0.0.1) and reports the ratios."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from deeprec.bench.peers import ratios
+from deeprec.bench.targets import Common, PlainTarget
+from deeprec.bench.triton import TritonServer, TritonUnavailable, find_triton, to_triton
+from deeprec.common.features import ModelSignature, validate
+from deeprec.common.tensors import decode
+from deeprec.launcher.loadrun import Workload, prepare
+from deeprec.models import reference, zoo
+from deeprec.models.artifact import load_artifact, write_artifact
+from deeprec.v1 import recommender_pb2
+from deeprec.workload.client import RecommenderClient
+from deeprec.workload.distributions import MLPerfSizes
+
+
+def _triton():
+    try:
+        return find_triton()
+    except TritonUnavailable as err:
+        return err
+
+
+TRITON = _triton()
+needs_triton = pytest.mark.skipif(
+    isinstance(TRITON, TritonUnavailable),
+    reason=f"tritonserver cannot run here: {TRITON}",
+)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("models") / "rmc1-tiny"
+    write_artifact(zoo.preset("rmc1", "tiny"), out, seed=5)
+    artifact = load_artifact(out)
+    # MLPerf sizes (100..700 items), one query of each size.
+    queries = prepare(artifact.spec, artifact.version, Workload(MLPerfSizes(), seed=2))
+    by_size = {q.items: q for q in queries}
+    return out, artifact, sorted(by_size.values(), key=lambda q: q.items)
+
+
+def expected_scores(artifact, query) -> np.ndarray:
+    signature = ModelSignature.from_spec(artifact.spec, artifact.version)
+    request = recommender_pb2.RecommendRequest.FromString(query.payload)
+    return reference.forward(artifact, validate(signature, request.features).feeds())
+
+
+@needs_triton
+def test_triton_serves_the_reference_scores_with_queries_batched(model, tmp_path):
+    _, artifact, queries = model
+    signature = ModelSignature.from_spec(artifact.spec, artifact.version)
+    server = TritonServer(TRITON, artifact, tmp_path / "triton", startup_timeout=120)
+    triton_queries = to_triton(queries, signature)
+
+    async def load():
+        from deeprec.bench.triton import TritonClient
+
+        async with TritonClient(server.address) as client:
+            await client.wait_ready()
+            # Many at once: the dynamic batcher merges queries of different sizes into one
+            # execution, which the model must split back correctly.
+            order = [i % len(triton_queries) for i in range(32)]
+            scores = await asyncio.gather(*(client.scores(triton_queries[i]) for i in order))
+            return order, scores, await client.statistics()
+
+    try:
+        server.start()
+        order, scores, (inferences, executions) = asyncio.run(load())
+    finally:
+        code = server.stop()
+    for i, got in zip(order, scores, strict=True):
+        np.testing.assert_allclose(got, expected_scores(artifact, queries[i]), rtol=1e-5, atol=1e-6)
+    assert inferences == 32
+    assert executions < inferences, "the dynamic batcher never merged two queries"
+    assert code == 0
+
+
+def test_plain_server_serves_the_reference_scores(model, tmp_path):
+    path, artifact, queries = model
+    target = PlainTarget(Common(path, artifact, workers=2, log_dir=tmp_path))
+
+    async def ask(address):
+        async with RecommenderClient(address) as client:
+            await client.wait_ready()
+            return await asyncio.gather(*(client.recommend(q) for q in queries))
+
+    running = target.start(queries)
+    try:
+        replies = asyncio.run(ask(running.address))
+    finally:
+        target.stop()
+    for query, reply in zip(queries, replies, strict=True):
+        assert reply.info.path == "plain"
+        np.testing.assert_allclose(
+            decode(reply.scores, "scores"), expected_scores(artifact, query), rtol=1e-5, atol=1e-6
+        )
+    assert target.supervisor.children[0].exit_code == 0
+
+
+def test_ratios_are_deeprecs_capacity_over_each_peers():
+    def entry(kind, capacity):
+        return {"config": {"kind": kind}, "search": {"capacity_qps": capacity}}
+
+    found = ratios([entry("deeprec", 60.0), entry("triton", 40.0), entry("plain", 0.0)])
+    assert found == {"deeprec/triton": 1.5, "deeprec/plain": None}
+    assert ratios([{"config": {"kind": "deeprec"}, "error": "x"}, entry("plain", 3)]) == {
+        "deeprec/plain": None
+    }
+
+
+def test_bench_peers_runs_every_server_and_saves_the_ratios(model, tmp_path):
+    path, _, _ = model
+    out = tmp_path / "peers.json"
+    peers = "plain" if isinstance(TRITON, TritonUnavailable) else "triton,plain"
+    argv = [
+        *("--model", str(path), "--peers", peers, "--deeprec", "64", "--slo-ms", "2000"),
+        *("--start-rate", "8", "--max-rate", "16", "--seconds", "1", "--min-queries", "1"),
+        *("--confirmations", "1", "--max-trials", "5", "--json", str(out)),
+        *("--log-dir", str(tmp_path / "logs")),
+    ]
+    run = subprocess.run(
+        [sys.executable, "-m", "deeprec.cli", "bench", "peers", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    data = json.loads(out.read_text())
+    kinds = [c["config"]["kind"] for c in data["configs"]]
+    assert kinds == ["deeprec", *peers.split(",")]
+    capacities = {}
+    for config in data["configs"]:
+        search = config["search"]
+        assert search["confirmed"] and search["capacity_qps"] == 16
+        capacities[config["config"]["kind"]] = search["capacity_qps"]
+        for load in config["loads"]:
+            assert load["ok"] == load["sent"] > 0 and not load["errors"]
+    assert data["ratios"] == {f"deeprec/{p}": 1.0 for p in peers.split(",")}
+    assert "deeprec/plain: 1.00x" in run.stdout
+    if "triton" in peers:
+        # Triton got deeprec's threads: one model instance per worker, one thread each.
+        triton = data["configs"][1]["config"]
+        assert triton["instances"] == 2 and triton["threads_per_instance"] == 1
+
+
+def test_missing_triton_is_skipped_or_required_with_a_clear_message(monkeypatch, model):
+    import deeprec.bench.triton as triton
+
+    monkeypatch.setattr(triton.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(TritonUnavailable, match=r"pip install -e '\.\[peers\]'"):
+        triton.find_triton()
+    from deeprec.bench import commands
+
+    args = commands_parser_args(
+        commands,
+        ["peers", "--model", str(model[0]), "--peers", "triton", "--require-triton"],
+    )
+    assert args.func(args) == 2
+
+
+def commands_parser_args(commands, argv):
+    import argparse
+
+    top = argparse.ArgumentParser()
+    commands.add_bench_parser(top.add_subparsers(dest="bench", required=True))
+    return top.parse_args(argv)

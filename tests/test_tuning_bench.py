@@ -1,0 +1,133 @@
+"""`deeprec bench tuning`: its analysis (pure) and one tiny run end to end (real processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from deeprec.models import zoo
+from deeprec.models.artifact import write_artifact
+from deeprec.scheduler.bench import (
+    p95_ms,
+    policy_settle_time,
+    reaction_time,
+    settle_time,
+    step_arrivals,
+    windows,
+)
+from deeprec.workload.openloop import run_open_loop
+
+
+def test_step_arrivals_double_the_rate_halfway():
+    due = step_arrivals(50.0, 200.0, 2.0, np.random.default_rng(1))
+    assert np.all(np.diff(due) >= 0) and due[0] >= 0 and due[-1] < 200.0
+    first, second = np.sum(due < 100.0), np.sum(due >= 100.0)
+    assert abs(first - 5000) < 5 * np.sqrt(5000)
+    assert abs(second - 10000) < 5 * np.sqrt(10000)
+
+
+def test_open_loop_fires_at_given_arrivals_and_reports_its_clock():
+    async def send(query):
+        await asyncio.sleep(0.001)
+        return "cpu"
+
+    async def main():
+        before = time.monotonic()
+        result = await run_open_loop(
+            send, lambda: 1, 10.0, 0.5, np.random.default_rng(0), arrivals=np.array([0.0, 0.3])
+        )
+        return before, result
+
+    before, result = asyncio.run(main())
+    assert result.scheduled == result.sent == result.ok == 2
+    assert before <= result.start <= before + 0.1
+    # latency runs from each given due time, on the clock that ``start`` reports
+    assert np.all(result.latencies < 0.1) and result.elapsed >= 0.3
+
+
+def test_failed_queries_count_as_slow():
+    assert p95_ms(np.array([0.01] * 99 + [0.02])) == pytest.approx(10.0)
+    assert p95_ms(np.array([0.01] * 90 + [np.nan] * 10)) == np.inf
+    assert np.isnan(p95_ms(np.array([])))
+
+
+def test_settle_time_needs_the_rest_of_the_run_within_target():
+    due = np.arange(0, 60, 0.01)
+    latencies = np.where(due < 42, 0.2, 0.1)  # 200 ms until t=42 s, then 100 ms
+    latencies[(due > 35) & (due < 36)] = 0.1  # a lucky second does not count
+    # From t=41.5 s the slow queries left are under 5% of the rest: its p95 is 100 ms.
+    assert settle_time(due, latencies, 30.0, 60.0, 105.0, hold=10.0) == pytest.approx(11.5)
+    assert settle_time(due, latencies, 30.0, 60.0, 90.0, hold=10.0) is None
+    # too little load left after the change to judge it
+    assert settle_time(due, latencies, 30.0, 60.0, 105.0, hold=20.0) is None
+    spans = windows(due, latencies, 60.0, 2.0)
+    assert len(spans) == 30 and spans[0]["queries"] == 200
+    assert spans[0]["p95_ms"] == pytest.approx(200.0) and spans[-1]["p95_ms"] == pytest.approx(100)
+
+
+def test_policy_settle_and_reaction_times():
+    def sample(t, b, v):
+        return {"t": t, "batch_size": b, "offload_threshold": 0, "version": v}
+
+    samples = [sample(5, 32, 1), sample(10, 256, 2), sample(12, 512, 3), sample(14, 256, 4)]
+    samples += [sample(16, 256, 4), sample(18, 256, 4)]
+    assert policy_settle_time(samples, 9.0, {256}) == pytest.approx(5.0)
+    assert policy_settle_time(samples, 9.0, {1024}) is None
+    assert reaction_time(samples, 9.0) == pytest.approx(1.0)
+    assert reaction_time(samples[:1], 9.0) is None
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("models") / "rmc1-tiny"
+    write_artifact(zoo.preset("rmc1", "tiny"), out, seed=3)
+    return out
+
+
+def test_tuning_bench_end_to_end_on_the_tiny_model(tiny_model, tmp_path):
+    out = tmp_path / "tuning.json"
+    argv = ["--model", str(tiny_model), "--rate", "8", "--seconds", "8", "--sweep-seconds", "2"]
+    argv += ["--batch-sizes", "16,64", "--sweep-rounds", "2", "--start-batch-size", "16"]
+    argv += ["--trial-queries", "15"]
+    argv += ["--max-trial-seconds", "1.5", "--interval", "0.2", "--sample-every", "0.25"]
+    argv += ["--json", str(out), "--log-dir", str(tmp_path / "logs")]
+    result = subprocess.run(
+        [sys.executable, "-m", "deeprec.cli", "bench", "tuning", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "p95 within 5% of best" in result.stdout
+    data = json.loads(out.read_text())
+    assert data["kind"] == "tuning-bench" and data["model"] == "rmc1"
+    assert data["config"]["step_at_s"] == 4.0 and data["config"]["step_factor"] == 2.0
+    assert [r["batch_size"] for r in data["sweep"]] == [16, 64]
+    assert all(r["latency"]["count"] > 0 and r["p95_ms"] > 0 for r in data["sweep"])
+    assert all(len(r["runs"]) == 2 for r in data["sweep"])  # two rounds, ABBA
+    summary = data["summary"]
+    for key in ("settle_s", "policy_settle_s", "reaction_s", "final_p95_ms", "final_ratio"):
+        assert key in summary
+    assert summary["best_static_p95_ms"] == min(r["p95_ms"] for r in data["sweep"])
+    assert summary["final_ratio"] == pytest.approx(
+        summary["final_p95_ms"] / summary["best_static_p95_ms"]
+    )
+    tuning = data["tuning"]
+    assert tuning["load"]["ok"] > 0
+    # The timeline: policy samples across the run, starting from the bad B.
+    policy = tuning["policy"]
+    assert len(policy) >= 8
+    assert policy[0]["batch_size"] == 16
+    assert all(0 <= p["t"] < 12 for p in policy)
+    assert any(p["t"] >= 4.0 for p in policy)  # after the step too
+    assert [p["t"] for p in policy] == sorted(p["t"] for p in policy)
+    assert len(tuning["windows"]) == 4 and {"t", "p95_ms", "queries"} <= set(tuning["windows"][0])
+    if importlib.util.find_spec("matplotlib"):
+        assert out.with_suffix(".png").stat().st_size > 0
