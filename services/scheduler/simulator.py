@@ -15,31 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from deeprec.workload.distributions import MLPERF_QUANTILES
+
 from .histogram import ExpHistogram
 from .tuner import Observation
 
-MLPERF_SIZES = (
-    100,
-    100,
-    200,
-    200,
-    200,
-    200,
-    200,
-    200,
-    200,
-    200,
-    200,
-    200,
-    200,
-    200,
-    300,
-    300,
-    400,
-    500,
-    600,
-    700,
-)
+MLPERF_SIZES = MLPERF_QUANTILES  # one definition of the mix, in the workload model
 
 
 @dataclass(frozen=True)
