@@ -78,8 +78,10 @@ def test_policy_settle_and_reaction_times():
 
     samples = [sample(5, 32, 1), sample(10, 256, 2), sample(12, 512, 3), sample(14, 256, 4)]
     samples += [sample(16, 256, 4), sample(18, 256, 4)]
-    assert policy_settle_time(samples, 9.0, {256}) == pytest.approx(5.0)
-    assert policy_settle_time(samples, 9.0, {1024}) is None
+    assert policy_settle_time(samples, 9.0, {256}, 30.0, 10.0) == pytest.approx(5.0)
+    assert policy_settle_time(samples, 9.0, {1024}, 30.0, 10.0) is None
+    # a right B sampled only at the very end is not "settled": too little left to judge
+    assert policy_settle_time(samples, 9.0, {256}, 20.0, 10.0) is None
     assert reaction_time(samples, 9.0) == pytest.approx(1.0)
     assert reaction_time(samples[:1], 9.0) is None
 
@@ -113,7 +115,7 @@ def test_tuning_bench_end_to_end_on_the_tiny_model(tiny_model, tmp_path):
     assert all(r["latency"]["count"] > 0 and r["p95_ms"] > 0 for r in data["sweep"])
     assert all(len(r["runs"]) == 2 for r in data["sweep"])  # two rounds, ABBA
     summary = data["summary"]
-    for key in ("settle_s", "policy_settle_s", "reaction_s", "final_p95_ms", "final_ratio"):
+    for key in ("settle_s", "policy_settle_s", "stable_s", "reaction_s", "final_ratio", "looser"):
         assert key in summary
     assert summary["best_static_p95_ms"] == min(r["p95_ms"] for r in data["sweep"])
     assert summary["final_ratio"] == pytest.approx(

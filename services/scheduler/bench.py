@@ -225,8 +225,11 @@ def settle_time(due, latencies, step: float, seconds: float, target_ms: float, h
     return None
 
 
-def policy_settle_time(samples: list[dict], step: float, good: set[int]) -> float | None:
-    """Seconds after ``step`` from which every sampled B is one of the ``good`` ones."""
+def policy_settle_time(
+    samples: list[dict], step: float, good: set[int], seconds: float, hold: float
+) -> float | None:
+    """Seconds after ``step`` from which every sampled B is one of the ``good`` ones (with
+    at least ``hold`` s of samples left to judge); None if never."""
     settled = None
     for sample in samples:
         if sample["t"] < step:
@@ -235,7 +238,9 @@ def policy_settle_time(samples: list[dict], step: float, good: set[int]) -> floa
             settled = None
         elif settled is None:
             settled = sample["t"]
-    return None if settled is None else settled - step
+    if settled is None or settled > seconds - hold:
+        return None
+    return settled - step
 
 
 def reaction_time(samples: list[dict], step: float) -> float | None:
@@ -260,6 +265,7 @@ def summarise(tuning: dict, sweep: list, step: float, seconds: float, due, laten
     last_bs = [p["batch_size"] for p in tuning["policy"] if p["t"] >= seconds - FINAL_S]
     final_b = max(set(last_bs), key=last_bs.count) if last_bs else None
     static = {r["batch_size"]: r["p95_ms"] for r in sweep}
+    last_b = {tuning["policy"][-1]["batch_size"]} if tuning["policy"] else set()
     # The same two settle times at looser tolerances: a p95 of a few hundred queries varies
     # by +-20% between identical windows, so 5% alone can say "never" to a right choice.
     looser = {}
@@ -268,7 +274,7 @@ def summarise(tuning: dict, sweep: list, step: float, seconds: float, due, laten
         near = {r["batch_size"] for r in sweep if r["p95_ms"] <= bound}
         looser[f"{tolerance:g}"] = {
             "settle_s": settle_time(due, latencies, step, seconds, bound, HOLD_S),
-            "policy_settle_s": policy_settle_time(tuning["policy"], step, near),
+            "policy_settle_s": policy_settle_time(tuning["policy"], step, near, seconds, HOLD_S),
         }
     return {
         "best_static_batch_size": best["batch_size"],
@@ -278,9 +284,11 @@ def summarise(tuning: dict, sweep: list, step: float, seconds: float, due, laten
         "goal_s": GOAL_S,
         "settle_s": settle,
         "met_goal": settle is not None and settle <= GOAL_S,
-        "policy_settle_s": policy_settle_time(tuning["policy"], step, good),
+        "policy_settle_s": policy_settle_time(tuning["policy"], step, good, seconds, HOLD_S),
         "looser": looser,
         "reaction_s": reaction_time(tuning["policy"], step),
+        # When the tuner stopped moving: B unchanged from then to the end (sweep aside).
+        "stable_s": policy_settle_time(tuning["policy"], step, last_b, seconds, HOLD_S),
         "pre_step_p95_ms": p95_ms(latencies[(due >= step - FINAL_S) & (due < step)]),
         "post_step_p95_ms": p95_ms(latencies[due >= step]),
         "post_step_failed": int(np.isnan(latencies[due >= step]).sum()),
@@ -394,7 +402,8 @@ def tuning_run(args, model_dir, model, queries, stop) -> tuple[dict, LoadResult,
     """The load step under a tuning scheduler, from a bad B; the policy over time."""
     flags = ["--interval", str(args.interval), "--trial-queries", str(args.trial_queries)]
     flags += ["--max-trial-seconds", str(args.max_trial_seconds)]
-    offsets = step_arrivals(args.rate, args.seconds, args.factor, np.random.default_rng(99))
+    rng = np.random.default_rng([args.seed, 99])
+    offsets = step_arrivals(args.rate, args.seconds, args.factor, rng)
     cluster = _cluster(args, model_dir, stop, "tuning", flags, args.start_batch_size)
     with cluster:
         address = cluster.scheduler_address
@@ -483,6 +492,7 @@ def table(data: dict) -> str:
         f"tuning from B={c['start_batch_size']} (scheduler {flags}):",
         f"  p95 before the step (last {FINAL_S:g} s)   {_ms(s['pre_step_p95_ms'])} ms",
         f"  first policy change after the step   {_sec(s['reaction_s'])}",
+        f"  B stops changing                     {_sec(s['stable_s'])}",
         f"  B within 5% of best, and stays       {_sec(s['policy_settle_s'])}",
         f"  p95 within 5% of best, and stays     {_sec(s['settle_s'])} "
         f"(goal <= {s['goal_s']:g} s: {goal})",
@@ -593,7 +603,14 @@ def bench_tuning(args) -> int:
     model_dir = resolve_model(args.model, args.size, args.artifacts, say)
     artifact = load_artifact(model_dir)
     spec, model = artifact.spec, artifact.spec.name
-    workload = Workload(parse_sizes(args.sizes), args.ids, args.exponent, args.seed)
+    try:
+        workload = Workload(parse_sizes(args.sizes), args.ids, args.exponent, args.seed)
+    except ValueError as err:
+        say(f"deeprec: error: {err}")
+        return 2
+    if args.sweep_rounds < 1 or not args.batch_sizes:
+        say("deeprec: error: --sweep-rounds must be >= 1 and --batch-sizes not empty")
+        return 2
     queries = prepare(spec, artifact.version, workload)
     high = args.rate * args.factor
     step = args.seconds / 2
