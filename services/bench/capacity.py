@@ -1,8 +1,9 @@
 """`deeprec bench capacity` and the search loop that `deeprec bench peers` shares.
 
-For each target in turn: start it, search its latency-bounded throughput with the same
-queries, SLA and trial plan, stop it. The targets run one after another on the same
-cores, never side by side.
+Every target's latency-bounded throughput is searched with the same queries, SLA and
+trial plan, on the same cores, and only one target is under load at any moment: by
+default all are started and their trials take turns (turns.py); ``--sequential`` starts,
+searches and stops them one after another.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from deeprec.launcher.commands import cores
 from deeprec.launcher.loadrun import Workload, prepare, resolve_model
 from deeprec.launcher.processes import Interrupted, LaunchError
 from deeprec.models.artifact import ArtifactError, load_artifact
@@ -26,15 +28,6 @@ from .measure import Runner, TrialPlan
 from .search import SLA, SearchConfig, find_capacity
 from .targets import Common, DeeprecTarget, parse_configs
 from .turns import Turns
-
-
-def cores() -> int:
-    import os
-
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 @dataclass

@@ -26,6 +26,7 @@ def curve(trials: list[dict]) -> tuple[list[float], list[float | None]]:
 def plot(result: dict, path: Path, say: Callable[[str], None]) -> Path | None:
     try:
         import matplotlib
+        import matplotlib.ticker
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -46,6 +47,8 @@ def plot(result: dict, path: Path, say: Callable[[str], None]) -> Path | None:
             ax.axvline(search["capacity_qps"], color=line.get_color(), linestyle=":", alpha=0.7)
     ax.axhline(sla["ms"], color="black", linestyle="--", label=f"SLA p{sla['percentile']:g}")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_ylim(0, top * 1.05)
     ax.set_xlabel("offered load (queries/s, Poisson)")
     ax.set_ylabel(f"p{sla['percentile']:g} latency (ms, from due time; clipped)")
