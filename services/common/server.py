@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .config import env
+from .memory import keep_large_buffers
 from .tls import from_env as tls_from_env
 
 FROM_ENV = object()  # default for ``tls``: read DEEPREC_TLS_DIR
@@ -44,6 +45,7 @@ class Server:
 
     def __init__(self, service_names: Iterable[str], interceptors=(), tls=FROM_ENV):
         self.tls = tls_from_env() if tls is FROM_ENV else tls
+        keep_large_buffers()  # process-wide; every server moves megabyte messages
         self.grpc = grpc.aio.server(options=SERVER_OPTIONS, interceptors=list(interceptors))
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)

@@ -1,0 +1,47 @@
+"""Keep glibc from returning every large buffer to the kernel.
+
+A query is megabytes (ids of hundreds of items x tables x lookups), and each hop allocates
+a few buffers of that size: received bytes, decoded arrays, serialized sub-batches. glibc
+serves allocations over its mmap threshold (128 KiB until it adapts) with a fresh mmap
+and unmaps them on free, so every buffer costs page faults and zeroing again. Raising the
+thresholds lets freed buffers be reused from the heap: about a third of the frontend's
+encode time, measured in docs/benchmarks.md ("Where a query's CPU goes").
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+
+log = logging.getLogger("deeprec")
+
+M_TRIM_THRESHOLD = -1  # from glibc's malloc.h
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 32 << 20  # glibc's ceiling for this setting on 64-bit
+TRIM_THRESHOLD_BYTES = 128 << 20  # keep up to this much freed memory for reuse
+
+# glibc's own variables: whoever sets them has chosen, and is not overridden.
+GLIBC_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+
+
+def keep_large_buffers() -> bool:
+    """Raise glibc's mmap and trim thresholds for this process; True if applied.
+
+    Not applied (False) off glibc, or when a MALLOC_*_THRESHOLD_ variable is set.
+    """
+    if any(name in os.environ for name in GLIBC_VARIABLES):
+        return False
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):  # musl and other C libraries have no mallopt
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    applied = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
+    applied = mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1 and applied
+    log.debug("glibc malloc thresholds raised: %s", applied)
+    return applied
