@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections import Counter
 
@@ -148,6 +149,23 @@ def test_built_features_are_valid(name):
     if spec.dense_features:
         assert batch.dense.shape == (300, spec.dense_features)
         assert abs(batch.dense.mean()) < 0.1 and batch.dense.std() == pytest.approx(1, rel=0.1)
+
+
+def test_ids_go_as_int32_only_where_every_table_allows():
+    spec = zoo.preset("rmc1", "tiny")
+    small = ModelSignature.from_spec(spec, "1")
+    first = small.features[0]
+    huge = dataclasses.replace(
+        small, features=(dataclasses.replace(first, rows=2**31 + 1), *small.features[1:])
+    )
+    for signature, dtype in ((small, np.int32), (huge, np.int64)):
+        features = build_features(signature, 20, np.random.default_rng(3), mean_lookups_of(spec))
+        batch = validate(signature, features)
+        assert {ids.dtype for ids in batch.ids.values()} == {np.dtype(dtype)}
+        # What ONNX Runtime gets is int64 either way.
+        assert {a.dtype for k, a in batch.feeds().items() if k.endswith("_ids")} == {
+            np.dtype(np.int64)
+        }
 
 
 def test_prepared_queries_are_windows_of_the_pool():

@@ -121,8 +121,9 @@ def config_pbtxt(signature: ModelSignature, graph: Path, config: TritonConfig) -
     inputs = []
     if signature.dense_features:
         inputs.append(("dense", "TYPE_FP32", f"-1, {signature.dense_features}"))
+    ids = "TYPE_INT32" if signature.ids_fit_int32 else "TYPE_INT64"  # as deeprec's clients
     for f in signature.features:
-        inputs += [(f"{f.name}_ids", "TYPE_INT64", "-1"), (f"{f.name}_lengths", "TYPE_INT64", "-1")]
+        inputs += [(f"{f.name}_ids", ids, "-1"), (f"{f.name}_lengths", "TYPE_INT64", "-1")]
     lines = [
         f'name: "{MODEL}"',
         'backend: "python"',
@@ -374,7 +375,7 @@ def _messages() -> dict:
 MESSAGES = _messages()
 SERVICE = "/inference.GRPCInferenceService/"
 INFER = SERVICE + "ModelInfer"
-DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}
+DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64", np.dtype(np.int32): "INT32"}
 
 
 def to_triton(queries: list[Query], signature: ModelSignature) -> list[Query]:
@@ -382,7 +383,12 @@ def to_triton(queries: list[Query], signature: ModelSignature) -> list[Query]:
     out = []
     for query in queries:
         request = recommender_pb2.RecommendRequest.FromString(query.payload)
-        feeds = validate(signature, request.features).feeds()
+        batch = validate(signature, request.features)
+        feeds = {} if batch.dense is None else {"dense": batch.dense}
+        ids_dtype = np.int32 if signature.ids_fit_int32 else np.int64  # as config_pbtxt
+        for name in batch.ids:
+            feeds[f"{name}_ids"] = batch.ids[name].astype(ids_dtype, copy=False)
+            feeds[f"{name}_lengths"] = batch.lengths[name]
         infer = MESSAGES["ModelInferRequest"](model_name=MODEL)
         for name, array in feeds.items():
             array = np.ascontiguousarray(array)

@@ -61,6 +61,9 @@ class TritonPythonModel:
             arrays = {name: [np.from_dlpack(t)[0] for t in ts] for name, ts in tensors.items()}
             counts = [len(a) for a in arrays[self.count_input]]
             feeds = {name: np.concatenate(parts) for name, parts in arrays.items()}
+            for name in feeds:  # ids may come as int32 (half the bytes); the graph takes int64
+                if name.endswith("_ids"):
+                    feeds[name] = feeds[name].astype(np.int64, copy=False)
             scores = self.session.run(None, feeds)[0]
         except Exception as err:  # answer every request with the error, keep serving
             error = pb_utils.TritonError(f"{type(err).__name__}: {err}")

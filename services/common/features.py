@@ -56,6 +56,11 @@ class ModelSignature:
         )
         return cls(d.name, d.version, d.architecture, d.dense_features, d.heads, feats)
 
+    @property
+    def ids_fit_int32(self) -> bool:
+        """Whether every valid id of every table is below 2^31 (int32 holds them)."""
+        return all(f.rows <= INT32_ROWS for f in self.features)
+
     def to_proto(self, out: inference_pb2.ModelDescription) -> inference_pb2.ModelDescription:
         out.name, out.version, out.architecture = self.name, self.version, self.architecture
         out.dense_features, out.heads = self.dense_features, self.heads
@@ -74,25 +79,23 @@ class Batch:
     lengths: dict[str, np.ndarray]
 
     def feeds(self) -> dict[str, np.ndarray]:
-        """ONNX Runtime inputs of the whole-model graph."""
+        """ONNX Runtime inputs of the whole-model graph (which takes int64 ids)."""
         out = {} if self.dense is None else {"dense": self.dense}
         for name in self.ids:
-            out[f"{name}_ids"] = self.ids[name]
+            out[f"{name}_ids"] = self.ids[name].astype(np.int64, copy=False)
             out[f"{name}_lengths"] = self.lengths[name]
         return out
 
 
-def _decode(tensor: tensor_pb2.Tensor, field: str, dtype: int, ndim: int) -> np.ndarray:
-    if tensor.dtype != dtype:
-        want = tensor_pb2.DType.Name(dtype)
-        got = (
-            tensor_pb2.DType.Name(tensor.dtype)
-            if tensor.dtype in tensor_pb2.DType.values()
-            else str(tensor.dtype)
-        )
-        raise InvalidFeatures(f"{field}: dtype {got}, expected {want}")
+# Ids may come as int32 when every table has fewer than 2^31 rows: half the bytes on the
+# wire, which is most of a query's bytes (the frontend sends its workers int32 ids).
+ID_DTYPES = (tensor_pb2.INT64, tensor_pb2.INT32)
+INT32_ROWS = 2**31
+
+
+def _decode(tensor: tensor_pb2.Tensor, field: str, dtypes: tuple, ndim: int) -> np.ndarray:
     try:
-        array = decode(tensor, field)
+        array = decode(tensor, field, dtypes)
     except TensorError as err:
         raise InvalidFeatures(str(err)) from err
     if array.ndim != ndim:
@@ -112,7 +115,7 @@ def validate(
                 f"features.dense is missing (model {signature.name} takes "
                 f"{signature.dense_features} dense features)"
             )
-        dense = _decode(features.dense, "features.dense", tensor_pb2.FLOAT32, 2)
+        dense = _decode(features.dense, "features.dense", (tensor_pb2.FLOAT32,), 2)
         if dense.shape[1] != signature.dense_features:
             raise InvalidFeatures(
                 f"features.dense: {dense.shape[1]} columns, model "
@@ -136,8 +139,8 @@ def validate(
         if sparse.name in ids:
             raise InvalidFeatures(f"{where}: feature {sparse.name!r} is given twice")
         where = f"features.sparse[{sparse.name}]"
-        feature_ids = _decode(sparse.ids, f"{where}.ids", tensor_pb2.INT64, 1)
-        feature_lengths = _decode(sparse.lengths, f"{where}.lengths", tensor_pb2.INT64, 1)
+        feature_ids = _decode(sparse.ids, f"{where}.ids", ID_DTYPES, 1)
+        feature_lengths = _decode(sparse.lengths, f"{where}.lengths", (tensor_pb2.INT64,), 1)
         if n is None:
             n = len(feature_lengths)
         if len(feature_lengths) != n:
@@ -179,11 +182,17 @@ def encode_features(
     dense: np.ndarray | None,
     ids: dict[str, np.ndarray],
     lengths: dict[str, np.ndarray],
+    ids_dtype: np.dtype | None = None,
 ) -> None:
-    """Fill a Features message from arrays (used by clients, the frontend and tests)."""
+    """Fill a Features message from arrays (used by clients, the frontend and tests).
+
+    ``ids_dtype``: send the ids as this dtype (np.int32 where the tables allow it, see
+    ``ModelSignature.ids_fit_int32``); as they are when None.
+    """
     if dense is not None:
         encode(dense, out.dense)
     for name in ids:
         sparse = out.sparse.add(name=name)
-        encode(ids[name], sparse.ids)
+        feature_ids = ids[name] if ids_dtype is None else ids[name].astype(ids_dtype, copy=False)
+        encode(feature_ids, sparse.ids)
         encode(lengths[name], sparse.lengths)

@@ -37,8 +37,16 @@ def encode(array: np.ndarray, out: tensor_pb2.Tensor | None = None) -> tensor_pb
     return out
 
 
-def decode(tensor: tensor_pb2.Tensor, field: str) -> np.ndarray:
-    """A read-only view over the message's bytes (no copy); errors name ``field``."""
+def decode(
+    tensor: tensor_pb2.Tensor, field: str, expect: tuple[int, ...] | None = None
+) -> np.ndarray:
+    """A read-only view over the message's bytes (no copy); errors name ``field``.
+
+    ``expect``: the wire dtypes this field may have (any supported one when None).
+    """
+    if expect is not None and tensor.dtype not in expect:
+        wanted = " or ".join(dtype_name(d) for d in expect)
+        raise TensorError(f"{field}: dtype {dtype_name(tensor.dtype)}, expected {wanted}")
     if tensor.dtype not in _TO_NUMPY:
         raise TensorError(f"{field}: unsupported dtype {dtype_name(tensor.dtype)}")
     dtype = _TO_NUMPY[tensor.dtype]

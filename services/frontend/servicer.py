@@ -71,6 +71,8 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         self.max_items = max_items
         self.metrics = FrontendMetrics(meter, signature.name, self.pools, policies)
         self.admission = admission or Admission()
+        # Workers get int32 ids where the tables allow: half of a sub-batch's bytes.
+        self.ids_dtype = np.int32 if signature.ids_fit_int32 else None
 
     @grpc_errors
     async def Recommend(self, request, context):
@@ -110,7 +112,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
     async def _predict(self, pool: Pool, part: SubBatch, timeout: float | None, batch_size: int):
         """Scores of one sub-batch; one retry on another worker if a worker fails."""
         request = inference_pb2.PredictRequest(model=self.signature.name)
-        encode_features(request.features, part.dense, part.ids, part.lengths)
+        encode_features(request.features, part.dense, part.ids, part.lengths, self.ids_dtype)
         tried: list[str] = []
         full = 0  # workers that refused because their queue was full
         while True:

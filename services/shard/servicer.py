@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 from deeprec.common.errors import grpc_errors
-from deeprec.common.tensors import TensorError, decode, dtype_name, encode
+from deeprec.common.features import ID_DTYPES
+from deeprec.common.tensors import TensorError, decode, encode
 from deeprec.v1 import shard_pb2, shard_pb2_grpc, tensor_pb2
 
 from .store import InvalidLookup, ShardStore
 
 
 def _ints(tensor: tensor_pb2.Tensor, field: str, dtypes=(tensor_pb2.INT64,)):
-    if tensor.dtype not in dtypes:
-        expected = " or ".join(tensor_pb2.DType.Name(d) for d in dtypes)
-        raise InvalidLookup(f"{field}: dtype {dtype_name(tensor.dtype)}, expected {expected}")
     try:
-        return decode(tensor, field)
+        return decode(tensor, field, dtypes)
     except TensorError as err:
         raise InvalidLookup(str(err)) from None
 
@@ -30,8 +28,7 @@ class ShardServicer(shard_pb2_grpc.SparseShardServicer):
         response = shard_pb2.LookupResponse()
         for i, lookup in enumerate(request.lookups):
             where = f"lookups[{i}]"
-            # Workers send int32 ids for tables under 2^31 rows: half the bytes to move.
-            ids = _ints(lookup.ids, f"{where}.ids", (tensor_pb2.INT64, tensor_pb2.INT32))
+            ids = _ints(lookup.ids, f"{where}.ids", ID_DTYPES)
             lengths = _ints(lookup.lengths, f"{where}.lengths")
             result = self.store.lookup(lookup.table, ids, lengths, lookup.pool, where)
             encode(result, response.results.add())

@@ -67,7 +67,7 @@ class ItemPool:
 
     signature: ModelSignature
     dense: np.ndarray | None  # float32 [items, D]
-    ids: dict[str, np.ndarray]  # per feature: int64 [total ids]
+    ids: dict[str, np.ndarray]  # per feature: [total ids], int32 where the tables allow
     lengths: dict[str, np.ndarray]  # per feature: int64 [items]
     offsets: dict[str, np.ndarray]  # per feature: int64 [items + 1], where each item starts
 
@@ -105,11 +105,15 @@ def make_pool(
     if signature.dense_features:
         dense = rng.standard_normal((items, signature.dense_features), dtype=np.float32)
     all_ids, all_lengths, all_offsets = {}, {}, {}
+    # Send ids as int32 where every table allows, as the frontend does to its workers:
+    # ids are most of a query's bytes, and a client pays for every one of them.
+    ids_dtype = np.int32 if signature.ids_fit_int32 else np.int64
     for feature in signature.features:
         lengths = rng.poisson(mean_lookups.get(feature.name, 1.0), size=items).astype(np.int64)
         offsets = np.zeros(items + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        all_ids[feature.name] = ids[feature.table].sample(int(offsets[-1]), rng)
+        drawn = ids[feature.table].sample(int(offsets[-1]), rng)
+        all_ids[feature.name] = drawn.astype(ids_dtype, copy=False)
         all_lengths[feature.name], all_offsets[feature.name] = lengths, offsets
     return ItemPool(signature, dense, all_ids, all_lengths, all_offsets)
 
