@@ -50,6 +50,7 @@ class InProcessCluster:
         worker_addresses=None,
         max_items=4096,
         telemetry=None,
+        embeddings="auto",
     ):
         self.model_dir = model_dir
         self.n_workers, self.n_gpu = workers, gpu_workers
@@ -57,6 +58,7 @@ class InProcessCluster:
         self.extra_workers = worker_addresses or []
         self.max_items = max_items
         self.telemetry = telemetry
+        self.embeddings = embeddings
         self.servers = []
 
     def __enter__(self):
@@ -69,7 +71,7 @@ class InProcessCluster:
         ):
             for _ in range(count):
                 servicer = inference_main.build_servicer(
-                    self.model_dir, device, 1, allow_cpu_fallback=True
+                    self.model_dir, device, 1, allow_cpu_fallback=True, embeddings=self.embeddings
                 )
                 server = self.loop.run(
                     inference_main.start(servicer, "127.0.0.1", 0, self.telemetry)

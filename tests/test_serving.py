@@ -27,13 +27,16 @@ def _set_batch_size(cluster, batch_size):
     table.apply(Policy(current.model, batch_size, current.offload_threshold, current.version + 1))
 
 
+@pytest.mark.parametrize("embeddings", ["fused", "graph"])
 @pytest.mark.parametrize("name", zoo.MODEL_NAMES)
-def test_served_scores_match_the_reference_for_any_split(tiny_zoo, name):
+def test_served_scores_match_the_reference_for_any_split(tiny_zoo, name, embeddings):
     artifact = tiny_zoo[name]
     inputs = random_inputs(artifact.spec, N_ITEMS, np.random.default_rng(11))
     expected = reference.forward(artifact, inputs)
     request = request_for(artifact.spec, inputs)
-    with InProcessCluster(artifact.path, workers=2) as cluster:
+    with InProcessCluster(artifact.path, workers=2, embeddings=embeddings) as cluster:
+        modes = {s.mode for s in cluster.worker_servicers}
+        assert modes == {"fused" if embeddings == "fused" else "single"}
         for batch_size, sub_batches in ((1, 10), (3, 4), (N_ITEMS, 1), (N_ITEMS + 5, 1)):
             _set_batch_size(cluster, batch_size)
             reply = cluster.stub.Recommend(request, timeout=30)
@@ -66,6 +69,16 @@ def test_large_queries_go_whole_to_the_gpu_pool(tiny_zoo):
         assert (described.device, described.provider) == ("gpu", "CPUExecutionProvider")
 
 
+def test_embeddings_choice_follows_the_device():
+    from deeprec.inference.main import embeddings_for
+
+    assert embeddings_for("auto", "cpu") == "fused"
+    assert embeddings_for("auto", "gpu") == "graph"  # gathers stay on the device
+    assert embeddings_for("graph", "cpu") == "graph"
+    with pytest.raises(ValueError, match="auto, fused, graph"):
+        embeddings_for("onnx", "cpu")
+
+
 def test_gpu_worker_refuses_to_start_without_cuda(tiny_zoo):
     result = subprocess.run(
         [
@@ -92,7 +105,7 @@ def test_gpu_worker_refuses_to_start_without_cuda(tiny_zoo):
 def _mutate(request, case):
     f = request.features
     if case == "ids dtype":
-        f.sparse[0].ids.dtype = 3  # INT32
+        f.sparse[0].ids.dtype = 1  # FLOAT32
         f.sparse[0].ids.data = f.sparse[0].ids.data[: len(f.sparse[0].ids.data) // 2]
     elif case == "dense width":
         f.dense.shape[1] = 15
@@ -135,7 +148,7 @@ def _mutate(request, case):
 
 
 MALFORMED = {
-    "ids dtype": "features.sparse[t0].ids: dtype INT32, expected INT64",
+    "ids dtype": "features.sparse[t0].ids: dtype FLOAT32, expected INT64 or INT32",
     "dense width": "features.dense: 15 columns, model rmc1 takes 16",
     "lengths sum": "features.sparse[t1]: lengths add up to 10",
     "negative length": "features.sparse[t2].lengths: negative length",
@@ -193,6 +206,25 @@ def test_too_many_items_and_unknown_model(tiny_zoo, rmc1_cluster):
     # After all the bad input, the same servers still answer good queries.
     ok = rmc1_cluster.stub.Recommend(request_for(spec, random_inputs(spec, 5, rng)), timeout=10)
     assert scores_of(ok).shape == (5, 1)
+
+
+def test_int32_ids_score_like_int64_ids(tiny_zoo, rmc1_cluster):
+    spec = tiny_zoo["rmc1"].spec
+    inputs = random_inputs(spec, N_ITEMS, np.random.default_rng(8))
+    wide = request_for(spec, inputs)
+    narrow = request_for(spec, inputs)
+    for sparse in narrow.features.sparse:
+        ids = np.frombuffer(sparse.ids.data, np.int64).astype(np.int32)
+        sparse.ids.dtype, sparse.ids.data = 3, ids.tobytes()  # INT32
+    assert narrow.ByteSize() < wide.ByteSize()
+    expected = reference.forward(tiny_zoo["rmc1"], inputs)
+    for request in (wide, narrow):
+        reply = rmc1_cluster.stub.Recommend(request, timeout=10)
+        np.testing.assert_allclose(scores_of(reply), expected, rtol=1e-5, atol=1e-6)
+    with grpc.insecure_channel(rmc1_cluster.worker_addresses[0]) as channel:
+        predict = inference_pb2.PredictRequest(features=narrow.features)
+        reply = inference_pb2_grpc.InferenceStub(channel).Predict(predict, timeout=10)
+    np.testing.assert_allclose(scores_of(reply), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_a_too_short_deadline_is_deadline_exceeded(tiny_zoo, rmc1_cluster):

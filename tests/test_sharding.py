@@ -193,15 +193,27 @@ def test_plan_command_writes_a_plan_or_says_why_not(tiny_zoo, tmp_path, capsys):
     assert cli_main([*argv[:-2], "--profile", str(prof), "--out", str(out)]) == 0
 
 
-def test_segment_sum_matches_the_reference_and_pools_empty_samples_to_zero():
+@pytest.mark.parametrize("row_dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("id_dtype", [np.int64, np.int32])
+def test_bag_sum_matches_the_reference_and_pools_empty_samples_to_zero(row_dtype, id_dtype):
     rng = np.random.default_rng(1)
-    table = rng.standard_normal((50, 4)).astype(np.float32)
+    table = rng.standard_normal((50, 4)).astype(row_dtype)
     lengths = np.array([0, 3, 0, 0, 5, 1, 0], np.int64)
-    ids = rng.integers(0, 50, lengths.sum())
+    ids = rng.integers(0, 50, lengths.sum()).astype(id_dtype)
+    ids[1] = ids[2]  # a repeated id in one bag counts twice
     got = bag_sum(table, ids, lengths)
+    assert got.dtype == np.float32 and got.shape == (7, 4)
     np.testing.assert_allclose(got, reference.pool_sum(table, ids, lengths), rtol=1e-6)
     assert not got[[0, 2, 3, 6]].any()
+    assert not bag_sum(table, ids[:0], np.zeros(3, np.int64)).any()
     assert segment_sum(np.zeros((0, 4), np.float32), np.zeros(3, np.int64)).shape == (3, 4)
+
+
+@pytest.mark.parametrize("bad", [-1, 50])
+def test_bag_sum_refuses_ids_outside_the_table(bad):
+    table = np.ones((50, 4), np.float32)
+    with pytest.raises(IndexError):
+        bag_sum(table, np.array([0, bad]), np.array([2]))
 
 
 def test_routed_lookups_over_real_shard_stores_equal_the_reference(tiny_zoo):

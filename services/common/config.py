@@ -25,6 +25,7 @@ ENV: dict[str, str] = {
     "DEEPREC_DEVICE": "cpu or gpu",
     "DEEPREC_THREADS": "ONNX Runtime intra-op threads",
     "DEEPREC_ALLOW_CPU_FALLBACK": "true: a gpu worker may run on the CPU provider",
+    "DEEPREC_EMBEDDINGS": "auto, fused (pool outside ONNX Runtime) or graph (whole graph)",
     # sharded inference worker
     "DEEPREC_PLAN": "sharding plan file (worker in sharded mode, and shards)",
     "DEEPREC_SHARDS": "shard addresses in plan order, comma-separated; replicas joined by +",

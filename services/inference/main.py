@@ -15,27 +15,53 @@ from deeprec.models.runtime import open_session
 from deeprec.v1 import inference_pb2, inference_pb2_grpc
 
 from . import sharded
+from .fused import FusedSession
 from .servicer import InferenceServicer
 
 log = logging.getLogger("deeprec")
 SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
 
 
+EMBEDDINGS = ("auto", "fused", "graph")
+
+
+def embeddings_for(choice: str, device: str) -> str:
+    """auto: fused on the CPU; on a GPU the whole graph keeps the gathers on the device."""
+    if choice not in EMBEDDINGS:
+        raise ValueError(f"embeddings must be one of {', '.join(EMBEDDINGS)}, not {choice!r}")
+    if choice == "auto":
+        return "graph" if device == "gpu" else "fused"
+    return choice
+
+
 def build_servicer(
-    model_dir, device="cpu", threads=None, allow_cpu_fallback=False, sharding=None, max_queue=1024
+    model_dir,
+    device="cpu",
+    threads=None,
+    allow_cpu_fallback=False,
+    sharding=None,
+    max_queue=1024,
+    embeddings="auto",
 ):
-    """``sharding`` (a sharded.ShardedConfig): run the dense graph, look up on the shards."""
+    """``sharding`` (a sharded.ShardedConfig): run the dense graph, look up on the shards.
+    Otherwise ``embeddings``: "graph" runs the whole graph in ONNX Runtime, "fused" pools
+    from the local tables (fused.FusedSession) and runs the dense graph."""
     artifact = load_artifact(model_dir)
-    if sharding is None:
+    embeddings = embeddings_for(embeddings, device)
+    mode = "single" if embeddings == "graph" else "fused"
+    if sharding is None and embeddings == "graph":
         session = open_session(artifact.graph("whole"), device, threads, allow_cpu_fallback)
+    elif sharding is None:
+        dense = open_session(artifact.graph("dense"), device, threads, allow_cpu_fallback)
+        session = FusedSession(artifact, dense)
     else:
+        mode = "sharded"
         session = sharded.open_sharded_session(
             artifact, sharding, device, threads, allow_cpu_fallback
         )
     if device == "gpu" and session.provider != "CUDAExecutionProvider":
         log.warning("GPU worker is running on %s (--allow-cpu-fallback)", session.provider)
     signature = ModelSignature.from_spec(artifact.spec, artifact.version)
-    mode = "single" if sharding is None else "sharded"
     return InferenceServicer(session, signature, device, mode, max_queue)
 
 
@@ -56,13 +82,14 @@ async def serve(args) -> int:
         args.allow_cpu_fallback,
         sharded.config_from_args(args),
         args.max_queue,
+        args.embeddings,
     )
     telemetry = setup_telemetry("inference")
     if telemetry.meter is not None and hasattr(servicer.session, "instrument"):
         servicer.session.instrument(telemetry.meter)  # sharded: per-shard lookup latency
     server = await start(servicer, args.host, args.port, telemetry)
     log.info(
-        "serving on %s:%d: %s v%s, device %s, provider %s, %s threads",
+        "serving on %s:%d: %s v%s, device %s, provider %s, %s threads, mode %s",
         args.host,
         server.port,
         servicer.signature.name,
@@ -70,6 +97,7 @@ async def serve(args) -> int:
         args.device,
         servicer.session.provider,
         args.threads or "all",
+        servicer.mode,
     )
     await server.run_until_signalled()
     servicer.executor.shutdown(wait=True)
@@ -111,6 +139,13 @@ def add_arguments(parser) -> None:
         type=int,
         default=env("DEEPREC_MAX_QUEUE", 1024, int),
         help="sub-batches queued before RESOURCE_EXHAUSTED",
+    )
+    parser.add_argument(
+        "--embeddings",
+        choices=EMBEDDINGS,
+        default=env("DEEPREC_EMBEDDINGS", "auto"),
+        help="fused: pool from the tables outside ONNX Runtime, run the dense graph; graph: "
+        "the whole graph in ONNX Runtime; auto (default): fused on cpu, graph on gpu",
     )
     sharded.add_arguments(parser)
     parser.set_defaults(func=run)
