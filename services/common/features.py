@@ -79,10 +79,10 @@ class Batch:
     lengths: dict[str, np.ndarray]
 
     def feeds(self) -> dict[str, np.ndarray]:
-        """ONNX Runtime inputs of the whole-model graph (which takes int64 ids)."""
+        """Inputs of the whole-model graph (ids as sent: runtime.Session widens int32)."""
         out = {} if self.dense is None else {"dense": self.dense}
         for name in self.ids:
-            out[f"{name}_ids"] = self.ids[name].astype(np.int64, copy=False)
+            out[f"{name}_ids"] = self.ids[name]
             out[f"{name}_lengths"] = self.lengths[name]
         return out
 

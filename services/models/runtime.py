@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import onnxruntime as ort
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
+INT64 = "tensor(int64)"
 
 
 class ProviderUnavailable(RuntimeError):
@@ -20,7 +22,15 @@ class Session:
     session: ort.InferenceSession
     provider: str  # the execution provider that really runs the graph
 
+    def __post_init__(self):
+        self.int64_inputs = {i.name for i in self.session.get_inputs() if i.type == INT64}
+
     def run(self, feeds: dict):
+        """Outputs for ``feeds``; int32 arrays given for int64 inputs (ids that travelled
+        as int32) are widened here, the one place that needs them wide."""
+        for name in self.int64_inputs & feeds.keys():
+            if feeds[name].dtype != np.int64:
+                feeds = feeds | {name: feeds[name].astype(np.int64)}
         return self.session.run(None, feeds)
 
 
