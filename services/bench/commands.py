@@ -26,6 +26,13 @@ def capacity(args) -> int:
         return run_capacity(args, stop, say)
 
 
+def cost(args) -> int:
+    from .cost import run_cost
+
+    with stop_on_signals() as stop:
+        return run_cost(args, stop, say)
+
+
 def peers(args) -> int:
     from .peers import run_peers
 
@@ -44,6 +51,14 @@ def _positive(text: str) -> float:
 
 
 def _common(p) -> None:
+    _workload(p)
+    _search(p)
+    _servers(p)
+    p.add_argument("--json", help="result file (default results/bench-KIND-NAME-SIZE.json)")
+    p.add_argument("--png", help="plot file (default: the JSON's name with .png)")
+
+
+def _workload(p) -> None:
     g = p.add_argument_group("model and workload")
     g.add_argument(
         "--model",
@@ -56,6 +71,9 @@ def _common(p) -> None:
     g.add_argument("--ids", choices=ID_CHOICES, default="powerlaw", help="embedding id law")
     g.add_argument("--exponent", default="1.05", help="Zipf exponent S, or S,TABLE=S2,...")
     g.add_argument("--seed", type=int, default=0)
+
+
+def _search(p) -> None:
     g = p.add_argument_group("SLA and search")
     g.add_argument(
         "--slo-ms", type=_positive, default=100.0, help="tail-latency target (default 100)"
@@ -89,14 +107,15 @@ def _common(p) -> None:
         help="search one target after another (default: all started, trials taking turns, "
         "so load from elsewhere on the machine hits every target alike)",
     )
+
+
+def _servers(p) -> None:
     g = p.add_argument_group("servers")
     g.add_argument("--workers", type=int, default=2, help="deeprec CPU workers (and peer threads)")
     g.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per worker")
     g.add_argument("--host", default="127.0.0.1")
     g.add_argument("--log-dir", help="servers' logs (default: temporary directories)")
     g.add_argument("--startup-timeout", type=float, default=120.0)
-    p.add_argument("--json", help="result file (default results/bench-KIND-NAME-SIZE.json)")
-    p.add_argument("--png", help="plot file (default: the JSON's name with .png)")
 
 
 def add_bench_parser(bench) -> None:
@@ -129,6 +148,12 @@ def add_bench_parser(bench) -> None:
         help=f"the deeprec configuration: {CONFIG_CHOICES} (default {DEMO_BATCH_SIZE})",
     )
     p.add_argument("--peers", default="triton,plain", help="comma-separated: triton, plain")
+    _triton(p)
+    p.set_defaults(func=peers)
+    _bench_cost(bench)
+
+
+def _triton(p) -> None:
     p.add_argument(
         "--triton-max-batch", type=int, default=8, help="queries Triton's batcher may merge"
     )
@@ -143,4 +168,26 @@ def add_bench_parser(bench) -> None:
         action="store_true",
         help="fail instead of skipping Triton when it is not installed",
     )
-    p.set_defaults(func=peers)
+
+
+def _bench_cost(bench) -> None:
+    p = bench.add_parser(
+        "cost",
+        help="CPU per query, process by process, for deeprec and its peers at one rate",
+        description="Start each target in turn, send the same open-loop Poisson load at "
+        "--rate, and read every process's CPU time (/proc) before and after: ms of CPU "
+        "per answered query for the frontend, workers, peers and the load generator.",
+    )
+    _workload(p)
+    _servers(p)
+    p.add_argument("--rate", type=_positive, default=35.0, help="queries/s (default 35)")
+    p.add_argument("--seconds", type=_positive, default=15.0, help="measured seconds")
+    p.add_argument(
+        "--deeprec",
+        default=f"nosplit,{DEMO_BATCH_SIZE}",
+        help=f"comma-separated deeprec configurations: {CONFIG_CHOICES} but tuned",
+    )
+    p.add_argument("--peers", default="triton,plain", help="comma-separated: triton, plain")
+    p.add_argument("--json", help="result file (default results/bench-cost-NAME-SIZE.json)")
+    _triton(p)
+    p.set_defaults(func=cost)

@@ -42,6 +42,29 @@ def ratios(entries: list[dict]) -> dict[str, float | None]:
     return out
 
 
+def make_peers(shared, peers: list[str], args, say, skipped: dict | None = None) -> list:
+    """Targets for the named peers; Triton is skipped (noted in ``skipped``) when it is
+    not installed, unless ``args.require_triton`` (then BadArguments)."""
+    targets = []
+    for peer in peers:
+        if peer == "plain":
+            targets.append(PlainTarget(shared))
+            continue
+        from .triton import TritonUnavailable
+
+        try:
+            targets.append(
+                TritonTarget(shared, args.triton_max_batch, args.triton_delay_us, args.triton_dir)
+            )
+        except TritonUnavailable as err:
+            if args.require_triton:
+                raise BadArguments(str(err)) from None
+            say(f"note: skipping Triton: {err}")
+            if skipped is not None:
+                skipped["triton"] = str(err)
+    return targets
+
+
 def run_peers(args, stop: threading.Event, say: Callable[[str], None]) -> int:
     try:
         configs = parse_configs(args.deeprec)
@@ -57,23 +80,13 @@ def run_peers(args, stop: threading.Event, say: Callable[[str], None]) -> int:
         say(f"deeprec: error: {err}")
         return 2
     shared = common(args, model_dir, artifact, stop, say)
-    targets, skipped = [DeeprecTarget(shared, config, sla)], {}
-    for peer in peers:
-        if peer == "plain":
-            targets.append(PlainTarget(shared))
-            continue
-        from .triton import TritonUnavailable
-
-        try:
-            targets.append(
-                TritonTarget(shared, args.triton_max_batch, args.triton_delay_us, args.triton_dir)
-            )
-        except TritonUnavailable as err:
-            if args.require_triton:
-                say(f"deeprec: error: {err}")
-                return 2
-            say(f"note: skipping Triton: {err}")
-            skipped["triton"] = str(err)
+    skipped = {}
+    try:
+        peer_targets = make_peers(shared, peers, args, say, skipped)
+    except BadArguments as err:
+        say(f"deeprec: error: {err}")
+        return 2
+    targets = [DeeprecTarget(shared, config, sla), *peer_targets]
     data = header("peers", args, artifact, workload, sla, search)
     searches = Searches(queries, sla, search, plan, tuned_plan, args.seed, stop, say)
     data["configs"] = search_targets(targets, searches, interleave=not args.sequential)

@@ -1,0 +1,60 @@
+"""`deeprec bench cost`: CPU per query per process, from /proc, for deeprec and a peer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from deeprec.bench.cost import LOAD_GENERATOR, Snapshot, cost_per_query, role_of
+
+
+def test_processes_are_named_by_their_role():
+    assert role_of("/usr/bin/python3 -m deeprec.cli serve frontend --port 0") == "frontend"
+    assert role_of("/v/bin/python -m deeprec.cli serve inference --model m") == "worker"
+    assert role_of("/v/bin/python -m deeprec.bench.plain --model m") == "plain server"
+    assert role_of("/x/tritonserver/bin/tritonserver --model-repository r") == "tritonserver"
+    assert role_of("/x/backends/python/triton_python_backend_stub m 1") == "triton python stub"
+    assert role_of("/usr/bin/sleep 5") == "sleep"
+
+
+def test_cost_adds_up_processes_of_a_role_and_skips_those_not_there_throughout():
+    before = Snapshot({1: 10.0, 2: 5.0, 3: 5.0, 4: 1.0}, {1: "a", 2: "w", 3: "w", 4: "gone"})
+    after = Snapshot(
+        {1: 10.5, 2: 6.0, 3: 6.5, 5: 9.0}, {1: "a", 2: "w", 3: "w", 5: "new"}
+    )  # 4 ended, 5 started during the run: neither has a whole window
+    rows = cost_per_query(before, after, queries=100)
+    assert [(r["role"], r["processes"]) for r in rows] == [("w", 2), ("a", 1)]
+    assert rows[0]["ms_per_query"] == pytest.approx(25.0)  # 2.5 s / 100 queries
+    assert rows[1]["ms_per_query"] == pytest.approx(5.0)
+    with pytest.raises(ValueError, match="no queries"):
+        cost_per_query(before, after, queries=0)
+
+
+def test_bench_cost_measures_deeprec_and_the_plain_peer(tiny_zoo, tmp_path):
+    out = tmp_path / "cost.json"
+    argv = ["--model", str(tiny_zoo["rmc1"].path), "--sizes", "20", "--rate", "30"]
+    argv += ["--seconds", "3", "--deeprec", "nosplit", "--peers", "plain", "--json", str(out)]
+    run = subprocess.run(
+        [sys.executable, "-m", "deeprec.cli", "bench", "cost", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    data = json.loads(out.read_text())
+    deeprec, plain = data["targets"]
+    roles = {r["role"]: r for r in deeprec["processes"]}
+    assert roles["worker"]["processes"] == 2 and roles["frontend"]["processes"] == 1
+    assert roles["worker"]["cpu_s"] > 0 and roles["frontend"]["cpu_s"] > 0
+    assert {r["role"] for r in plain["processes"]} >= {"plain server", LOAD_GENERATOR}
+    for entry in (deeprec, plain):
+        assert entry["load"]["answered"] >= 30 and entry["load"]["errors"] == 0
+        # /proc counts in clock ticks (10 ms): judge roles that do real work over the run.
+        servers = [r for r in entry["processes"] if r["role"] != LOAD_GENERATOR]
+        assert sum(r["cpu_s"] for r in servers) > 0
+        total = sum(r["ms_per_query"] for r in entry["processes"])
+        assert entry["total_ms_per_query"] == pytest.approx(total)
+    assert "ms/query  frontend" in run.stdout
