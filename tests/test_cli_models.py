@@ -45,8 +45,15 @@ def test_build_info_bench(tmp_path):
     )
     assert "best:" in bench.stdout
     data = json.loads(result.read_text())
-    assert [(r["threads"], r["batch_size"]) for r in data["results"]] == [(1, 1), (1, 16)]
+    assert [(r["embeddings"], r["batch_size"]) for r in data["results"]] == [
+        ("graph", 1),
+        ("graph", 16),
+        ("fused", 1),
+        ("fused", 16),
+    ]
     assert all(r["items_per_s"] > 0 and r["runs"] >= 5 for r in data["results"])
+    wrong = deeprec("model", "bench", str(out), "--embeddings", "onnx", check=False)
+    assert wrong.returncode == 2 and "--embeddings takes graph, fused" in wrong.stderr
 
 
 def test_refuses_to_overwrite_and_reports_broken_artifacts(tmp_path):

@@ -72,11 +72,13 @@ def test_large_queries_go_whole_to_the_gpu_pool(tiny_zoo):
 def test_embeddings_choice_follows_the_device():
     from deeprec.inference.main import embeddings_for
 
-    assert embeddings_for("auto", "cpu") == "fused"
-    assert embeddings_for("auto", "gpu") == "graph"  # gathers stay on the device
-    assert embeddings_for("graph", "cpu") == "graph"
+    assert embeddings_for("auto", "cpu", 1) == "fused"
+    assert embeddings_for("auto", "cpu", 2) == "graph"  # ONNX Runtime uses both threads
+    assert embeddings_for("auto", "cpu", None) == "graph"  # None: all cores
+    assert embeddings_for("auto", "gpu", 1) == "graph"  # gathers stay on the device
+    assert embeddings_for("fused", "cpu", 2) == "fused"
     with pytest.raises(ValueError, match="auto, fused, graph"):
-        embeddings_for("onnx", "cpu")
+        embeddings_for("onnx", "cpu", 1)
 
 
 def test_gpu_worker_refuses_to_start_without_cuda(tiny_zoo):

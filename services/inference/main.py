@@ -11,11 +11,11 @@ from deeprec.common.server import Server, setup_logging
 from deeprec.common.telemetry import Telemetry
 from deeprec.common.telemetry import setup as setup_telemetry
 from deeprec.models.artifact import load_artifact
+from deeprec.models.fused import FusedSession
 from deeprec.models.runtime import open_session
 from deeprec.v1 import inference_pb2, inference_pb2_grpc
 
 from . import sharded
-from .fused import FusedSession
 from .servicer import InferenceServicer
 
 log = logging.getLogger("deeprec")
@@ -25,12 +25,14 @@ SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
 EMBEDDINGS = ("auto", "fused", "graph")
 
 
-def embeddings_for(choice: str, device: str) -> str:
-    """auto: fused on the CPU; on a GPU the whole graph keeps the gathers on the device."""
+def embeddings_for(choice: str, device: str, threads: int | None) -> str:
+    """auto: fused for a one-thread CPU worker; the whole graph otherwise. SciPy pools on
+    one thread, while ONNX Runtime spreads its gathers over its threads (and keeps them on
+    the GPU): `deeprec model bench` measures both."""
     if choice not in EMBEDDINGS:
         raise ValueError(f"embeddings must be one of {', '.join(EMBEDDINGS)}, not {choice!r}")
     if choice == "auto":
-        return "graph" if device == "gpu" else "fused"
+        return "fused" if device == "cpu" and threads == 1 else "graph"
     return choice
 
 
@@ -47,7 +49,7 @@ def build_servicer(
     Otherwise ``embeddings``: "graph" runs the whole graph in ONNX Runtime, "fused" pools
     from the local tables (fused.FusedSession) and runs the dense graph."""
     artifact = load_artifact(model_dir)
-    embeddings = embeddings_for(embeddings, device)
+    embeddings = embeddings_for(embeddings, device, threads)
     mode = "single" if embeddings == "graph" else "fused"
     if sharding is None and embeddings == "graph":
         session = open_session(artifact.graph("whole"), device, threads, allow_cpu_fallback)
@@ -145,7 +147,8 @@ def add_arguments(parser) -> None:
         choices=EMBEDDINGS,
         default=env("DEEPREC_EMBEDDINGS", "auto"),
         help="fused: pool from the tables outside ONNX Runtime, run the dense graph; graph: "
-        "the whole graph in ONNX Runtime; auto (default): fused on cpu, graph on gpu",
+        "the whole graph in ONNX Runtime; auto (default): fused for --device cpu with "
+        "--threads 1, graph otherwise",
     )
     sharded.add_arguments(parser)
     parser.set_defaults(func=run)

@@ -24,10 +24,11 @@ from deeprec.common.errors import ServingError, Unavailable
 from deeprec.common.metric_names import SHARD_LOOKUP_LATENCY
 from deeprec.common.server import sync_channel
 from deeprec.common.tensors import TensorError, decode, encode
+from deeprec.models.fused import dense_feeds
 from deeprec.models.runtime import open_session
 from deeprec.sharding.plan import Plan, PlanError, load_plan, parse_bytes
 from deeprec.sharding.profile import load_profile
-from deeprec.sharding.router import Want, assemble, dense_feeds, pool_local, route, wants_of
+from deeprec.sharding.router import Want, assemble, pool_local, route, wants_of
 from deeprec.v1 import shard_pb2, shard_pb2_grpc
 
 from .cache import MODES, HotRowCache, choose_rows

@@ -9,10 +9,20 @@ from pathlib import Path
 import numpy as np
 
 from .artifact import Artifact
+from .fused import FusedSession
 from .inputs import random_inputs
 from .runtime import open_session
 
 DEFAULT_BATCH_SIZES = (1, 8, 32, 64, 128, 256, 512, 1024)
+EMBEDDINGS = ("graph", "fused")  # how a worker runs the model (inference --embeddings)
+
+
+def open_for_bench(artifact: Artifact, embeddings: str, threads: int):
+    if embeddings == "graph":
+        return open_session(artifact.graph("whole"), "cpu", threads)
+    if embeddings == "fused":
+        return FusedSession(artifact, open_session(artifact.graph("dense"), "cpu", threads))
+    raise ValueError(f"embeddings must be one of {', '.join(EMBEDDINGS)}, not {embeddings!r}")
 
 
 def time_batches(session, batches: list[dict], min_seconds: float, min_runs: int = 5):
@@ -35,27 +45,30 @@ def run(
     seconds: float = 1.0,
     seed: int = 0,
     log=print,
+    embeddings=("graph",),
 ) -> dict:
-    rng = np.random.default_rng(seed)
     rows = []
-    for n_threads in threads:
-        session = open_session(artifact.graph("whole"), "cpu", n_threads)
-        for batch in batch_sizes:
-            batches = [random_inputs(artifact.spec, batch, rng) for _ in range(4)]
-            lat = time_batches(session, batches, seconds)
-            row = {
-                "threads": n_threads,
-                "batch_size": batch,
-                "runs": len(lat),
-                "p50_ms": float(np.percentile(lat, 50) * 1e3),
-                "p99_ms": float(np.percentile(lat, 99) * 1e3),
-                "items_per_s": float(batch * len(lat) / lat.sum()),
-            }
-            rows.append(row)
-            log(
-                f"{n_threads:>7} {batch:>6} {row['runs']:>6} {row['p50_ms']:>9.3f} "
-                f"{row['p99_ms']:>9.3f} {row['items_per_s']:>12.0f}"
-            )
+    for mode in embeddings:
+        for n_threads in threads:
+            rng = np.random.default_rng(seed)  # the same batches for every mode
+            session = open_for_bench(artifact, mode, n_threads)
+            for batch in batch_sizes:
+                batches = [random_inputs(artifact.spec, batch, rng) for _ in range(4)]
+                lat = time_batches(session, batches, seconds)
+                row = {
+                    "embeddings": mode,
+                    "threads": n_threads,
+                    "batch_size": batch,
+                    "runs": len(lat),
+                    "p50_ms": float(np.percentile(lat, 50) * 1e3),
+                    "p99_ms": float(np.percentile(lat, 99) * 1e3),
+                    "items_per_s": float(batch * len(lat) / lat.sum()),
+                }
+                rows.append(row)
+                log(
+                    f"{mode:>10} {n_threads:>7} {batch:>6} {row['runs']:>6} {row['p50_ms']:>9.3f} "
+                    f"{row['p99_ms']:>9.3f} {row['items_per_s']:>12.0f}"
+                )
     best = max(rows, key=lambda r: r["items_per_s"])
     return {
         "model": artifact.spec.name,
@@ -67,7 +80,10 @@ def run(
     }
 
 
-HEADER = f"{'threads':>7} {'batch':>6} {'runs':>6} {'p50 ms':>9} {'p99 ms':>9} {'items/s':>12}"
+HEADER = (
+    f"{'embeddings':>10} {'threads':>7} {'batch':>6} {'runs':>6} {'p50 ms':>9} {'p99 ms':>9} "
+    f"{'items/s':>12}"
+)
 
 
 def save(result: dict, path: str | Path) -> Path:

@@ -85,7 +85,15 @@ def run_bench(args) -> int:
         f"({artifact.spec.size}), {args.seconds:g} s per point"
     )
     print(bench.HEADER)
-    result = bench.run(artifact, batch_sizes, threads, args.seconds, args.seed)
+    embeddings = [e.strip() for e in args.embeddings.split(",") if e.strip()]
+    unknown = set(embeddings) - set(bench.EMBEDDINGS)
+    if not embeddings or unknown:
+        choices = ", ".join(bench.EMBEDDINGS)
+        print(f"deeprec: error: --embeddings takes {choices}", file=sys.stderr)
+        return 2
+    result = bench.run(
+        artifact, batch_sizes, threads, args.seconds, args.seed, embeddings=embeddings
+    )
     out = args.json or f"results/model-bench-{artifact.spec.name}-{artifact.spec.size}.json"
     best = result["best"]
     print(
@@ -118,5 +126,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--threads", default=",".join(str(t) for t in sorted({1, os.cpu_count() or 1})))
     p.add_argument("--seconds", type=float, default=1.0, help="time per point")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--embeddings",
+        default="graph,fused",
+        help="comma-separated: graph (model.onnx whole), fused (pooling outside ONNX "
+        "Runtime + dense.onnx, the CPU worker's default)",
+    )
     p.add_argument("--json", help="result file (default results/model-bench-NAME-SIZE.json)")
     p.set_defaults(func=run_bench)

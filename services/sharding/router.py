@@ -170,15 +170,3 @@ def assemble(
             rows[key][routed.local[key][3]] = value
     out = {key: value.astype(np.float32) for key, value in pooled.items()}
     return out | rows
-
-
-def dense_feeds(spec, feeds: dict, looked_up: dict) -> dict:
-    """Inputs of the dense graph from the batch and the assembled lookups."""
-    out = {"dense": feeds["dense"]} if spec.dense_features else {}
-    for f in spec.features:
-        if f.pooling == "sum":
-            out[f"{f.name}_pooled"] = looked_up[f.name]
-        else:
-            out[f"{f.name}_rows"] = looked_up[f.name]
-            out[f"{f.name}_lengths"] = np.asarray(feeds[f"{f.name}_lengths"], dtype=np.int64)
-    return out

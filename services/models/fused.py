@@ -1,21 +1,34 @@
-"""A worker's session with the embedding stage outside ONNX Runtime.
+"""Running a model with the embedding stage outside ONNX Runtime.
 
 The whole graph pools embeddings with Gather then ScatterND: ONNX has no embedding-bag
 operator, so ONNX Runtime copies every looked-up row before adding them up. This session
 pools straight from the memory-mapped tables (pooling.bag_sum, one pass, no copy) and runs
 only the artifact's dense graph in ONNX Runtime: same model, same weights, same scores
-(tests/test_fused.py), less memory traffic in the stage that dominates DLRM serving.
+(tests/test_serving.py), less memory traffic in the stage that dominates DLRM serving.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from deeprec.models.pooling import bag_sum, gather
-from deeprec.sharding.router import dense_feeds
+from .pooling import bag_sum, gather
+
+
+def dense_feeds(spec, feeds: dict, looked_up: dict) -> dict:
+    """Inputs of the dense graph from the batch and the assembled lookups."""
+    out = {"dense": feeds["dense"]} if spec.dense_features else {}
+    for f in spec.features:
+        if f.pooling == "sum":
+            out[f"{f.name}_pooled"] = looked_up[f.name]
+        else:
+            out[f"{f.name}_rows"] = looked_up[f.name]
+            out[f"{f.name}_lengths"] = np.asarray(feeds[f"{f.name}_lengths"], dtype=np.int64)
+    return out
 
 
 class FusedSession:
+    """``run(feeds)`` like a whole-graph session: pools, then the dense graph."""
+
     def __init__(self, artifact, dense_session):
         self.spec = artifact.spec
         self.dense = dense_session
