@@ -42,12 +42,15 @@ class TritonPythonModel:
             else next(name for name in self.inputs if name.endswith("_lengths"))
         )
         # Outputs go out by DLPack too where this Triton takes NumPy 2's capsules (2.51
-        # does, 2.41 does not); otherwise by the NumPy constructor.
-        try:
-            pb_utils.Tensor.from_dlpack("scores", np.zeros((1, 1, 1), np.float32))
-            self.tensor = pb_utils.Tensor.from_dlpack
-        except Exception:
-            self.tensor = pb_utils.Tensor
+        # does, 2.41 does not); otherwise by the NumPy constructor. Under NumPy 1 the probe
+        # itself is unsafe (2.41's stub dies on a NumPy 1 capsule), so it is skipped.
+        self.tensor = pb_utils.Tensor
+        if int(np.__version__.split(".")[0]) >= 2:
+            try:
+                pb_utils.Tensor.from_dlpack("scores", np.zeros((1, 1, 1), np.float32))
+                self.tensor = pb_utils.Tensor.from_dlpack
+            except Exception:
+                pass
 
     def execute(self, requests):
         try:
