@@ -139,7 +139,8 @@ def add_bench_parser(bench) -> None:
         help="deeprec vs Triton and a plain grpcio+ONNX Runtime server, same SLA and cores",
         description="The capacity search on deeprec and on its peers, one after another, "
         "with the same model graph, queries, SLA and threads; prints and saves the ratios. "
-        "Triton needs the peers extra: pip install -e '.[peers]'.",
+        "Triton needs its wheel: pip install --no-deps nvidia-pytriton==0.7.0 "
+        "(or the peers extra, pip install -e '.[peers]').",
     )
     _common(p)
     p.add_argument(

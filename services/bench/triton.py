@@ -39,8 +39,9 @@ from deeprec.workload.queries import Query
 
 MODEL = "deeprec"
 INSTALL_HINT = (
-    "Triton is an optional peer: pip install -e '.[peers]' (its wheel bundles tritonserver), "
-    "or pip install --no-deps nvidia-pytriton, or --triton-dir DIR of an unpacked one"
+    "Triton is an optional peer: pip install --no-deps nvidia-pytriton==0.7.0 (its wheel "
+    "bundles tritonserver), or pip install -e '.[peers]' in a virtualenv without the load "
+    "extra, or --triton-dir DIR of an unpacked wheel"
 )
 
 
