@@ -16,6 +16,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from deeprec.common.features import encode_features
+from deeprec.common.limits import RequestLimits
 from deeprec.frontend import main as frontend_main
 from deeprec.inference import main as inference_main
 from deeprec.v1 import recommender_pb2, recommender_pb2_grpc
@@ -86,7 +87,7 @@ class InProcessCluster:
                 gpu_addresses,
                 self.batch_size,
                 self.offload_threshold,
-                self.max_items,
+                RequestLimits(max_items=self.max_items),
                 connect_timeout=10,
                 telemetry=self.telemetry,
             )

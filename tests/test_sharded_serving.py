@@ -282,7 +282,7 @@ BAD_LOOKUPS = {
     ),
     "id out of the shard's rows": (
         ("t2", [0, 400], [2]),
-        "lookups[0].ids: id 0 is outside rows 170..340 of table 't2' held by shard 1",
+        "lookups[0].ids: id 0 is out of range for rows 170..340 of table 't2' held by shard 1",
     ),
     "ids dtype": (
         ("t2", [200], [1], True, np.float32),

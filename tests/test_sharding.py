@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 
 from deeprec.cli import main as cli_main
+from deeprec.common.features import InvalidFeatures
 from deeprec.inference.cache import AccessSampler, HotRowCache, choose_rows
 from deeprec.inference.sharded import parse_shard_addresses
 from deeprec.models import reference
 from deeprec.models.pooling import bag_sum, segment_sum
 from deeprec.models.spec import FeatureSpec, ModelSpec, TableSpec
-from deeprec.shard.store import InvalidLookup, ShardStore
+from deeprec.shard.store import ShardStore
 from deeprec.sharding.plan import Plan, PlanError, RowRange, load_plan, parse_bytes, summary
 from deeprec.sharding.planner import make_plan
 from deeprec.sharding.profile import count, load_profile
@@ -241,7 +242,7 @@ def test_routed_lookups_over_real_shard_stores_equal_the_reference(tiny_zoo):
             np.testing.assert_allclose(looked_up[name], expected, rtol=1e-6, atol=1e-7)
         assert np.array_equal(looked_up["history"], sequences["history"][0].astype(np.float32))
         assert (routed.cached > 0) == (use_cache is not None)
-    with pytest.raises(InvalidLookup, match=r"x.ids: id 0 is outside rows 166..332"):
+    with pytest.raises(InvalidFeatures, match=r"x.ids: id 0 is out of range for rows 166..332"):
         stores[1].lookup("items", np.array([0]), np.array([1]), True, "x")
 
 

@@ -20,6 +20,9 @@ ENV: dict[str, str] = {
     "DEEPREC_TLS_DIR": "directory with tls.crt, tls.key, ca.crt: mutual TLS everywhere",
     "DEEPREC_TLS_SERVER_NAME": "name to expect in servers' certificates (default: host)",
     "DEEPREC_ADMIN_TOKEN": "bearer token that admin RPCs (policy set/pin) require",
+    # frontend, inference worker and sparse shard: per-request limits
+    "DEEPREC_MAX_ITEMS": "largest request accepted, in items",
+    "DEEPREC_MAX_IDS_PER_ITEM": "most ids one sample may look up in one feature",
     # inference worker
     "DEEPREC_MODEL_DIR": "model artifact directory",
     "DEEPREC_DEVICE": "cpu or gpu",
@@ -42,7 +45,6 @@ ENV: dict[str, str] = {
     "DEEPREC_SCHEDULER": "scheduler address to follow for policies",
     "DEEPREC_BATCH_SIZE": "B: items per sub-batch until the scheduler says otherwise",
     "DEEPREC_OFFLOAD_THRESHOLD": "T: queries of >= T items go to the GPU pool (0 = never)",
-    "DEEPREC_MAX_ITEMS": "largest query accepted, in items",
     "DEEPREC_MAX_ITEMS_IN_FLIGHT": "items queued per pool before RESOURCE_EXHAUSTED",
     "DEEPREC_ADMISSION_BUDGET_MS": "latency budget of queries sent without a deadline",
     "DEEPREC_MAX_QUEUE": "sub-batches a worker queues before RESOURCE_EXHAUSTED",

@@ -8,6 +8,7 @@ import logging
 import grpc
 
 from .features import InvalidFeatures
+from .quote import bounded
 
 log = logging.getLogger("deeprec")
 
@@ -56,6 +57,6 @@ def grpc_errors(method):
         except Exception as err:  # a bug: keep serving, say what happened
             log.exception("unexpected error in %s", method.__name__)
             code, message = status_of(err)
-        await context.abort(code, message)
+        await context.abort(code, bounded(message))
 
     return wrapper

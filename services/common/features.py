@@ -12,6 +12,8 @@ import numpy as np
 
 from deeprec.v1 import inference_pb2, tensor_pb2
 
+from .limits import RequestLimits
+from .quote import quote
 from .tensors import TensorError, decode, encode
 
 
@@ -103,8 +105,44 @@ def _decode(tensor: tensor_pb2.Tensor, field: str, dtypes: tuple, ndim: int) -> 
     return array
 
 
+def check_bags(lengths: np.ndarray, n_ids: int, where: str, max_ids_per_item: int) -> None:
+    """Lengths of one feature's bags against the ids sent, bounded before they are summed
+    (with each length <= max_ids_per_item < 2^31, the int64 sum cannot wrap around)."""
+    if len(lengths):
+        low, high = int(lengths.min()), int(lengths.max())
+        if low < 0:
+            raise InvalidFeatures(f"{where}.lengths: negative length {low}")
+        if high > max_ids_per_item:
+            raise InvalidFeatures(
+                f"{where}.lengths: a sample has {high} ids; at most {max_ids_per_item} "
+                "per sample are accepted"
+            )
+    total = int(lengths.sum())
+    if total != n_ids:
+        raise InvalidFeatures(f"{where}: lengths add up to {total} but {n_ids} ids were sent")
+
+
+def check_ids(ids: np.ndarray, start: int, stop: int, where: str, what: str) -> None:
+    """Every id in [start, stop); ``what`` names the rows for the message."""
+    if len(ids):
+        low, high = int(ids.min()), int(ids.max())
+        if low < start or high >= stop:
+            bad = low if low < start else high
+            raise InvalidFeatures(f"{where}.ids: id {bad} is out of range for {what}")
+
+
+def check_items(n: int, limits: RequestLimits) -> None:
+    if n > limits.max_items:
+        raise InvalidFeatures(f"the batch has {n} items; at most {limits.max_items} are accepted")
+
+
+DEFAULT_LIMITS = RequestLimits()
+
+
 def validate(
-    signature: ModelSignature, features: tensor_pb2.Features, max_items: int | None = None
+    signature: ModelSignature,
+    features: tensor_pb2.Features,
+    limits: RequestLimits = DEFAULT_LIMITS,
 ) -> Batch:
     """Decode and check every tensor; raises InvalidFeatures naming the first problem."""
     n = None
@@ -121,9 +159,10 @@ def validate(
                 f"features.dense: {dense.shape[1]} columns, model "
                 f"{signature.name} takes {signature.dense_features}"
             )
+        n = dense.shape[0]
+        check_items(n, limits)
         if not np.isfinite(dense).all():
             raise InvalidFeatures("features.dense: contains NaN or infinite values")
-        n = dense.shape[0]
     elif features.HasField("dense") and len(features.dense.data):
         raise InvalidFeatures(f"features.dense: model {signature.name} takes no dense features")
 
@@ -131,46 +170,34 @@ def validate(
     ids, lengths = {}, {}
     for i, sparse in enumerate(features.sparse):
         where = f"features.sparse[{i}]"
-        if sparse.name not in expected:
+        feature = expected.get(sparse.name)
+        if feature is None:
             raise InvalidFeatures(
-                f"{where}: unknown feature {sparse.name!r} (model "
+                f"{where}: unknown feature {quote(sparse.name)} (model "
                 f"{signature.name} has {', '.join(expected)})"
             )
         if sparse.name in ids:
             raise InvalidFeatures(f"{where}: feature {sparse.name!r} is given twice")
         where = f"features.sparse[{sparse.name}]"
-        feature_ids = _decode(sparse.ids, f"{where}.ids", ID_DTYPES, 1)
         feature_lengths = _decode(sparse.lengths, f"{where}.lengths", (tensor_pb2.INT64,), 1)
         if n is None:
             n = len(feature_lengths)
+            check_items(n, limits)
         if len(feature_lengths) != n:
             raise InvalidFeatures(
                 f"{where}.lengths: {len(feature_lengths)} samples, but the batch has {n}"
             )
-        if len(feature_lengths) and feature_lengths.min() < 0:
-            raise InvalidFeatures(f"{where}.lengths: negative length")
-        if int(feature_lengths.sum()) != len(feature_ids):
-            raise InvalidFeatures(
-                f"{where}: lengths add up to {int(feature_lengths.sum())} "
-                f"but {len(feature_ids)} ids were sent"
-            )
-        if len(feature_ids):
-            low, high = int(feature_ids.min()), int(feature_ids.max())
-            rows = expected[sparse.name].rows
-            if low < 0 or high >= rows:
-                bad = low if low < 0 else high
-                raise InvalidFeatures(
-                    f"{where}.ids: id {bad} is out of range for table "
-                    f"{expected[sparse.name].table!r} with {rows} rows"
-                )
+        feature_ids = _decode(sparse.ids, f"{where}.ids", ID_DTYPES, 1)
+        check_bags(feature_lengths, len(feature_ids), where, limits.max_ids_per_item)
+        check_ids(
+            feature_ids, 0, feature.rows, where, f"table {feature.table!r} with {feature.rows} rows"
+        )
         ids[sparse.name], lengths[sparse.name] = feature_ids, feature_lengths
     missing = [name for name in expected if name not in ids]
     if missing:
         raise InvalidFeatures(f"features.sparse: missing feature(s) {', '.join(missing)}")
     if not n:
         raise InvalidFeatures("the batch has no items")
-    if max_items is not None and n > max_items:
-        raise InvalidFeatures(f"the batch has {n} items; at most {max_items} are accepted")
     # Keep the model's feature order, whatever order the client used.
     ids = {name: ids[name] for name in expected}
     lengths = {name: lengths[name] for name in expected}

@@ -20,10 +20,26 @@ log = logging.getLogger("deeprec")
 M_TRIM_THRESHOLD = -1  # from glibc's malloc.h
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 32 << 20  # glibc's ceiling for this setting on 64-bit
-TRIM_THRESHOLD_BYTES = 128 << 20  # keep up to this much freed memory for reuse
+# Keep up to this much freed memory for reuse. Not more: glibc gives a thread arena's
+# memory back only when its free top passes this, so after one huge request a worker held
+# the whole threshold (+90 MB at 128 MB) until it exited; malloc_trim does not shrink it.
+TRIM_THRESHOLD_BYTES = 16 << 20
 
 # glibc's own variables: whoever sets them has chosen, and is not overridden.
 GLIBC_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+
+
+def _libc():
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        return ctypes.CDLL(name)
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
 
 
 def keep_large_buffers() -> bool:
@@ -33,15 +49,25 @@ def keep_large_buffers() -> bool:
     """
     if any(name in os.environ for name in GLIBC_VARIABLES):
         return False
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):  # musl and other C libraries have no mallopt
+    mallopt = getattr(_LIBC, "mallopt", None)
+    if mallopt is None:  # not glibc: musl and others have no mallopt
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     applied = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
     applied = mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1 and applied
     log.debug("glibc malloc thresholds raised: %s", applied)
     return applied
+
+
+# A request this large is rare (a sub-batch is usually well under a megabyte): after one,
+# the freed heap it grew (received bytes, decoded ids, pooling buffers) is handed back.
+TRIM_AFTER_BYTES = 16 << 20
+
+
+def trim() -> bool:
+    """Hand the heaps' free pages back to the kernel (glibc's malloc_trim); True if any."""
+    trim_function = getattr(_LIBC, "malloc_trim", None)
+    if trim_function is None:
+        return False
+    trim_function.argtypes, trim_function.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim_function(0) == 1

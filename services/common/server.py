@@ -16,7 +16,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .config import env
+from .guard import RequestGuard
 from .memory import keep_large_buffers
+from .quote import quote
 from .tls import from_env as tls_from_env
 
 FROM_ENV = object()  # default for ``tls``: read DEEPREC_TLS_DIR
@@ -40,14 +42,31 @@ def setup_logging(service: str) -> None:
     logging.basicConfig(level=level, format=f"%(asctime)s {service} %(levelname)s %(message)s")
 
 
+class Health(health.aio.HealthServicer):
+    """grpc.health.v1 that says which service it does not know (grpc's answers NOT_FOUND
+    with an empty message)."""
+
+    async def Check(self, request, context):
+        if request.service not in self._server_status:
+            known = ", ".join(repr(s) for s in sorted(self._server_status))
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no service {quote(request.service)} here (known: {known})",
+            )
+        return await super().Check(request, context)
+
+
 class Server:
     """A grpc.aio server with health, reflection and SIGTERM handling."""
 
     def __init__(self, service_names: Iterable[str], interceptors=(), tls=FROM_ENV):
         self.tls = tls_from_env() if tls is FROM_ENV else tls
         keep_large_buffers()  # process-wide; every server moves megabyte messages
-        self.grpc = grpc.aio.server(options=SERVER_OPTIONS, interceptors=list(interceptors))
-        self.health = health.aio.HealthServicer()
+        # The guard is innermost: it sees each method's registered handler once.
+        self.grpc = grpc.aio.server(
+            options=SERVER_OPTIONS, interceptors=[*interceptors, RequestGuard()]
+        )
+        self.health = Health()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         self.service_names = list(service_names)
         reflection.enable_server_reflection(

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from deeprec.v1 import tensor_pb2
+
+from .quote import shape_text
 
 _TO_NUMPY = {
     tensor_pb2.FLOAT32: np.dtype("<f4"),
@@ -13,6 +17,7 @@ _TO_NUMPY = {
     tensor_pb2.FLOAT16: np.dtype("<f2"),
 }
 _TO_WIRE = {dtype: wire for wire, dtype in _TO_NUMPY.items()}
+MAX_DIMS = 8  # no tensor of ours has more; a longer shape is refused before it is read
 
 
 class TensorError(ValueError):
@@ -40,7 +45,7 @@ def encode(array: np.ndarray, out: tensor_pb2.Tensor | None = None) -> tensor_pb
 def decode(
     tensor: tensor_pb2.Tensor, field: str, expect: tuple[int, ...] | None = None
 ) -> np.ndarray:
-    """A read-only view over the message's bytes (no copy); errors name ``field``.
+    """A read-only array over one copy of the message's bytes; errors name ``field``.
 
     ``expect``: the wire dtypes this field may have (any supported one when None).
     """
@@ -50,13 +55,20 @@ def decode(
     if tensor.dtype not in _TO_NUMPY:
         raise TensorError(f"{field}: unsupported dtype {dtype_name(tensor.dtype)}")
     dtype = _TO_NUMPY[tensor.dtype]
+    if len(tensor.shape) > MAX_DIMS:
+        raise TensorError(f"{field}: shape has {len(tensor.shape)} dimensions (at most {MAX_DIMS})")
     shape = tuple(tensor.shape)
     if any(n < 0 for n in shape):
-        raise TensorError(f"{field}: negative dimension in shape {list(shape)}")
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    if count * dtype.itemsize != len(tensor.data):
+        raise TensorError(f"{field}: negative dimension in shape {shape_text(shape)}")
+    # Python integers: a product of int64 dimensions cannot wrap around here.
+    count = math.prod(shape)
+    data = tensor.data  # read once: each read of a bytes field copies it out of the message
+    if count * dtype.itemsize != len(data):
         raise TensorError(
-            f"{field}: shape {list(shape)} of {np.dtype(dtype).name} needs "
-            f"{count * dtype.itemsize} bytes, got {len(tensor.data)}"
+            f"{field}: shape {shape_text(shape)} of {dtype.name} needs "
+            f"{count * dtype.itemsize} bytes, got {len(data)}"
         )
-    return np.frombuffer(tensor.data, dtype=dtype, count=count).reshape(shape)
+    try:
+        return np.frombuffer(data, dtype=dtype, count=count).reshape(shape)
+    except ValueError:  # an empty tensor whose other dimensions NumPy cannot index
+        raise TensorError(f"{field}: shape {shape_text(shape)} is too large") from None

@@ -7,8 +7,10 @@ import logging
 
 import grpc
 
+from deeprec.common import limits
 from deeprec.common.config import env
-from deeprec.common.features import ModelSignature
+from deeprec.common.features import DEFAULT_LIMITS, ModelSignature
+from deeprec.common.limits import RequestLimits
 from deeprec.common.policy import Policy, PolicyTable
 from deeprec.common.server import Server, channel, setup_logging
 from deeprec.common.telemetry import Telemetry
@@ -21,7 +23,6 @@ from .watch import PolicyWatcher
 
 log = logging.getLogger("deeprec")
 SERVICE = recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name
-DEFAULT_MAX_ITEMS = 4096
 
 
 class StartupError(RuntimeError):
@@ -70,7 +71,7 @@ async def build_servicer(
     gpu_workers: list[str],
     batch_size: int,
     offload_threshold: int,
-    max_items: int = DEFAULT_MAX_ITEMS,
+    limits: RequestLimits = DEFAULT_LIMITS,
     connect_timeout: float = 30.0,
     telemetry: Telemetry | None = None,
     admission: Admission | None = None,
@@ -92,7 +93,7 @@ async def build_servicer(
         Pool.of("cpu", cpu_stubs),
         Pool.of("gpu", gpu_stubs) if gpu_stubs else None,
         policies,
-        max_items,
+        limits,
         telemetry.meter,
         admission,
     )
@@ -116,7 +117,7 @@ async def serve(args) -> int:
             parse_addresses(args.gpu_workers),
             args.batch_size,
             args.offload_threshold,
-            args.max_items,
+            RequestLimits.from_args(args),
             args.connect_timeout,
             telemetry,
             Admission(args.max_items_in_flight, args.admission_budget_ms),
@@ -181,12 +182,6 @@ def add_arguments(parser) -> None:
         help="T: queries of >= T items go whole to a GPU worker (0 = never)",
     )
     parser.add_argument(
-        "--max-items",
-        type=int,
-        default=env("DEEPREC_MAX_ITEMS", DEFAULT_MAX_ITEMS, int),
-        help="largest query accepted, in items",
-    )
-    parser.add_argument(
         "--max-items-in-flight",
         type=int,
         default=env("DEEPREC_MAX_ITEMS_IN_FLIGHT", 16384, int),
@@ -209,4 +204,5 @@ def add_arguments(parser) -> None:
         default=env("DEEPREC_CONNECT_TIMEOUT", 30.0, float),
         help="seconds to wait for workers at start",
     )
+    limits.add_arguments(parser)
     parser.set_defaults(func=run)

@@ -18,7 +18,10 @@ from deeprec.common.errors import (
     grpc_errors,
 )
 from deeprec.common.features import ModelSignature, encode_features, validate
+from deeprec.common.limits import RequestLimits
+from deeprec.common.poison import was_accepted
 from deeprec.common.policy import PolicyTable
+from deeprec.common.quote import quote
 from deeprec.common.tensors import decode, encode
 from deeprec.v1 import inference_pb2, recommender_pb2, recommender_pb2_grpc
 
@@ -61,14 +64,14 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         cpu: Pool,
         gpu: Pool | None,
         policies: PolicyTable,
-        max_items: int,
+        limits: RequestLimits,
         meter=None,
         admission: Admission | None = None,
     ):
         self.signature = signature
         self.pools = {"cpu": cpu, "gpu": gpu}
         self.policies = policies
-        self.max_items = max_items
+        self.limits = limits
         self.metrics = FrontendMetrics(meter, signature.name, self.pools, policies)
         self.admission = admission or Admission()
         # Workers get int32 ids where the tables allow: half of a sub-batch's bytes.
@@ -79,13 +82,13 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         received = time.perf_counter()
         if request.model and request.model != self.signature.name:
             raise NotFound(
-                f"model {request.model!r} is not served (serving {self.signature.name!r})"
+                f"model {quote(request.model)} is not served (serving {self.signature.name!r})"
             )
         timeout = context.time_remaining()
         deadline_ms = None if timeout is None else timeout * 1e3
         if self.pools["gpu"] is None:  # shed before paying for validation
             self.admission.check_wait("cpu", len(self.pools["cpu"].balancer), deadline_ms)
-        batch = validate(self.signature, request.features, self.max_items)
+        batch = validate(self.signature, request.features, self.limits)
         policy = self.policies.get(self.signature.name)
         path = choose_path(batch.n, policy, self.pools["gpu"] is not None)
         batch_size = 0 if path == "gpu" else policy.batch_size
@@ -122,8 +125,9 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
                 raise self._gave_up(pool, tried, part, full) from None
             failed = True
             sent = time.perf_counter()
+            call = pool.stubs[worker].Predict(request, timeout=timeout)
             try:
-                reply = await pool.stubs[worker].Predict(request, timeout=timeout)
+                reply = await call
                 failed = False
             except grpc.aio.AioRpcError as err:
                 tried.append(worker)
@@ -139,6 +143,12 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
                         f"{pool.name} worker {worker} refused items "
                         f"{part.start}-{part.end}: {code.name}: "
                         f"{err.details()}"
+                    ) from None
+                if await was_accepted(call):
+                    raise Unavailable(
+                        f"{pool.name} worker {worker} failed while running items "
+                        f"{part.start}-{part.end} ({code.name}: {err.details()}); not "
+                        "replayed on another worker, in case the query is what broke it"
                     ) from None
                 full += code == grpc.StatusCode.RESOURCE_EXHAUSTED
                 log.warning(

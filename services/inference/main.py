@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from deeprec.common import limits
 from deeprec.common.config import env
-from deeprec.common.features import ModelSignature
+from deeprec.common.features import DEFAULT_LIMITS, ModelSignature
+from deeprec.common.limits import RequestLimits
 from deeprec.common.server import Server, setup_logging
 from deeprec.common.telemetry import Telemetry
 from deeprec.common.telemetry import setup as setup_telemetry
@@ -44,6 +46,7 @@ def build_servicer(
     sharding=None,
     max_queue=1024,
     embeddings="auto",
+    limits: RequestLimits = DEFAULT_LIMITS,
 ):
     """``sharding`` (a sharded.ShardedConfig): run the dense graph, look up on the shards.
     Otherwise ``embeddings``: "graph" runs the whole graph in ONNX Runtime, "fused" pools
@@ -64,7 +67,7 @@ def build_servicer(
     if device == "gpu" and session.provider != "CUDAExecutionProvider":
         log.warning("GPU worker is running on %s (--allow-cpu-fallback)", session.provider)
     signature = ModelSignature.from_spec(artifact.spec, artifact.version)
-    return InferenceServicer(session, signature, device, mode, max_queue)
+    return InferenceServicer(session, signature, device, mode, max_queue, limits)
 
 
 async def start(
@@ -85,6 +88,7 @@ async def serve(args) -> int:
         sharded.config_from_args(args),
         args.max_queue,
         args.embeddings,
+        RequestLimits.from_args(args),
     )
     telemetry = setup_telemetry("inference")
     if telemetry.meter is not None and hasattr(servicer.session, "instrument"):
@@ -150,5 +154,6 @@ def add_arguments(parser) -> None:
         "the whole graph in ONNX Runtime; auto (default): fused for --device cpu with "
         "--threads 1, graph otherwise",
     )
+    limits.add_arguments(parser)
     sharded.add_arguments(parser)
     parser.set_defaults(func=run)

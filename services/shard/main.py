@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from deeprec.common import limits
 from deeprec.common.config import env
+from deeprec.common.features import DEFAULT_LIMITS
+from deeprec.common.limits import RequestLimits
 from deeprec.common.server import Server, setup_logging
 from deeprec.common.telemetry import Telemetry
 from deeprec.common.telemetry import setup as setup_telemetry
@@ -21,12 +24,18 @@ SERVICE = shard_pb2.DESCRIPTOR.services_by_name["SparseShard"].full_name
 ROW_DTYPE_FLAGS = {"fp32": "float32", "fp16": "float16"}
 
 
-def build_servicer(model_dir, plan_path, shard: int, row_dtype: str | None = None):
+def build_servicer(
+    model_dir,
+    plan_path,
+    shard: int,
+    row_dtype: str | None = None,
+    limits: RequestLimits = DEFAULT_LIMITS,
+):
     """``row_dtype``: "fp32"/"fp16" (or float32/float16); None keeps the plan's."""
     artifact = load_artifact(model_dir)
     plan = load_plan(plan_path)
     dtype = ROW_DTYPE_FLAGS.get(row_dtype, row_dtype)
-    return ShardServicer(ShardStore(artifact, plan, shard, dtype))
+    return ShardServicer(ShardStore(artifact, plan, shard, dtype), limits)
 
 
 async def start(
@@ -39,7 +48,9 @@ async def start(
 
 
 async def serve(args) -> int:
-    servicer = build_servicer(args.model, args.plan, args.shard, args.row_dtype)
+    servicer = build_servicer(
+        args.model, args.plan, args.shard, args.row_dtype, RequestLimits.from_args(args)
+    )
     telemetry = setup_telemetry("shard")
     server = await start(servicer, args.host, args.port, telemetry)
     store = servicer.store
@@ -94,4 +105,5 @@ def add_arguments(parser) -> None:
         help="row storage: fp32 maps the artifact's rows, fp16 keeps a half-size copy "
         "(default: the plan's)",
     )
+    limits.add_arguments(parser)
     parser.set_defaults(func=run)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from deeprec.common.errors import grpc_errors
-from deeprec.common.features import ID_DTYPES
+from deeprec.common.features import DEFAULT_LIMITS, ID_DTYPES
+from deeprec.common.limits import RequestLimits
 from deeprec.common.tensors import TensorError, decode, encode
 from deeprec.v1 import shard_pb2, shard_pb2_grpc, tensor_pb2
 
@@ -17,20 +18,29 @@ def _ints(tensor: tensor_pb2.Tensor, field: str, dtypes=(tensor_pb2.INT64,)):
         raise InvalidLookup(str(err)) from None
 
 
+# One lookup per sparse feature placed here: no model of ours comes near this many.
+MAX_LOOKUPS = 1024
+
+
 class ShardServicer(shard_pb2_grpc.SparseShardServicer):
-    def __init__(self, store: ShardStore):
+    def __init__(self, store: ShardStore, limits: RequestLimits = DEFAULT_LIMITS):
         self.store = store
+        self.limits = limits
 
     @grpc_errors
     async def Lookup(self, request, context):
         # Lookups run inline on the event loop: a gather and a segment sum take well under
         # a millisecond at serving sizes, less than a hop to a thread pool would add.
+        if len(request.lookups) > MAX_LOOKUPS:
+            raise InvalidLookup(
+                f"lookups: {len(request.lookups)} in one request; at most {MAX_LOOKUPS}"
+            )
         response = shard_pb2.LookupResponse()
         for i, lookup in enumerate(request.lookups):
             where = f"lookups[{i}]"
             ids = _ints(lookup.ids, f"{where}.ids", ID_DTYPES)
             lengths = _ints(lookup.lengths, f"{where}.lengths")
-            result = self.store.lookup(lookup.table, ids, lengths, lookup.pool, where)
+            result = self.store.lookup(lookup.table, ids, lengths, lookup.pool, where, self.limits)
             encode(result, response.results.add())
         return response
 

@@ -13,6 +13,9 @@ import grpc
 import numpy as np
 
 from deeprec.common.errors import ServingError
+from deeprec.common.features import DEFAULT_LIMITS, check_bags, check_ids, check_items
+from deeprec.common.limits import RequestLimits
+from deeprec.common.quote import quote
 from deeprec.models.pooling import bag_sum, gather
 from deeprec.sharding.plan import ROW_DTYPES, Plan, PlanError
 
@@ -65,31 +68,32 @@ class ShardStore:
         return sum(h.rows.nbytes for h in self.held.values())
 
     def lookup(
-        self, table: str, ids: np.ndarray, lengths: np.ndarray, pool: bool, where: str
+        self,
+        table: str,
+        ids: np.ndarray,
+        lengths: np.ndarray,
+        pool: bool,
+        where: str,
+        limits: RequestLimits = DEFAULT_LIMITS,
     ) -> np.ndarray:
         """Pooled sums [N, dim] (pool) or the rows [total, dim], float32; ids are global."""
         held = self.held.get(table)
         if held is None:
             raise InvalidLookup(
-                f"{where}.table: table {table!r} is not on shard {self.shard} "
+                f"{where}.table: table {quote(table)} is not on shard {self.shard} "
                 f"(it holds {', '.join(sorted(self.held)) or 'nothing'})"
             )
         if ids.ndim != 1 or lengths.ndim != 1:
             raise InvalidLookup(f"{where}: ids and lengths must be 1-D")
-        if len(lengths) and lengths.min() < 0:
-            raise InvalidLookup(f"{where}.lengths: negative length")
-        if int(lengths.sum()) != len(ids):
-            raise InvalidLookup(
-                f"{where}: lengths add up to {int(lengths.sum())} but {len(ids)} ids were sent"
-            )
-        if len(ids):
-            low, high = int(ids.min()), int(ids.max())
-            if low < held.start or high >= held.stop:
-                bad = low if low < held.start else high
-                raise InvalidLookup(
-                    f"{where}.ids: id {bad} is outside rows {held.start}..{held.stop - 1} "
-                    f"of table {table!r} held by shard {self.shard}"
-                )
+        check_items(len(lengths), limits)
+        check_bags(lengths, len(ids), where, limits.max_ids_per_item)
+        check_ids(
+            ids,
+            held.start,
+            held.stop,
+            where,
+            f"rows {held.start}..{held.stop - 1} of table {table!r} held by shard {self.shard}",
+        )
         local = ids - held.start if held.start else ids
         if pool:
             return bag_sum(held.rows, local, lengths)

@@ -5,11 +5,14 @@ init containers that fill it. Each env helper prints a YAML mapping; callers mer
 with fromYaml.
 */}}
 
-{{/* Read by every service (services/common/server.py). */}}
+{{/* Read by every service (services/common/server.py; the request limits of
+     services/common/limits.py by the frontend, workers and shards). */}}
 {{- define "deeprec.env.common" -}}
 DEEPREC_LOG_LEVEL: {{ .Values.logLevel | quote }}
 DEEPREC_MAX_MESSAGE_MB: {{ .Values.maxMessageMB | quote }}
 DEEPREC_SHUTDOWN_GRACE_S: {{ .Values.shutdownGraceSeconds | quote }}
+DEEPREC_MAX_ITEMS: {{ .Values.limits.maxItems | quote }}
+DEEPREC_MAX_IDS_PER_ITEM: {{ .Values.limits.maxIdsPerItem | quote }}
 {{- end -}}
 
 {{/*
@@ -46,7 +49,6 @@ DEEPREC_GPU_WORKERS: {{ $gpu | quote }}
 DEEPREC_SCHEDULER: {{ include "deeprec.schedulerAddress" . | quote }}
 DEEPREC_BATCH_SIZE: {{ .Values.frontend.batchSize | quote }}
 DEEPREC_OFFLOAD_THRESHOLD: {{ .Values.frontend.offloadThreshold | quote }}
-DEEPREC_MAX_ITEMS: {{ .Values.frontend.maxItems | quote }}
 {{- end -}}
 
 {{/* dict: root, kind (cpu | gpu). Sharded (shards.count > 0): the worker serves the dense

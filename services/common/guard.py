@@ -1,0 +1,131 @@
+"""A server interceptor that keeps whatever a client sends from becoming UNKNOWN.
+
+grpc answers a request it cannot deserialize with UNKNOWN and logs a traceback, before any
+servicer code runs. This interceptor, innermost on every deeprec server (health and
+reflection included), swaps each method's deserializer for one that catches the failure;
+the method then answers INVALID_ARGUMENT with a short reason. Exceptions that escape a
+handler become their deliberate status through errors.status_of, never UNKNOWN.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+
+import grpc
+
+from .errors import status_of
+from .quote import bounded
+
+log = logging.getLogger("deeprec")
+
+
+class Undecodable:
+    """Stands in for a request message whose bytes did not parse."""
+
+    def __init__(self, method: str, error: Exception):
+        # DecodeError says what protobuf found ("Wire format was corrupt", "bad UTF-8").
+        reason = str(error).rsplit(": ", 1)[-1] or type(error).__name__
+        self.message = bounded(f"the request is not a valid {method} message: {reason}", 256)
+
+
+def _safe_deserializer(deserialize, method: str):
+    def parse(data: bytes):
+        try:
+            return deserialize(data)
+        except Exception as err:  # DecodeError, RecursionError, UnicodeDecodeError, ...
+            return Undecodable(method, err)
+
+    return parse
+
+
+async def _abort_for(error: Exception, context, method: str):
+    if isinstance(error, grpc.aio.AbortError):
+        raise error
+    code, message = status_of(error)
+    if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+        log.exception("unexpected error in %s", method)
+    await context.abort(code, bounded(message))
+
+
+def _unary_request(behavior, method: str, streaming_response: bool):
+    if streaming_response and inspect.isasyncgenfunction(behavior):
+
+        async def stream(request, context):
+            if isinstance(request, Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            except Exception as err:
+                await _abort_for(err, context, method)
+
+        return stream
+
+    async def call(request, context):
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        try:
+            return await behavior(request, context)
+        except Exception as err:
+            await _abort_for(err, context, method)
+
+    return call
+
+
+def _stream_request(behavior, method: str, streaming_response: bool):
+    async def checked(requests, context):
+        async for request in requests:
+            if isinstance(request, Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            yield request
+
+    if streaming_response and inspect.isasyncgenfunction(behavior):
+
+        async def stream(requests, context):
+            try:
+                async for item in behavior(checked(requests, context), context):
+                    yield item
+            except Exception as err:
+                await _abort_for(err, context, method)
+
+        return stream
+
+    async def call(requests, context):
+        try:
+            return await behavior(checked(requests, context), context)
+        except Exception as err:
+            await _abort_for(err, context, method)
+
+    return call
+
+
+def guard(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    """``handler`` with a deserializer that cannot raise and statuses that are deliberate."""
+    if handler.request_deserializer is None:
+        return handler
+    kind = "unary" if not handler.request_streaming else "stream"
+    kind += "_stream" if handler.response_streaming else "_unary"
+    behavior = getattr(handler, kind)
+    wrap = _stream_request if handler.request_streaming else _unary_request
+    return handler._replace(
+        request_deserializer=_safe_deserializer(handler.request_deserializer, method),
+        **{kind: wrap(behavior, method, handler.response_streaming)},
+    )
+
+
+class RequestGuard(grpc.aio.ServerInterceptor):
+    """Innermost interceptor: guarded handlers, built once per method."""
+
+    def __init__(self):
+        self._guarded: dict[str, grpc.RpcMethodHandler | None] = {}
+
+    async def intercept_service(self, continuation, handler_call_details):
+        method = handler_call_details.method
+        if method not in self._guarded:
+            handler = await continuation(handler_call_details)
+            # Unknown methods (None) stay UNIMPLEMENTED; not cached, the name is the client's.
+            if handler is None:
+                return None
+            self._guarded[method] = guard(handler, method)
+        return self._guarded[method]
