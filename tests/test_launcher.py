@@ -90,7 +90,40 @@ def read_until(process: subprocess.Popen, marker: str, timeout: float) -> str:
     raise AssertionError(f"no {marker!r} within {timeout} s; got:\n{''.join(seen)}")
 
 
-def test_up_answers_queries_and_sigterm_stops_every_child(tiny_model, tmp_path):
+class Lines:
+    """A child's stream, read on a thread: wait for a line without blocking on the pipe."""
+
+    def __init__(self, stream):
+        self.lines: list[str] = []
+        self.ended = threading.Event()
+        self._changed = threading.Condition()
+        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
+
+    def _pump(self, stream) -> None:
+        for line in stream:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+        self.ended.set()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for(self, marker: str, timeout: float) -> None:
+        with self._changed:
+            found = self._changed.wait_for(
+                lambda: self.ended.is_set() or any(marker in line for line in self.lines),
+                timeout,
+            )
+            if not found or not any(marker in line for line in self.lines):
+                raise AssertionError(f"no {marker!r} within {timeout} s; got:\n{self.text()}")
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+def test_up_answers_queries_restarts_a_crashed_worker_and_sigterm_stops_every_child(
+    tiny_model, tmp_path
+):
     up = subprocess.Popen(
         [
             sys.executable,
@@ -114,6 +147,7 @@ def test_up_answers_queries_and_sigterm_stops_every_child(tiny_model, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
+    errors = Lines(up.stderr)
     try:
         out = read_until(up, "ready:", TIMEOUT)
         address = re.search(r"^frontend\s+(\S+)", out, re.M).group(1)
@@ -140,14 +174,28 @@ def test_up_answers_queries_and_sigterm_stops_every_child(tiny_model, tmp_path):
             deeprec("query", "--target", address, "--items", "20", "--model-dir", str(tiny_model))
         assert "rmc1: B=" in shown.stdout, shown.stdout + shown.stderr
 
+        # A worker that crashes is restarted on its address; `up` keeps serving.
+        worker = int(re.search(r"^cpu worker\s+\S+\s+pid (\d+)", out, re.M).group(1))
+        os.kill(worker, signal.SIGKILL)
+        errors.wait_for("worker-0 is serving again after", TIMEOUT)
+        assert "worker-0 exited (signal SIGKILL); restart #1 in 0.2 s" in errors.text()
+        answer = deeprec(
+            "query", "--target", address, "--items", "37", "--model-dir", str(tiny_model)
+        )
+        assert answer.returncode == 0, answer.stderr
+
         up.send_signal(signal.SIGTERM)
         assert up.wait(TIMEOUT) == 0
     finally:
         if up.poll() is None:
             up.kill()
             up.wait()
-    assert "stopped 7 processes cleanly" in up.stderr.read()
+    assert errors.ended.wait(TIMEOUT)
+    # The phased stop restarted nothing: one exit seen, the crash.
+    assert errors.text().count(" exited (") == 1, errors.text()
+    assert "stopped 7 processes cleanly (restarted worker-0 1 time)" in errors.text()
     assert [pid for pid in pids if alive(pid)] == []
+    assert processes_mentioning(str(tiny_model)) == []
 
 
 def test_query_reports_an_unreachable_frontend(tiny_model):

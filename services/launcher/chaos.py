@@ -2,9 +2,9 @@
 for every query — answered with the right scores, answered wrong, failed with a status, or
 lost (no answer at all).
 
-"Right scores" are the scores the same cluster gave each prepared query before any fault
-(the tests check those against the NumPy reference), so a retried or re-routed query must
-come back bit-for-bit the same model output within float tolerance.
+"Right scores" are the NumPy reference's (``deeprec.models.reference``) for each prepared
+query's inputs, so a retried or re-routed query must come back with the model's output
+within float tolerance, whichever worker or shard replica served it.
 """
 
 from __future__ import annotations
@@ -16,15 +16,19 @@ from pathlib import Path
 
 import numpy as np
 
+from deeprec.common.features import ModelSignature, validate
 from deeprec.common.tensors import decode
+from deeprec.models import reference
+from deeprec.models.artifact import Artifact, load_artifact
+from deeprec.v1 import recommender_pb2
 from deeprec.workload.client import RecommenderClient
-from deeprec.workload.openloop import OK, LoadResult, run_open_loop
+from deeprec.workload.openloop import OK, UNFINISHED, LoadResult, run_open_loop, status_of
 from deeprec.workload.queries import Query, QueryCycle
 
 from .cluster import LocalCluster
 
 WRONG = "WRONG_SCORES"
-LOST = ("UNFINISHED",)  # no answer and no status by the end of the drain
+LOST = (UNFINISHED,)  # no answer and no status by the end of the drain
 
 
 class WrongScores(Exception):
@@ -38,11 +42,21 @@ class Fault:
     target: str  # a child's name: worker-0, shard-1-0, frontend, ...
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """One query of the run, times in seconds from the load's start."""
+
+    sent: float
+    done: float
+    status: str  # OK, WRONG_SCORES, a gRPC status name, UNFINISHED
+
+
 @dataclass
 class ChaosReport:
     load: LoadResult
-    events: list[tuple[float, str]] = field(default_factory=list)  # (t, what happened)
+    events: list[tuple[float, str]] = field(default_factory=list)  # (t done, what happened)
     memory: list[dict] = field(default_factory=list)  # {"t": s, name: rss bytes, ...}
+    outcomes: list[Outcome] = field(default_factory=list)  # in send order
 
     @property
     def counts(self) -> dict:
@@ -92,12 +106,13 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
-async def expected_scores(client: RecommenderClient, queries: list[Query]) -> dict:
-    """Each prepared query's scores from the healthy cluster (also warms it up)."""
+def reference_scores(artifact: Artifact, queries: list[Query]) -> dict[int, np.ndarray]:
+    """Each prepared query's scores from the NumPy reference, by ``id(query)``."""
+    signature = ModelSignature.from_spec(artifact.spec, artifact.version)
     expected = {}
     for query in queries:
-        response = await client.recommend(query)
-        expected[id(query)] = decode(response.scores, "scores").copy()
+        features = recommender_pb2.RecommendRequest.FromString(query.payload).features
+        expected[id(query)] = reference.forward(artifact, validate(signature, features).feeds())
     return expected
 
 
@@ -111,19 +126,36 @@ async def run_chaos(
     timeout: float = 10.0,
     memory_every: float = 5.0,
     rtol: float = 1e-5,
+    expected: dict[int, np.ndarray] | None = None,
 ) -> ChaosReport:
+    """``expected``: each query's right scores by ``id(query)``; default: the NumPy
+    reference's for the cluster's model (``reference_scores``)."""
+    if expected is None:
+        expected = reference_scores(load_artifact(cluster.model_dir), queries)
     events: list[tuple[float, str]] = []
     memory: list[dict] = []
+    outcomes: list[Outcome] = []
     async with RecommenderClient(cluster.frontend_address, timeout) as client:
         await client.wait_ready()
-        expected = await expected_scores(client, queries)
+        for query in queries:  # warm up: every table page and code path once, unmeasured
+            await client.recommend(query)
 
         async def checked(query: Query) -> str:
-            response = await client.recommend(query)
-            scores = decode(response.scores, "scores")
-            if not np.allclose(scores, expected[id(query)], rtol=rtol, atol=1e-6):
-                raise WrongScores(f"scores differ for a {query.items}-item query")
-            return response.info.path
+            sent, status = time.monotonic() - start, OK
+            try:
+                response = await client.recommend(query)
+                scores = decode(response.scores, "scores")
+                if not np.allclose(scores, expected[id(query)], rtol=rtol, atol=1e-6):
+                    raise WrongScores(f"scores differ for a {query.items}-item query")
+                return response.info.path
+            except asyncio.CancelledError:
+                status = UNFINISHED
+                raise
+            except Exception as err:
+                status = status_of(err)
+                raise
+            finally:
+                outcomes.append(Outcome(sent, time.monotonic() - start, status))
 
         start = time.monotonic()
 
@@ -158,7 +190,8 @@ async def run_chaos(
             injector.cancel()
             sampler.cancel()
             await asyncio.gather(injector, sampler, return_exceptions=True)
-    return ChaosReport(load, events, memory)
+    outcomes.sort(key=lambda o: o.sent)
+    return ChaosReport(load, events, memory, outcomes)
 
 
-__all__ = ["OK", "ChaosReport", "Fault", "run_chaos"]
+__all__ = ["OK", "ChaosReport", "Fault", "Outcome", "reference_scores", "run_chaos"]

@@ -7,6 +7,10 @@
 
 Start order follows the dependencies (scheduler, shards, workers, frontend); stop order is
 the reverse, so each service finishes its in-flight work while what it calls still runs.
+
+With ``supervise=True`` (``deeprec up``, the demo) a child that exits on its own is
+restarted on its address with CrashLoopBackOff-style delays until the cluster stops;
+without it (benchmarks, chaos runs) a dead child stays dead.
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ from pathlib import Path
 
 from deeprec.models.artifact import load_artifact
 
-from .processes import Child, Interrupted, LaunchError, Supervisor
+from .processes import Backoff, Child, Interrupted, LaunchError, Supervisor
 
-__all__ = ["Interrupted", "LaunchError", "LocalCluster", "cuda_available"]
+__all__ = ["Backoff", "Interrupted", "LaunchError", "LocalCluster", "cuda_available"]
 
 CUDA = "CUDAExecutionProvider"
 STOP_ORDER = ("frontend", "worker-", "gpu-worker-", "shard-", "scheduler")
@@ -55,6 +59,8 @@ class LocalCluster:
     startup_timeout: float = 120.0
     grace: float = 15.0  # per stop phase, before SIGKILL
     stop_requested: threading.Event | None = None  # checked while starting
+    supervise: bool = False  # restart children that exit on their own (see Supervisor)
+    backoff: Callable[[], Backoff] = Backoff  # each child's restart delays, when supervised
     say: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr))
     cli: tuple[str, ...] = (sys.executable, "-m", "deeprec.cli")  # how to run `deeprec`
     gpu_on_cpu: bool = field(default=False, init=False)  # no CUDA: GPU pool runs on CPU
@@ -180,6 +186,8 @@ class LocalCluster:
             frontend_argv += ["--scheduler", self.scheduler_address]
         frontend = self.supervisor.spawn("frontend", frontend_argv, frontend_env)
         self.supervisor.wait_healthy([frontend], wait)
+        if self.supervise:
+            self.supervisor.supervise(self.backoff)
 
     def _start_scheduler(self, wait: float) -> None:
         argv = [
@@ -211,6 +219,7 @@ class LocalCluster:
     # -- faults (chaos tests, soak) ----------------------------------------------------------
 
     def kill(self, name: str) -> None:
+        """SIGKILL ``name``; it stays down, even when supervised, until ``restart``."""
         self.supervisor.kill(self._one(name))
 
     def restart(self, name: str) -> None:
@@ -218,8 +227,10 @@ class LocalCluster:
 
     # -- watch and stop ---------------------------------------------------------------------
 
-    def dead_children(self) -> list[Child]:
-        return self.supervisor.dead() if self.supervisor else []
+    @property
+    def restarts(self) -> dict[str, int]:
+        """Restarts after a child exited on its own, per child that had any."""
+        return {c.name: c.restarts for c in self.children if c.restarts}
 
     def stop(self) -> dict[str, int]:
         """Frontend first, then workers, shards, scheduler: each finishes its in-flight
@@ -244,6 +255,8 @@ class LocalCluster:
                     else "cpu worker"
                 )
             suffix = " (on CPU: no CUDA)" if kind == "gpu worker" and self.gpu_on_cpu else ""
+            if child.restarts:
+                suffix += f"  restarts {child.restarts}"
             lines.append(f"{kind:<12} {child.address}  pid {child.pid}{suffix}")
         lines.append(f"logs         {self.log_dir}")
         return "\n".join(lines)

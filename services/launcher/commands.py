@@ -82,7 +82,9 @@ def _resolve(args) -> Path:
     return _resolve_model(args.model, args.size, args.artifacts, say)
 
 
-def _cluster(args, model_dir: Path, stop: threading.Event, port: int) -> LocalCluster:
+def _cluster(
+    args, model_dir: Path, stop: threading.Event, port: int, supervise: bool = False
+) -> LocalCluster:
     return LocalCluster(
         model_dir,
         workers=args.workers,
@@ -101,6 +103,7 @@ def _cluster(args, model_dir: Path, stop: threading.Event, port: int) -> LocalCl
         log_dir=args.log_dir,
         startup_timeout=args.startup_timeout,
         stop_requested=stop,
+        supervise=supervise,
         say=say,
     )
 
@@ -121,7 +124,8 @@ def _stop(cluster: LocalCluster, after_failure: bool = False) -> bool:
         say(f"stopped, but not cleanly: {unclean}")
         return False
     if codes:
-        say(f"stopped {len(codes)} processes cleanly")
+        restarts = report.restarts_text(cluster.restarts)
+        say(f"stopped {len(codes)} processes cleanly" + (f" ({restarts})" if restarts else ""))
     return True
 
 
@@ -150,7 +154,9 @@ def up(args) -> int:
         say(f"deeprec: error: {err}")
         return 2
     with stop_on_signals() as stop:
-        cluster = _cluster(args, model_dir, stop, args.port)
+        # Supervised: a child that dies is restarted on its address (with backoff); only
+        # SIGTERM or Ctrl-C stops the cluster.
+        cluster = _cluster(args, model_dir, stop, args.port, supervise=True)
         code = _start(cluster)
         if code is not None:
             return code
@@ -159,15 +165,9 @@ def up(args) -> int:
             f"--model-dir {model_dir}   (Ctrl-C stops everything)",
             flush=True,
         )
-        failed = False
-        while not stop.wait(0.5):
-            dead = cluster.dead_children()
-            if dead:
-                say(f"deeprec: error: {dead[0].failure('exited unexpectedly')}; stopping")
-                failed = True
-                break
+        stop.wait()
         clean = _stop(cluster)
-    return 1 if failed or not clean else 0
+    return 0 if clean else 1
 
 
 # -- deeprec query --------------------------------------------------------------------------
@@ -283,7 +283,7 @@ def demo(args) -> int:
         say(f"deeprec: error: {err}")
         return 2
     with stop_on_signals() as stop:
-        cluster = _cluster(args, model_dir, stop, args.port)
+        cluster = _cluster(args, model_dir, stop, args.port, supervise=True)
         code = _start(cluster)
         if code is not None:
             return code
@@ -326,6 +326,8 @@ def demo(args) -> int:
     _warn_if_shared("the demo", usage)
     if policy:
         print(f"scheduler: {policy}")
+    if cluster.restarts:
+        print(f"supervision: {report.restarts_text(cluster.restarts)}")
     out = args.json or f"results/demo-{artifact.spec.name}-{artifact.spec.size}.json"
     data = {
         "kind": "demo",
@@ -336,6 +338,7 @@ def demo(args) -> int:
         "cpu": usage,
         "scheduler_policy": policy,
         "clean_shutdown": clean,
+        "restarts": cluster.restarts,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     print(f"wrote {_save(data, out)}")

@@ -5,6 +5,10 @@ Children listen on port 0 and report the port they got in their "serving on HOST
 log line, so there is no race for free ports. Each child runs in its own process group
 (a terminal's Ctrl-C reaches only the launcher, which stops children in order) and, on
 Linux, dies with the launcher even if the launcher is killed (orphan_guard).
+
+``Supervisor.supervise`` keeps children running the way a Kubernetes Deployment does: one
+that exits on its own is started again on the same address after a CrashLoopBackOff-style
+delay (``Backoff``), until a stop is requested.
 """
 
 from __future__ import annotations
@@ -36,6 +40,10 @@ _SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deeprec-spawner
 SERVING_LINE = re.compile(r"serving on (\[[^\]]+\]|[^\s:]+):(\d+)")
 
 
+# How often the supervision thread looks at its children (death is noticed within this).
+SUPERVISE_EVERY = 0.1
+
+
 class LaunchError(RuntimeError):
     """A child could not start or died; the message carries the tail of its log."""
 
@@ -65,6 +73,54 @@ def health_status(address: str, timeout: float = 1.0) -> int | None:
     return reply.status
 
 
+def exit_reason(code: int | None) -> str:
+    """``signal SIGKILL`` or ``code 1``, from a Popen return code."""
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"code {code}"
+
+
+@dataclass
+class Backoff:
+    """CrashLoopBackOff for one child, as pure arithmetic: the wait before the next restart
+    is ``first`` s, doubling with each crash in a row up to ``cap``; a run that lasted
+    ``reset_after`` s or more ends the streak."""
+
+    first: float = 0.2
+    cap: float = 10.0
+    reset_after: float = 30.0
+    streak: int = 0  # crashes in a row
+
+    def next_delay(self, ran_for: float) -> float:
+        """The wait before restarting a child that just exited after ``ran_for`` s."""
+        if ran_for >= self.reset_after:
+            self.streak = 0
+        self.streak += 1
+        return min(self.cap, self.first * 2.0 ** min(self.streak - 1, 64))
+
+
+@dataclass
+class _Watch:
+    """The supervision thread's view of one child."""
+
+    backoff: Backoff
+    launched: float  # monotonic time the current process started (or was last seen held)
+    down_since: float | None = None  # when its exit was noticed; None once serving again
+    restart_at: float | None = None  # when the pending restart is due
+
+
+def _serving(address: str | None) -> bool:
+    return (
+        address is not None
+        and health_status(address, timeout=0.5) == health_pb2.HealthCheckResponse.SERVING
+    )
+
+
 @dataclass
 class Child:
     name: str  # e.g. "worker-0", "shard-1-0", "frontend"
@@ -75,6 +131,8 @@ class Child:
     exit_code: int | None = None
     killed: bool = False  # needed SIGKILL
     env: dict = field(default_factory=dict)  # set on top of the launcher's environment
+    restarts: int = 0  # by the supervision thread, after the child exited on its own
+    held: bool = False  # down on purpose (a fault's kill): not the supervisor's to restart
 
     @property
     def pid(self) -> int:
@@ -104,6 +162,10 @@ class Supervisor:
     say: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr))
     cli: tuple[str, ...] = (sys.executable, "-m", "deeprec.cli")  # how to run `deeprec`
     children: list[Child] = field(default_factory=list)
+    # Serializes the supervision thread's restarts with kill/restart/stop from other threads.
+    _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False)
+    _halt: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    _watcher: threading.Thread | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         self.log_dir = Path(self.log_dir or tempfile.mkdtemp(prefix="deeprec-"))
@@ -116,22 +178,33 @@ class Supervisor:
         return child
 
     def kill(self, child: Child) -> None:
-        """SIGKILL, as a crash would: no graceful shutdown."""
-        self._signal(child, signal.SIGKILL)
-        child.exit_code = child.process.wait()
-        child.killed = True
+        """SIGKILL, as a crash would: no graceful shutdown. The child stays down (the
+        supervision thread leaves it alone) until ``restart``."""
+        with self._lock:
+            child.held = True
+            self._signal(child, signal.SIGKILL)
+            child.exit_code = child.process.wait()
+            child.killed = True
 
     def restart(self, child: Child, timeout: float) -> None:
         """Start a stopped child again on the same address (callers keep their channels)."""
-        if child.alive():
-            raise LaunchError(f"{child.name} is still running")
+        with self._lock:
+            if child.alive():
+                raise LaunchError(f"{child.name} is still running")
+            child.held = True  # ours until it is SERVING (or failed to start)
+            self._relaunch(child)
+        try:
+            self.wait_healthy([child], timeout)
+        finally:
+            child.held = False  # from now on, supervised like any other child
+
+    def _relaunch(self, child: Child) -> None:
         if child.address is not None:
             port = child.address.rsplit(":", 1)[1]
             i = child.argv.index("--port")
             child.argv[i + 1] = port
         child.exit_code, child.killed = None, False
         self._launch(child, "ab")
-        self.wait_healthy([child], timeout)
 
     def _launch(self, child: Child, mode: str) -> None:
         guard = [sys.executable, "-m", "deeprec.launcher.orphan_guard", str(os.getpid())]
@@ -174,12 +247,85 @@ class Supervisor:
                     break
                 time.sleep(0.1)
 
-    def dead(self) -> list[Child]:
-        return [c for c in self.children if c.process and not c.alive()]
+    # -- supervision --------------------------------------------------------------------------
+
+    def supervise(
+        self, backoff: Callable[[], Backoff] = Backoff, every: float = SUPERVISE_EVERY
+    ) -> None:
+        """From now until ``stop`` (or ``stop_requested``), restart any child that exits on
+        its own, on its address, after its ``Backoff`` delay. Children a fault ``kill``ed
+        are left to the fault's ``restart``."""
+        if self._watcher is not None:
+            raise RuntimeError("already supervising")
+        self._halt.clear()
+        self._watcher = threading.Thread(
+            target=self._watch, args=(backoff, every), name="deeprec-supervise", daemon=True
+        )
+        self._watcher.start()
+
+    @property
+    def supervising(self) -> bool:
+        return self._watcher is not None and self._watcher.is_alive()
+
+    def _watch(self, backoff: Callable[[], Backoff], every: float) -> None:
+        states: dict[str, _Watch] = {}
+        while not self._halt.wait(every):
+            if self.stop_requested is not None and self.stop_requested.is_set():
+                continue  # a stop is coming: a child that exits now stays down
+            for child in list(self.children):
+                with self._lock:
+                    if self._halt.is_set():
+                        return
+                    now = time.monotonic()
+                    state = states.setdefault(child.name, _Watch(backoff(), now))
+                    probe = self._tend(child, state, now)
+                    process = child.process
+                # A restarted child counts as back when health says SERVING (probed
+                # outside the lock: a fault's kill must not wait for it).
+                if probe and _serving(child.address):
+                    with self._lock:
+                        if child.process is process and state.down_since is not None:
+                            down = time.monotonic() - state.down_since
+                            state.down_since = None
+                            self.say(f"{child.name} is serving again after {down:.1f} s")
+
+    def _tend(self, child: Child, state: _Watch, now: float) -> bool:
+        """One look at one child (under the lock). True: it was restarted and is running
+        but not yet known to be SERVING again."""
+        if child.held or child.process is None:
+            state.launched, state.down_since, state.restart_at = now, None, None
+            return False
+        if child.alive():
+            return state.down_since is not None
+        if state.restart_at is None:  # an exit not seen before (maybe while restarting)
+            child.exit_code = child.process.returncode
+            delay = state.backoff.next_delay(now - state.launched)
+            state.restart_at = now + delay
+            if state.down_since is None:
+                state.down_since = now
+            self.say(
+                f"{child.name} exited ({exit_reason(child.exit_code)}); restart "
+                f"#{child.restarts + 1} in {delay:.1f} s"
+            )
+        elif now >= state.restart_at:
+            self._relaunch(child)
+            child.restarts += 1
+            state.launched, state.restart_at = now, None
+        return False
+
+    def _halt_supervision(self) -> None:
+        self._halt.set()
+        if self._watcher is not None:
+            self._watcher.join()
+            self._watcher = None
+
+    # -- stop ---------------------------------------------------------------------------------
 
     def stop(self, phases: list[Callable[[Child], bool]] = ()) -> dict[str, int]:
         """Stop children phase by phase (each phase a predicate on the child), whatever is
-        left last. SIGTERM, wait ``grace`` s, then SIGKILL. Returns each exit code."""
+        left last. SIGTERM, wait ``grace`` s, then SIGKILL. Returns each exit code.
+        Supervision ends first: nothing stopped here is restarted."""
+        self._halt_supervision()
         remaining = list(self.children)
         for phase in [*phases, lambda child: True]:
             now = [c for c in remaining if phase(c)]

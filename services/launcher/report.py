@@ -47,6 +47,12 @@ def load_report(result: LoadResult) -> list[str]:
     return lines
 
 
+def restarts_text(restarts: dict[str, int]) -> str:
+    """``restarted frontend 1 time, worker-0 2 times``; "" when nothing was restarted."""
+    parts = [f"{name} {n} time{'s' if n != 1 else ''}" for name, n in sorted(restarts.items()) if n]
+    return f"restarted {', '.join(parts)}" if parts else ""
+
+
 SERVING_HEADER = (
     f"{'rate':>6} {'achieved':>9} {'items/s':>9} {'vs ORT':>7} {'p50 ms':>8} {'p95 ms':>8} "
     f"{'p99 ms':>8} {'errors':>6} {'late':>5}"
