@@ -82,20 +82,61 @@ def test_policy_table_keeps_the_newest_version():
 
 def test_admission_refuses_what_cannot_meet_its_deadline():
     from deeprec.common.errors import ResourceExhausted
-    from deeprec.frontend.admission import Admission
+    from deeprec.frontend.admission import HEADROOM, Admission
 
+    assert HEADROOM == 0.9  # the figures below assume it
     admission = Admission(max_items_in_flight=1000)
     admission.admit("cpu", 200, workers=2, deadline_ms=50)  # no cost measured yet: admit
     admission.observe("cpu", 100, service_ms=10.0)  # 0.1 ms per item
     assert admission.predicted_wait_ms("cpu", workers=2) == pytest.approx(10.0)
-    admission.admit("cpu", 300, workers=2, deadline_ms=30)  # waits ~10 ms: fine
+    admission.admit("cpu", 300, workers=2, deadline_ms=30)  # 10 ms wait + 15 ms <= 27 ms
     # 500 items ahead * 0.1 ms / 2 workers = 25 ms of waiting
     with pytest.raises(ResourceExhausted, match=r"predicted wait 25 ms .* deadline of 20 ms"):
         admission.admit("cpu", 10, workers=2, deadline_ms=20)
     with pytest.raises(ResourceExhausted, match=r"wait 25 ms .*\+10 ms to serve"):
-        admission.admit("cpu", 200, workers=2, deadline_ms=30)  # 25 ms wait + 10 ms own
+        admission.admit("cpu", 200, workers=2, deadline_ms=30)  # 35 ms > 90% of 30 ms
     with pytest.raises(ResourceExhausted, match="limit of 1000"):
         admission.admit("cpu", 600, workers=2, deadline_ms=None)
     admission.release("cpu", 300)
     admission.admit("cpu", 10, workers=2, deadline_ms=20)  # room again
     assert admission.pools["cpu"].items_in_flight == 210
+
+
+def test_admission_calibrates_its_prediction_to_the_tail_of_observed_latency():
+    """Workers report only their own run time. Queries that took 1.5x to 3x as long as
+    predicted (frontend and gRPC costs, noise) make the admission predict the tail: 3x."""
+    from deeprec.common.errors import ResourceExhausted
+    from deeprec.frontend.admission import Admission
+
+    admission = Admission(max_items_in_flight=10_000)
+    admission.observe("cpu", 100, service_ms=10.0)  # 0.1 ms per item
+    assert admission.admit("cpu", 100, workers=1, deadline_ms=None) == 0.0  # nothing ahead
+    ratios = np.random.default_rng(0).uniform(1.5, 3.0, 3000)
+    for ratio in ratios:
+        predicted = admission.admit("cpu", 100, workers=1, deadline_ms=None)
+        assert predicted == pytest.approx(20.0)  # 100 ahead + 100 own, 0.1 ms each
+        admission.release("cpu", 100, predicted, observed_ms=ratio * predicted)
+    calibration = admission.pools["cpu"].calibration
+    assert np.quantile(ratios, 0.95) < calibration < 3.0 * 1.1
+    assert admission.predicted_wait_ms("cpu", workers=1) == pytest.approx(10 * calibration)
+    admission.admit("cpu", 10, workers=1, deadline_ms=40)  # ~30 + 3 ms <= 36 ms
+    with pytest.raises(ResourceExhausted):
+        admission.admit("cpu", 100, workers=1, deadline_ms=40)  # ~33 + 30 ms > 36 ms
+    admission.release("cpu", 10, 1.0, observed_ms=None)  # a failed query calibrates nothing
+    assert admission.pools["cpu"].calibration == calibration
+
+
+def test_admission_refuses_a_query_arriving_with_less_time_than_queries_alone_take():
+    from deeprec.common.errors import ResourceExhausted
+    from deeprec.frontend.admission import Admission
+
+    admission = Admission()
+    admission.observe("cpu", 100, service_ms=1.0)  # 0.01 ms per item: items cost ~nothing
+    for latency in np.random.default_rng(1).uniform(10.0, 30.0, 2000):
+        assert admission.admit("cpu", 10, workers=1, deadline_ms=1000) == 0.0  # alone
+        admission.release("cpu", 10, 0.0, observed_ms=latency)
+    assert 25.0 < admission.pools["cpu"].alone_ms < 33.0  # about the p99 of 10..30 ms
+    admission.admit("cpu", 10, workers=1, deadline_ms=40)  # 90% of 40 ms covers it
+    admission.release("cpu", 10)
+    with pytest.raises(ResourceExhausted, match="deadline of 20 ms"):
+        admission.admit("cpu", 10, workers=1, deadline_ms=20)  # arrived with 20 ms left

@@ -94,13 +94,15 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         batch_size = 0 if path == "gpu" else policy.batch_size
         parts = split(batch, batch_size)
         pool = self.pools[path]
-        self.admission.admit(path, batch.n, len(pool.balancer), deadline_ms)
+        predicted_ms = self.admission.admit(path, batch.n, len(pool.balancer), deadline_ms)
+        observed_ms = None
         try:
             results = await _all_or_nothing(
                 [self._predict(pool, part, timeout, batch_size) for part in parts]
             )
+            observed_ms = (time.perf_counter() - received) * 1e3
         finally:
-            self.admission.release(path, batch.n)
+            self.admission.release(path, batch.n, predicted_ms, observed_ms)
         scores = np.concatenate([s for s, _ in results]) if len(results) > 1 else results[0][0]
         response = recommender_pb2.RecommendResponse()
         encode(scores, response.scores)

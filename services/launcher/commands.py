@@ -741,8 +741,8 @@ def add_bench_parser(bench) -> None:
     p.add_argument(
         "--rates",
         type=_rates,
-        default=[40.0, 80.0, 160.0],
-        help="queries/s, comma-separated (default 40,80,160: about half, once "
+        default=[80.0, 160.0, 320.0],
+        help="queries/s, comma-separated (default 80,160,320: about half, once "
         "and twice what the small RMC1 model serves on 2 cores)",
     )
     p.add_argument("--deadline-ms", type=_positive, default=250.0, help="each query's deadline")
