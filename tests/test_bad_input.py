@@ -273,3 +273,106 @@ def test_a_worker_gives_memory_back_after_a_huge_valid_request(tiny_zoo):
         assert grown < 64, f"resident memory stayed {grown:.0f} MB above its baseline"
     finally:
         assert worker.terminate() == 0
+
+
+# -- the scheduler: OTLP intake and policy RPCs ---------------------------------------------
+
+
+def _latency_metric(model, version=1, scale=3, offset=10, counts=(1, 2, 3), path="cpu"):
+    from opentelemetry.proto.metrics.v1 import metrics_pb2
+
+    from deeprec.common import metric_names
+
+    metric = metrics_pb2.Metric(name=metric_names.QUERY_LATENCY)
+    point = metric.exponential_histogram.data_points.add(
+        scale=scale, count=sum(counts), sum=float(sum(counts)) * 20.0
+    )
+    point.positive.offset = offset
+    point.positive.bucket_counts.extend(counts)
+    for key, value in (("model", model), ("policy_version", version), ("path", path)):
+        attribute = point.attributes.add(key=key)
+        if isinstance(value, str):
+            attribute.value.string_value = value
+        elif isinstance(value, float):
+            attribute.value.double_value = value
+        else:
+            attribute.value.int_value = value
+    return metric
+
+
+def _export(*metrics):
+    from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+
+    request = metrics_service_pb2.ExportMetricsServiceRequest()
+    scope = request.resource_metrics.add().scope_metrics.add()
+    scope.metrics.extend(metrics)
+    return request
+
+
+@pytest.fixture()
+def scheduler():
+    from servers import Loop
+
+    from deeprec.scheduler.core import SchedulerConfig
+    from deeprec.scheduler.main import Scheduler
+
+    loop = Loop()
+    running = Scheduler(SchedulerConfig())
+    port = loop.run(running.start("127.0.0.1", 0))
+    yield running, f"127.0.0.1:{port}"
+    loop.run(running.stop(0))
+    loop.close()
+
+
+def test_otlp_intake_rejects_bad_points_alone_and_uses_the_rest(scheduler):
+    from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
+
+    running, address = scheduler
+    bad = [
+        _latency_metric("m", scale=-10, offset=2**30),  # quantiles would overflow a float
+        _latency_metric("m", scale=2**31 - 1),
+        _latency_metric("m", version=float("inf")),
+        _latency_metric("m", version="not a number"),
+        _latency_metric("m", path="tpu"),
+        _latency_metric("x" * 100_000),
+        _latency_metric("m", counts=[1] * 20_000),
+    ]
+    with grpc.insecure_channel(address) as channel:
+        stub = metrics_service_pb2_grpc.MetricsServiceStub(channel)
+        reply = stub.Export(_export(*bad, _latency_metric("good")), timeout=10)
+        assert reply.partial_success.rejected_data_points == len(bad)
+        assert "beyond 2^±64" in reply.partial_success.error_message  # the first one
+        assert running.core.window.models() == {"good"}
+        # One model more than the scheduler tracks is refused; known ones still flow.
+        many = [_latency_metric(f"model-{i}") for i in range(80)]
+        reply = stub.Export(_export(*many), timeout=10)
+        assert reply.partial_success.rejected_data_points == 80 - 63
+        assert len(running.core.window.models()) == 64
+    # The control loop adopts a policy for every tracked model, and only for those.
+    adopted = {p.model for p in running.core.tick(time.monotonic())}
+    assert adopted == running.core.window.models()
+
+
+def test_set_policy_bounds_names_values_and_models(scheduler):
+    from deeprec.v1 import scheduler_pb2, scheduler_pb2_grpc
+
+    _, address = scheduler
+    with grpc.insecure_channel(address) as channel:
+        stub = scheduler_pb2_grpc.SchedulerStub(channel)
+
+        def set_policy(model, b=64, t=0):
+            policy = scheduler_pb2.Policy(model=model, batch_size=b, offload_threshold=t)
+            return stub.SetPolicy(scheduler_pb2.SetPolicyRequest(policy=policy), timeout=10)
+
+        for model, b, t in (("m" * 1000, 64, 0), ("m", 2**63 - 1, 0), ("m", 0, -(2**63))):
+            code, details = _code(lambda m=model, b=b, t=t: set_policy(m, b, t))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and len(details) < 300
+        for i in range(64):
+            assert set_policy(f"model-{i}").version >= 1
+        code, details = _code(lambda: set_policy("one-more"))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "64 models" in details
+        assert set_policy("model-3", b=128).batch_size == 128  # known models still change
+        code, details = _code(
+            lambda: stub.GetPolicy(scheduler_pb2.GetPolicyRequest(model="y" * 10**6), timeout=10)
+        )
+        assert code == grpc.StatusCode.NOT_FOUND and len(details) <= 1024

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 
 from deeprec.common.policy import Policy
 
-from .ingest import ingest
+from .ingest import IngestResult, ingest
 from .tuner import Tuner, TunerConfig
 from .window import MetricsWindow
 
@@ -45,7 +45,7 @@ class SchedulerCore:
 
     # -- inputs -------------------------------------------------------------------------------
 
-    def ingest(self, request, now: float) -> int:
+    def ingest(self, request, now: float) -> IngestResult:
         return ingest(request, self.window, now)
 
     def set_policy(

@@ -9,11 +9,15 @@ import time
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 
 from deeprec.common.auth import check_admin
-from deeprec.common.errors import InvalidArgument, NotFound, grpc_errors
+from deeprec.common.errors import InvalidArgument, NotFound, ResourceExhausted, grpc_errors
 from deeprec.common.policy import to_proto
+from deeprec.common.quote import quote
 from deeprec.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 from .core import SchedulerCore
+from .ingest import MAX_MODELS, MODEL_CHARS
+
+POLICY_MAX = 2**31 - 1  # B and T: items; no query comes near
 
 log = logging.getLogger("deeprec")
 
@@ -57,7 +61,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     async def GetPolicy(self, request, context):
         if request.model not in self.core.policies:
             known = ", ".join(sorted(self.core.policies)) or "none yet"
-            raise NotFound(f"no policy for model {request.model!r} (known: {known})")
+            raise NotFound(f"no policy for model {quote(request.model)} (known: {known})")
         return to_proto(self.core.policies[request.model])
 
     @grpc_errors
@@ -66,8 +70,18 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         p = request.policy
         if not p.model:
             raise InvalidArgument("policy.model is required")
-        if p.batch_size < 0 or p.offload_threshold < 0:
-            raise InvalidArgument("policy.batch_size and policy.offload_threshold must be >= 0")
+        if len(p.model) > MODEL_CHARS:
+            raise InvalidArgument(f"policy.model is longer than {MODEL_CHARS} characters")
+        for field in ("batch_size", "offload_threshold"):
+            if not 0 <= getattr(p, field) <= POLICY_MAX:
+                raise InvalidArgument(
+                    f"policy.{field} {getattr(p, field)} is outside 0..{POLICY_MAX}"
+                )
+        if p.model not in self.core.policies and len(self.core.policies) >= MAX_MODELS:
+            raise ResourceExhausted(
+                f"the scheduler already keeps policies for {MAX_MODELS} models; "
+                f"{quote(p.model)} would be one more"
+            )
         policy = self.core.set_policy(
             p.model, p.batch_size, p.offload_threshold, request.pin, time.monotonic()
         )
@@ -90,8 +104,12 @@ class MetricsReceiver(metrics_service_pb2_grpc.MetricsServiceServicer):
         self.core = core
 
     async def Export(self, request, context):
-        self.core.ingest(request, time.monotonic())
-        return metrics_service_pb2.ExportMetricsServiceResponse()
+        result = self.core.ingest(request, time.monotonic())
+        response = metrics_service_pb2.ExportMetricsServiceResponse()
+        if result.rejected:  # OTLP partial success: the rest of the export was used
+            response.partial_success.rejected_data_points = result.rejected
+            response.partial_success.error_message = result.error
+        return response
 
 
 async def control_loop(core: SchedulerCore, broadcaster: Broadcaster, interval: float) -> None:
