@@ -49,7 +49,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     async def WatchPolicies(self, request, context):
         queue: asyncio.Queue = asyncio.Queue()
         self.broadcaster.queues.add(queue)
-        log.info("frontend %s watches policies", request.frontend or context.peer())
+        who = quote(request.frontend) if request.frontend else context.peer()
+        log.info("frontend %s watches policies", who)
         try:
             yield policy_set(self.core.policies.values())
             while True:
