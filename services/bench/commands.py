@@ -40,6 +40,13 @@ def peers(args) -> int:
         return run_peers(args, stop, say)
 
 
+def fuzz(args) -> int:
+    from .fuzz import run_fuzz
+
+    with stop_on_signals() as stop:
+        return run_fuzz(args, stop, say)
+
+
 def _positive(text: str) -> float:
     try:
         value = float(text)
@@ -152,6 +159,7 @@ def add_bench_parser(bench) -> None:
     _triton(p)
     p.set_defaults(func=peers)
     _bench_cost(bench)
+    _bench_fuzz(bench)
 
 
 def _triton(p) -> None:
@@ -192,3 +200,42 @@ def _bench_cost(bench) -> None:
     p.add_argument("--json", help="result file (default results/bench-cost-NAME-SIZE.json)")
     _triton(p)
     p.set_defaults(func=cost)
+
+
+def _bench_fuzz(bench) -> None:
+    p = bench.add_parser(
+        "fuzz",
+        help="malformed requests to every RPC of live clusters: clear statuses, no crashes",
+        description="Start a single-server cluster (scheduler, 2 workers, frontend) and a "
+        "sharded one (2 shards, a worker, a frontend), send N seeded requests to every RPC "
+        "(good, extreme values, mutated bytes, crafted wire, random bytes), check every "
+        "status, every process and good queries against the reference model. Exit code 1 "
+        "on any UNKNOWN/INTERNAL, transport error, empty or over-long message, invalid "
+        "request answered OK, dead process or wrong good answer.",
+    )
+    p.add_argument("--requests", type=int, default=200, help="requests per RPC (default 200)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--model",
+        default=zoo.DEFAULT_MODEL,
+        help=f"zoo model ({', '.join(zoo.MODEL_NAMES)}) or artifact directory",
+    )
+    p.add_argument("--size", choices=zoo.SIZES, default="tiny", help="zoo model size")
+    p.add_argument("--artifacts", default=DEFAULT_ARTIFACTS, help="where zoo models are built")
+    p.add_argument("--out", "--json", dest="out", default="results/fuzz.json", help="report")
+    p.add_argument("--timeout", type=_positive, default=5.0, help="seconds per request")
+    p.add_argument(
+        "--rpcs",
+        help="only targets whose name contains one of these (comma-separated), e.g. "
+        "Lookup,single/scheduler",
+    )
+    p.add_argument(
+        "--max-restarts",
+        type=int,
+        default=3,
+        help="restarts of one process that died before the campaign gives up",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--log-dir", help="servers' logs (default: temporary directories)")
+    p.add_argument("--startup-timeout", type=float, default=120.0)
+    p.set_defaults(func=fuzz)

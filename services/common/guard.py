@@ -29,10 +29,20 @@ class Undecodable:
         self.message = bounded(f"the request is not a valid {method} message: {reason}", 256)
 
 
+# Reflection echoes each request back inside its answer, one level deeper: unknown
+# fields nested to just under protobuf's limit would make an answer no client can parse.
+ECHOING = ("/grpc.reflection.",)
+
+
 def _safe_deserializer(deserialize, method: str):
+    echoes = method.startswith(ECHOING)
+
     def parse(data: bytes):
         try:
-            return deserialize(data)
+            message = deserialize(data)
+            if echoes:
+                message.DiscardUnknownFields()
+            return message
         except Exception as err:  # DecodeError, RecursionError, UnicodeDecodeError, ...
             return Undecodable(method, err)
 

@@ -22,6 +22,10 @@ SCALES = range(-10, 21)  # OpenTelemetry's exponential histogram scales
 MAX_BUCKETS = 1 << 14  # an SDK's histogram has at most 160 by default
 VALUE_RANGE_LOG2 = 64  # buckets must lie within 2^-64 .. 2^64 (ms): quantiles stay finite
 PATHS = ("cpu", "gpu")
+POLICY_MAX = 2**31 - 1  # B and T are items: no query comes near
+# A policy version counts changes; bounded far below int64 so that adding to one a
+# frontend reports can never overflow (an int64-max version poisoned every policy RPC).
+VERSION_MAX = 2**53
 
 
 class BadPoint(ValueError):
@@ -98,10 +102,10 @@ def _path(attributes: dict) -> str:
     return path
 
 
-def _gauge_whole(point) -> int:
+def _gauge_whole(point, most: int = 2**63 - 1) -> int:
     value = _gauge_value(point)
-    if not math.isfinite(value) or not 0 <= value < 2**63:
-        raise BadPoint(f"gauge value {value} is out of range")
+    if not math.isfinite(value) or not 0 <= value <= most:
+        raise BadPoint(f"gauge value {value} is outside 0..{most}")
     return int(value)
 
 
@@ -182,12 +186,13 @@ def _uses(metric, window: MetricsWindow, now: float, gauges: dict, models: set[s
     def workers(point):
         a = _attributes(point)
         model = _model(a, models)
-        window.workers[model, _path(a)] = _gauge_whole(point)
+        window.workers[model, _path(a)] = _gauge_whole(point, POLICY_MAX)
         return True
 
     def policy(point):
         model = _model(_attributes(point), models)
-        gauges.setdefault(model, {})[name] = _gauge_whole(point)
+        most = VERSION_MAX if name == names.POLICY_VERSION else POLICY_MAX
+        gauges.setdefault(model, {})[name] = _gauge_whole(point, most)
         models.add(model)
         return True
 

@@ -15,9 +15,7 @@ from deeprec.common.quote import quote
 from deeprec.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 from .core import SchedulerCore
-from .ingest import MAX_MODELS, MODEL_CHARS
-
-POLICY_MAX = 2**31 - 1  # B and T: items; no query comes near
+from .ingest import MAX_MODELS, MODEL_CHARS, POLICY_MAX
 
 log = logging.getLogger("deeprec")
 
