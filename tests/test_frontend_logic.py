@@ -127,7 +127,7 @@ def test_admission_calibrates_its_prediction_to_the_tail_of_observed_latency():
 
 
 def test_admission_refuses_a_query_arriving_with_less_time_than_queries_alone_take():
-    from deeprec.common.errors import ResourceExhausted
+    from deeprec.common.errors import DeadlineExceeded
     from deeprec.frontend.admission import Admission
 
     admission = Admission()
@@ -138,5 +138,5 @@ def test_admission_refuses_a_query_arriving_with_less_time_than_queries_alone_ta
     assert 25.0 < admission.pools["cpu"].alone_ms < 33.0  # about the p99 of 10..30 ms
     admission.admit("cpu", 10, workers=1, deadline_ms=40)  # 90% of 40 ms covers it
     admission.release("cpu", 10)
-    with pytest.raises(ResourceExhausted, match="deadline of 20 ms"):
+    with pytest.raises(DeadlineExceeded, match="20 ms left for a query that takes about"):
         admission.admit("cpu", 10, workers=1, deadline_ms=20)  # arrived with 20 ms left

@@ -9,9 +9,9 @@ predicted latency of recent queries that had to wait. Workers report only their 
 Runtime time; the calibration adds everything else a query costs on this host (the
 frontend's own decode, split and merge, gRPC both ways, CPU shared with the workers) and
 the spread around the prediction, so admitted queries meet their deadlines at twice
-capacity. A query that reaches the frontend with less time left than its own items
-need (or, with nothing ahead of it, than the p99 latency of such queries) is refused
-too. Until a first sub-batch has been measured, everything is admitted.
+capacity. A query that arrives with nothing ahead of it but less time left than such
+queries take (their running p99) is refused with DEADLINE_EXCEEDED: its deadline, not
+the load, is the problem. Until a first sub-batch has been measured, all is admitted.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from deeprec.common.errors import ResourceExhausted
+from deeprec.common.errors import DeadlineExceeded, ResourceExhausted
 
 SMOOTHING = 0.1  # weight of each new sample in the per-item cost average
 # The calibration tracks this quantile of observed/predicted ratios (stochastic quantile
@@ -82,6 +82,11 @@ class Admission:
         own = own_items * pool.ms_per_item * pool.calibration / max(workers, 1)
         if wait <= 0:  # alone: a query's fixed costs matter more than its items
             own = max(own, pool.alone_ms)
+            if own > budget * HEADROOM:  # not overload: this deadline is too short
+                raise DeadlineExceeded(
+                    f"{budget:.0f} ms left for a query that takes about {own:.0f} ms with "
+                    "nothing ahead of it; not started"
+                )
         if wait + own > budget * HEADROOM:
             raise ResourceExhausted(
                 f"overloaded: predicted wait {wait:.0f} ms on the {path} pool (+{own:.0f} ms "
