@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Regenerate the committed gRPC stubs in services/v1/ from protos/deeprec/v1/*.proto.
+"""Regenerate the committed gRPC stubs in src/deeprec/v1/ from protos/deeprec/v1/*.proto.
 
-    python scripts/gen_protos.py            # rewrite services/v1/
+    python scripts/gen_protos.py            # rewrite src/deeprec/v1/
     python scripts/gen_protos.py --check    # exit 1 if the committed stubs are stale
 
 Stubs are generated with grpcio-tools (a dev dependency) so that the protoc and the gRPC
@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
-STUBS = ROOT / "services" / "v1"
+STUBS = ROOT / "src" / "deeprec" / "v1"
 HEADER = '"""Generated from protos/deeprec/v1 by scripts/gen_protos.py. Do not edit."""\n'
 
 
@@ -51,7 +51,7 @@ def snapshot(directory: Path) -> dict[str, bytes]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="fail if services/v1 is stale")
+    parser.add_argument("--check", action="store_true", help="fail if src/deeprec/v1 is stale")
     args = parser.parse_args()
     if not args.check:
         shutil.rmtree(STUBS, ignore_errors=True)
@@ -64,11 +64,11 @@ def main() -> int:
     stale = sorted(n for n in fresh.keys() | committed.keys() if fresh.get(n) != committed.get(n))
     if stale:
         print(
-            f"stale stubs in services/v1: {', '.join(stale)}; run scripts/gen_protos.py",
+            f"stale stubs in src/deeprec/v1: {', '.join(stale)}; run scripts/gen_protos.py",
             file=sys.stderr,
         )
         return 1
-    print("services/v1 stubs are up to date")
+    print("src/deeprec/v1 stubs are up to date")
     return 0
 
 

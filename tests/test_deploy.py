@@ -39,6 +39,7 @@ from packaging.requirements import Requirement
 from servers import InProcessCluster, Loop, request_for
 
 from deeprec import cli
+from deeprec.cli.sharding import ROW_DTYPE_FLAGS
 from deeprec.common import telemetry
 from deeprec.common.config import ENV
 from deeprec.common.server import Server
@@ -48,7 +49,6 @@ from deeprec.models import zoo
 from deeprec.models.inputs import random_inputs
 from deeprec.scheduler import main as scheduler_main
 from deeprec.shard import main as shard_main
-from deeprec.sharding.commands import ROW_DTYPE_FLAGS
 from deeprec.sharding.planner import make_plan
 from deeprec.sharding.strategies import STRATEGIES
 
@@ -373,8 +373,8 @@ def test_every_deeprec_container_starts_where_the_chart_expects(rendered, compos
 
 
 def read_in_common() -> set[str]:
-    """DEEPREC_* variables read by services/common: every service reads them."""
-    source = "".join(p.read_text() for p in (ROOT / "services" / "common").glob("*.py"))
+    """DEEPREC_* variables read by deeprec.common: every service reads them."""
+    source = "".join(p.read_text() for p in (ROOT / "src" / "deeprec" / "common").glob("*.py"))
     return set(re.findall(r'env\("(DEEPREC_[A-Z_]+)"', source)) - {"DEEPREC_HOST", "DEEPREC_PORT"}
 
 
@@ -383,7 +383,7 @@ SENTINELS = {"DEEPREC_DEVICE": "gpu", "DEEPREC_ALLOW_CPU_FALLBACK": "true"}
 
 def test_every_env_var_the_chart_sets_is_in_the_contract_and_read(rendered, compose_like):
     everywhere = read_in_common()
-    assert everywhere, "services/common reads DEEPREC_LOG_LEVEL and friends"
+    assert everywhere, "deeprec.common reads DEEPREC_LOG_LEVEL and friends"
     for manifests in [*rendered.values(), compose_like]:
         text = json.dumps(manifests)
         unknown = set(re.findall(r"DEEPREC_[A-Z0-9_]+", text)) - set(ENV)
@@ -986,7 +986,7 @@ def test_the_compose_health_check_asks_grpc_health():
 
 # -- the dashboard queries what the services export ----------------------------------------------
 
-# Metrics the dashboard shows before a service emits them: services/inference/sharded.py
+# Metrics the dashboard shows before a service emits them: src/deeprec/inference/sharded.py
 # records no per-shard latency yet. Remove an entry once its metric is emitted (the strict
 # xfail below then starts failing as a reminder).
 PENDING: dict[str, set[str]] = {}

@@ -7,9 +7,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from deeprec.bench.simulator import ServerModel, simulate
 from deeprec.common.policy import Policy
 from deeprec.scheduler.histogram import ExpHistogram, bucket_index, merge
-from deeprec.scheduler.simulator import ServerModel, simulate
 from deeprec.scheduler.tuner import Observation, ServiceModel, Tuner, TunerConfig
 
 

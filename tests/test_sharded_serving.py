@@ -22,11 +22,11 @@ from deeprec.inference.sharded import (
     open_sharded_session,
 )
 from deeprec.launcher.processes import Supervisor
+from deeprec.launcher.shards import plan_shards, start_shards, worker_flags
 from deeprec.models import reference
 from deeprec.models.inputs import random_inputs
 from deeprec.models.runtime import open_session
 from deeprec.shard import main as shard_main
-from deeprec.shard.launch import plan_shards, start_shards, worker_flags
 from deeprec.sharding.planner import make_plan
 from deeprec.sharding.profile import count
 from deeprec.sharding.strategies import STRATEGIES

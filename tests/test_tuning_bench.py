@@ -12,9 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from deeprec.models import zoo
-from deeprec.models.artifact import write_artifact
-from deeprec.scheduler.bench import (
+from deeprec.bench.tuning import (
     p95_ms,
     policy_settle_time,
     reaction_time,
@@ -22,6 +20,8 @@ from deeprec.scheduler.bench import (
     step_arrivals,
     windows,
 )
+from deeprec.models import zoo
+from deeprec.models.artifact import write_artifact
 from deeprec.workload.openloop import run_open_loop
 
 

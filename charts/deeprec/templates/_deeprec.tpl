@@ -1,12 +1,12 @@
 {{/*
 What deeprec's own containers share: their environment (the DEEPREC_* contract of
-services/common/config.py plus the standard OTEL_* variables), the model volume and the
+src/deeprec/common/config.py plus the standard OTEL_* variables), the model volume and the
 init containers that fill it. Each env helper prints a YAML mapping; callers merge them
 with fromYaml.
 */}}
 
-{{/* Read by every service (services/common/server.py; the request limits of
-     services/common/limits.py by the frontend, workers and shards). */}}
+{{/* Read by every service (src/deeprec/common/server.py; the request limits of
+     src/deeprec/common/limits.py by the frontend, workers and shards). */}}
 {{- define "deeprec.env.common" -}}
 DEEPREC_LOG_LEVEL: {{ .Values.logLevel | quote }}
 DEEPREC_MAX_MESSAGE_MB: {{ .Values.maxMessageMB | quote }}
@@ -16,7 +16,7 @@ DEEPREC_MAX_IDS_PER_ITEM: {{ .Values.limits.maxIdsPerItem | quote }}
 {{- end -}}
 
 {{/*
-Telemetry (services/common/telemetry.py): per-signal endpoints, so each signal can be off
+Telemetry (src/deeprec/common/telemetry.py): per-signal endpoints, so each signal can be off
 on its own. Metrics go to the Collector, or straight to the scheduler's OTLP endpoint when
 the chart runs no Collector; traces only through the Collector.
 */}}

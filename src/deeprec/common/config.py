@@ -59,7 +59,7 @@ ENV: dict[str, str] = {
 def env(name: str, default, kind=str):
     """``name`` from the environment converted by ``kind``, else ``default``."""
     if name not in ENV:
-        raise KeyError(f"{name} is not in the DEEPREC_* contract (services/common/config.py)")
+        raise KeyError(f"{name} is not in the DEEPREC_* contract (deeprec/common/config.py)")
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .plan import ROW_DTYPES, PlanError, parse_bytes, summary
-from .planner import make_plan
-from .profile import DEFAULT_TOP, load_profile, synthetic
-from .strategies import STRATEGIES
+from deeprec.sharding.plan import ROW_DTYPES, PlanError, parse_bytes, summary
+from deeprec.sharding.planner import make_plan
+from deeprec.sharding.profile import DEFAULT_TOP, load_profile
+from deeprec.sharding.strategies import STRATEGIES
+from deeprec.workload.profiles import synthetic
 
 ROW_DTYPE_FLAGS = {"fp32": "float32", "fp16": "float16"}
 

@@ -5,23 +5,24 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .bench import commands as bench_commands
-from .launcher import commands as launcher_commands
-from .models import commands as model_commands
-from .models.artifact import ArtifactError
-from .models.runtime import ProviderUnavailable
-from .scheduler import bench as scheduler_bench
-from .scheduler import commands as policy_commands
-from .shard import bench as shard_bench
-from .sharding import commands as sharding_commands
-from .sharding.plan import PlanError
+from deeprec.bench import commands as bench_commands
+from deeprec.bench import sharding as shard_bench
+from deeprec.bench import tuning as scheduler_bench
+from deeprec.launcher import commands as launcher_commands
+from deeprec.models.artifact import ArtifactError
+from deeprec.models.runtime import ProviderUnavailable
+from deeprec.sharding.plan import PlanError
+
+from . import models as model_commands
+from . import policy as policy_commands
+from . import sharding as sharding_commands
 
 
 def _add_serve(sub) -> None:
-    from .frontend import main as frontend
-    from .inference import main as inference
-    from .scheduler import main as scheduler
-    from .shard import main as shard
+    from deeprec.frontend import main as frontend
+    from deeprec.inference import main as inference
+    from deeprec.scheduler import main as scheduler
+    from deeprec.shard import main as shard
 
     serve = sub.add_parser("serve", help="run one service in the foreground")
     services = serve.add_subparsers(dest="service", required=True)
@@ -68,7 +69,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from . import bench, info, zoo
-from .artifact import load_artifact, write_artifact
+from deeprec.models import bench, info, zoo
+from deeprec.models.artifact import load_artifact, write_artifact
 
 
 def _progress_printer(label: str):

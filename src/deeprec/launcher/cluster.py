@@ -205,7 +205,7 @@ class LocalCluster:
 
     def _start_shards(self, model: str, wait: float) -> list[str]:
         """Plan, start every shard replica; the flags that make workers use them."""
-        from deeprec.shard.launch import plan_shards, start_shards, worker_flags
+        from deeprec.launcher.shards import plan_shards, start_shards, worker_flags
 
         plan_path = Path(self.log_dir) / "plan.json"
         plan_shards(

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from deeprec.scheduler.histogram import ExpHistogram
+from deeprec.scheduler.tuner import Observation
 from deeprec.workload.distributions import MLPERF_QUANTILES
-
-from .histogram import ExpHistogram
-from .tuner import Observation
 
 MLPERF_SIZES = MLPERF_QUANTILES  # one definition of the mix, in the workload model
 

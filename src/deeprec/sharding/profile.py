@@ -2,7 +2,7 @@
 
 The load strategy balances by a profile's lookups per item; the worker's static hot-row
 cache keeps a profile's hottest rows. A profile is counted from real inputs, or from
-synthetic traffic drawn like the load generator's (power-law ids, Poisson lookups).
+synthetic traffic (deeprec.workload.profiles).
 """
 
 from __future__ import annotations
@@ -96,27 +96,3 @@ def count(spec, batches: Iterable[dict], top: int = DEFAULT_TOP) -> Profile:
         order = np.lexsort((unique, -counts))[:top]  # most counted first, ties by id
         tables[name] = TableProfile(len(seen) / items, unique[order], counts[order])
     return Profile(spec.name, items, tables)
-
-
-def synthetic(
-    spec,
-    signature,
-    items: int,
-    rng: np.random.Generator,
-    ids: str = "powerlaw",
-    exponent: float | None = None,
-    seed: int = 0,
-    top: int = DEFAULT_TOP,
-) -> Profile:
-    """A profile of ``items`` items drawn like the load generator draws them."""
-    from deeprec.workload.distributions import DEFAULT_EXPONENT
-    from deeprec.workload.queries import make_pool, mean_lookups_of, table_ids
-
-    exponent = DEFAULT_EXPONENT if exponent is None else exponent
-    pool = make_pool(
-        signature, items, rng, mean_lookups_of(spec), table_ids(signature, ids, exponent, seed)
-    )
-    feeds = {}
-    for name in pool.ids:
-        feeds[f"{name}_ids"], feeds[f"{name}_lengths"] = pool.ids[name], pool.lengths[name]
-    return count(spec, [feeds], top)

@@ -28,15 +28,16 @@ from deeprec.common.server import channel as aio_channel
 from deeprec.common.server import sync_channel
 from deeprec.common.tensors import decode
 from deeprec.launcher.processes import Supervisor
+from deeprec.launcher.shards import start_shards, worker_flags
 from deeprec.models import zoo
 from deeprec.models.artifact import MANIFEST, load_artifact, write_artifact
 from deeprec.sharding.plan import PlanError, parse_bytes, summary
 from deeprec.sharding.planner import make_plan
-from deeprec.sharding.profile import synthetic
 from deeprec.sharding.strategies import STRATEGIES
 from deeprec.v1 import inference_pb2, recommender_pb2, shard_pb2, shard_pb2_grpc
 from deeprec.workload.distributions import parse_sizes
 from deeprec.workload.openloop import run_open_loop
+from deeprec.workload.profiles import synthetic
 from deeprec.workload.queries import (
     QueryCycle,
     make_pool,
@@ -45,8 +46,6 @@ from deeprec.workload.queries import (
     prepare_queries,
     table_ids,
 )
-
-from .launch import start_shards, worker_flags
 
 PREDICT = "/deeprec.v1.Inference/Predict"
 INSTALL_HINT = "pip install -e '.[bench]'  (or: pip install 'matplotlib>=3.8,<4')"
