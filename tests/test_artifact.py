@@ -96,6 +96,10 @@ def _unknown_table(m):
     m["features"][1]["table"] = "nope"
 
 
+def _unknown_architecture(m):
+    m["architecture"] = "rnn"
+
+
 def _bad_format(m):
     m["format"] = "something/v9"
 
@@ -104,6 +108,10 @@ BROKEN = {
     "no manifest": (lambda p: (p / "model.json").unlink(), "model.json is missing"),
     "bad json": (lambda p: (p / "model.json").write_text("{nope"), "not valid JSON"),
     "wrong format": (lambda p: _edit_manifest(p, _bad_format), "format 'something/v9'"),
+    "unknown architecture": (
+        lambda p: _edit_manifest(p, _unknown_architecture),
+        "architecture 'rnn' is not one of dlrm, ncf, wnd, mtwnd, din, dien",
+    ),
     "missing table": (lambda p: (p / "tables/t3.bin").unlink(), "table 't3': file"),
     "short table": (
         lambda p: (p / "tables/t1.bin").write_bytes(b"\0" * 100),

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
-from deeprec.models import reference, zoo
+from deeprec.models import arch, info, reference, zoo
+from deeprec.models.graphs import build_graph, table_param
 from deeprec.models.inputs import random_inputs
+from deeprec.models.onnxgraph import FLOAT, make_model
+from deeprec.models.params import param_shapes
 from deeprec.models.runtime import open_session
 from deeprec.models.spec import POOLING_SUM, dense_input_names, input_names
 
@@ -100,3 +104,53 @@ def test_unknown_model_and_size_are_refused():
         zoo.preset("rmc9", "tiny")
     with pytest.raises(ValueError, match="unknown size 'huge'"):
         zoo.preset("rmc1", "huge")
+
+
+def test_registry_covers_every_zoo_model():
+    # Every architecture is used by some model, and every model's is registered.
+    assert {zoo.MODELS[name] for name in zoo.MODEL_NAMES} == set(arch.ARCHITECTURES)
+    assert all(a.name == name for name, a in arch.ARCHITECTURES.items())
+    for name in zoo.MODEL_NAMES:
+        for size in zoo.SIZES:
+            assert zoo.preset(name, size).architecture == zoo.MODELS[name]
+    with pytest.raises(ValueError, match="unknown architecture 'rnn'"):
+        arch.get("rnn")
+
+
+def test_the_preset_table_has_every_model_at_every_size():
+    assert set(zoo.TABLE) == {(name, size) for name in zoo.MODEL_NAMES for size in zoo.SIZES}
+
+
+@pytest.mark.parametrize(("name", "size"), sorted(zoo.TABLE))
+def test_every_preset_entry_builds(name, size):
+    """Spec and both graphs for every table entry, the graphs type-checked against the
+    parameter shapes. Parameters go in as graph inputs (shapes without bytes: paper tables
+    are GBs); tiny_zoo writes, loads and runs the tiny artifacts."""
+    spec = zoo.preset(name, size)
+    shapes = param_shapes(spec) | {table_param(t.name): (t.rows, t.dim) for t in spec.tables}
+    used = {}
+    for whole in (True, False):
+        b = build_graph(spec, whole)
+        used[whole] = set(b.params)
+        for param in sorted(b.params):
+            b.input(param, FLOAT, list(shapes[param]))
+        model = onnx.shape_inference.infer_shapes(
+            make_model(b, [], spec.name), strict_mode=True, data_prop=True
+        )
+        dims = model.graph.output[0].type.tensor_type.shape.dim
+        assert [d.dim_param or d.dim_value for d in dims] == ["N", spec.heads]
+    assert used[True] == set(shapes)
+    assert used[False] == set(param_shapes(spec))
+    assert info.flops_per_item(spec) > 0
+
+
+def test_small_keeps_the_paper_layers_and_lookups():
+    for name in zoo.MODEL_NAMES:
+        paper, small = zoo.preset(name, "paper"), zoo.preset(name, "small")
+        assert (small.config, small.heads, small.dense_features) == (
+            paper.config,
+            paper.heads,
+            paper.dense_features,
+        )
+        assert small.features == paper.features
+        assert [t.dim for t in small.tables] == [t.dim for t in paper.tables]

@@ -22,10 +22,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .architectures import build_graph, init_params, param_shapes
+from .arch import ARCHITECTURES
+from .graphs import build_graph
 from .onnxgraph import make_model
+from .params import init_params, param_shapes
 from .spec import (
-    ARCHITECTURES,
     POOLINGS,
     TABLE_DTYPE,
     FeatureSpec,

@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-ARCHITECTURES = ("dlrm", "ncf", "wnd", "mtwnd", "din", "dien")
-
 # A feature pooled by sum gives one vector per sample; a sequence feature keeps its rows
 # (per-sample variable length) for attention or a GRU in the dense part.
 POOLING_SUM = "sum"
@@ -44,13 +42,13 @@ class FeatureSpec:
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    architecture: str
+    architecture: str  # a name in deeprec.models.arch.ARCHITECTURES
     size: str
     dense_features: int
     tables: tuple[TableSpec, ...]
     features: tuple[FeatureSpec, ...]
     heads: int = 1
-    # Architecture settings: MLP widths and the like (see architectures.py).
+    # Architecture settings: MLP widths and the like (see arch/, one module per family).
     config: dict[str, Any] = field(default_factory=dict)
 
     def table(self, name: str) -> TableSpec:

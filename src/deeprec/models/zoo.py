@@ -1,4 +1,4 @@
-"""The eight DeepRecSys models in three sizes.
+"""The eight DeepRecSys models in three sizes, as one table of spec parameters.
 
 ``paper`` follows the DeepRecSys configurations (DESIGN.md); ``small`` keeps the paper's
 layer widths and lookups per table but shrinks the table rows so the demo model is a few
@@ -8,320 +8,78 @@ for tests while keeping each architecture's shape (table count, layer count, hea
 
 from __future__ import annotations
 
-from .spec import POOLING_SEQUENCE, POOLING_SUM, FeatureSpec, ModelSpec, TableSpec
+from . import arch
+from .spec import ModelSpec
 
 SIZES = ("tiny", "small", "paper")
-MODEL_NAMES = ("rmc1", "rmc2", "rmc3", "ncf", "wnd", "mtwnd", "din", "dien")
 DEFAULT_MODEL = "rmc1"
 
+# Model -> architecture (registry name); MT-WND is Wide & Deep with three heads.
+MODELS = {
+    "rmc1": "dlrm",
+    "rmc2": "dlrm",
+    "rmc3": "dlrm",
+    "ncf": "ncf",
+    "wnd": "wnd",
+    "mtwnd": "mtwnd",
+    "din": "din",
+    "dien": "dien",
+}
+MODEL_NAMES = tuple(MODELS)
 
-def _one_feature_per_table(names: list[str], rows: list[int], dim: int, lookups: float):
-    tables = tuple(TableSpec(n, r, dim) for n, r in zip(names, rows, strict=True))
-    features = tuple(FeatureSpec(n, n, POOLING_SUM, lookups) for n in names)
-    return tables, features
+# The table's columns per architecture: keyword parameters of its make_spec.
+COLUMNS = {
+    "dlrm": ("n_tables", "rows", "dim", "lookups", "bottom", "top"),
+    "ncf": ("user_rows", "item_rows", "dim", "mlp"),
+    "wnd": ("n_tables", "rows", "dim", "dense", "deep", "heads"),
+    "mtwnd": ("n_tables", "rows", "dim", "dense", "deep", "heads"),
+    "din": ("items", "users", "contexts", "dim", "history", "attention", "top"),
+    "dien": ("items", "users", "contexts", "dim", "history", "top"),
+}
 
-
-def _dlrm(name, size, *, n_tables, rows, dim, lookups, bottom, top):
-    tables, features = _one_feature_per_table(
-        [f"t{i}" for i in range(n_tables)], [rows] * n_tables, dim, lookups
-    )
-    if bottom[-1] != dim:
-        raise ValueError("DLRM bottom MLP must end at the embedding dim")
-    return ModelSpec(
-        name=name,
-        architecture="dlrm",
-        size=size,
-        dense_features=bottom[0],
-        tables=tables,
-        features=features,
-        config={"bottom_mlp": list(bottom[1:]), "top_mlp": list(top)},
-    )
-
-
-def _ncf(size, *, user_rows, item_rows, dim, mlp):
-    tables, features = _one_feature_per_table(
-        ["user_mf", "user_mlp", "item_mf", "item_mlp"],
-        [user_rows, user_rows, item_rows, item_rows],
-        dim,
-        1,
-    )
-    return ModelSpec(
-        name="ncf",
-        architecture="ncf",
-        size=size,
-        dense_features=0,
-        tables=tables,
-        features=features,
-        config={"mlp": list(mlp)},
-    )
-
-
-def _wnd(name, size, *, n_tables, rows, dim, dense, deep, heads):
-    tables, features = _one_feature_per_table(
-        [f"t{i}" for i in range(n_tables)], [rows] * n_tables, dim, 1
-    )
-    return ModelSpec(
-        name=name,
-        architecture="mtwnd" if heads > 1 else "wnd",
-        size=size,
-        dense_features=dense,
-        tables=tables,
-        features=features,
-        heads=heads,
-        config={"deep_mlp": list(deep)},
-    )
-
-
-def _behaviour(name, size, *, items, users, contexts, dim, history, attention, top):
-    tables = (
-        TableSpec("items", items, dim),
-        TableSpec("users", users, dim),
-        TableSpec("contexts", contexts, dim),
-    )
-    features = (
-        FeatureSpec("user", "users", POOLING_SUM, 1),
-        FeatureSpec("context", "contexts", POOLING_SUM, 1),
-        FeatureSpec("item", "items", POOLING_SUM, 1),
-        FeatureSpec("history", "items", POOLING_SEQUENCE, history),
-    )
-    config = {"top_mlp": list(top)}
-    if name == "din":
-        config["attention_mlp"] = list(attention)
-    return ModelSpec(
-        name=name,
-        architecture=name,
-        size=size,
-        dense_features=0,
-        tables=tables,
-        features=features,
-        config=config,
-    )
+# fmt: off
+TABLE = {
+    # dlrm: tables, rows each, dim, lookups per table, bottom MLP (dense features .. dim), top
+    ("rmc1", "paper"): (8,  4_000_000, 32, 80,  (128, 64, 32),         (256, 64, 1)),
+    ("rmc1", "small"): (8,    100_000, 32, 80,  (128, 64, 32),         (256, 64, 1)),
+    ("rmc1", "tiny"):  (8,        512,  8, 4,   (16, 12, 8),           (16, 8, 1)),
+    ("rmc2", "paper"): (32,   500_000, 64, 120, (256, 128, 64),        (128, 64, 1)),
+    ("rmc2", "small"): (32,    20_000, 64, 120, (256, 128, 64),        (128, 64, 1)),
+    ("rmc2", "tiny"):  (32,       128,  8, 3,   (16, 12, 8),           (16, 8, 1)),
+    ("rmc3", "paper"): (10, 2_000_000, 32, 20,  (2560, 1024, 256, 32), (512, 256, 1)),
+    ("rmc3", "small"): (10,    50_000, 32, 20,  (2560, 1024, 256, 32), (512, 256, 1)),
+    ("rmc3", "tiny"):  (10,       256,  8, 2,   (32, 24, 16, 8),       (24, 16, 1)),
+    # ncf: user rows, item rows, dim, MLP
+    ("ncf", "paper"):  (140_000, 28_000, 64, (256, 256, 128, 64, 64)),
+    ("ncf", "small"):  (140_000, 28_000, 64, (256, 256, 128, 64, 64)),
+    ("ncf", "tiny"):   (300,     60,      8, (16, 16, 8, 8)),
+    # wnd, mtwnd: tables, rows each, dim, dense features, deep MLP per head, heads
+    ("wnd", "paper"):   (27, 1_000_000, 32, 13, (1024, 512, 256, 1), 1),
+    ("wnd", "small"):   (27,    20_000, 32, 13, (1024, 512, 256, 1), 1),
+    ("wnd", "tiny"):    (27,       100,  8, 13, (32, 16, 1),         1),
+    ("mtwnd", "paper"): (27, 1_000_000, 32, 13, (1024, 512, 256, 1), 3),
+    ("mtwnd", "small"): (27,    20_000, 32, 13, (1024, 512, 256, 1), 3),
+    ("mtwnd", "tiny"):  (27,       100,  8, 13, (32, 16, 1),         3),
+    # din: items, users, contexts, dim, mean history length, attention MLP, top MLP
+    ("din", "paper"): (10_000_000, 5_000_000, 100_000, 32, 50, (80, 40, 1), (200, 80, 1)),
+    ("din", "small"): (200_000,    100_000,   10_000,  32, 50, (80, 40, 1), (200, 80, 1)),
+    ("din", "tiny"):  (500,        100,       20,       8, 4,  (16, 8, 1),  (16, 8, 1)),
+    # dien: as din, without the attention MLP (its attention is bilinear)
+    ("dien", "paper"): (10_000_000, 5_000_000, 100_000, 32, 50, (200, 80, 1)),
+    ("dien", "small"): (200_000,    100_000,   10_000,  32, 50, (200, 80, 1)),
+    ("dien", "tiny"):  (500,        100,       20,       8, 4,  (16, 8, 1)),
+}
+# fmt: on
 
 
-def _presets(size: str) -> dict[str, ModelSpec]:
-    if size == "paper":
-        return {
-            "rmc1": _dlrm(
-                "rmc1",
-                size,
-                n_tables=8,
-                rows=4_000_000,
-                dim=32,
-                lookups=80,
-                bottom=(128, 64, 32),
-                top=(256, 64, 1),
-            ),
-            "rmc2": _dlrm(
-                "rmc2",
-                size,
-                n_tables=32,
-                rows=500_000,
-                dim=64,
-                lookups=120,
-                bottom=(256, 128, 64),
-                top=(128, 64, 1),
-            ),
-            "rmc3": _dlrm(
-                "rmc3",
-                size,
-                n_tables=10,
-                rows=2_000_000,
-                dim=32,
-                lookups=20,
-                bottom=(2560, 1024, 256, 32),
-                top=(512, 256, 1),
-            ),
-            "ncf": _ncf(
-                size, user_rows=140_000, item_rows=28_000, dim=64, mlp=(256, 256, 128, 64, 64)
-            ),
-            "wnd": _wnd(
-                "wnd",
-                size,
-                n_tables=27,
-                rows=1_000_000,
-                dim=32,
-                dense=13,
-                deep=(1024, 512, 256, 1),
-                heads=1,
-            ),
-            "mtwnd": _wnd(
-                "mtwnd",
-                size,
-                n_tables=27,
-                rows=1_000_000,
-                dim=32,
-                dense=13,
-                deep=(1024, 512, 256, 1),
-                heads=3,
-            ),
-            "din": _behaviour(
-                "din",
-                size,
-                items=10_000_000,
-                users=5_000_000,
-                contexts=100_000,
-                dim=32,
-                history=50,
-                attention=(80, 40, 1),
-                top=(200, 80, 1),
-            ),
-            "dien": _behaviour(
-                "dien",
-                size,
-                items=10_000_000,
-                users=5_000_000,
-                contexts=100_000,
-                dim=32,
-                history=50,
-                attention=(),
-                top=(200, 80, 1),
-            ),
-        }
-    if size == "small":
-        return {
-            "rmc1": _dlrm(
-                "rmc1",
-                size,
-                n_tables=8,
-                rows=100_000,
-                dim=32,
-                lookups=80,
-                bottom=(128, 64, 32),
-                top=(256, 64, 1),
-            ),
-            "rmc2": _dlrm(
-                "rmc2",
-                size,
-                n_tables=32,
-                rows=20_000,
-                dim=64,
-                lookups=120,
-                bottom=(256, 128, 64),
-                top=(128, 64, 1),
-            ),
-            "rmc3": _dlrm(
-                "rmc3",
-                size,
-                n_tables=10,
-                rows=50_000,
-                dim=32,
-                lookups=20,
-                bottom=(2560, 1024, 256, 32),
-                top=(512, 256, 1),
-            ),
-            "ncf": _ncf(
-                size, user_rows=140_000, item_rows=28_000, dim=64, mlp=(256, 256, 128, 64, 64)
-            ),
-            "wnd": _wnd(
-                "wnd",
-                size,
-                n_tables=27,
-                rows=20_000,
-                dim=32,
-                dense=13,
-                deep=(1024, 512, 256, 1),
-                heads=1,
-            ),
-            "mtwnd": _wnd(
-                "mtwnd",
-                size,
-                n_tables=27,
-                rows=20_000,
-                dim=32,
-                dense=13,
-                deep=(1024, 512, 256, 1),
-                heads=3,
-            ),
-            "din": _behaviour(
-                "din",
-                size,
-                items=200_000,
-                users=100_000,
-                contexts=10_000,
-                dim=32,
-                history=50,
-                attention=(80, 40, 1),
-                top=(200, 80, 1),
-            ),
-            "dien": _behaviour(
-                "dien",
-                size,
-                items=200_000,
-                users=100_000,
-                contexts=10_000,
-                dim=32,
-                history=50,
-                attention=(),
-                top=(200, 80, 1),
-            ),
-        }
-    if size == "tiny":
-        return {
-            "rmc1": _dlrm(
-                "rmc1",
-                size,
-                n_tables=8,
-                rows=512,
-                dim=8,
-                lookups=4,
-                bottom=(16, 12, 8),
-                top=(16, 8, 1),
-            ),
-            "rmc2": _dlrm(
-                "rmc2",
-                size,
-                n_tables=32,
-                rows=128,
-                dim=8,
-                lookups=3,
-                bottom=(16, 12, 8),
-                top=(16, 8, 1),
-            ),
-            "rmc3": _dlrm(
-                "rmc3",
-                size,
-                n_tables=10,
-                rows=256,
-                dim=8,
-                lookups=2,
-                bottom=(32, 24, 16, 8),
-                top=(24, 16, 1),
-            ),
-            "ncf": _ncf(size, user_rows=300, item_rows=60, dim=8, mlp=(16, 16, 8, 8)),
-            "wnd": _wnd(
-                "wnd", size, n_tables=27, rows=100, dim=8, dense=13, deep=(32, 16, 1), heads=1
-            ),
-            "mtwnd": _wnd(
-                "mtwnd", size, n_tables=27, rows=100, dim=8, dense=13, deep=(32, 16, 1), heads=3
-            ),
-            "din": _behaviour(
-                "din",
-                size,
-                items=500,
-                users=100,
-                contexts=20,
-                dim=8,
-                history=4,
-                attention=(16, 8, 1),
-                top=(16, 8, 1),
-            ),
-            "dien": _behaviour(
-                "dien",
-                size,
-                items=500,
-                users=100,
-                contexts=20,
-                dim=8,
-                history=4,
-                attention=(),
-                top=(16, 8, 1),
-            ),
-        }
-    raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
+def parameters(name: str, size: str) -> dict:
+    """One table entry as the keyword parameters of its architecture's make_spec."""
+    return dict(zip(COLUMNS[MODELS[name]], TABLE[name, size], strict=True))
 
 
 def preset(name: str, size: str) -> ModelSpec:
-    presets = _presets(size)
-    if name not in presets:
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
+    if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
-    return presets[name]
+    return arch.get(MODELS[name]).make_spec(name, size, **parameters(name, size))
