@@ -1,9 +1,10 @@
 """The eight DeepRecSys models in three sizes, as one table of spec parameters.
 
 ``paper`` follows the DeepRecSys configurations (Gupta et al., ISCA 2020); ``small``
-keeps the paper's layer widths and lookups per table but shrinks the table rows so the demo model is a few
-hundred MB at most; ``tiny`` shrinks everything so the whole zoo builds and runs in seconds
-for tests while keeping each architecture's shape (table count, layer count, heads).
+keeps the paper's layer widths and lookups per table but shrinks the table rows so the
+demo model is a few hundred MB at most; ``tiny`` shrinks everything so the whole zoo
+builds and runs in seconds for tests while keeping each architecture's shape (table
+count, layer count, heads).
 """
 
 from __future__ import annotations
