@@ -50,6 +50,9 @@ def open_session(
         raise ValueError(f"device must be cpu or gpu, not {device!r}")
     providers = [CPU]
     if device == "gpu":
+        # onnxruntime-gpu[cuda,cudnn] ships CUDA and cuDNN as pip wheels: load them first.
+        if hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()
         available = ort.get_available_providers()
         if CUDA in available:
             providers = [CUDA, CPU]

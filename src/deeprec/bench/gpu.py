@@ -1,0 +1,206 @@
+"""`deeprec bench gpu` (scripts/gpu-check.sh): can this machine serve on its GPU, and
+what does offloading buy?
+
+1. Diagnosis: which onnxruntime build is installed, whether it offers the CUDA execution
+   provider, and whether a session really starts on it. When it does not, the reason is
+   ONNX Runtime's own (a missing CUDA or cuDNN library, no driver), captured from a child
+   process so its log lines can be read.
+2. Figures, only when CUDA works (or with --allow-cpu-fallback, as a labelled dry run):
+   the same open-loop load on CPU workers only, on the GPU pool only (T=1: every query
+   whole to the GPU) and offloaded by each threshold T, with p50/p95/p99 per path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from deeprec.launcher.cluster import LocalCluster
+from deeprec.launcher.commands import stop_on_signals
+from deeprec.launcher.loadrun import DEFAULT_ARTIFACTS, Workload, drive, prepare, resolve_model
+from deeprec.models import zoo
+from deeprec.models.artifact import load_artifact
+from deeprec.models.runtime import CUDA
+from deeprec.workload.distributions import parse_sizes
+
+# Runs in a child: ONNX Runtime writes why CUDA failed to the process's stderr.
+PROBE = """
+import sys, onnxruntime as ort
+ort.set_default_logger_severity(1)
+if hasattr(ort, "preload_dlls"):
+    ort.preload_dlls()
+providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+session = ort.InferenceSession(sys.argv[1], providers=providers)
+print("IN_USE", session.get_providers()[0])
+"""
+
+
+def installed_onnxruntime() -> tuple[str, str]:
+    """(distribution name, version) of the onnxruntime that imports here."""
+    from importlib import metadata
+
+    for name in ("onnxruntime-gpu", "onnxruntime"):
+        try:
+            return name, metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return "unknown", "unknown"
+
+
+def nvidia_smi() -> str | None:
+    if shutil.which("nvidia-smi") is None:
+        return None
+    query = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
+    done = subprocess.run(query, capture_output=True, text=True, timeout=30)
+    return (done.stdout or done.stderr).strip()
+
+
+def diagnose(graph_path: Path) -> dict:
+    """Whether ONNX Runtime's CUDA provider loads here, and exactly why not."""
+    import onnxruntime as ort
+
+    package, version = installed_onnxruntime()
+    report = {
+        "onnxruntime": f"{package} {version}",
+        "available_providers": ort.get_available_providers(),
+        "gpu": nvidia_smi(),
+        "cuda_works": False,
+    }
+    if CUDA not in report["available_providers"]:
+        report["reason"] = (
+            f"{package} {version} is a build without {CUDA}: install onnxruntime-gpu "
+            "(scripts/gpu-check.sh does, in .venv-gpu)"
+        )
+        return report
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, str(graph_path)], capture_output=True, text=True
+    )
+    in_use = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("IN_USE")]
+    report["cuda_works"] = in_use == [CUDA]
+    if not report["cuda_works"]:
+        errors = [
+            line.strip()
+            for line in done.stderr.splitlines()
+            if any(word in line for word in ("rror", "ailed", "cannot open", "not found"))
+        ]
+        report["reason"] = (
+            f"{CUDA} is compiled in but did not start (session fell back to "
+            f"{in_use[0] if in_use else 'nothing'}): "
+            + ("; ".join(errors[-5:]) or done.stderr.strip()[-500:] or "no message")
+        )
+    return report
+
+
+def configurations(thresholds: list[int]) -> list[tuple[str, int, int]]:
+    """(label, GPU workers, T): CPU only, GPU only, then offload by each T."""
+    return [
+        ("cpu only", 0, 0),
+        ("gpu only (T=1)", 1, 1),
+        *[(f"offload T={t}", 1, t) for t in thresholds],
+    ]
+
+
+def run_gpu_check(args, stop: threading.Event, say: Callable[[str], None]) -> int:
+    model_dir = resolve_model(args.model, args.size, args.artifacts, say)
+    artifact = load_artifact(model_dir)
+    report = diagnose(artifact.graph("whole"))
+    say(f"onnxruntime: {report['onnxruntime']}; providers: {report['available_providers']}")
+    say(f"GPU: {report['gpu'] or 'nvidia-smi not found'}")
+    if report["cuda_works"]:
+        say(f"{CUDA}: works")
+    else:
+        say(f"{CUDA}: NOT usable: {report['reason']}")
+        if not args.allow_cpu_fallback:
+            _save(report, args.json, say)
+            return 1
+        say("--allow-cpu-fallback: the GPU pool runs on the CPU; figures are a dry run")
+    queries = prepare(artifact.spec, artifact.version, Workload(parse_sizes(args.sizes), seed=0))
+    rows = []
+    for label, gpu_workers, threshold in configurations(args.thresholds):
+        if stop.is_set():
+            break
+        say(f"{label}: {args.rate:g} q/s for {args.seconds:g} s")
+        with LocalCluster(
+            model_dir,
+            workers=args.workers,
+            gpu_workers=gpu_workers,
+            offload_threshold=threshold,
+            batch_size=args.batch_size,
+            stop_requested=stop,
+            say=say,
+        ) as cluster:
+            result = asyncio.run(
+                drive(cluster.frontend_address, queries, args.rate, args.seconds, stop=stop)
+            ).to_json()
+        rows.append({"config": label, "gpu_workers": gpu_workers, "T": threshold} | result)
+        lat = result["latency"]
+        say(
+            f"  {result['achieved_qps']:.1f} q/s, p50 {lat.get('p50_ms', float('nan')):.1f} "
+            f"p95 {lat.get('p95_ms', float('nan')):.1f} p99 {lat.get('p99_ms', float('nan')):.1f}"
+            f" ms, errors {result['errors'] or 0}; paths "
+            + ", ".join(f"{p} {v['count']}" for p, v in result["paths"].items())
+        )
+    report |= {
+        "model": artifact.spec.name,
+        "size": artifact.spec.size,
+        "rate_qps": args.rate,
+        "seconds": args.seconds,
+        "dry_run_on_cpu": not report["cuda_works"],
+        "runs": rows,
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    _save(report, args.json, say)
+    return 0
+
+
+def _save(report: dict, path: str, say: Callable[[str], None]) -> None:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    say(f"wrote {out}")
+
+
+def add_parser(bench) -> None:
+    p = bench.add_parser(
+        "gpu",
+        help="does ONNX Runtime's CUDA provider work here (and why not); GPU vs CPU vs offload",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", default=zoo.DEFAULT_MODEL, help="zoo model or artifact directory")
+    p.add_argument("--size", choices=zoo.SIZES, default="small", help="zoo model size")
+    p.add_argument("--artifacts", default=DEFAULT_ARTIFACTS, help="where zoo models are built")
+    p.add_argument("--workers", type=int, default=2, help="CPU workers (default 2)")
+    p.add_argument("--batch-size", type=int, default=256, help="B on the CPU pool")
+    p.add_argument("--rate", type=float, default=40.0, help="queries/s (default 40)")
+    p.add_argument("--seconds", type=float, default=20.0, help="load per configuration")
+    p.add_argument("--sizes", default="mlperf", help="query sizes (default mlperf)")
+    p.add_argument(
+        "--thresholds",
+        type=lambda text: [int(t) for t in text.split(",") if t],
+        default=[256, 512],
+        help="offload thresholds T to measure (default 256,512)",
+    )
+    p.add_argument(
+        "--allow-cpu-fallback",
+        action="store_true",
+        help="without CUDA, still run the figures with the GPU pool on the CPU (a dry run)",
+    )
+    p.add_argument("--json", default="results/gpu-check.json", help="report file")
+    p.set_defaults(func=command)
+
+
+def command(args) -> int:
+    def say(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    with stop_on_signals() as stop:
+        return run_gpu_check(args, stop, say)
