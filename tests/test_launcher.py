@@ -50,14 +50,18 @@ def alive(pid: int) -> bool:
 
 
 def processes_mentioning(text: str) -> list[int]:
+    """Live processes with ``text`` on their command line or in their environment (the
+    launcher passes settings such as DEEPREC_MODEL_DIR as variables)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and int(entry.name) != os.getpid():
             try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                seen = b" ".join((entry / part).read_bytes() for part in ("cmdline", "environ"))
             except OSError:
                 continue
-            if text in cmdline and alive(int(entry.name)):
+            if text in seen.replace(b"\0", b" ").decode(errors="replace") and alive(
+                int(entry.name)
+            ):
                 pids.append(int(entry.name))
     return pids
 

@@ -1,16 +1,20 @@
 {{/*
-What deeprec's own containers share: their environment (the DEEPREC_* contract of
-src/deeprec/common/config.py plus the standard OTEL_* variables), the model volume and the
+What deeprec's own containers share: their environment (the DEEPREC_* settings of
+src/deeprec/common/settings.py plus the standard OTEL_* variables), the model volume and the
 init containers that fill it. Each env helper prints a YAML mapping; callers merge them
-with fromYaml.
+with fromYaml. Services are configured only by these variables, never by flags, and each
+sets only what its service reads (tests/test_deploy.py holds them to the settings table).
 */}}
 
-{{/* Read by every service (src/deeprec/common/server.py; the request limits of
-     src/deeprec/common/limits.py by the frontend, workers and shards). */}}
+{{/* Read by every service (src/deeprec/common/server.py). */}}
 {{- define "deeprec.env.common" -}}
 DEEPREC_LOG_LEVEL: {{ .Values.logLevel | quote }}
 DEEPREC_MAX_MESSAGE_MB: {{ .Values.maxMessageMB | quote }}
 DEEPREC_SHUTDOWN_GRACE_S: {{ .Values.shutdownGraceSeconds | quote }}
+{{- end -}}
+
+{{/* The request limits (src/deeprec/common/limits.py): frontend, workers and shards. */}}
+{{- define "deeprec.env.limits" -}}
 DEEPREC_MAX_ITEMS: {{ .Values.limits.maxItems | quote }}
 DEEPREC_MAX_IDS_PER_ITEM: {{ .Values.limits.maxIdsPerItem | quote }}
 {{- end -}}
@@ -41,9 +45,11 @@ OTEL_METRIC_EXPORT_INTERVAL: {{ .Values.collector.exportIntervalMs | quote }}
 {{- $gpu = include "deeprec.workerAddress" (dict "root" . "kind" "gpu") -}}
 {{- end -}}
 {{ include "deeprec.env.common" . }}
+{{ include "deeprec.env.limits" . }}
 {{ include "deeprec.env.telemetry" . }}
 DEEPREC_HOST: "0.0.0.0"
 DEEPREC_PORT: {{ .Values.frontend.port | quote }}
+DEEPREC_CONNECT_TIMEOUT: {{ .Values.frontend.connectTimeoutSeconds | quote }}
 DEEPREC_WORKERS: {{ include "deeprec.workerAddress" (dict "root" . "kind" "cpu") | quote }}
 DEEPREC_GPU_WORKERS: {{ $gpu | quote }}
 DEEPREC_SCHEDULER: {{ include "deeprec.schedulerAddress" . | quote }}
@@ -57,6 +63,7 @@ DEEPREC_OFFLOAD_THRESHOLD: {{ .Values.frontend.offloadThreshold | quote }}
 {{- $v := .root.Values -}}
 {{- $w := index $v.workers .kind -}}
 {{ include "deeprec.env.common" .root }}
+{{ include "deeprec.env.limits" .root }}
 {{ include "deeprec.env.telemetry" .root }}
 DEEPREC_HOST: "0.0.0.0"
 DEEPREC_PORT: {{ $v.workers.port | quote }}
@@ -78,6 +85,7 @@ DEEPREC_CACHE_MODE: "adaptive"
 {{- define "deeprec.env.shard" -}}
 {{- $v := .root.Values -}}
 {{ include "deeprec.env.common" .root }}
+{{ include "deeprec.env.limits" .root }}
 {{ include "deeprec.env.telemetry" .root }}
 DEEPREC_HOST: "0.0.0.0"
 DEEPREC_PORT: {{ $v.shards.port | quote }}
@@ -89,7 +97,13 @@ DEEPREC_ROW_DTYPE: {{ $v.shards.rowDtype | quote }}
 
 {{/* The scheduler exports no telemetry of its own: it is where metrics go. */}}
 {{- define "deeprec.env.scheduler" -}}
+{{- $s := .Values.scheduler -}}
 {{ include "deeprec.env.common" . }}
+DEEPREC_HOST: "0.0.0.0"
+DEEPREC_PORT: {{ $s.port | quote }}
+DEEPREC_SLA_MS: {{ $s.slaMs | quote }}
+DEEPREC_PERCENTILE: {{ $s.percentile | quote }}
+DEEPREC_NO_TUNE: {{ ternary "false" "true" $s.tune | quote }}
 DEEPREC_POLICY_CONFIGMAP: {{ include "deeprec.policyConfigMap" . | quote }}
 {{- end -}}
 

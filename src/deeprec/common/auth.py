@@ -7,7 +7,7 @@ import hmac
 
 import grpc
 
-from .config import env
+from . import settings
 from .errors import ServingError
 
 
@@ -32,7 +32,7 @@ def _is_local(peer: str) -> bool:
 
 def check_admin(context, token: str | None = None) -> str:
     """Raise unless the caller may change policies; returns who it was, for the log."""
-    token = env("DEEPREC_ADMIN_TOKEN", "") if token is None else token
+    token = settings.value("DEEPREC_ADMIN_TOKEN") if token is None else token
     if token:
         given = _bearer(context)
         if not given:

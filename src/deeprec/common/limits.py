@@ -1,16 +1,14 @@
 """Per-request limits every service enforces before it decodes, sums or allocates.
 
 One definition for the frontend, the workers and the shards: the same flags, the same
-DEEPREC_* variables, the same defaults. The bounds also make validation overflow-safe:
-with every length at most ``max_ids_per_item`` (< 2^31) and fewer than 2^31 lengths in a
-message, no int64 sum of lengths can wrap.
+DEEPREC_* variables, the same defaults (their entries in deeprec.common.settings). The
+bounds also make validation overflow-safe: with every length at most ``max_ids_per_item``
+(< 2^31) and fewer than 2^31 lengths in a message, no int64 sum of lengths can wrap.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from .config import env
 
 DEFAULT_MAX_ITEMS = 4096
 # The zoo's longest bags are a few hundred ids (paper RMC2: 120 on average per table);
@@ -36,19 +34,3 @@ class RequestLimits:
             return cls(args.max_items, args.max_ids_per_item)
         except ValueError as err:
             raise SystemExit(f"deeprec: {err}") from None
-
-
-def add_arguments(parser) -> None:
-    """``--max-items`` and ``--max-ids-per-item``, with their DEEPREC_* twins."""
-    parser.add_argument(
-        "--max-items",
-        type=int,
-        default=env("DEEPREC_MAX_ITEMS", DEFAULT_MAX_ITEMS, int),
-        help=f"largest request accepted, in items (default {DEFAULT_MAX_ITEMS})",
-    )
-    parser.add_argument(
-        "--max-ids-per-item",
-        type=int,
-        default=env("DEEPREC_MAX_IDS_PER_ITEM", DEFAULT_MAX_IDS_PER_ITEM, int),
-        help=f"most ids one sample may look up in one feature (default {DEFAULT_MAX_IDS_PER_ITEM})",
-    )

@@ -15,10 +15,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from .config import env
 from .guard import RequestGuard
 from .memory import keep_large_buffers
 from .quote import quote
+from .settings import value
 from .tls import from_env as tls_from_env
 
 FROM_ENV = object()  # default for ``tls``: read DEEPREC_TLS_DIR
@@ -27,8 +27,8 @@ log = logging.getLogger("deeprec")
 
 # The largest query (1024 items of a paper RMC2: 32 tables x 120 ids x 8 bytes each) is
 # about 32 MB; leave headroom. DEEPREC_MAX_MESSAGE_MB overrides.
-MAX_MESSAGE_BYTES = env("DEEPREC_MAX_MESSAGE_MB", 256, int) << 20
-GRACE_SECONDS = env("DEEPREC_SHUTDOWN_GRACE_S", 10.0, float)
+MAX_MESSAGE_BYTES = value("DEEPREC_MAX_MESSAGE_MB") << 20
+GRACE_SECONDS = value("DEEPREC_SHUTDOWN_GRACE_S")
 
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -38,7 +38,7 @@ SERVER_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)]
 
 
 def setup_logging(service: str) -> None:
-    level = env("DEEPREC_LOG_LEVEL", "INFO").upper()
+    level = value("DEEPREC_LOG_LEVEL")
     logging.basicConfig(level=level, format=f"%(asctime)s {service} %(levelname)s %(message)s")
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 
-from .config import env
+from .settings import value
 
 FILES = ("tls.crt", "tls.key", "ca.crt")
 
@@ -60,7 +60,7 @@ class TLSConfig:
 
 
 def from_env() -> TLSConfig | None:
-    directory = env("DEEPREC_TLS_DIR", "")
+    directory = value("DEEPREC_TLS_DIR")
     if not directory:
         return None
-    return TLSConfig.from_dir(directory, env("DEEPREC_TLS_SERVER_NAME", None))
+    return TLSConfig.from_dir(directory, value("DEEPREC_TLS_SERVER_NAME"))

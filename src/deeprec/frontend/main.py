@@ -7,8 +7,7 @@ import logging
 
 import grpc
 
-from deeprec.common import limits
-from deeprec.common.config import env
+from deeprec.common import settings
 from deeprec.common.features import DEFAULT_LIMITS, ModelSignature
 from deeprec.common.limits import RequestLimits
 from deeprec.common.policy import Policy, PolicyTable
@@ -155,54 +154,5 @@ def run(args) -> int:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument(
-        "--workers",
-        default=env("DEEPREC_WORKERS", ""),
-        help="CPU worker addresses, comma-separated",
-    )
-    parser.add_argument(
-        "--gpu-workers",
-        default=env("DEEPREC_GPU_WORKERS", ""),
-        help="GPU worker addresses, comma-separated",
-    )
-    parser.add_argument("--host", default=env("DEEPREC_HOST", "127.0.0.1"))
-    parser.add_argument(
-        "--port", type=int, default=env("DEEPREC_PORT", 50051, int), help="0 picks a free port"
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=env("DEEPREC_BATCH_SIZE", 64, int),
-        help="B: items per sub-batch on CPU workers (0 = no split)",
-    )
-    parser.add_argument(
-        "--offload-threshold",
-        type=int,
-        default=env("DEEPREC_OFFLOAD_THRESHOLD", 0, int),
-        help="T: queries of >= T items go whole to a GPU worker (0 = never)",
-    )
-    parser.add_argument(
-        "--max-items-in-flight",
-        type=int,
-        default=env("DEEPREC_MAX_ITEMS_IN_FLIGHT", 16384, int),
-        help="bound on items queued per pool; beyond it RESOURCE_EXHAUSTED",
-    )
-    parser.add_argument(
-        "--admission-budget-ms",
-        type=float,
-        default=env("DEEPREC_ADMISSION_BUDGET_MS", 0.0, float),
-        help="latency budget for queries sent without a deadline (0 = admit them)",
-    )
-    parser.add_argument(
-        "--scheduler",
-        default=env("DEEPREC_SCHEDULER", ""),
-        help="scheduler address to follow for policies (B, T)",
-    )
-    parser.add_argument(
-        "--connect-timeout",
-        type=float,
-        default=env("DEEPREC_CONNECT_TIMEOUT", 30.0, float),
-        help="seconds to wait for workers at start",
-    )
-    limits.add_arguments(parser)
+    settings.add_arguments(parser, "frontend")  # flags and DEEPREC_* twins: settings.SETTINGS
     parser.set_defaults(func=run)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from deeprec.common import limits
-from deeprec.common.config import env
+from deeprec.common import settings
 from deeprec.common.features import DEFAULT_LIMITS, ModelSignature
 from deeprec.common.limits import RequestLimits
 from deeprec.common.server import Server, setup_logging
@@ -119,41 +118,6 @@ def run(args) -> int:
 
 
 def add_arguments(parser) -> None:
-    model = env("DEEPREC_MODEL_DIR", None)
-    parser.add_argument(
-        "--model", required=model is None, default=model, help="model artifact directory"
-    )
-    parser.add_argument("--device", choices=("cpu", "gpu"), default=env("DEEPREC_DEVICE", "cpu"))
-    parser.add_argument("--host", default=env("DEEPREC_HOST", "127.0.0.1"))
-    parser.add_argument(
-        "--port", type=int, default=env("DEEPREC_PORT", 50061, int), help="0 picks a free port"
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=env("DEEPREC_THREADS", None, int),
-        help="ONNX Runtime intra-op threads (default: all cores)",
-    )
-    parser.add_argument(
-        "--allow-cpu-fallback",
-        action="store_true",
-        default=env("DEEPREC_ALLOW_CPU_FALLBACK", False, bool),
-        help="with --device gpu: serve on the CPU if CUDA is unavailable",
-    )
-    parser.add_argument(
-        "--max-queue",
-        type=int,
-        default=env("DEEPREC_MAX_QUEUE", 1024, int),
-        help="sub-batches queued before RESOURCE_EXHAUSTED",
-    )
-    parser.add_argument(
-        "--embeddings",
-        choices=EMBEDDINGS,
-        default=env("DEEPREC_EMBEDDINGS", "auto"),
-        help="fused: pool from the tables outside ONNX Runtime, run the dense graph; graph: "
-        "the whole graph in ONNX Runtime; auto (default): fused for --device cpu with "
-        "--threads 1, graph otherwise",
-    )
-    limits.add_arguments(parser)
-    sharded.add_arguments(parser)
+    # Flags and their DEEPREC_* twins, the sharded mode's included: settings.SETTINGS.
+    settings.add_arguments(parser, "inference")
     parser.set_defaults(func=run)

@@ -7,6 +7,8 @@
 
 Start order follows the dependencies (scheduler, shards, workers, frontend); stop order is
 the reverse, so each service finishes its in-flight work while what it calls still runs.
+Children are configured by DEEPREC_* variables, as the Helm chart and docker-compose.yml
+configure their containers (deeprec.common.settings).
 
 With ``supervise=True`` (``deeprec up``, the demo) a child that exits on its own is
 restarted on its address with CrashLoopBackOff-style delays until the cluster stops;
@@ -22,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deeprec.common import settings
 from deeprec.models.artifact import load_artifact
 
 from .processes import Backoff, Child, Interrupted, LaunchError, Supervisor
@@ -134,87 +137,75 @@ class LocalCluster:
                 "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": f"http://{self.scheduler_address}",
                 "OTEL_TRACES_EXPORTER": "none",
             }
-        worker_argv = [
-            "serve",
-            "inference",
-            "--model",
-            model,
-            "--host",
-            self.host,
-            "--port",
-            "0",
-            "--threads",
-            str(self.threads),
-        ]
+        # Unsharded workers get an empty plan and shard list, so a DEEPREC_PLAN left in the
+        # launcher's environment cannot make them sharded.
+        worker = {"model": model, "threads": self.threads, "plan": None, "shards": None}
         if self.shards:
-            worker_argv += self._start_shards(model, wait)
+            worker |= self._start_shards(model, wait)
         pending = [
-            self.supervisor.spawn(f"worker-{i}", [*worker_argv, "--device", "cpu"])
+            self._spawn(f"worker-{i}", "inference", device="cpu", **worker)
             for i in range(self.workers)
         ]
         if self.gpu_workers:
-            gpu_argv = [*worker_argv, "--device", "gpu"]
+            gpu = {**worker, "device": "gpu"}
             if not cuda_available():
                 self.gpu_on_cpu = True
-                gpu_argv.append("--allow-cpu-fallback")
+                gpu["allow_cpu_fallback"] = True
                 self.say(
                     "note: this onnxruntime build has no CUDA provider: the "
                     f"{self.gpu_workers} GPU worker(s) run on the CPU (--allow-cpu-fallback)"
                 )
             pending += [
-                self.supervisor.spawn(f"gpu-worker-{i}", gpu_argv) for i in range(self.gpu_workers)
+                self._spawn(f"gpu-worker-{i}", "inference", **gpu) for i in range(self.gpu_workers)
             ]
         self.supervisor.wait_healthy(pending, wait)
 
-        frontend_argv = [
-            "serve",
-            "frontend",
-            "--workers",
-            ",".join(self.worker_addresses),
-            "--host",
-            self.host,
-            "--port",
-            str(self.port),
-        ]
-        if self.gpu_workers:
-            frontend_argv += ["--gpu-workers", ",".join(self.gpu_worker_addresses)]
-        if self.batch_size is not None:
-            frontend_argv += ["--batch-size", str(self.batch_size)]
-        if self.offload_threshold is not None:
-            frontend_argv += ["--offload-threshold", str(self.offload_threshold)]
-        if self.scheduler:
-            frontend_argv += ["--scheduler", self.scheduler_address]
-        frontend = self.supervisor.spawn("frontend", frontend_argv, frontend_env)
-        self.supervisor.wait_healthy([frontend], wait)
+        frontend = {
+            "workers": ",".join(self.worker_addresses),
+            "gpu_workers": ",".join(self.gpu_worker_addresses),
+            "scheduler": self.scheduler_address if self.scheduler else None,
+        }
+        # None: the frontend's default (or the launcher's own DEEPREC_* variable).
+        knobs = {"batch_size": self.batch_size, "offload_threshold": self.offload_threshold}
+        frontend |= {name: v for name, v in knobs.items() if v is not None}
+        started = self._spawn("frontend", "frontend", frontend_env, port=self.port, **frontend)
+        self.supervisor.wait_healthy([started], wait)
         if self.supervise:
             self.supervisor.supervise(self.backoff)
 
+    def _spawn(self, name: str, service: str, env=None, port=0, flags=(), **values) -> Child:
+        """``deeprec serve SERVICE`` configured by DEEPREC_* variables, the contract the Helm
+        chart and compose use (deeprec.common.settings), on top of the launcher's own
+        environment. Only the port stays a flag: a restarted child gets its address back
+        by it (Supervisor._relaunch). ``flags``: extra flags, which win over variables."""
+        environment = settings.environment(service, host=self.host, **values)
+        argv = ["serve", service, "--port", str(port), *flags]
+        return self.supervisor.spawn(name, argv, {**environment, **(env or {})})
+
     def _start_scheduler(self, wait: float) -> None:
-        argv = [
-            "serve",
-            "scheduler",
-            "--host",
-            self.host,
-            "--port",
-            "0",
-            "--sla-ms",
-            str(self.sla_ms),
-            *self.scheduler_args,
-        ]
-        self.supervisor.wait_healthy([self.supervisor.spawn("scheduler", argv)], wait)
+        scheduler = self._spawn(
+            "scheduler", "scheduler", flags=self.scheduler_args, sla_ms=self.sla_ms
+        )
+        self.supervisor.wait_healthy([scheduler], wait)
 
-    def _start_shards(self, model: str, wait: float) -> list[str]:
-        """Plan, start every shard replica; the flags that make workers use them."""
-        from deeprec.launcher.shards import plan_shards, start_shards, worker_flags
+    def _start_shards(self, model: str, wait: float) -> dict[str, str]:
+        """Plan, start every shard replica; the settings that make workers use them."""
+        from deeprec.launcher.shards import plan_shards
 
-        plan_path = Path(self.log_dir) / "plan.json"
+        plan_path = str(Path(self.log_dir) / "plan.json")
         plan_shards(
             load_artifact(model), self.shards, self.strategy, plan_path, self.memory_per_shard
         )
-        addresses = start_shards(
-            self.supervisor, model, plan_path, self.shards, self.replicas, self.host, timeout=wait
-        )
-        return worker_flags(plan_path, addresses)
+        started = [
+            [
+                self._spawn(f"shard-{k}-{r}", "shard", model=model, plan=plan_path, shard=k)
+                for r in range(self.replicas)
+            ]
+            for k in range(self.shards)
+        ]
+        self.supervisor.wait_healthy([c for group in started for c in group], wait)
+        shards = ",".join("+".join(c.address for c in group) for group in started)
+        return {"plan": plan_path, "shards": shards}
 
     # -- faults (chaos tests, soak) ----------------------------------------------------------
 

@@ -7,7 +7,7 @@ import logging
 
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 
-from deeprec.common.config import env
+from deeprec.common import settings
 from deeprec.common.server import Server, setup_logging
 from deeprec.v1 import scheduler_pb2, scheduler_pb2_grpc
 
@@ -100,44 +100,5 @@ def run(args) -> int:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--host", default=env("DEEPREC_HOST", "127.0.0.1"))
-    parser.add_argument(
-        "--port", type=int, default=env("DEEPREC_PORT", 50071, int), help="0 picks a free port"
-    )
-    parser.add_argument(
-        "--sla-ms",
-        type=float,
-        default=env("DEEPREC_SLA_MS", 50.0, float),
-        help="tail-latency target",
-    )
-    parser.add_argument(
-        "--percentile",
-        type=float,
-        default=env("DEEPREC_PERCENTILE", 95.0, float),
-        choices=(95.0, 99.0),
-        help="which tail the SLA bounds",
-    )
-    parser.add_argument("--interval", type=float, default=1.0, help="control loop period (s)")
-    parser.add_argument(
-        "--trial-queries", type=int, default=300, help="queries measured per tuning trial"
-    )
-    parser.add_argument(
-        "--max-trial-seconds",
-        type=float,
-        default=20.0,
-        help="end a trial after this long under light load",
-    )
-    parser.add_argument("--no-tune", action="store_true", help="only serve set policies")
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument(
-        "--state",
-        default=env("DEEPREC_POLICY_STATE", None),
-        help="file that keeps the policies across restarts",
-    )
-    where.add_argument(
-        "--configmap",
-        default=env("DEEPREC_POLICY_CONFIGMAP", None),
-        help="ConfigMap that keeps the policies (in a cluster)",
-    )
-    parser.add_argument("--namespace", help="ConfigMap namespace (default: the pod's)")
+    settings.add_arguments(parser, "scheduler")  # flags and DEEPREC_* twins: settings.SETTINGS
     parser.set_defaults(func=run)

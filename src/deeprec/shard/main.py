@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from deeprec.common import limits
-from deeprec.common.config import env
+from deeprec.common import settings
 from deeprec.common.features import DEFAULT_LIMITS
 from deeprec.common.limits import RequestLimits
 from deeprec.common.server import Server, setup_logging
@@ -79,31 +78,5 @@ def run(args) -> int:
 
 
 def add_arguments(parser) -> None:
-    model, plan = env("DEEPREC_MODEL_DIR", None), env("DEEPREC_PLAN", None)
-    shard = env("DEEPREC_SHARD_INDEX", None, int)
-    parser.add_argument(
-        "--model", required=model is None, default=model, help="model artifact directory"
-    )
-    parser.add_argument(
-        "--plan", required=plan is None, default=plan, help="sharding plan (from `deeprec plan`)"
-    )
-    parser.add_argument(
-        "--shard",
-        type=int,
-        required=shard is None,
-        default=shard,
-        help="this shard's index in the plan",
-    )
-    parser.add_argument("--host", default=env("DEEPREC_HOST", "127.0.0.1"))
-    parser.add_argument(
-        "--port", type=int, default=env("DEEPREC_PORT", 50081, int), help="0 picks a free port"
-    )
-    parser.add_argument(
-        "--row-dtype",
-        choices=sorted(ROW_DTYPE_FLAGS),
-        default=env("DEEPREC_ROW_DTYPE", None),
-        help="row storage: fp32 maps the artifact's rows, fp16 keeps a half-size copy "
-        "(default: the plan's)",
-    )
-    limits.add_arguments(parser)
+    settings.add_arguments(parser, "shard")  # flags and DEEPREC_* twins: settings.SETTINGS
     parser.set_defaults(func=run)
