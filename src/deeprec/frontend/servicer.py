@@ -22,6 +22,7 @@ from deeprec.common.limits import RequestLimits
 from deeprec.common.poison import was_accepted
 from deeprec.common.policy import PolicyTable
 from deeprec.common.quote import quote
+from deeprec.common.replicas import Failover, Verdict
 from deeprec.common.tensors import decode, encode
 from deeprec.v1 import inference_pb2, recommender_pb2, recommender_pb2_grpc
 
@@ -33,20 +34,11 @@ from .split import SubBatch, split
 
 log = logging.getLogger("deeprec")
 
-# Worker failures worth one retry elsewhere: the worker (not the request) is the problem.
-RETRYABLE = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.INTERNAL,
-    grpc.StatusCode.UNKNOWN,
-    grpc.StatusCode.CANCELLED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.ABORTED,
-}
-
 
 @dataclass
 class Pool:
-    """Workers of one kind (cpu or gpu): their stubs and the balancer over them."""
+    """Workers of one kind (cpu or gpu): their stubs and the balancer over them (a
+    sub-batch gets one retry on another worker: ``max_tries`` 2)."""
 
     name: str
     stubs: dict
@@ -115,74 +107,69 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         return response
 
     async def _predict(self, pool: Pool, part: SubBatch, timeout: float | None, batch_size: int):
-        """Scores of one sub-batch; one retry on another worker if a worker fails."""
+        """Scores of one sub-batch, and its retries: a worker that fails (deeprec.common.
+        replicas.classify) is ejected and the sub-batch goes to another, unless the worker
+        had accepted it (the poison guard) or the request or its deadline is to blame."""
         request = inference_pb2.PredictRequest(model=self.signature.name)
         encode_features(request.features, part.dense, part.ids, part.lengths, self.ids_dtype)
-        tried: list[str] = []
-        full = 0  # workers that refused because their queue was full
-        while True:
-            try:
-                worker = pool.balancer.acquire(exclude=tried)
-            except NoWorker:
-                raise self._gave_up(pool, tried, part, full) from None
-            failed = True
-            sent = time.perf_counter()
-            call = pool.stubs[worker].Predict(request, timeout=timeout)
-            try:
-                reply = await call
-                failed = False
-            except grpc.aio.AioRpcError as err:
-                tried.append(worker)
-                code = err.code()
-                if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    failed = False  # the client's deadline, not the worker's fault
-                    raise DeadlineExceeded(
-                        f"deadline exceeded while items {part.start}-"
-                        f"{part.end} ran on {pool.name} worker {worker}"
-                    ) from None
-                if code not in RETRYABLE:
-                    raise Unavailable(
-                        f"{pool.name} worker {worker} refused items "
-                        f"{part.start}-{part.end}: {code.name}: "
-                        f"{err.details()}"
-                    ) from None
-                if await was_accepted(call):
-                    raise Unavailable(
-                        f"{pool.name} worker {worker} failed while running items "
-                        f"{part.start}-{part.end} ({code.name}: {err.details()}); not "
-                        "replayed on another worker, in case the query is what broke it"
-                    ) from None
-                full += code == grpc.StatusCode.RESOURCE_EXHAUSTED
-                log.warning(
-                    "%s worker %s failed (%s: %s)", pool.name, worker, code.name, err.details()
-                )
-                if len(tried) > 1:
-                    raise self._gave_up(pool, tried, part, full) from None
-                continue
-            finally:
-                pool.balancer.release(worker, failed=failed)
-            self.metrics.sub_batch(
-                (time.perf_counter() - sent) * 1e3,
-                reply,
-                part.end - part.start,
-                pool.name,
-                batch_size,
+        items = f"items {part.start}-{part.end}"
+        with pool.balancer.failover() as failover:
+            while True:
+                try:
+                    worker = failover.pick()
+                except NoWorker:
+                    raise self._gave_up(pool, failover, part) from None
+                sent = time.perf_counter()
+                call = pool.stubs[worker].Predict(request, timeout=timeout)
+                try:
+                    reply = await call
+                except grpc.aio.AioRpcError as err:
+                    code, details = err.code(), err.details()
+                    verdict = failover.failed(code, accepted=await was_accepted(call))
+                    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                        raise DeadlineExceeded(
+                            f"deadline exceeded while {items} ran on {pool.name} worker {worker}"
+                        ) from None
+                    if verdict is Verdict.STOP:
+                        raise Unavailable(
+                            f"{pool.name} worker {worker} refused {items}: {code.name}: {details}"
+                        ) from None
+                    if verdict is Verdict.NO_REPLAY:
+                        raise Unavailable(
+                            f"{pool.name} worker {worker} failed while running {items} "
+                            f"({code.name}: {details}); not replayed on another worker, in "
+                            "case the query is what broke it"
+                        ) from None
+                    log.warning(
+                        "%s worker %s failed (%s: %s)", pool.name, worker, code.name, details
+                    )
+                    continue
+                failover.succeeded()
+                break
+        self.metrics.sub_batch(
+            (time.perf_counter() - sent) * 1e3,
+            reply,
+            part.end - part.start,
+            pool.name,
+            batch_size,
+        )
+        self.admission.observe(pool.name, part.end - part.start, reply.service_ms)
+        scores = decode(reply.scores, "scores")
+        if scores.shape[0] != part.end - part.start:
+            raise Unavailable(
+                f"{pool.name} worker {worker} answered {scores.shape[0]} "
+                f"scores for {part.end - part.start} items"
             )
-            self.admission.observe(pool.name, part.end - part.start, reply.service_ms)
-            scores = decode(reply.scores, "scores")
-            if scores.shape[0] != part.end - part.start:
-                raise Unavailable(
-                    f"{pool.name} worker {worker} answered {scores.shape[0]} "
-                    f"scores for {part.end - part.start} items"
-                )
-            return scores, len(tried)
+        return scores, failover.retries
 
     @staticmethod
-    def _gave_up(pool: Pool, tried: list[str], part: SubBatch, full: int) -> Exception:
+    def _gave_up(pool: Pool, failover: Failover, part: SubBatch) -> Exception:
         items = f"items {part.start}-{part.end}"
+        tried = failover.tried
         if not tried:
             return Unavailable(f"no {pool.name} worker available for {items}")
-        if full == len(tried):  # overload, not failure: tell the client to back off
+        if failover.all_failed_with(grpc.StatusCode.RESOURCE_EXHAUSTED):
+            # Overload, not failure: tell the client to back off.
             return ResourceExhausted(
                 f"{items}: every {pool.name} worker tried ({', '.join(tried)}) has a full queue"
             )

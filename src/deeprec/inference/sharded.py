@@ -9,9 +9,7 @@ extra threads), retries a failed shard on its other replicas, and runs the dense
 
 from __future__ import annotations
 
-import itertools
 import logging
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,9 +17,15 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from deeprec.common.config import env
 from deeprec.common.errors import ServingError, Unavailable
 from deeprec.common.metric_names import SHARD_LOOKUP_LATENCY
+from deeprec.common.replicas import (
+    DEFAULT_EJECT_SECONDS,
+    NoReplica,
+    ReplicaPool,
+    Verdict,
+    marked_accepted,
+)
 from deeprec.common.server import sync_channel
 from deeprec.common.tensors import TensorError, decode, encode
 from deeprec.models.fused import dense_feeds
@@ -31,20 +35,9 @@ from deeprec.sharding.profile import load_profile
 from deeprec.sharding.router import Want, assemble, pool_local, route, wants_of
 from deeprec.v1 import shard_pb2, shard_pb2_grpc
 
-from .cache import MODES, HotRowCache, choose_rows
+from .cache import HotRowCache, choose_rows
 
 log = logging.getLogger("deeprec")
-
-# A replica that fails this way may be down or overloaded: another replica may answer.
-RETRYABLE = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.CANCELLED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.ABORTED,
-    grpc.StatusCode.UNKNOWN,
-    grpc.StatusCode.INTERNAL,
-}
 
 
 class ShardSetupError(PlanError):
@@ -71,34 +64,88 @@ def parse_shard_addresses(text: str) -> list[list[str]]:
     return shards
 
 
-class Replicas:
-    """One shard's replicas: round robin over the healthy ones; a replica that failed is
-    skipped for ``eject_seconds`` unless every replica has failed."""
+class Replicas(ReplicaPool):
+    """One shard's replicas and their stubs. Picking, ejection, which failures are retried
+    and how often: deeprec.common.replicas, as for the frontend's workers. A lookup is
+    read-only, so a failed one may go to every replica of its shard in turn."""
 
-    def __init__(self, shard: int, addresses: list[str], eject_seconds: float = 1.0):
-        self.shard, self.addresses = shard, list(addresses)
-        self.channels = {a: sync_channel(a) for a in addresses}  # mutual TLS if configured
+    def __init__(self, shard: int, addresses: list[str], eject_seconds=DEFAULT_EJECT_SECONDS):
+        super().__init__(addresses, eject_seconds, max_tries=max(len(addresses), 1))
+        self.shard, self.addresses = shard, self.members
+        self.channels = {a: sync_channel(a) for a in self.members}  # mutual TLS if configured
         self.stubs = {a: shard_pb2_grpc.SparseShardStub(c) for a, c in self.channels.items()}
-        self.ejected_until = dict.fromkeys(addresses, 0.0)
-        self.eject_seconds = eject_seconds
-        self._turn = itertools.count()
-        self._lock = threading.Lock()
-
-    def order(self) -> list[str]:
-        """Replicas to try, best first."""
-        with self._lock:
-            start = next(self._turn) % len(self.addresses)
-            now = time.monotonic()
-        rotated = self.addresses[start:] + self.addresses[:start]
-        return sorted(rotated, key=lambda a: self.ejected_until[a] > now)  # stable
-
-    def failed(self, address: str) -> None:
-        with self._lock:
-            self.ejected_until[address] = time.monotonic() + self.eject_seconds
 
     def close(self) -> None:
         for c in self.channels.values():
             c.close()
+
+
+class _Lookup:
+    """One shard's Lookup, from its first try to its answer or its last failure."""
+
+    def __init__(self, rep: Replicas, request: shard_pb2.LookupRequest, timeout: float):
+        self.rep, self.request, self.timeout = rep, request, timeout
+        self.failover = rep.failover()
+        self.future = None
+        self.errors: list[str] = []
+        self.sent = time.perf_counter()
+
+    def send(self) -> None:
+        """The next try, on a replica not tried yet (a future: tries of shards overlap)."""
+        address = self.failover.pick()
+        self.future = self.rep.stubs[address].Lookup.future(self.request, timeout=self.timeout)
+
+    def result(self) -> shard_pb2.LookupResponse:
+        """The reply; a replica that fails is ejected and the lookup sent to another."""
+        shard = self.rep.shard
+        while True:
+            try:
+                reply = self.future.result()
+            except grpc.RpcError as err:
+                address, code = self.failover.current, err.code()
+                failure = f"{code.name} {err.details()}"
+                self.errors.append(f"{address}: {failure}")
+                # --shard-timeout is per try: a replica past it hung, another may answer.
+                verdict = self.failover.failed(code, accepted=_accepted(err), per_try_deadline=True)
+                if verdict is Verdict.STOP:
+                    raise ServingError(
+                        f"shard {shard} refused the lookup: {self.errors[-1]}"
+                    ) from None
+                if verdict is Verdict.NO_REPLAY:
+                    raise Unavailable(
+                        f"shard {shard} replica {address} failed while running the lookup "
+                        f"({failure}); not replayed on another replica"
+                    ) from None
+                log.warning("shard %d replica %s failed (%s)", shard, address, failure)
+                try:
+                    self.send()
+                except NoReplica:
+                    raise Unavailable(
+                        f"shard {shard}: no replica answered ({'; '.join(self.errors)})"
+                    ) from None
+                continue
+            self.failover.succeeded()
+            return reply
+
+    def abandon(self) -> None:
+        """Stop a try left in flight (another shard failed): cancel it, free its replica."""
+        if self.failover.current is not None:
+            if self.future is not None:
+                self.future.cancel()
+            self.failover.abandon()
+
+
+def _accepted(err: grpc.RpcError) -> bool:
+    """Whether the replica had marked the failed call accepted (the poison guard)."""
+    try:
+        return marked_accepted(err.initial_metadata())
+    except (AttributeError, grpc.RpcError):
+        return False
+
+
+def _abandon(started: dict) -> None:
+    for lookup in started.values():
+        lookup.abandon()
 
 
 def _request(parts) -> shard_pb2.LookupRequest:
@@ -166,7 +213,7 @@ class ShardedSession:
             time.sleep(0.2)
         for shard, address in pending:
             log.warning("shard %d replica %s is not answering; starting without it", shard, address)
-            self.replicas[shard].failed(address)
+            self.replicas[shard].eject(address)
         if down:
             raise ShardSetupError(
                 f"no replica of shard(s) {', '.join(map(str, down))} answered within "
@@ -199,8 +246,12 @@ class ShardedSession:
         wants = wants_of(self.spec, feeds)
         routed = route(self.plan, wants, self.cache)
         started = self._start(routed.parts)
-        local = pool_local(routed)  # the cache's share, while the shards do theirs
-        looked_up = assemble(routed, self._collect(routed.parts, started), self.dim, local)
+        try:
+            local = pool_local(routed)  # the cache's share, while the shards do theirs
+            shared = self._collect(routed.parts, started)
+        finally:
+            _abandon(started)  # what an error left in flight
+        looked_up = assemble(routed, shared, self.dim, local)
         scores = self.dense.run(dense_feeds(self.spec, feeds, looked_up))
         if self.cache is not None:
             self.cache.record(routed.ids, routed.cached)
@@ -210,48 +261,35 @@ class ShardedSession:
 
     def _lookup(self, parts: dict[int, list]) -> dict[int, list[np.ndarray]]:
         """One Lookup per shard, all in flight together; failures retried on other replicas."""
-        return self._collect(parts, self._start(parts))
+        started = self._start(parts)
+        try:
+            return self._collect(parts, started)
+        finally:
+            _abandon(started)  # what an error left in flight
 
-    def _start(self, parts: dict[int, list]) -> dict:
+    def _start(self, parts: dict[int, list]) -> dict[int, _Lookup]:
         started = {}
-        for shard, shard_parts in parts.items():
-            rep = self.replicas[shard]
-            request = _request(shard_parts)
-            order = rep.order()
-            future = rep.stubs[order[0]].Lookup.future(request, timeout=self.config.lookup_timeout)
-            started[shard] = (request, order, future, time.perf_counter())
+        try:
+            for shard, shard_parts in parts.items():
+                lookup = _Lookup(
+                    self.replicas[shard], _request(shard_parts), self.config.lookup_timeout
+                )
+                started[shard] = lookup
+                lookup.send()
+        except BaseException:
+            _abandon(started)
+            raise
         return started
 
     def _collect(self, parts: dict[int, list], started: dict) -> dict[int, list[np.ndarray]]:
         results = {}
-        for shard, (request, order, future, sent) in started.items():
-            rep = self.replicas[shard]
-            errors = []
-            for i, address in enumerate(order):
-                try:
-                    if i:
-                        reply = rep.stubs[address].Lookup(
-                            request, timeout=self.config.lookup_timeout
-                        )
-                    else:
-                        reply = future.result()
-                except grpc.RpcError as err:
-                    errors.append(f"{address}: {err.code().name} {err.details()}")
-                    if err.code() not in RETRYABLE:
-                        raise ServingError(
-                            f"shard {shard} refused the lookup: {errors[-1]}"
-                        ) from None
-                    rep.failed(address)
-                    continue
-                results[shard] = self._decode(shard, reply, len(parts[shard]))
-                if self.lookup_latency is not None:
-                    self.lookup_latency.record(
-                        (time.perf_counter() - sent) * 1e3,
-                        {"model": self.spec.name, "shard": str(shard)},
-                    )
-                break
-            else:
-                raise Unavailable(f"shard {shard}: no replica answered ({'; '.join(errors)})")
+        for shard, lookup in started.items():
+            results[shard] = self._decode(shard, lookup.result(), len(parts[shard]))
+            if self.lookup_latency is not None:
+                self.lookup_latency.record(
+                    (time.perf_counter() - lookup.sent) * 1e3,
+                    {"model": self.spec.name, "shard": str(shard)},
+                )
         return results
 
     def _decode(self, shard: int, reply, count: int) -> list[np.ndarray]:
@@ -339,39 +377,7 @@ def open_sharded_session(
     return session
 
 
-# -- command line -----------------------------------------------------------------------------
-
-
-def add_arguments(parser) -> None:
-    group = parser.add_argument_group("sharded mode (tables on sparse shards)")
-    group.add_argument(
-        "--plan",
-        default=env("DEEPREC_PLAN", None),
-        help="sharding plan: serve the dense graph, look up on shards",
-    )
-    group.add_argument(
-        "--shards",
-        default=env("DEEPREC_SHARDS", None),
-        help="shard addresses in plan order, comma-separated; replicas joined by '+' "
-        "(e.g. 127.0.0.1:7001+127.0.0.1:7011,127.0.0.1:7002)",
-    )
-    group.add_argument(
-        "--cache-bytes",
-        default=env("DEEPREC_CACHE_BYTES", "0"),
-        help="hot-row cache size (e.g. 8M; default 0: no cache)",
-    )
-    group.add_argument("--cache-mode", choices=MODES, default=env("DEEPREC_CACHE_MODE", "static"))
-    group.add_argument(
-        "--cache-profile",
-        default=env("DEEPREC_CACHE_PROFILE", None),
-        help="access profile for the static cache",
-    )
-    group.add_argument(
-        "--shard-timeout",
-        type=float,
-        default=env("DEEPREC_SHARD_TIMEOUT", 10.0, float),
-        help="seconds per shard lookup",
-    )
+# -- command line (the flags: deeprec.common.settings) ----------------------------------------
 
 
 def config_from_args(args) -> ShardedConfig | None:
@@ -393,5 +399,5 @@ def config_from_args(args) -> ShardedConfig | None:
         args.cache_mode,
         args.cache_profile,
         lookup_timeout=args.shard_timeout,
-        connect_timeout=env("DEEPREC_CONNECT_TIMEOUT", 30.0, float),
+        connect_timeout=args.connect_timeout,
     )
