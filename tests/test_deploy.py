@@ -436,9 +436,6 @@ DEPLOYMENT_CHOICES = {
     # A starting frontend waits 300 s, not 30, for workers whose init containers may still
     # be building the model.
     "DEEPREC_CONNECT_TIMEOUT": "300",
-    # ONNX Runtime threads match the pod's CPU request; the default, every core of the node,
-    # would oversubscribe it.
-    "DEEPREC_THREADS": "2",
     # The default cache mode, static, needs an access profile, which deployments have none of.
     "DEEPREC_CACHE_MODE": "adaptive",
     # The default is the plan's dtype; deployments name it, as they make the plan with it.

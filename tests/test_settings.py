@@ -388,3 +388,21 @@ def test_the_launchers_environment_is_checked_against_the_table():
         settings.environment("frontend", threads=2)
     with pytest.raises(ValueError, match="not one of cpu, gpu"):
         settings.environment("inference", device="tpu")
+
+
+def test_what_is_benchmarked_is_what_is_deployed():
+    """The local clusters every benchmark starts use the code's defaults, which the chart
+    and compose must use too (tests/test_deploy.py): threads, embeddings, queue, B."""
+    from deeprec.cli import parser
+    from deeprec.launcher.cluster import LocalCluster
+    from deeprec.launcher.commands import DEMO_BATCH_SIZE
+
+    default = {name: s.default for name, s in settings.BY_ENV.items()}
+    cluster = LocalCluster("unused")
+    assert cluster.threads == default["DEEPREC_THREADS"] == 1
+    assert default["DEEPREC_BATCH_SIZE"] == DEMO_BATCH_SIZE
+    assert default["DEEPREC_EMBEDDINGS"] == "auto"  # fused at one thread, in both
+    for command in (["bench", "peers"], ["bench", "cost"], ["demo"], ["bench", "overload"]):
+        args = parser().parse_args(command)
+        batch = getattr(args, "deeprec", None) or getattr(args, "batch_size", None)
+        assert str(DEMO_BATCH_SIZE) in str(batch), (command, batch)

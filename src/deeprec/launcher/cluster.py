@@ -47,7 +47,7 @@ class LocalCluster:
     workers: int = 2
     gpu_workers: int = 0
     port: int = 0  # the frontend's; 0 = any free port
-    threads: int = 1  # ONNX Runtime threads per worker
+    threads: int = settings.BY_ENV["DEEPREC_THREADS"].default  # per worker, as deployed
     batch_size: int | None = None  # None = the frontend's default
     offload_threshold: int | None = None
     scheduler: bool = False  # start a tuning scheduler and wire the frontend to it

@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from deeprec.common import settings
 from deeprec.common.features import ModelSignature
 from deeprec.common.server import sync_channel
 from deeprec.common.tensors import decode
@@ -41,7 +42,7 @@ from .loadrun import resolve_model as _resolve_model
 # the demo well inside that, with room for the tail.
 DEMO_RATE = 30.0
 DEMO_SECONDS = 30.0
-DEMO_BATCH_SIZE = 256
+DEMO_BATCH_SIZE = settings.BY_ENV["DEEPREC_BATCH_SIZE"].default  # what is deployed
 PROGRESS_EVERY = 5.0
 
 
