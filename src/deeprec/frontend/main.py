@@ -14,11 +14,12 @@ from deeprec.common.policy import Policy, PolicyTable
 from deeprec.common.server import Server, channel, setup_logging
 from deeprec.common.telemetry import Telemetry
 from deeprec.common.telemetry import setup as setup_telemetry
-from deeprec.v1 import inference_pb2, inference_pb2_grpc, recommender_pb2, recommender_pb2_grpc
+from deeprec.v1 import inference_pb2, recommender_pb2, recommender_pb2_grpc
 
 from .admission import Admission
 from .servicer import Pool, RecommenderServicer
 from .watch import PolicyWatcher
+from .workers import WorkerStub
 
 log = logging.getLogger("deeprec")
 SERVICE = recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name
@@ -62,7 +63,7 @@ async def describe(stubs: dict, timeout: float) -> ModelSignature:
 
 
 def _stubs(addresses: list[str], interceptors=()) -> dict:
-    return {a: inference_pb2_grpc.InferenceStub(channel(a, interceptors)) for a in addresses}
+    return {a: WorkerStub(channel(a, interceptors)) for a in addresses}
 
 
 async def build_servicer(

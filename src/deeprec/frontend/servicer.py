@@ -17,14 +17,15 @@ from deeprec.common.errors import (
     Unavailable,
     grpc_errors,
 )
-from deeprec.common.features import ModelSignature, encode_features, validate
+from deeprec.common.features import ModelSignature, validate
 from deeprec.common.limits import RequestLimits
 from deeprec.common.poison import was_accepted
 from deeprec.common.policy import PolicyTable
 from deeprec.common.quote import quote
 from deeprec.common.replicas import Failover, Verdict
 from deeprec.common.tensors import decode, encode
-from deeprec.v1 import inference_pb2, recommender_pb2, recommender_pb2_grpc
+from deeprec.common.wire import predict_request
+from deeprec.v1 import recommender_pb2, recommender_pb2_grpc
 
 from .admission import Admission
 from .balancer import LeastOutstanding, NoWorker
@@ -110,8 +111,9 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         """Scores of one sub-batch, and its retries: a worker that fails (deeprec.common.
         replicas.classify) is ejected and the sub-batch goes to another, unless the worker
         had accepted it (the poison guard) or the request or its deadline is to blame."""
-        request = inference_pb2.PredictRequest(model=self.signature.name)
-        encode_features(request.features, part.dense, part.ids, part.lengths, self.ids_dtype)
+        request = predict_request(
+            self.signature.name, part.dense, part.ids, part.lengths, self.ids_dtype
+        )
         items = f"items {part.start}-{part.end}"
         with pool.balancer.failover() as failover:
             while True:
