@@ -69,7 +69,10 @@ def serve(args) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    # Wake up now and then: a SIGTERM delivered to one of grpc's threads runs its Python
+    # handler only once the main thread runs bytecode again (a bare wait() could hang).
+    while not stop.wait(0.2):
+        pass
     server.stop(5).wait()
     return 0
 

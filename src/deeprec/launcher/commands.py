@@ -166,7 +166,10 @@ def up(args) -> int:
             f"--model-dir {model_dir}   (Ctrl-C stops everything)",
             flush=True,
         )
-        stop.wait()
+        # Wake up now and then: a signal delivered to another thread (the supervisor's)
+        # runs its Python handler only once the main thread runs bytecode again.
+        while not stop.wait(0.2):
+            pass
         clean = _stop(cluster)
     return 0 if clean else 1
 
