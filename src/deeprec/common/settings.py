@@ -254,6 +254,16 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=1,
     ),
     Setting(
+        "DEEPREC_COALESCE_MAX_ITEMS",
+        "--coalesce-max-items",
+        int,
+        1024,
+        "dynamic batching: sub-batches waiting for the session run together, up to this many "
+        "items per run (1: never merge)",
+        ("inference",),
+        minimum=1,
+    ),
+    Setting(
         "DEEPREC_EMBEDDINGS",
         "--embeddings",
         str,

@@ -46,6 +46,7 @@ def build_servicer(
     max_queue=1024,
     embeddings="auto",
     limits: RequestLimits = DEFAULT_LIMITS,
+    coalesce_max_items: int = 1024,
 ):
     """``sharding`` (a sharded.ShardedConfig): run the dense graph, look up on the shards.
     Otherwise ``embeddings``: "graph" runs the whole graph in ONNX Runtime, "fused" pools
@@ -66,7 +67,9 @@ def build_servicer(
     if device == "gpu" and session.provider != "CUDAExecutionProvider":
         log.warning("GPU worker is running on %s (--allow-cpu-fallback)", session.provider)
     signature = ModelSignature.from_spec(artifact.spec, artifact.version)
-    return InferenceServicer(session, signature, device, mode, max_queue, limits)
+    return InferenceServicer(
+        session, signature, device, mode, max_queue, limits, coalesce_max_items
+    )
 
 
 async def start(
@@ -88,6 +91,7 @@ async def serve(args) -> int:
         args.max_queue,
         args.embeddings,
         RequestLimits.from_args(args),
+        args.coalesce_max_items,
     )
     telemetry = setup_telemetry("inference")
     if telemetry.meter is not None and hasattr(servicer.session, "instrument"):

@@ -16,6 +16,8 @@ from deeprec.common.quote import quote
 from deeprec.common.tensors import encode
 from deeprec.v1 import inference_pb2, inference_pb2_grpc
 
+from .batcher import Batcher
+
 log = logging.getLogger("deeprec")
 TRIM_DELAY_S = 0.1  # for grpc to send the reply and free the request's buffers
 
@@ -29,6 +31,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         mode: str = "single",
         max_queue: int = 1024,
         limits: RequestLimits = DEFAULT_LIMITS,
+        coalesce_max_items: int = 1024,
     ):
         self.session = session
         self.signature = signature
@@ -41,6 +44,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         self.max_queue = max_queue
         self.limits = limits
         self.queued = 0  # sub-batches accepted and not finished
+        # Sub-batches that queue behind a run are merged into the next (batcher.py).
+        self.batcher = Batcher(session.run, self.executor, coalesce_max_items)
 
     @grpc_errors
     async def Predict(self, request, context):
@@ -53,38 +58,29 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         if self.queued >= self.max_queue:
             raise ResourceExhausted(f"worker queue full ({self.queued} sub-batches waiting)")
         await mark_accepted(context)  # from here on, a crash is not replayed elsewhere
-        loop = asyncio.get_running_loop()
-        queued = time.perf_counter()
         remaining = context.time_remaining()
-        deadline = None if remaining is None else queued + remaining
+        deadline = None if remaining is None else time.perf_counter() + remaining
         self.queued += 1
         try:
-            started, scores = await loop.run_in_executor(
-                self.executor, self._run, batch.feeds(), deadline
-            )
+            outcome = await self.batcher.submit(batch, deadline)
         finally:
             self.queued -= 1
         if request.ByteSize() > TRIM_AFTER_BYTES:
             # Once grpc has dropped this request, give back the heap it grew.
+            loop = asyncio.get_running_loop()
             loop.call_later(TRIM_DELAY_S, loop.run_in_executor, self.executor, trim)
-        if scores is None:
+        if outcome.scores is None:
             raise DeadlineExceeded(
-                f"deadline passed after {(started - queued) * 1e3:.0f} ms "
-                "in the worker's queue; not run"
+                f"deadline passed after {outcome.queue_ms:.0f} ms in the worker's queue; not run"
             )
         response = inference_pb2.PredictResponse(
             provider=self.session.provider,
-            queue_ms=(started - queued) * 1e3,
-            service_ms=(time.perf_counter() - started) * 1e3,
+            queue_ms=outcome.queue_ms,
+            service_ms=outcome.service_ms,
+            batched_requests=outcome.batched,
         )
-        encode(scores[0], response.scores)
+        encode(outcome.scores, response.scores)
         return response
-
-    def _run(self, feeds, deadline: float | None):
-        started = time.perf_counter()
-        if deadline is not None and started > deadline:
-            return started, None  # nobody waits for this answer any more: skip the work
-        return started, self.session.run(feeds)
 
     @grpc_errors
     async def Describe(self, request, context):

@@ -16,16 +16,18 @@ class PredictRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., features: _Optional[_Union[_tensor_pb2.Features, _Mapping]] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
-    __slots__ = ("scores", "provider", "queue_ms", "service_ms")
+    __slots__ = ("scores", "provider", "queue_ms", "service_ms", "batched_requests")
     SCORES_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     SERVICE_MS_FIELD_NUMBER: _ClassVar[int]
+    BATCHED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     scores: _tensor_pb2.Tensor
     provider: str
     queue_ms: float
     service_ms: float
-    def __init__(self, scores: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., provider: _Optional[str] = ..., queue_ms: _Optional[float] = ..., service_ms: _Optional[float] = ...) -> None: ...
+    batched_requests: int
+    def __init__(self, scores: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., provider: _Optional[str] = ..., queue_ms: _Optional[float] = ..., service_ms: _Optional[float] = ..., batched_requests: _Optional[int] = ...) -> None: ...
 
 class DescribeRequest(_message.Message):
     __slots__ = ()

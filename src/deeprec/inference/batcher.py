@@ -1,0 +1,136 @@
+"""Dynamic batching in a worker: sub-batches waiting for the session run together.
+
+A worker runs one ONNX Runtime run at a time. Under load, sub-batches queue behind that
+run; when it ends, everything queued (up to ``max_items``) is merged into one run and the
+scores are split back. A run of 270 items costs about a quarter less than two of 135 (the
+embedding and dense stages have per-run costs), so the more loaded a worker is, the
+cheaper each item gets. At low load nothing waits and nothing is merged: no added delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from deeprec.common.features import Batch
+
+
+def merge(batches: list[Batch]) -> Batch:
+    """One batch of every sample, in order (ids widen to int64 if their dtypes differ)."""
+    if len(batches) == 1:
+        return batches[0]
+    first = batches[0]
+    dense = None if first.dense is None else np.concatenate([b.dense for b in batches])
+    ids = {name: np.concatenate([b.ids[name] for b in batches]) for name in first.ids}
+    lengths = {name: np.concatenate([b.lengths[name] for b in batches]) for name in first.ids}
+    return Batch(sum(b.n for b in batches), dense, ids, lengths)
+
+
+def bounds(counts: list[int]) -> list[tuple[int, int]]:
+    """[start, end) of each merged batch's rows in the merged scores."""
+    out, start = [], 0
+    for n in counts:
+        out.append((start, start + n))
+        start += n
+    return out
+
+
+@dataclass
+class Outcome:
+    """What one sub-batch got: its scores (None: its deadline passed, not run)."""
+
+    scores: np.ndarray | None
+    queue_ms: float
+    service_ms: float  # its share of the run, by items
+    batched: int  # sub-batches in that run
+
+
+@dataclass
+class _Waiting:
+    batch: Batch
+    deadline: float | None  # perf_counter time
+    queued: float
+    future: asyncio.Future
+
+
+class Batcher:
+    """Runs sub-batches on ``run`` (blocking, on ``executor``), merging those that wait.
+
+    ``max_items``: the most items one merged run may hold (1 = never merge).
+    """
+
+    def __init__(self, run: Callable[[dict], list], executor: Executor, max_items: int):
+        self.run, self.executor, self.max_items = run, executor, max(1, max_items)
+        self.waiting: deque[_Waiting] = deque()
+        self._wakeup: asyncio.Event | None = None
+        self._consumer: asyncio.Task | None = None
+
+    def __len__(self) -> int:
+        return len(self.waiting)
+
+    async def submit(self, batch: Batch, deadline: float | None) -> Outcome:
+        loop = asyncio.get_running_loop()
+        if self._consumer is None:
+            self._wakeup = asyncio.Event()
+            self._consumer = loop.create_task(self._serve())
+        waiting = _Waiting(batch, deadline, time.perf_counter(), loop.create_future())
+        self.waiting.append(waiting)
+        self._wakeup.set()
+        return await waiting.future
+
+    def _take(self) -> list[_Waiting]:
+        """The first waiting sub-batch and those behind it that fit in one run."""
+        group = [self.waiting.popleft()]
+        items = group[0].batch.n
+        while self.waiting and items + self.waiting[0].batch.n <= self.max_items:
+            items += self.waiting[0].batch.n
+            group.append(self.waiting.popleft())
+        return group
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self.waiting:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            group = [w for w in self._take() if not w.future.done()]  # done: cancelled
+            now = time.perf_counter()
+            expired = [w for w in group if w.deadline is not None and now > w.deadline]
+            for w in expired:  # nobody waits for these answers any more: skip the work
+                w.future.set_result(Outcome(None, (now - w.queued) * 1e3, 0.0, 0))
+            live = [w for w in group if w not in expired]
+            if not live:
+                continue
+            try:
+                started, scores, finished = await loop.run_in_executor(
+                    self.executor, self._run, [w.batch for w in live]
+                )
+            except Exception as err:  # the run failed: every sub-batch in it fails
+                for w in live:
+                    if not w.future.done():
+                        w.future.set_exception(err)
+                continue
+            total = sum(w.batch.n for w in live)
+            run_ms = (finished - started) * 1e3
+            for w, (start, end) in zip(live, bounds([w.batch.n for w in live]), strict=True):
+                if not w.future.done():
+                    w.future.set_result(
+                        Outcome(
+                            scores[start:end],
+                            (started - w.queued) * 1e3,
+                            run_ms * w.batch.n / total,
+                            len(live),
+                        )
+                    )
+
+    def _run(self, batches: list[Batch]):
+        started = time.perf_counter()
+        scores = self.run(merge(batches).feeds())[0]
+        return started, scores, time.perf_counter()

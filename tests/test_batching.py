@@ -1,0 +1,103 @@
+"""Dynamic batching in a worker: sub-batches that wait for the session share one run,
+and each still gets exactly its own scores."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from deeprec.common.features import ModelSignature, encode_features, validate
+from deeprec.inference.batcher import Batcher, bounds, merge
+from deeprec.inference.main import build_servicer
+from deeprec.models import reference
+from deeprec.models.inputs import random_inputs
+from deeprec.v1 import tensor_pb2
+
+
+def _batch(spec, n, seed, ids_dtype=None):
+    inputs = random_inputs(spec, n, np.random.default_rng(seed))
+    features = tensor_pb2.Features()
+    encode_features(
+        features,
+        inputs.get("dense"),
+        {f.name: inputs[f"{f.name}_ids"] for f in spec.features},
+        {f.name: inputs[f"{f.name}_lengths"] for f in spec.features},
+        ids_dtype,
+    )
+    return validate(ModelSignature.from_spec(spec, "1"), features), inputs
+
+
+def test_bounds_split_merged_rows_back_in_order():
+    assert bounds([3, 1, 4]) == [(0, 3), (3, 4), (4, 8)]
+
+
+@pytest.mark.parametrize("name", ["rmc1", "din", "dien", "mtwnd"])
+def test_a_merged_run_gives_each_sub_batch_its_reference_scores(tiny_zoo, name):
+    artifact = tiny_zoo[name]
+    servicer = build_servicer(artifact.path, "cpu", 1)
+    parts = [
+        _batch(artifact.spec, n, seed, np.int32 if seed % 2 else None)
+        for seed, n in enumerate((3, 1, 7))
+    ]
+    merged = merge([b for b, _ in parts])
+    assert merged.n == 11
+    scores = servicer.session.run(merged.feeds())[0]
+    for (start, end), (_, inputs) in zip(bounds([3, 1, 7]), parts, strict=True):
+        np.testing.assert_allclose(
+            scores[start:end], reference.forward(artifact, inputs), rtol=1e-5, atol=1e-6
+        )
+
+
+def test_sub_batches_waiting_behind_a_run_share_the_next_one(tiny_zoo):
+    artifact = tiny_zoo["rmc1"]
+    servicer = build_servicer(artifact.path, "cpu", 1)
+    gate, runs = threading.Event(), []
+
+    def gated_run(feeds):  # the real session; the first run waits until all are queued
+        runs.append(len(next(iter(v for k, v in feeds.items() if k.endswith("_lengths")))))
+        gate.wait(30)
+        return servicer.session.run(feeds)
+
+    async def scenario():
+        batcher = Batcher(gated_run, ThreadPoolExecutor(1), max_items=10)
+        parts = [_batch(artifact.spec, n, seed) for seed, n in enumerate((2, 3, 4, 5))]
+        first = asyncio.ensure_future(batcher.submit(parts[0][0], None))
+        while not runs:  # the first run has started (and waits at the gate)
+            await asyncio.sleep(0.001)
+        rest = [asyncio.ensure_future(batcher.submit(b, None)) for b, _ in parts[1:]]
+        while len(batcher) < 3:
+            await asyncio.sleep(0.001)
+        gate.set()
+        return parts, await asyncio.gather(first, *rest)
+
+    parts, outcomes = asyncio.run(scenario())
+    # 3 + 4 fit in one run of at most 10 items; 5 more would not: it runs after them.
+    assert runs == [2, 7, 5]
+    assert [o.batched for o in outcomes] == [1, 2, 2, 1]
+    for (_, inputs), outcome in zip(parts, outcomes, strict=True):
+        np.testing.assert_allclose(
+            outcome.scores, reference.forward(artifact, inputs), rtol=1e-5, atol=1e-6
+        )
+    assert outcomes[1].service_ms == pytest.approx(outcomes[2].service_ms * 3 / 4)
+
+
+def test_expired_sub_batches_are_not_run_and_a_failed_run_fails_its_members(tiny_zoo):
+    artifact = tiny_zoo["rmc1"]
+
+    def broken_run(feeds):
+        raise RuntimeError("the session failed")
+
+    async def scenario():
+        batcher = Batcher(broken_run, ThreadPoolExecutor(1), max_items=100)
+        batch, _ = _batch(artifact.spec, 2, 0)
+        expired = await batcher.submit(batch, deadline=0.0)  # long past
+        with pytest.raises(RuntimeError, match="the session failed"):
+            await batcher.submit(batch, None)
+        return expired
+
+    expired = asyncio.run(scenario())
+    assert expired.scores is None and expired.batched == 0
