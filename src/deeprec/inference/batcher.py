@@ -68,7 +68,7 @@ class Batcher:
     def __init__(self, run: Callable[[dict], list], executor: Executor, max_items: int):
         self.run, self.executor, self.max_items = run, executor, max(1, max_items)
         self.waiting: deque[_Waiting] = deque()
-        self._wakeup: asyncio.Event | None = None
+        # Runs while anything waits and ends when nothing does (no idle task to clean up).
         self._consumer: asyncio.Task | None = None
 
     def __len__(self) -> int:
@@ -76,12 +76,10 @@ class Batcher:
 
     async def submit(self, batch: Batch, deadline: float | None) -> Outcome:
         loop = asyncio.get_running_loop()
-        if self._consumer is None:
-            self._wakeup = asyncio.Event()
-            self._consumer = loop.create_task(self._serve())
         waiting = _Waiting(batch, deadline, time.perf_counter(), loop.create_future())
         self.waiting.append(waiting)
-        self._wakeup.set()
+        if self._consumer is None:
+            self._consumer = loop.create_task(self._serve())
         return await waiting.future
 
     def _take(self) -> list[_Waiting]:
@@ -94,12 +92,14 @@ class Batcher:
         return group
 
     async def _serve(self) -> None:
+        try:
+            await self._drain()
+        finally:
+            self._consumer = None
+
+    async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            if not self.waiting:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
+        while self.waiting:
             group = [w for w in self._take() if not w.future.done()]  # done: cancelled
             now = time.perf_counter()
             expired = [w for w in group if w.deadline is not None and now > w.deadline]
