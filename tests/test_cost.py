@@ -58,3 +58,38 @@ def test_bench_cost_measures_deeprec_and_the_plain_peer(tiny_zoo, tmp_path):
         total = sum(r["ms_per_query"] for r in entry["processes"])
         assert entry["total_ms_per_query"] == pytest.approx(total)
     assert "ms/query  frontend" in run.stdout
+
+
+def test_stages_time_the_deployed_code_and_the_worker_stages_give_the_reference(tiny_zoo, tmp_path):
+    """`deeprec bench stages` runs the frontend's and a worker's own functions; the scores
+    its worker stages produce are the model's, so it times real work."""
+    import numpy as np
+
+    from deeprec.bench.stages import Stopwatch, frontend_stages, worker_stages
+    from deeprec.cli import main
+    from deeprec.common.features import ModelSignature, validate
+    from deeprec.launcher.loadrun import Workload, prepare
+    from deeprec.models import reference
+    from deeprec.models.fused import FusedSession
+    from deeprec.models.runtime import open_session
+    from deeprec.v1 import recommender_pb2
+    from deeprec.workload.distributions import FixedSizes
+
+    artifact = tiny_zoo["rmc1"]
+    signature = ModelSignature.from_spec(artifact.spec, artifact.version)
+    session = FusedSession(artifact, open_session(artifact.graph("dense"), "cpu", 1))
+    query = prepare(artifact.spec, artifact.version, Workload(FixedSizes(10), seed=1))[0]
+    watch = Stopwatch()
+    parts = frontend_stages(watch, signature, query.payload, 4)
+    assert len(parts) == 3  # 10 items at B=4
+    scores = np.concatenate([worker_stages(watch, signature, session, p) for p in parts])
+    request = recommender_pb2.RecommendRequest.FromString(query.payload)
+    feeds = validate(signature, request.features).feeds()
+    np.testing.assert_allclose(scores, reference.forward(artifact, feeds), rtol=1e-5, atol=1e-6)
+    assert all(seconds >= 0 for seconds in watch.seconds.values())
+    assert len(watch.seconds) == 8
+    out = tmp_path / "stages.json"
+    argv = ["bench", "stages", "--model", str(artifact.path), "--seconds", "0.5", "--json"]
+    assert main([*argv, str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["queries"] > 0 and "worker: embedding pooling" in result["ms_per_query"]

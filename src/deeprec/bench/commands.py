@@ -10,7 +10,7 @@ from deeprec.launcher.loadrun import DEFAULT_ARTIFACTS
 from deeprec.models import zoo
 from deeprec.workload.distributions import ID_CHOICES, SIZE_CHOICES
 
-from . import gpu
+from . import gpu, stages
 from .targets import CONFIG_CHOICES
 
 DEFAULT_CONFIGS = f"nosplit,64,{DEMO_BATCH_SIZE},tuned"
@@ -162,6 +162,7 @@ def add_bench_parser(bench) -> None:
     _bench_cost(bench)
     _bench_fuzz(bench)
     gpu.add_parser(bench)
+    stages.add_parser(bench)
 
 
 def _triton(p) -> None:

@@ -1,0 +1,138 @@
+"""`deeprec bench stages`: a query's CPU by stage, the deployed code run in-process.
+
+`deeprec bench cost` measures CPU per query process by process; this splits what the
+frontend and a worker do into stages by running the very functions they run, on the same
+prepared queries, one stage at a time, with no gRPC in between: the frontend's decode,
+validate, split, encode (common/wire) and merge, a worker's decode, validate, embedding
+pooling and dense graph. What a process's CPU in `bench cost` has beyond the sum of its
+stages is gRPC and the event loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from deeprec.common.features import ModelSignature, validate
+from deeprec.common.wire import predict_request
+from deeprec.frontend.split import split
+from deeprec.launcher.loadrun import DEFAULT_ARTIFACTS, Workload, prepare, resolve_model
+from deeprec.models import zoo
+from deeprec.models.artifact import load_artifact
+from deeprec.models.fused import FusedSession, dense_feeds
+from deeprec.models.pooling import bag_sum, gather
+from deeprec.models.runtime import open_session
+from deeprec.v1 import inference_pb2, recommender_pb2
+from deeprec.workload.distributions import parse_sizes
+
+
+class Stopwatch:
+    """CPU seconds per stage (thread time: what this thread spent, not waits)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def time(self, stage: str, work, *args):
+        start = time.thread_time()
+        out = work(*args)
+        self.seconds[stage] += time.thread_time() - start
+        return out
+
+
+def frontend_stages(watch: Stopwatch, signature, payload: bytes, batch_size: int) -> list:
+    request = watch.time("frontend: decode", recommender_pb2.RecommendRequest.FromString, payload)
+    batch = watch.time("frontend: validate", validate, signature, request.features)
+    parts = watch.time("frontend: split", split, batch, batch_size)
+    ids_dtype = np.int32 if signature.ids_fit_int32 else None
+    return [
+        watch.time(
+            "frontend: encode sub-batches",
+            predict_request,
+            signature.name,
+            p.dense,
+            p.ids,
+            p.lengths,
+            ids_dtype,
+        )
+        for p in parts
+    ]
+
+
+def worker_stages(watch: Stopwatch, signature, session: FusedSession, payload: bytes):
+    request = watch.time("worker: decode", inference_pb2.PredictRequest.FromString, payload)
+    feeds = watch.time("worker: validate", validate, signature, request.features).feeds()
+
+    def pool():
+        out = {}
+        for f in session.spec.features:
+            table, ids = session.tables[f.table], feeds[f"{f.name}_ids"]
+            lengths = feeds[f"{f.name}_lengths"]
+            out[f.name] = bag_sum(table, ids, lengths) if f.pooling == "sum" else gather(table, ids)
+        return out
+
+    looked_up = watch.time("worker: embedding pooling", pool)
+    dense = dense_feeds(session.spec, feeds, looked_up)
+    return watch.time("worker: dense graph (ONNX Runtime)", session.dense.run, dense)[0]
+
+
+def run_stages(args) -> int:
+    model_dir = resolve_model(args.model, args.size, args.artifacts)
+    artifact = load_artifact(model_dir)
+    signature = ModelSignature.from_spec(artifact.spec, artifact.version)
+    session = FusedSession(artifact, open_session(artifact.graph("dense"), "cpu", 1))
+    queries = prepare(artifact.spec, artifact.version, Workload(parse_sizes(args.sizes), seed=0))
+    for query in queries[: min(len(queries), 5)]:  # warm: page the tables in
+        for part in frontend_stages(Stopwatch(), signature, query.payload, args.batch_size):
+            worker_stages(Stopwatch(), signature, session, part)
+    watch, items, count = Stopwatch(), 0, 0
+    deadline = time.monotonic() + args.seconds
+    while time.monotonic() < deadline:
+        for query in queries:
+            parts = frontend_stages(watch, signature, query.payload, args.batch_size)
+            scores = [worker_stages(watch, signature, session, part) for part in parts]
+            watch.time("frontend: merge", np.concatenate, scores)
+            items, count = items + query.items, count + 1
+    per_query = {stage: seconds * 1e3 / count for stage, seconds in watch.seconds.items()}
+    print(f"{count} queries (mean {items / count:.0f} items), B={args.batch_size}, ms of CPU:")
+    for stage, ms in per_query.items():
+        print(f"  {ms:7.3f}  {stage}")
+    for side in ("frontend", "worker"):
+        total = sum(ms for stage, ms in per_query.items() if stage.startswith(side))
+        print(f"  {total:7.3f}  {side}: all stages (the rest of its `bench cost` CPU is gRPC)")
+    out = Path(args.json or f"results/bench-stages-{artifact.spec.name}-{artifact.spec.size}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {
+        "kind": "stages",
+        "model": artifact.spec.name,
+        "size": artifact.spec.size,
+        "batch_size": args.batch_size,
+        "queries": count,
+        "mean_items": items / count,
+        "ms_per_query": per_query,
+    }
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def add_parser(bench) -> None:
+    p = bench.add_parser(
+        "stages",
+        help="a query's CPU by stage (decode, validate, split, encode, pooling, dense, merge)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", default=zoo.DEFAULT_MODEL, help="zoo model or artifact directory")
+    p.add_argument("--size", choices=zoo.SIZES, default="small", help="zoo model size")
+    p.add_argument("--artifacts", default=DEFAULT_ARTIFACTS, help="where zoo models are built")
+    p.add_argument("--sizes", default="mlperf", help="query sizes (default mlperf)")
+    p.add_argument("--batch-size", type=int, default=256, help="B (default 256)")
+    p.add_argument("--seconds", type=float, default=10.0, help="measuring time")
+    p.add_argument("--json", help="result file (default results/bench-stages-NAME-SIZE.json)")
+    p.set_defaults(func=run_stages)
