@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from deeprec.launcher.commands import DEMO_BATCH_SIZE, stop_on_signals
-from deeprec.launcher.loadrun import DEFAULT_ARTIFACTS
-from deeprec.models import zoo
 from deeprec.workload.distributions import ID_CHOICES, SIZE_CHOICES
 
 from . import gpu, stages
+from .args import add_model_arguments
+from .args import positive as _positive
 from .targets import CONFIG_CHOICES
 
 DEFAULT_CONFIGS = f"nosplit,64,{DEMO_BATCH_SIZE},tuned"
@@ -48,16 +47,6 @@ def fuzz(args) -> int:
         return run_fuzz(args, stop, say)
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
-
-
 def _common(p) -> None:
     _workload(p)
     _search(p)
@@ -68,13 +57,7 @@ def _common(p) -> None:
 
 def _workload(p) -> None:
     g = p.add_argument_group("model and workload")
-    g.add_argument(
-        "--model",
-        default=zoo.DEFAULT_MODEL,
-        help=f"zoo model ({', '.join(zoo.MODEL_NAMES)}) or artifact directory",
-    )
-    g.add_argument("--size", choices=zoo.SIZES, default="small", help="zoo model size")
-    g.add_argument("--artifacts", default=DEFAULT_ARTIFACTS, help="where zoo models are built")
+    add_model_arguments(g)
     g.add_argument("--sizes", default="mlperf", help=f"query sizes: {SIZE_CHOICES}")
     g.add_argument("--ids", choices=ID_CHOICES, default="powerlaw", help="embedding id law")
     g.add_argument("--exponent", default="1.05", help="Zipf exponent S, or S,TABLE=S2,...")
@@ -218,13 +201,7 @@ def _bench_fuzz(bench) -> None:
     )
     p.add_argument("--requests", type=int, default=200, help="requests per RPC (default 200)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--model",
-        default=zoo.DEFAULT_MODEL,
-        help=f"zoo model ({', '.join(zoo.MODEL_NAMES)}) or artifact directory",
-    )
-    p.add_argument("--size", choices=zoo.SIZES, default="tiny", help="zoo model size")
-    p.add_argument("--artifacts", default=DEFAULT_ARTIFACTS, help="where zoo models are built")
+    add_model_arguments(p, size="tiny")
     p.add_argument("--out", "--json", dest="out", default="results/fuzz.json", help="report")
     p.add_argument("--timeout", type=_positive, default=5.0, help="seconds per request")
     p.add_argument(

@@ -25,11 +25,12 @@ from pathlib import Path
 
 from deeprec.launcher.cluster import LocalCluster
 from deeprec.launcher.commands import stop_on_signals
-from deeprec.launcher.loadrun import DEFAULT_ARTIFACTS, Workload, drive, prepare, resolve_model
-from deeprec.models import zoo
+from deeprec.launcher.loadrun import Workload, drive, prepare, resolve_model
 from deeprec.models.artifact import load_artifact
 from deeprec.models.runtime import CUDA
 from deeprec.workload.distributions import parse_sizes
+
+from .args import add_model_arguments
 
 # Runs in a child: ONNX Runtime writes why CUDA failed to the process's stderr.
 PROBE = """
@@ -175,9 +176,7 @@ def add_parser(bench) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", default=zoo.DEFAULT_MODEL, help="zoo model or artifact directory")
-    p.add_argument("--size", choices=zoo.SIZES, default="small", help="zoo model size")
-    p.add_argument("--artifacts", default=DEFAULT_ARTIFACTS, help="where zoo models are built")
+    add_model_arguments(p)
     p.add_argument("--workers", type=int, default=2, help="CPU workers (default 2)")
     p.add_argument("--batch-size", type=int, default=256, help="B on the CPU pool")
     p.add_argument("--rate", type=float, default=40.0, help="queries/s (default 40)")

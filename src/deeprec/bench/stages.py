@@ -22,14 +22,15 @@ import numpy as np
 from deeprec.common.features import ModelSignature, validate
 from deeprec.common.wire import predict_request
 from deeprec.frontend.split import split
-from deeprec.launcher.loadrun import DEFAULT_ARTIFACTS, Workload, prepare, resolve_model
-from deeprec.models import zoo
+from deeprec.launcher.loadrun import Workload, prepare, resolve_model
 from deeprec.models.artifact import load_artifact
 from deeprec.models.fused import FusedSession, dense_feeds
 from deeprec.models.pooling import bag_sum, gather
 from deeprec.models.runtime import open_session
 from deeprec.v1 import inference_pb2, recommender_pb2
 from deeprec.workload.distributions import parse_sizes
+
+from .args import add_model_arguments
 
 
 class Stopwatch:
@@ -128,9 +129,7 @@ def add_parser(bench) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", default=zoo.DEFAULT_MODEL, help="zoo model or artifact directory")
-    p.add_argument("--size", choices=zoo.SIZES, default="small", help="zoo model size")
-    p.add_argument("--artifacts", default=DEFAULT_ARTIFACTS, help="where zoo models are built")
+    add_model_arguments(p)
     p.add_argument("--sizes", default="mlperf", help="query sizes (default mlperf)")
     p.add_argument("--batch-size", type=int, default=256, help="B (default 256)")
     p.add_argument("--seconds", type=float, default=10.0, help="measuring time")

@@ -1,16 +1,10 @@
-"""Serving errors and the one place they become gRPC statuses."""
+"""Serving errors and their gRPC statuses (applied to every RPC by common/guard.py)."""
 
 from __future__ import annotations
-
-import functools
-import logging
 
 import grpc
 
 from .features import InvalidFeatures
-from .quote import bounded
-
-log = logging.getLogger("deeprec")
 
 
 class ServingError(Exception):
@@ -43,20 +37,3 @@ def status_of(err: Exception) -> tuple[grpc.StatusCode, str]:
     if isinstance(err, ServingError):
         return err.code, str(err)
     return grpc.StatusCode.INTERNAL, f"internal error: {type(err).__name__}: {err}"
-
-
-def grpc_errors(method):
-    """Turn our exceptions into statuses with their message; log the unexpected ones."""
-
-    @functools.wraps(method)
-    async def wrapper(self, request, context):
-        try:
-            return await method(self, request, context)
-        except (InvalidFeatures, ServingError) as err:
-            code, message = status_of(err)
-        except Exception as err:  # a bug: keep serving, say what happened
-            log.exception("unexpected error in %s", method.__name__)
-            code, message = status_of(err)
-        await context.abort(code, bounded(message))
-
-    return wrapper

@@ -80,6 +80,12 @@ class Batch:
     ids: dict[str, np.ndarray]
     lengths: dict[str, np.ndarray]
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of its arrays: about the request's size, without re-sizing the message."""
+        dense = 0 if self.dense is None else self.dense.nbytes
+        return dense + sum(a.nbytes for a in (*self.ids.values(), *self.lengths.values()))
+
     def feeds(self) -> dict[str, np.ndarray]:
         """Inputs of the whole-model graph (ids as sent: runtime.Session widens int32)."""
         out = {} if self.dense is None else {"dense": self.dense}

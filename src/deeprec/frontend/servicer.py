@@ -15,7 +15,6 @@ from deeprec.common.errors import (
     NotFound,
     ResourceExhausted,
     Unavailable,
-    grpc_errors,
 )
 from deeprec.common.features import ModelSignature, validate
 from deeprec.common.limits import RequestLimits
@@ -70,7 +69,6 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         # Workers get int32 ids where the tables allow: half of a sub-batch's bytes.
         self.ids_dtype = np.int32 if signature.ids_fit_int32 else None
 
-    @grpc_errors
     async def Recommend(self, request, context):
         received = time.perf_counter()
         if request.model and request.model != self.signature.name:

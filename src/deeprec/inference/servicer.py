@@ -7,7 +7,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from deeprec.common.errors import DeadlineExceeded, NotFound, ResourceExhausted, grpc_errors
+from deeprec.common.errors import DeadlineExceeded, NotFound, ResourceExhausted
 from deeprec.common.features import DEFAULT_LIMITS, ModelSignature, validate
 from deeprec.common.limits import RequestLimits
 from deeprec.common.memory import TRIM_AFTER_BYTES, trim
@@ -47,7 +47,6 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         # Sub-batches that queue behind a run are merged into the next (batcher.py).
         self.batcher = Batcher(session.run, self.executor, coalesce_max_items)
 
-    @grpc_errors
     async def Predict(self, request, context):
         if request.model and request.model != self.signature.name:
             raise NotFound(
@@ -65,7 +64,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             outcome = await self.batcher.submit(batch, deadline)
         finally:
             self.queued -= 1
-        if request.ByteSize() > TRIM_AFTER_BYTES:
+        if batch.nbytes > TRIM_AFTER_BYTES:
             # Once grpc has dropped this request, give back the heap it grew.
             loop = asyncio.get_running_loop()
             loop.call_later(TRIM_DELAY_S, loop.run_in_executor, self.executor, trim)
@@ -82,7 +81,6 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         encode(outcome.scores, response.scores)
         return response
 
-    @grpc_errors
     async def Describe(self, request, context):
         description = inference_pb2.ModelDescription(
             device=self.device, provider=self.session.provider, mode=self.mode

@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from deeprec.bench.args import positive as _positive
 from deeprec.common import settings
 from deeprec.common.features import ModelSignature
 from deeprec.common.server import sync_channel
@@ -536,16 +537,6 @@ def _load_args(p) -> None:
     p.add_argument("--ids", choices=ID_CHOICES, default="powerlaw", help="embedding id law")
     p.add_argument("--exponent", type=float, default=1.05, help="power-law exponent")
     p.add_argument("--seed", type=int, default=0)
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
 
 
 def _rates(text: str) -> list[float]:

@@ -166,6 +166,7 @@ class Supervisor:
     _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False)
     _halt: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _watcher: threading.Thread | None = field(default=None, init=False, repr=False)
+    rounds: int = field(default=0, init=False)  # supervision looks so far (tests wait on it)
 
     def __post_init__(self):
         self.log_dir = Path(self.log_dir or tempfile.mkdtemp(prefix="deeprec-"))
@@ -288,6 +289,7 @@ class Supervisor:
                             down = time.monotonic() - state.down_since
                             state.down_since = None
                             self.say(f"{child.name} is serving again after {down:.1f} s")
+            self.rounds += 1
 
     def _tend(self, child: Child, state: _Watch, now: float) -> bool:
         """One look at one child (under the lock). True: it was restarted and is running

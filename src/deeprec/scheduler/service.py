@@ -9,7 +9,7 @@ import time
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 
 from deeprec.common.auth import check_admin
-from deeprec.common.errors import InvalidArgument, NotFound, ResourceExhausted, grpc_errors
+from deeprec.common.errors import InvalidArgument, NotFound, ResourceExhausted
 from deeprec.common.policy import to_proto
 from deeprec.common.quote import quote
 from deeprec.v1 import scheduler_pb2, scheduler_pb2_grpc
@@ -56,14 +56,12 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         finally:
             self.broadcaster.queues.discard(queue)
 
-    @grpc_errors
     async def GetPolicy(self, request, context):
         if request.model not in self.core.policies:
             known = ", ".join(sorted(self.core.policies)) or "none yet"
             raise NotFound(f"no policy for model {quote(request.model)} (known: {known})")
         return to_proto(self.core.policies[request.model])
 
-    @grpc_errors
     async def SetPolicy(self, request, context):
         who = check_admin(context, self.admin_token)
         p = request.policy

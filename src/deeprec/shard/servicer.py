@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from deeprec.common.errors import grpc_errors
 from deeprec.common.features import DEFAULT_LIMITS, ID_DTYPES
 from deeprec.common.limits import RequestLimits
 from deeprec.common.tensors import TensorError, decode, encode
@@ -27,7 +26,6 @@ class ShardServicer(shard_pb2_grpc.SparseShardServicer):
         self.store = store
         self.limits = limits
 
-    @grpc_errors
     async def Lookup(self, request, context):
         # Lookups run inline on the event loop: a gather and a segment sum take well under
         # a millisecond at serving sizes, less than a hop to a thread pool would add.
@@ -44,7 +42,6 @@ class ShardServicer(shard_pb2_grpc.SparseShardServicer):
             encode(result, response.results.add())
         return response
 
-    @grpc_errors
     async def Describe(self, request, context):
         store, plan = self.store, self.store.plan
         description = shard_pb2.ShardDescription(
