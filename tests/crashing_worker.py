@@ -21,7 +21,7 @@ def crash(feeds):
 
 async def serve(model_dir: str) -> None:
     servicer = inference_main.build_servicer(model_dir, "cpu", 1)
-    servicer.batcher.run = crash  # the session run, where a native-code bug would strike
+    servicer.runner.batcher.run = crash  # the session run, where a native-code bug would strike
     server = await inference_main.start(servicer, "127.0.0.1", 0)
     print(f"serving on 127.0.0.1:{server.port}", flush=True)
     await server.run_until_signalled()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from deeprec.common.features import ModelSignature, encode_features, validate
-from deeprec.inference.batcher import Batcher, bounds, merge
+from deeprec.execution.batcher import Batcher, bounds, merge
 from deeprec.inference.main import build_servicer
 from deeprec.models import reference
 from deeprec.models.inputs import random_inputs
@@ -101,3 +101,36 @@ def test_expired_sub_batches_are_not_run_and_a_failed_run_fails_its_members(tiny
 
     expired = asyncio.run(scenario())
     assert expired.scores is None and expired.batched == 0
+
+
+def test_several_run_threads_share_one_queue_and_its_backlog(tiny_zoo):
+    artifact = tiny_zoo["rmc1"]
+    servicer = build_servicer(artifact.path, "cpu", 1)
+    gate, runs, lock = threading.Event(), [], threading.Lock()
+
+    def gated_run(feeds):  # the real session, once every sub-batch is queued
+        with lock:
+            runs.append(len(next(v for k, v in feeds.items() if k.endswith("_lengths"))))
+        gate.wait(30)
+        return servicer.session.run(feeds)
+
+    async def scenario():
+        batcher = Batcher(gated_run, ThreadPoolExecutor(2), max_items=100, concurrency=2)
+        parts = [_batch(artifact.spec, n, seed) for seed, n in enumerate((6, 7, 2, 3, 4, 5))]
+        first = [asyncio.ensure_future(batcher.submit(b, None)) for b, _ in parts[:2]]
+        while len(runs) < 2:  # both threads run at once, not one merged run
+            await asyncio.sleep(0.001)
+        rest = [asyncio.ensure_future(batcher.submit(b, None)) for b, _ in parts[2:]]
+        while len(batcher) < 4:
+            await asyncio.sleep(0.001)
+        gate.set()
+        return parts, await asyncio.gather(*first, *rest)
+
+    parts, outcomes = asyncio.run(scenario())
+    # The backlog (2 + 3 + 4 + 5 = 14 items) is shared: a freed thread takes about half
+    # (7: 2 + 3), the next about half of what is left (5: 4), the last the rest (5).
+    assert sorted(runs[:2]) == [6, 7] and runs[2:] == [5, 4, 5]
+    for (_, inputs), outcome in zip(parts, outcomes, strict=True):
+        np.testing.assert_allclose(
+            outcome.scores, reference.forward(artifact, inputs), rtol=1e-5, atol=1e-6
+        )

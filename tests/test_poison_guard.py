@@ -65,7 +65,7 @@ def test_a_query_that_kills_a_worker_is_failed_not_replayed(tiny_zoo, tmp_path):
             # are retried on the healthy worker (they never ran): all answered.
             after = outcomes[outcomes.index(failed[0]) + 1 :]
             assert after and all(o[0] == "OK" for o in after)
-            assert healthy.queued == 0
+            assert healthy.runner.queued == 0
     finally:
         if crasher.poll() is None:
             crasher.kill()

@@ -70,7 +70,7 @@ def test_large_queries_go_whole_to_the_gpu_pool(tiny_zoo):
 
 
 def test_embeddings_choice_follows_the_device():
-    from deeprec.inference.main import embeddings_for
+    from deeprec.execution.sessions import embeddings_for
 
     assert embeddings_for("auto", "cpu", 1) == "fused"
     assert embeddings_for("auto", "cpu", 2) == "graph"  # ONNX Runtime uses both threads

@@ -23,6 +23,7 @@ import pytest
 
 from deeprec import cli
 from deeprec.common import config, limits, settings
+from deeprec.execution import sessions
 from deeprec.frontend import main as frontend_main
 from deeprec.frontend.admission import Admission
 from deeprec.inference import cache
@@ -237,7 +238,7 @@ def test_the_codes_choices_are_the_tables():
     def choices(name):
         return tuple(settings.BY_ENV[name].choices)
 
-    assert choices("DEEPREC_EMBEDDINGS") == inference_main.EMBEDDINGS
+    assert choices("DEEPREC_EMBEDDINGS") == sessions.EMBEDDINGS
     assert choices("DEEPREC_CACHE_MODE") == cache.MODES
     assert set(choices("DEEPREC_ROW_DTYPE")) == set(shard_main.ROW_DTYPE_FLAGS)
     assert settings.BY_ENV["DEEPREC_MAX_ITEMS"].maximum == limits.HARD_MAX
@@ -384,8 +385,8 @@ def test_the_launchers_environment_is_checked_against_the_table():
         "DEEPREC_ALLOW_CPU_FALLBACK": "true",
     }
     assert settings.environment("frontend", scheduler=None) == {"DEEPREC_SCHEDULER": ""}
-    with pytest.raises(KeyError, match="frontend has no setting 'threads'"):
-        settings.environment("frontend", threads=2)
+    with pytest.raises(KeyError, match="frontend has no setting 'device'"):
+        settings.environment("frontend", device="gpu")
     with pytest.raises(ValueError, match="not one of cpu, gpu"):
         settings.environment("inference", device="tpu")
 

@@ -11,9 +11,8 @@ from deeprec.common.limits import RequestLimits
 from deeprec.common.server import Server, setup_logging
 from deeprec.common.telemetry import Telemetry
 from deeprec.common.telemetry import setup as setup_telemetry
+from deeprec.execution.sessions import open_model
 from deeprec.models.artifact import load_artifact
-from deeprec.models.fused import FusedSession
-from deeprec.models.runtime import open_session
 from deeprec.v1 import inference_pb2, inference_pb2_grpc
 
 from . import sharded
@@ -21,20 +20,6 @@ from .servicer import InferenceServicer
 
 log = logging.getLogger("deeprec")
 SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
-
-
-EMBEDDINGS = ("auto", "fused", "graph")
-
-
-def embeddings_for(choice: str, device: str, threads: int | None) -> str:
-    """auto: fused for a one-thread CPU worker; the whole graph otherwise. SciPy pools on
-    one thread, while ONNX Runtime spreads its gathers over its threads (and keeps them on
-    the GPU): `deeprec model bench` measures both."""
-    if choice not in EMBEDDINGS:
-        raise ValueError(f"embeddings must be one of {', '.join(EMBEDDINGS)}, not {choice!r}")
-    if choice == "auto":
-        return "fused" if device == "cpu" and threads == 1 else "graph"
-    return choice
 
 
 def build_servicer(
@@ -52,13 +37,8 @@ def build_servicer(
     Otherwise ``embeddings``: "graph" runs the whole graph in ONNX Runtime, "fused" pools
     from the local tables (fused.FusedSession) and runs the dense graph."""
     artifact = load_artifact(model_dir)
-    embeddings = embeddings_for(embeddings, device, threads)
-    mode = "single" if embeddings == "graph" else "fused"
-    if sharding is None and embeddings == "graph":
-        session = open_session(artifact.graph("whole"), device, threads, allow_cpu_fallback)
-    elif sharding is None:
-        dense = open_session(artifact.graph("dense"), device, threads, allow_cpu_fallback)
-        session = FusedSession(artifact, dense)
+    if sharding is None:
+        session, mode = open_model(artifact, device, threads, allow_cpu_fallback, embeddings)
     else:
         mode = "sharded"
         session = sharded.open_sharded_session(
@@ -109,7 +89,7 @@ async def serve(args) -> int:
         servicer.mode,
     )
     await server.run_until_signalled()
-    servicer.executor.shutdown(wait=True)
+    servicer.runner.close()
     if hasattr(servicer.session, "close"):
         servicer.session.close()  # sharded: its shard channels
     telemetry.shutdown()

@@ -1,10 +1,12 @@
 """Dynamic batching in a worker: sub-batches waiting for the session run together.
 
-A worker runs one ONNX Runtime run at a time. Under load, sub-batches queue behind that
-run; when it ends, everything queued (up to ``max_items``) is merged into one run and the
-scores are split back. A run of 270 items costs about a quarter less than two of 135 (the
-embedding and dense stages have per-run costs), so the more loaded a worker is, the
-cheaper each item gets. At low load nothing waits and nothing is merged: no added delay.
+A worker runs one ONNX Runtime run at a time (a frontend's in-process pool, one per
+thread). Under load, sub-batches queue behind the runs; when one ends, what is queued (up
+to ``max_items``, and with several threads about a thread's share) is merged into the
+next run and the scores are split back. A run of 270 items costs about a quarter less
+than two of 135 (the embedding and dense stages have per-run costs), so the more loaded a
+worker is, the cheaper each item gets. At low load nothing waits and nothing is merged:
+no added delay.
 """
 
 from __future__ import annotations
@@ -63,13 +65,23 @@ class Batcher:
     """Runs sub-batches on ``run`` (blocking, on ``executor``), merging those that wait.
 
     ``max_items``: the most items one merged run may hold (1 = never merge).
+    ``concurrency``: runs at once (the executor needs as many threads). One queue feeds
+    them all: a sub-batch starts on whichever run thread frees first, as in an M/G/c
+    queue, never behind a long run while another thread idles.
     """
 
-    def __init__(self, run: Callable[[dict], list], executor: Executor, max_items: int):
+    def __init__(
+        self,
+        run: Callable[[dict], list],
+        executor: Executor,
+        max_items: int,
+        concurrency: int = 1,
+    ):
         self.run, self.executor, self.max_items = run, executor, max(1, max_items)
+        self.concurrency = max(1, concurrency)
         self.waiting: deque[_Waiting] = deque()
-        # Runs while anything waits and ends when nothing does (no idle task to clean up).
-        self._consumer: asyncio.Task | None = None
+        self.active = 0  # runs in progress
+        self._tasks: set[asyncio.Task] = set()  # the runs' tasks, kept from the GC
 
     def __len__(self) -> int:
         return len(self.waiting)
@@ -78,57 +90,63 @@ class Batcher:
         loop = asyncio.get_running_loop()
         waiting = _Waiting(batch, deadline, time.perf_counter(), loop.create_future())
         self.waiting.append(waiting)
-        if self._consumer is None:
-            self._consumer = loop.create_task(self._serve())
+        self._dispatch()
         return await waiting.future
 
     def _take(self) -> list[_Waiting]:
-        """The first waiting sub-batch and those behind it that fit in one run."""
+        """The first waiting sub-batch and those behind it that fit in one run: at most
+        ``max_items``, and with several run threads about their share of the backlog, so
+        one greedy run does not leave the others idle."""
+        share = -(-sum(w.batch.n for w in self.waiting) // self.concurrency)
+        limit = min(self.max_items, share)
         group = [self.waiting.popleft()]
         items = group[0].batch.n
-        while self.waiting and items + self.waiting[0].batch.n <= self.max_items:
+        while self.waiting and items + self.waiting[0].batch.n <= limit:
             items += self.waiting[0].batch.n
             group.append(self.waiting.popleft())
         return group
 
-    async def _serve(self) -> None:
-        try:
-            await self._drain()
-        finally:
-            self._consumer = None
-
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self.waiting:
+    def _dispatch(self) -> None:
+        """Start runs while sub-batches wait and a run thread is free."""
+        while self.waiting and self.active < self.concurrency:
             group = [w for w in self._take() if not w.future.done()]  # done: cancelled
             now = time.perf_counter()
             expired = [w for w in group if w.deadline is not None and now > w.deadline]
             for w in expired:  # nobody waits for these answers any more: skip the work
                 w.future.set_result(Outcome(None, (now - w.queued) * 1e3, 0.0, 0))
             live = [w for w in group if w not in expired]
-            if not live:
-                continue
-            try:
-                started, scores, finished = await loop.run_in_executor(
-                    self.executor, self._run, [w.batch for w in live]
-                )
-            except Exception as err:  # the run failed: every sub-batch in it fails
-                for w in live:
-                    if not w.future.done():
-                        w.future.set_exception(err)
-                continue
-            total = sum(w.batch.n for w in live)
-            run_ms = (finished - started) * 1e3
-            for w, (start, end) in zip(live, bounds([w.batch.n for w in live]), strict=True):
+            if live:
+                self.active += 1
+                task = asyncio.get_running_loop().create_task(self._run_group(live))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _run_group(self, live: list[_Waiting]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            started, scores, finished = await loop.run_in_executor(
+                self.executor, self._run, [w.batch for w in live]
+            )
+        except Exception as err:  # the run failed: every sub-batch in it fails
+            for w in live:
                 if not w.future.done():
-                    w.future.set_result(
-                        Outcome(
-                            scores[start:end],
-                            (started - w.queued) * 1e3,
-                            run_ms * w.batch.n / total,
-                            len(live),
-                        )
+                    w.future.set_exception(err)
+            return
+        finally:
+            self.active -= 1
+            self._dispatch()
+        total = sum(w.batch.n for w in live)
+        run_ms = (finished - started) * 1e3
+        for w, (start, end) in zip(live, bounds([w.batch.n for w in live]), strict=True):
+            if not w.future.done():
+                w.future.set_result(
+                    Outcome(
+                        scores[start:end],
+                        (started - w.queued) * 1e3,
+                        run_ms * w.batch.n / total,
+                        len(live),
                     )
+                )
 
     def _run(self, batches: list[Batch]):
         started = time.perf_counter()

@@ -1,0 +1,75 @@
+"""One worker's run loop: one session run at a time, queued sub-batches merged, a bound.
+
+DeepRecSys' model of a CPU worker: ONNX Runtime already uses its intra-op threads, so a
+worker runs one sub-batch at a time on its own thread, and queueing here keeps tail
+latency honest instead of oversubscribing the cores. Sub-batches that wait share the
+next run (batcher.py). The inference worker puts this behind gRPC; the frontend runs it
+in-process (frontend/local.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from deeprec.common.errors import DeadlineExceeded, ResourceExhausted
+from deeprec.common.features import Batch
+from deeprec.common.memory import TRIM_AFTER_BYTES, trim
+
+from .batcher import Batcher, Outcome
+
+TRIM_DELAY_S = 0.1  # for grpc to send the reply and free the request's buffers
+
+
+class Runner:
+    """``concurrency``: runs at once, each on its own thread, fed by one queue (1 for an
+    inference worker process; a frontend's in-process pool runs one per core)."""
+
+    def __init__(
+        self,
+        session,
+        max_queue: int = 1024,
+        coalesce_max_items: int = 1024,
+        concurrency: int = 1,
+    ):
+        self.session = session
+        self.executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ort")
+        self.batcher = Batcher(session.run, self.executor, coalesce_max_items, concurrency)
+        self.max_queue = max_queue
+        self.queued = 0  # sub-batches accepted and not finished
+        self.answered = 0  # sub-batches whose scores were returned
+
+    def check_room(self) -> None:
+        """ResourceExhausted when the queue is full (before the caller commits to run)."""
+        if self.queued >= self.max_queue:
+            raise ResourceExhausted(f"worker queue full ({self.queued} sub-batches waiting)")
+
+    async def run(self, batch: Batch, deadline: float | None) -> Outcome:
+        """Scores of ``batch``; ``deadline`` (perf_counter time): DeadlineExceeded if it
+        passes while the batch waits."""
+        self.check_room()
+        self.queued += 1
+        try:
+            outcome = await self.batcher.submit(batch, deadline)
+        finally:
+            self.queued -= 1
+        if batch.nbytes > TRIM_AFTER_BYTES:
+            # Once the request is dropped, give back the heap it grew.
+            loop = asyncio.get_running_loop()
+            loop.call_later(TRIM_DELAY_S, loop.run_in_executor, self.executor, trim)
+        if outcome.scores is None:
+            raise DeadlineExceeded(
+                f"deadline passed after {outcome.queue_ms:.0f} ms in the worker's queue; not run"
+            )
+        self.answered += 1
+        return outcome
+
+    def close(self) -> None:
+        """Finish what is queued on the run thread."""
+        self.executor.shutdown(wait=True)
+
+
+def deadline_after(seconds: float | None) -> float | None:
+    """A perf_counter deadline ``seconds`` from now (None: none)."""
+    return None if seconds is None else time.perf_counter() + seconds
