@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from deeprec.common.features import encode_features
 from deeprec.common.limits import RequestLimits
 from deeprec.frontend import main as frontend_main
+from deeprec.frontend.local import LocalConfig
 from deeprec.inference import main as inference_main
 from deeprec.v1 import recommender_pb2, recommender_pb2_grpc
 
@@ -52,8 +53,10 @@ class InProcessCluster:
         max_items=4096,
         telemetry=None,
         embeddings="auto",
+        local_workers=0,
     ):
         self.model_dir = model_dir
+        self.local = LocalConfig(local_workers, str(model_dir), 1, embeddings)
         self.n_workers, self.n_gpu = workers, gpu_workers
         self.batch_size, self.offload_threshold = batch_size, offload_threshold
         self.extra_workers = worker_addresses or []
@@ -90,6 +93,7 @@ class InProcessCluster:
                 RequestLimits(max_items=self.max_items),
                 connect_timeout=10,
                 telemetry=self.telemetry,
+                local=self.local,
             )
         )
         server = self.loop.run(frontend_main.start(self.frontend, "127.0.0.1", 0, self.telemetry))
@@ -103,6 +107,7 @@ class InProcessCluster:
         self.channel.close()
         for server in reversed(self.servers):
             self.loop.run(server.stop(0))
+        self.frontend.close()
         self.loop.close()
 
 
@@ -140,9 +145,9 @@ def wait_healthy(address: str, timeout: float = 30.0) -> None:
 
 
 class WorkerProcess:
-    """`deeprec serve inference` as a real child process."""
+    """`deeprec serve inference` (or ``service``) as a real child process."""
 
-    def __init__(self, model_dir, *extra):
+    def __init__(self, model_dir, *extra, service="inference"):
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
@@ -151,7 +156,7 @@ class WorkerProcess:
                 "-m",
                 "deeprec.cli",
                 "serve",
-                "inference",
+                service,
                 "--model",
                 str(model_dir),
                 "--port",

@@ -33,10 +33,12 @@ def test_cost_adds_up_processes_of_a_role_and_skips_those_not_there_throughout()
         cost_per_query(before, after, queries=0)
 
 
-def test_bench_cost_measures_deeprec_and_the_plain_peer(tiny_zoo, tmp_path):
+@pytest.mark.parametrize("placement", ["in-process", "remote"])
+def test_bench_cost_measures_deeprec_and_the_plain_peer(tiny_zoo, tmp_path, placement):
     out = tmp_path / "cost.json"
     argv = ["--model", str(tiny_zoo["rmc1"].path), "--sizes", "20", "--rate", "30"]
     argv += ["--seconds", "3", "--deeprec", "nosplit", "--peers", "plain", "--json", str(out)]
+    argv += ["--placement", placement]
     run = subprocess.run(
         [sys.executable, "-m", "deeprec.cli", "bench", "cost", *argv],
         capture_output=True,
@@ -47,8 +49,11 @@ def test_bench_cost_measures_deeprec_and_the_plain_peer(tiny_zoo, tmp_path):
     data = json.loads(out.read_text())
     deeprec, plain = data["targets"]
     roles = {r["role"]: r for r in deeprec["processes"]}
-    assert roles["worker"]["processes"] == 2 and roles["frontend"]["processes"] == 1
-    assert roles["worker"]["cpu_s"] > 0 and roles["frontend"]["cpu_s"] > 0
+    assert roles["frontend"]["processes"] == 1 and roles["frontend"]["cpu_s"] > 0
+    if placement == "remote":
+        assert roles["worker"]["processes"] == 2 and roles["worker"]["cpu_s"] > 0
+    else:  # the frontend runs the model itself
+        assert "worker" not in roles
     assert {r["role"] for r in plain["processes"]} >= {"plain server", LOAD_GENERATOR}
     for entry in (deeprec, plain):
         assert entry["load"]["answered"] >= 30 and entry["load"]["errors"] == 0

@@ -69,21 +69,28 @@ FULLNAME = f"{RELEASE}-deeprec"
 KUBE_VERSIONS = ("1.30.0", "1.37.0")
 
 # The values matrix of issue 7. Every case is rendered once per test session.
+REMOTE_CPU = {"enabled": True}  # a remote CPU worker pool (off by default: in-process)
 CASES = {
     "defaults": {},
     "gpu-workers": {"workers": {"gpu": {"enabled": True}}, "frontend": {"offloadThreshold": 256}},
-    "no-shards": {"shards": {"count": 0}},
-    "3-shards-x2": {"shards": {"count": 3, "replicas": 2, "cacheBytes": "8M"}},
+    "remote-cpu-workers": {"workers": {"cpu": REMOTE_CPU}, "frontend": {"localWorkers": 0}},
+    "3-shards-x2": {
+        "shards": {"count": 3, "replicas": 2, "cacheBytes": "8M"},
+        "workers": {"cpu": REMOTE_CPU},
+    },
     "tracing-off": {"tracing": {"enabled": False}},
     "autoscaling": {
         "workers": {
-            "cpu": {"autoscaling": {"enabled": True}},
+            "cpu": {**REMOTE_CPU, "autoscaling": {"enabled": True}},
             "gpu": {"enabled": True, "autoscaling": {"enabled": True}},
         }
     },
 }
 # The chart with docker-compose.yml's topology: 2 shards x 1, 2 CPU workers, a GPU pool.
-COMPOSE_LIKE = {"shards": {"count": 2, "replicas": 1}, "workers": {"gpu": {"enabled": True}}}
+COMPOSE_LIKE = {
+    "shards": {"count": 2, "replicas": 1},
+    "workers": {"cpu": REMOTE_CPU, "gpu": {"enabled": True}},
+}
 DEEPREC_SERVICES = {"frontend", "worker-cpu", "worker-gpu", "shard", "scheduler"}
 COMPONENT = "app.kubernetes.io/component"
 
@@ -199,9 +206,10 @@ def test_the_matrix_renders_its_topology(rendered):
             "hpa": sorted(by_kind(ms, "HorizontalPodAutoscaler")),
         }
 
-    base = ["collector", "frontend", "grafana", "jaeger", "prometheus", "scheduler", "worker-cpu"]
+    base = ["collector", "frontend", "grafana", "jaeger", "prometheus", "scheduler"]
+    # By default the frontends run the CPU workers in-process: no worker Deployment.
     assert summary("defaults") == {"deployments": base, "statefulsets": {}, "hpa": []}
-    assert summary("no-shards") == summary("defaults")
+    assert summary("remote-cpu-workers")["deployments"] == sorted([*base, "worker-cpu"])
     assert summary("gpu-workers")["deployments"] == sorted([*base, "worker-gpu"])
     assert summary("3-shards-x2")["statefulsets"] == {f"{FULLNAME}-shard-{k}": 2 for k in range(3)}
     assert summary("tracing-off")["deployments"] == [c for c in base if c != "jaeger"]
@@ -222,8 +230,7 @@ def test_gpu_workers_request_gpus_on_gpu_nodes(rendered):
     frontend = main_container(by_kind(ms, "Deployment")[f"{FULLNAME}-frontend"])
     assert env_of(frontend)["DEEPREC_GPU_WORKERS"] == f"{FULLNAME}-worker-gpu:50061"
     assert env_of(frontend)["DEEPREC_OFFLOAD_THRESHOLD"] == "256"
-    cpu = main_container(by_kind(ms, "Deployment")[f"{FULLNAME}-worker-cpu"])
-    assert "nvidia.com/gpu" not in cpu["resources"].get("limits", {})
+    assert "nvidia.com/gpu" not in frontend["resources"].get("limits", {})  # CPU in-process
 
 
 def test_autoscaled_workers_leave_replicas_to_the_hpa(rendered):
@@ -236,10 +243,8 @@ def test_autoscaled_workers_leave_replicas_to_the_hpa(rendered):
         assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
         requests = main_container(deployments[target["name"]])["resources"]["requests"]
         assert "cpu" in requests, f"{name}: CPU utilization needs a CPU request"
-    assert (
-        by_kind(rendered["defaults"], "Deployment")[f"{FULLNAME}-worker-cpu"]["spec"]["replicas"]
-        == 2
-    )
+    remote = by_kind(rendered["remote-cpu-workers"], "Deployment")[f"{FULLNAME}-worker-cpu"]
+    assert remote["spec"]["replicas"] == 2
 
 
 # -- the containers' command lines and environment, read by the real CLI -------------------------
@@ -364,7 +369,14 @@ def test_every_deeprec_container_starts_where_the_chart_expects(rendered, compos
             assert str(args.shard) == w["metadata"]["labels"]["deeprec.io/shard"]
             assert args.plan == "/plans/plan.json" and "/plans" in mounts
         elif component == "frontend":
-            assert cluster.resolve(args.workers) == "worker-cpu"
+            if args.local_workers:  # runs the model itself, built by its own init container
+                assert not cluster.statefulsets, "a sharded model needs sharded workers"
+                assert args.model == "/models/rmc1" and "/models" in mounts
+                assert [i["name"] for i in w["spec"]["template"]["spec"]["initContainers"]] == [
+                    "model"
+                ]
+            if args.workers or not args.local_workers:
+                assert cluster.resolve(args.workers) == "worker-cpu"
             if args.gpu_workers:
                 assert cluster.resolve(args.gpu_workers) == "worker-gpu"
             assert cluster.resolve(args.scheduler) == "scheduler"
@@ -374,7 +386,7 @@ def test_every_deeprec_container_starts_where_the_chart_expects(rendered, compos
         if env_of(c).get("OTEL_METRICS_EXPORTER") == "otlp":
             endpoint = env_of(c)["OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"]
             assert cluster.resolve(endpoint) in ("collector", "scheduler")
-    assert {"frontend", "worker-cpu", "scheduler"} <= seen
+    assert {"frontend", "scheduler"} <= seen
 
 
 def serve_service(args: list[str]) -> str | None:
@@ -430,6 +442,9 @@ def test_every_env_var_the_chart_sets_is_a_setting_its_service_reads(rendered, c
 # (deeprec.common.settings). Anything else they set must equal the code's default: what is
 # benchmarked is what is deployed.
 DEPLOYMENT_CHOICES = {
+    # The chart's frontends run their CPU workers in-process (what the benchmarks measure);
+    # the code's default is none, as a frontend without a model has nothing to run.
+    "DEEPREC_LOCAL_WORKERS": "2",
     # Containers listen on every interface; the default, loopback, is unreachable from
     # other pods and containers.
     "DEEPREC_HOST": "0.0.0.0",
@@ -467,6 +482,21 @@ def deployed_settings(rendered, compose_like, compose):
         service = interpolate(service)
         if kind := serve_service([str(a) for a in service.get("command", [])]):
             yield f"compose: {name}", kind, deeprec_env(service.get("environment", {}))
+
+
+def test_the_benchmarks_measure_the_charts_placement_of_cpu_workers(rendered):
+    """In-process CPU workers, as many as the chart's frontends run, in `deeprec up`/`demo`
+    and in the benchmarks that compare deeprec with its peers."""
+    from deeprec.cli import parser
+    from deeprec.launcher.commands import DEFAULT_CPU_WORKERS, placement
+
+    frontend = main_container(by_kind(rendered["defaults"], "Deployment")[f"{FULLNAME}-frontend"])
+    chart_local = int(env_of(frontend)["DEEPREC_LOCAL_WORKERS"])
+    assert env_of(frontend)["DEEPREC_WORKERS"] == ""  # no remote CPU pool by default
+    assert placement(None, None, shards=0) == (0, chart_local) == (0, DEFAULT_CPU_WORKERS)
+    for command in (["bench", "peers"], ["bench", "cost"], ["bench", "capacity"]):
+        args = parser().parse_args(command)
+        assert (args.placement, args.workers) == ("in-process", chart_local), command
 
 
 def test_chart_and_compose_deploy_the_code_defaults(rendered, compose_like, compose):
@@ -659,19 +689,24 @@ def test_the_model_can_come_from_an_existing_volume(chart):
         "model": {"source": "volume", "volume": {"claimName": "zoo", "subPath": "rmc1-paper"}}
     }
     ms = manifests_of(render(chart, values))
-    worker = by_kind(ms, "Deployment")[f"{FULLNAME}-worker-cpu"]
-    spec = worker["spec"]["template"]["spec"]
+    # The frontend's in-process workers read it as remote workers would.
+    frontend = by_kind(ms, "Deployment")[f"{FULLNAME}-frontend"]
+    spec = frontend["spec"]["template"]["spec"]
     assert "initContainers" not in spec
     (models,) = [v for v in spec["volumes"] if v["name"] == "models"]
     assert models["persistentVolumeClaim"] == {"claimName": "zoo", "readOnly": True}
-    assert env_of(main_container(worker))["DEEPREC_MODEL_DIR"] == "/models/rmc1-paper"
+    assert env_of(main_container(frontend))["DEEPREC_MODEL_DIR"] == "/models/rmc1-paper"
 
 
 def test_a_plan_given_in_values_is_served_from_a_configmap(chart, tiny_zoo):
     artifact = tiny_zoo["rmc1"]
     plan = make_plan(artifact.spec, artifact.version, 2, "capacity")
     document = json.dumps(plan.to_json())
-    ms = manifests_of(render(chart, {"shards": {"count": 2, "replicas": 1, "plan": document}}))
+    values = {
+        "shards": {"count": 2, "replicas": 1, "plan": document},
+        "workers": {"cpu": REMOTE_CPU},
+    }
+    ms = manifests_of(render(chart, values))
     configmap = by_kind(ms, "ConfigMap")[f"{FULLNAME}-plan"]
     assert json.loads(configmap["data"]["plan.json"]) == plan.to_json()
     for w in workloads(ms):
@@ -705,7 +740,8 @@ def test_broken_values_are_refused_with_the_schema_message(chart, values, expect
 
 
 CONTRADICTIONS = [
-    ({"workers": {"cpu": {"enabled": False}}}, "frontend.enabled needs workers.cpu.enabled"),
+    ({"frontend": {"localWorkers": 0}}, "frontend.enabled needs CPU workers"),
+    ({"shards": {"count": 2}}, "frontend.enabled needs CPU workers"),  # sharded: not local
     ({"model": {"source": "volume"}}, "model.source=volume needs model.volume.claimName"),
     (
         {"tracing": {"endpoint": ""}, "jaeger": {"enabled": False}},
@@ -714,7 +750,10 @@ CONTRADICTIONS = [
     (
         {
             "workers": {
-                "cpu": {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}
+                "cpu": {
+                    **REMOTE_CPU,
+                    "autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2},
+                }
             }
         },
         "workers.cpu.autoscaling.maxReplicas (2) is below minReplicas (5)",

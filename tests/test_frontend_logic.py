@@ -15,7 +15,9 @@ from deeprec.frontend.split import split, sub_batch_bounds
 @pytest.mark.parametrize(
     ("n", "b", "bounds"),
     [
-        (10, 3, [(0, 3), (3, 6), (6, 9), (9, 10)]),
+        (10, 3, [(0, 3), (3, 6), (6, 8), (8, 10)]),
+        (270, 256, [(0, 135), (135, 270)]),
+        (7, 2, [(0, 2), (2, 4), (4, 6), (6, 7)]),
         (10, 0, [(0, 10)]),
         (10, 10, [(0, 10)]),
         (10, 99, [(0, 10)]),
@@ -33,7 +35,7 @@ def test_split_is_zero_copy_and_reassembles_every_item_in_order():
     dense = rng.standard_normal((11, 3)).astype(np.float32)
     batch = Batch(11, dense, {"f": ids}, {"f": lengths})
     parts = split(batch, 4)
-    assert [(p.start, p.end) for p in parts] == [(0, 4), (4, 8), (8, 11)]
+    assert [(p.start, p.end) for p in parts] == [(0, 4), (4, 8), (8, 11)]  # 4 + 4 + 3
     assert all(np.shares_memory(p.ids["f"], ids) or not len(p.ids["f"]) for p in parts)
     assert all(np.shares_memory(p.dense, dense) for p in parts)
     np.testing.assert_array_equal(np.concatenate([p.ids["f"] for p in parts]), ids)

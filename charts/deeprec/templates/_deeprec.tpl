@@ -40,6 +40,10 @@ OTEL_METRIC_EXPORT_INTERVAL: {{ .Values.collector.exportIntervalMs | quote }}
 {{- end -}}
 
 {{- define "deeprec.env.frontend" -}}
+{{- $cpu := "" -}}
+{{- if .Values.workers.cpu.enabled -}}
+{{- $cpu = include "deeprec.workerAddress" (dict "root" . "kind" "cpu") -}}
+{{- end -}}
 {{- $gpu := "" -}}
 {{- if .Values.workers.gpu.enabled -}}
 {{- $gpu = include "deeprec.workerAddress" (dict "root" . "kind" "gpu") -}}
@@ -50,11 +54,17 @@ OTEL_METRIC_EXPORT_INTERVAL: {{ .Values.collector.exportIntervalMs | quote }}
 DEEPREC_HOST: "0.0.0.0"
 DEEPREC_PORT: {{ .Values.frontend.port | quote }}
 DEEPREC_CONNECT_TIMEOUT: {{ .Values.frontend.connectTimeoutSeconds | quote }}
-DEEPREC_WORKERS: {{ include "deeprec.workerAddress" (dict "root" . "kind" "cpu") | quote }}
+DEEPREC_WORKERS: {{ $cpu | quote }}
 DEEPREC_GPU_WORKERS: {{ $gpu | quote }}
 DEEPREC_SCHEDULER: {{ include "deeprec.schedulerAddress" . | quote }}
 DEEPREC_BATCH_SIZE: {{ .Values.frontend.batchSize | quote }}
 DEEPREC_OFFLOAD_THRESHOLD: {{ .Values.frontend.offloadThreshold | quote }}
+{{- if include "deeprec.frontendLocal" . }}
+DEEPREC_LOCAL_WORKERS: {{ .Values.frontend.localWorkers | quote }}
+DEEPREC_MODEL_DIR: {{ include "deeprec.modelDir" . | quote }}
+DEEPREC_THREADS: {{ .Values.frontend.threads | quote }}
+DEEPREC_MAX_QUEUE: {{ .Values.workers.maxQueue | quote }}
+{{- end }}
 {{- end -}}
 
 {{/* dict: root, kind (cpu | gpu). Sharded (shards.count > 0): the worker serves the dense

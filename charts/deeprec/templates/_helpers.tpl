@@ -71,6 +71,11 @@ labels:
 {{- if gt (int .Values.shards.count) 0 }}true{{ end -}}
 {{- end -}}
 
+{{/* The frontend runs in-process CPU workers: localWorkers > 0 and the model unsharded. */}}
+{{- define "deeprec.frontendLocal" -}}
+{{- if and (gt (int .Values.frontend.localWorkers) 0) (not (include "deeprec.sharded" .)) }}true{{ end -}}
+{{- end -}}
+
 {{- define "deeprec.schedulerAddress" -}}
 {{- if .Values.scheduler.enabled -}}
 {{- printf "%s:%d" (include "deeprec.componentName" (dict "root" . "component" "scheduler")) (int .Values.scheduler.port) -}}
@@ -135,8 +140,8 @@ labels:
 {{/* ---- checks the schema cannot express (values that contradict each other) -------- */}}
 {{- define "deeprec.validate" -}}
 {{- $v := .Values -}}
-{{- if and $v.frontend.enabled (not $v.workers.cpu.enabled) -}}
-{{- fail "frontend.enabled needs workers.cpu.enabled: the frontend always needs a CPU worker pool (the GPU pool takes only queries of at least T items)" -}}
+{{- if and $v.frontend.enabled (not $v.workers.cpu.enabled) (not (include "deeprec.frontendLocal" .)) -}}
+{{- fail "frontend.enabled needs CPU workers: frontend.localWorkers > 0 (unsharded models) or workers.cpu.enabled (the GPU pool takes only queries of at least T items)" -}}
 {{- end -}}
 {{- if and (include "deeprec.sharded" .) (not (or $v.workers.cpu.enabled $v.workers.gpu.enabled)) -}}
 {{- fail "shards.count > 0 needs workers: enable workers.cpu or workers.gpu (the sharded workers are the shards' only clients)" -}}

@@ -243,6 +243,7 @@ def common(args, model_dir, artifact, stop, say) -> Common:
         artifact,
         workers=args.workers,
         threads=args.threads,
+        placement=args.placement,
         host=args.host,
         log_dir=Path(args.log_dir) if args.log_dir else None,
         startup_timeout=args.startup_timeout,

@@ -78,6 +78,9 @@ class Common:
     artifact: Any
     workers: int = 2
     threads: int = 1
+    # deeprec's CPU workers inside its frontend process (the deployed default), or each
+    # its own process behind gRPC ("remote")
+    placement: str = "in-process"
     host: str = "127.0.0.1"
     log_dir: Path | None = None
     startup_timeout: float = 120.0
@@ -103,6 +106,7 @@ class DeeprecTarget:
             "batch_size": self.config.batch_size,
             "tuned": self.config.tuned,
             "workers": self.common.workers,
+            "placement": self.common.placement,
             "threads_per_worker": self.common.threads,
         }
 
@@ -115,9 +119,11 @@ class DeeprecTarget:
                 "sla_ms": self.sla.ms,
                 "scheduler_args": ("--percentile", f"{self.sla.percentile:g}"),
             }
+        in_process = c.placement == "in-process"
         self.cluster = LocalCluster(
             c.model_dir,
-            workers=c.workers,
+            workers=0 if in_process else c.workers,
+            local_workers=c.workers if in_process else 0,
             threads=c.threads,
             batch_size=self.config.batch_size,
             host=c.host,

@@ -212,8 +212,8 @@ SETTINGS: tuple[Setting, ...] = (
         "--model",
         str,
         None,
-        "model artifact directory",
-        ("inference", "shard"),
+        "model artifact directory (a frontend's: what its in-process workers run)",
+        ("frontend", "inference", "shard"),
         required=("inference", "shard"),
     ),
     Setting(
@@ -232,7 +232,7 @@ SETTINGS: tuple[Setting, ...] = (
         1,
         "ONNX Runtime intra-op threads (0: every core); one per worker, and more workers "
         "for more cores, is what the benchmarks measure",
-        ("inference",),
+        ("frontend", "inference"),
         minimum=0,
     ),
     Setting(
@@ -250,7 +250,7 @@ SETTINGS: tuple[Setting, ...] = (
         1024,
         "sub-batches a worker queues before RESOURCE_EXHAUSTED (a query split by a small B "
         "fans out widely)",
-        ("inference",),
+        ("frontend", "inference"),
         minimum=1,
     ),
     Setting(
@@ -260,7 +260,7 @@ SETTINGS: tuple[Setting, ...] = (
         1024,
         "dynamic batching: sub-batches waiting for the session run together, up to this many "
         "items per run (1: never merge)",
-        ("inference",),
+        ("frontend", "inference"),
         minimum=1,
     ),
     Setting(
@@ -270,7 +270,7 @@ SETTINGS: tuple[Setting, ...] = (
         "auto",
         "fused: pool from the mapped tables outside ONNX Runtime, run dense.onnx; graph: "
         "run model.onnx whole; auto: fused for a cpu worker with 1 thread, else graph",
-        ("inference",),
+        ("frontend", "inference"),
         ("auto", "fused", "graph"),
     ),
     # -- sharded inference worker, sparse shard -------------------------------------------------
@@ -365,6 +365,16 @@ SETTINGS: tuple[Setting, ...] = (
         ("fp16", "fp32"),
     ),
     # -- frontend ------------------------------------------------------------------------------
+    Setting(
+        "DEEPREC_LOCAL_WORKERS",
+        "--local-workers",
+        int,
+        0,
+        "CPU workers inside the frontend process, running DEEPREC_MODEL_DIR with no hop (one "
+        "per core beside any remote workers; 0: remote workers only)",
+        ("frontend",),
+        minimum=0,
+    ),
     Setting(
         "DEEPREC_WORKERS",
         "--workers",

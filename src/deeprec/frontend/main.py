@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 import grpc
+import numpy as np
 
 from deeprec.common import settings
 from deeprec.common.features import DEFAULT_LIMITS, ModelSignature
@@ -14,12 +15,14 @@ from deeprec.common.policy import Policy, PolicyTable
 from deeprec.common.server import Server, channel, setup_logging
 from deeprec.common.telemetry import Telemetry
 from deeprec.common.telemetry import setup as setup_telemetry
+from deeprec.models.artifact import load_artifact
 from deeprec.v1 import inference_pb2, recommender_pb2, recommender_pb2_grpc
 
 from .admission import Admission
+from .local import LocalConfig
 from .servicer import Pool, RecommenderServicer
 from .watch import PolicyWatcher
-from .workers import WorkerStub
+from .workers import RemoteWorker, WorkerStub
 
 log = logging.getLogger("deeprec")
 SERVICE = recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name
@@ -66,6 +69,26 @@ def _stubs(addresses: list[str], interceptors=()) -> dict:
     return {a: WorkerStub(channel(a, interceptors)) for a in addresses}
 
 
+def _local(config: LocalConfig, described: ModelSignature | None):
+    """The in-process workers and the signature of the artifact they run (which must be
+    the remote workers' model and version, if there are remote workers)."""
+    if config.count == 0:
+        return {}, None
+    if not config.model:
+        raise StartupError("--local-workers needs --model: the artifact they run")
+    try:
+        artifact = load_artifact(config.model)
+    except (OSError, ValueError) as err:
+        raise StartupError(f"cannot load the model for the local workers: {err}") from None
+    signature = ModelSignature.from_spec(artifact.spec, artifact.version)
+    if described and (described.name, described.version) != (signature.name, signature.version):
+        raise StartupError(
+            f"local workers run {signature.name}/v{signature.version} but the remote "
+            f"workers serve {described.name}/v{described.version}"
+        )
+    return config.open(artifact), signature
+
+
 async def build_servicer(
     workers: list[str],
     gpu_workers: list[str],
@@ -75,23 +98,37 @@ async def build_servicer(
     connect_timeout: float = 30.0,
     telemetry: Telemetry | None = None,
     admission: Admission | None = None,
+    local: LocalConfig | None = None,
 ) -> RecommenderServicer:
-    if not workers and not gpu_workers:
-        raise StartupError("no workers given (--workers and/or --gpu-workers)")
+    local = local or LocalConfig()
+    if not workers and not gpu_workers and not local.count:
+        raise StartupError(
+            "no workers given (--local-workers with --model, --workers and/or --gpu-workers)"
+        )
     telemetry = telemetry or Telemetry()
     interceptors = telemetry.client_interceptors()
     cpu_stubs, gpu_stubs = _stubs(workers, interceptors), _stubs(gpu_workers, interceptors)
-    signature = await describe(cpu_stubs | gpu_stubs, connect_timeout)
-    if not cpu_stubs:
+    described = (
+        await describe(cpu_stubs | gpu_stubs, connect_timeout) if workers or gpu_workers else None
+    )
+    in_process, local_signature = _local(local, described)
+    signature = described or local_signature
+    if not cpu_stubs and not in_process:
         raise StartupError(
-            "a CPU worker pool is needed (--workers): the GPU pool takes only "
-            "queries of at least T items"
+            "a CPU worker pool is needed (--workers or --local-workers): the GPU pool takes "
+            "only queries of at least T items"
         )
+    # Remote workers get int32 ids where the tables allow: half of a sub-batch's bytes.
+    ids_dtype = np.int32 if signature.ids_fit_int32 else None
+
+    def remote(stubs):
+        return {a: RemoteWorker(stub, signature.name, ids_dtype) for a, stub in stubs.items()}
+
     policies = PolicyTable(Policy(signature.name, batch_size, offload_threshold))
     return RecommenderServicer(
         signature,
-        Pool.of("cpu", cpu_stubs),
-        Pool.of("gpu", gpu_stubs) if gpu_stubs else None,
+        Pool.of("cpu", {**in_process, **remote(cpu_stubs)}),
+        Pool.of("gpu", remote(gpu_stubs)) if gpu_stubs else None,
         policies,
         limits,
         telemetry.meter,
@@ -121,6 +158,7 @@ async def serve(args) -> int:
             args.connect_timeout,
             telemetry,
             Admission(args.max_items_in_flight, args.admission_budget_ms),
+            LocalConfig.from_args(args),
         )
     except StartupError as err:
         log.error("%s", err)
@@ -132,12 +170,13 @@ async def serve(args) -> int:
         watcher.start()
     policy = servicer.policies.get(servicer.signature.name)
     log.info(
-        "serving on %s:%d: %s, %d cpu / %d gpu workers, B=%d T=%d%s",
+        "serving on %s:%d: %s, %d cpu (%d in-process) / %d gpu workers, B=%d T=%d%s",
         args.host,
         server.port,
         servicer.signature.name,
-        len(servicer.pools["cpu"].balancer),
-        len(servicer.pools["gpu"].balancer) if servicer.pools["gpu"] else 0,
+        servicer.pools["cpu"].slots,
+        args.local_workers,
+        servicer.pools["gpu"].slots if servicer.pools["gpu"] else 0,
         policy.batch_size,
         policy.offload_threshold,
         f", policies from scheduler {args.scheduler}" if args.scheduler else "",
@@ -145,6 +184,7 @@ async def serve(args) -> int:
     await server.run_until_signalled()
     if watcher:
         await watcher.stop()
+    servicer.close()
     telemetry.shutdown()
     return 0
 

@@ -47,7 +47,7 @@ class FrontendMetrics:
             from opentelemetry.metrics import Observation
 
             return [
-                Observation(len(pool.balancer), {"model": model, "path": name})
+                Observation(pool.slots, {"model": model, "path": name})
                 for name, pool in pools.items()
                 if pool is not None
             ]

@@ -18,12 +18,10 @@ from deeprec.common.errors import (
 )
 from deeprec.common.features import ModelSignature, validate
 from deeprec.common.limits import RequestLimits
-from deeprec.common.poison import was_accepted
 from deeprec.common.policy import PolicyTable
 from deeprec.common.quote import quote
 from deeprec.common.replicas import Failover, Verdict
-from deeprec.common.tensors import decode, encode
-from deeprec.common.wire import predict_request
+from deeprec.common.tensors import encode
 from deeprec.v1 import recommender_pb2, recommender_pb2_grpc
 
 from .admission import Admission
@@ -31,22 +29,29 @@ from .balancer import LeastOutstanding, NoWorker
 from .metrics import FrontendMetrics
 from .routing import choose_path
 from .split import SubBatch, split
+from .workers import WorkerFailed
 
 log = logging.getLogger("deeprec")
 
 
 @dataclass
 class Pool:
-    """Workers of one kind (cpu or gpu): their stubs and the balancer over them (a
-    sub-batch gets one retry on another worker: ``max_tries`` 2)."""
+    """Workers of one kind (cpu or gpu) by name, remote or local (workers.py), and the
+    balancer over them (a sub-batch gets one retry on another worker: ``max_tries`` 2)."""
 
     name: str
-    stubs: dict
+    workers: dict
     balancer: LeastOutstanding
 
     @classmethod
-    def of(cls, name: str, stubs: dict) -> Pool:
-        return cls(name, stubs, LeastOutstanding(stubs))
+    def of(cls, name: str, workers: dict) -> Pool:
+        return cls(name, workers, LeastOutstanding(workers))
+
+    @property
+    def slots(self) -> int:
+        """Sub-batches the pool runs at once: one per remote worker, one per run thread
+        of the in-process pool (what admission's queueing model divides the backlog by)."""
+        return sum(worker.slots for worker in self.workers.values())
 
 
 class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
@@ -66,8 +71,13 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         self.limits = limits
         self.metrics = FrontendMetrics(meter, signature.name, self.pools, policies)
         self.admission = admission or Admission()
-        # Workers get int32 ids where the tables allow: half of a sub-batch's bytes.
-        self.ids_dtype = np.int32 if signature.ids_fit_int32 else None
+
+    def close(self) -> None:
+        """Finish the sub-batches queued on in-process workers (after the server stopped)."""
+        for pool in self.pools.values():
+            for worker in pool.workers.values() if pool else ():
+                if worker.kind == "local":
+                    worker.runner.close()
 
     async def Recommend(self, request, context):
         received = time.perf_counter()
@@ -78,14 +88,14 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         timeout = context.time_remaining()
         deadline_ms = None if timeout is None else timeout * 1e3
         if self.pools["gpu"] is None:  # shed before paying for validation
-            self.admission.check_wait("cpu", len(self.pools["cpu"].balancer), deadline_ms)
+            self.admission.check_wait("cpu", self.pools["cpu"].slots, deadline_ms)
         batch = validate(self.signature, request.features, self.limits)
         policy = self.policies.get(self.signature.name)
         path = choose_path(batch.n, policy, self.pools["gpu"] is not None)
         batch_size = 0 if path == "gpu" else policy.batch_size
         parts = split(batch, batch_size)
         pool = self.pools[path]
-        predicted_ms = self.admission.admit(path, batch.n, len(pool.balancer), deadline_ms)
+        predicted_ms = self.admission.admit(path, batch.n, pool.slots, deadline_ms)
         observed_ms = None
         try:
             results = await _all_or_nothing(
@@ -109,9 +119,6 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         """Scores of one sub-batch, and its retries: a worker that fails (deeprec.common.
         replicas.classify) is ejected and the sub-batch goes to another, unless the worker
         had accepted it (the poison guard) or the request or its deadline is to blame."""
-        request = predict_request(
-            self.signature.name, part.dense, part.ids, part.lengths, self.ids_dtype
-        )
         items = f"items {part.start}-{part.end}"
         with pool.balancer.failover() as failover:
             while True:
@@ -120,12 +127,11 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
                 except NoWorker:
                     raise self._gave_up(pool, failover, part) from None
                 sent = time.perf_counter()
-                call = pool.stubs[worker].Predict(request, timeout=timeout)
                 try:
-                    reply = await call
-                except grpc.aio.AioRpcError as err:
-                    code, details = err.code(), err.details()
-                    verdict = failover.failed(code, accepted=await was_accepted(call))
+                    reply = await pool.workers[worker].predict(part, timeout)
+                except WorkerFailed as err:
+                    code, details = err.code, err.details
+                    verdict = failover.failed(code, accepted=err.accepted)
                     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                         raise DeadlineExceeded(
                             f"deadline exceeded while {items} ran on {pool.name} worker {worker}"
@@ -146,21 +152,17 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
                     continue
                 failover.succeeded()
                 break
+        items_run = part.end - part.start
         self.metrics.sub_batch(
-            (time.perf_counter() - sent) * 1e3,
-            reply,
-            part.end - part.start,
-            pool.name,
-            batch_size,
+            (time.perf_counter() - sent) * 1e3, reply, items_run, pool.name, batch_size
         )
-        self.admission.observe(pool.name, part.end - part.start, reply.service_ms)
-        scores = decode(reply.scores, "scores")
-        if scores.shape[0] != part.end - part.start:
+        self.admission.observe(pool.name, items_run, reply.service_ms)
+        if reply.scores.shape[0] != items_run:
             raise Unavailable(
-                f"{pool.name} worker {worker} answered {scores.shape[0]} "
-                f"scores for {part.end - part.start} items"
+                f"{pool.name} worker {worker} answered {reply.scores.shape[0]} "
+                f"scores for {items_run} items"
             )
-        return scores, failover.retries
+        return reply.scores, failover.retries
 
     @staticmethod
     def _gave_up(pool: Pool, failover: Failover, part: SubBatch) -> Exception:

@@ -10,10 +10,20 @@ from deeprec.common.features import Batch
 
 
 def sub_batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
-    """[start, end) item ranges of at most ``batch_size`` items; 0 or >= n means whole."""
+    """[start, end) item ranges of at most ``batch_size`` items, as few as that allows and
+    as equal as possible (0 or >= n: whole). Equal parts, not B-sized ones and a remainder:
+    parts run side by side, so the query is done when its largest part is (270 items at
+    B = 256 become 135 + 135, not 256 + 14)."""
     if batch_size <= 0 or batch_size >= n:
         return [(0, n)]
-    return [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    parts = -(-n // batch_size)
+    size, extra = divmod(n, parts)  # the first ``extra`` parts get one item more
+    bounds, start = [], 0
+    for k in range(parts):
+        end = start + size + (k < extra)
+        bounds.append((start, end))
+        start = end
+    return bounds
 
 
 @dataclass

@@ -46,6 +46,7 @@ class LocalCluster:
     model_dir: str | os.PathLike
     workers: int = 2
     gpu_workers: int = 0
+    local_workers: int = 0  # CPU workers inside the frontend process (no hop)
     port: int = 0  # the frontend's; 0 = any free port
     threads: int = settings.BY_ENV["DEEPREC_THREADS"].default  # per worker, as deployed
     batch_size: int | None = None  # None = the frontend's default
@@ -118,10 +119,10 @@ class LocalCluster:
         self.stop()
 
     def start(self) -> None:
-        if self.workers < 1:
+        if self.workers < 1 and self.local_workers < 1:
             raise ValueError(
-                "a cluster needs at least one CPU worker (the GPU pool only "
-                "takes queries of at least T items)"
+                "a cluster needs at least one CPU worker, remote or in-process (the GPU "
+                "pool only takes queries of at least T items)"
             )
         self.supervisor = Supervisor(
             self.log_dir or None, self.grace, self.stop_requested, self.say, self.cli
@@ -164,7 +165,10 @@ class LocalCluster:
             "workers": ",".join(self.worker_addresses),
             "gpu_workers": ",".join(self.gpu_worker_addresses),
             "scheduler": self.scheduler_address if self.scheduler else None,
+            "local_workers": self.local_workers,
         }
+        if self.local_workers:
+            frontend |= {"model": model, "threads": self.threads}
         # None: the frontend's default (or the launcher's own DEEPREC_* variable).
         knobs = {"batch_size": self.batch_size, "offload_threshold": self.offload_threshold}
         frontend |= {name: v for name, v in knobs.items() if v is not None}

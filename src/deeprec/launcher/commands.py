@@ -84,13 +84,27 @@ def _resolve(args) -> Path:
     return _resolve_model(args.model, args.size, args.artifacts, say)
 
 
+DEFAULT_CPU_WORKERS = 2  # the project's 2-core machine: one single-threaded run per core
+
+
+def placement(workers: int | None, local_workers: int | None, shards: int) -> tuple[int, int]:
+    """(remote, in-process) CPU workers. Unset, an unsharded model runs in-process in the
+    frontend (as deployed, and as the benchmarks measure it); a sharded one needs sharded
+    worker processes. Setting either count alone leaves the other at 0."""
+    if workers is None and local_workers is None:
+        return (DEFAULT_CPU_WORKERS, 0) if shards else (0, DEFAULT_CPU_WORKERS)
+    return workers or 0, local_workers or 0
+
+
 def _cluster(
     args, model_dir: Path, stop: threading.Event, port: int, supervise: bool = False
 ) -> LocalCluster:
+    args.workers, args.local_workers = placement(args.workers, args.local_workers, args.shards)
     return LocalCluster(
         model_dir,
         workers=args.workers,
         gpu_workers=args.gpu_workers,
+        local_workers=args.local_workers,
         port=port,
         threads=args.threads,
         batch_size=args.batch_size,
@@ -240,9 +254,15 @@ def _progress(p) -> None:
     say(report.progress_line(p))
 
 
+def _workers_text(args) -> str:
+    local = f"{args.local_workers} in-process + " if args.local_workers else ""
+    return f"{local}{args.workers} cpu + {args.gpu_workers} gpu worker(s)"
+
+
 def _config(args, cluster: LocalCluster) -> dict:
     return {
         "workers": args.workers,
+        "local_workers": args.local_workers,
         "gpu_workers": args.gpu_workers,
         "gpu_on_cpu": cluster.gpu_on_cpu,
         "threads_per_worker": args.threads,
@@ -319,7 +339,7 @@ def demo(args) -> int:
             clean = _stop(cluster)
     print(
         f"\ndeeprec demo: {artifact.spec.name} ({artifact.spec.size}) on {cores()} "
-        f"cores, {args.workers} cpu + {args.gpu_workers} gpu worker(s)"
+        f"cores, {_workers_text(args)}"
     )
     for line in report.load_report(result):
         print(line)
@@ -494,7 +514,18 @@ def _model_args(p) -> None:
 
 
 def _cluster_args(p, batch_size: int | None = None, scheduler: bool = True) -> None:
-    p.add_argument("--workers", type=int, default=2, help="CPU inference workers (default 2)")
+    p.add_argument(
+        "--local-workers",
+        type=int,
+        help=f"CPU workers inside the frontend process, no hop (default {DEFAULT_CPU_WORKERS} "
+        "unless --workers or --shards is given)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help=f"CPU inference worker processes (default {DEFAULT_CPU_WORKERS} with --shards, "
+        "else 0)",
+    )
     p.add_argument(
         "--scheduler",
         action=argparse.BooleanOptionalAction,

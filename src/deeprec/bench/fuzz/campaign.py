@@ -752,8 +752,10 @@ def start_clusters(
     startup_timeout: float = 120.0,
     host: str = "127.0.0.1",
 ) -> dict:
-    """The single-server cluster (scheduler, 2 workers, frontend) and the sharded one (2
-    shards, a worker, a frontend), started side by side. Stop them with stop_clusters."""
+    """The single-server cluster (scheduler, a frontend with its in-process CPU workers, as
+    deployed, and a worker process beside them, whose own RPCs are targets too) and the
+    sharded one (2 shards, a worker, a frontend), started side by side. Stop them with
+    stop_clusters."""
     from deeprec.launcher.cluster import LocalCluster
 
     def logs(name):
@@ -766,7 +768,12 @@ def start_clusters(
     common = {"host": host, "startup_timeout": startup_timeout, "stop_requested": stop, "say": say}
     clusters = {
         "single": LocalCluster(
-            model_dir, workers=2, scheduler=True, log_dir=logs("single"), **common
+            model_dir,
+            workers=1,
+            local_workers=2,
+            scheduler=True,
+            log_dir=logs("single"),
+            **common,
         ),
         "sharded": LocalCluster(model_dir, workers=1, shards=2, log_dir=logs("sharded"), **common),
     }

@@ -1,0 +1,77 @@
+"""In-process workers: the frontend runs sub-batches itself, with no hop.
+
+One execution.Runner (the inference worker's own run loop, queued sub-batches merged)
+with one run thread per local worker, all fed by one queue, over a session of the same
+artifact. ONNX Runtime and the SciPy pooling release the GIL, so N threads use N cores
+beside the event loop. The sub-batch is the frontend's validated view of the query:
+nothing is encoded, sent, decoded or validated a second time. A frontend may have this
+pool and remote workers; its balancer treats them alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from deeprec.common.errors import ServingError
+from deeprec.common.features import Batch
+from deeprec.execution.runner import Runner, deadline_after
+from deeprec.execution.sessions import open_model
+
+from .split import SubBatch
+from .workers import Reply, WorkerFailed
+
+LOCAL = "local"  # the in-process pool's name among the frontend's workers
+
+
+class LocalWorker:
+    kind = "local"
+
+    def __init__(self, runner: Runner):
+        self.runner = runner
+        self.slots = runner.batcher.concurrency
+
+    async def predict(self, part: SubBatch, timeout: float | None) -> Reply:
+        batch = Batch(part.end - part.start, part.dense, part.ids, part.lengths)
+        try:
+            outcome = await self.runner.run(batch, deadline_after(timeout))
+        except ServingError as err:  # queue full or deadline passed: it never ran
+            raise WorkerFailed(err.code, str(err), accepted=False) from None
+        except Exception as err:  # the run broke, like a remote worker dying mid-run: the
+            # pool is ejected and the query, which may be to blame, is not replayed
+            detail = f"{type(err).__name__}: {err}"
+            raise WorkerFailed(grpc.StatusCode.UNAVAILABLE, detail, accepted=True) from None
+        return Reply(outcome.scores, outcome.service_ms, outcome.queue_ms)
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    """How many in-process workers a frontend runs, on which artifact, and how."""
+
+    count: int = 0
+    model: str | None = None
+    threads: int = 1
+    embeddings: str = "auto"
+    max_queue: int = 1024
+    coalesce_max_items: int = 1024
+
+    @classmethod
+    def from_args(cls, args) -> LocalConfig:
+        return cls(
+            args.local_workers,
+            args.model,
+            args.threads,
+            args.embeddings,
+            args.max_queue,
+            args.coalesce_max_items,
+        )
+
+    def open(self, artifact) -> dict[str, LocalWorker]:
+        """One pool of ``count`` run threads over one session (ONNX Runtime sessions and
+        the mapped tables are safe to run from several threads), fed by one queue."""
+        if self.count <= 0:
+            return {}
+        session, _ = open_model(artifact, "cpu", self.threads, embeddings=self.embeddings)
+        runner = Runner(session, self.max_queue, self.coalesce_max_items, self.count)
+        return {LOCAL: LocalWorker(runner)}

@@ -1,0 +1,168 @@
+"""In-process workers: a frontend that runs sub-batches itself (frontend/local.py), alone
+or beside remote workers, over real gRPC on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+from servers import InProcessCluster, WorkerProcess, request_for, scores_of
+
+from deeprec.common.policy import Policy
+from deeprec.frontend import main as frontend_main
+from deeprec.frontend.local import LocalConfig
+from deeprec.models import reference, zoo
+from deeprec.models.inputs import random_inputs
+from deeprec.v1 import recommender_pb2_grpc
+
+N_ITEMS = 12
+
+
+def _set_batch_size(cluster, batch_size):
+    table = cluster.frontend.policies
+    current = table.get(cluster.frontend.signature.name)
+    table.apply(Policy(current.model, batch_size, current.offload_threshold, current.version + 1))
+
+
+def _local(cluster):
+    return [w for w in cluster.frontend.pools["cpu"].workers.values() if w.kind == "local"]
+
+
+@pytest.mark.parametrize("name", zoo.MODEL_NAMES)
+def test_in_process_workers_answer_the_reference_scores_for_any_split(tiny_zoo, name):
+    artifact = tiny_zoo[name]
+    inputs = random_inputs(artifact.spec, N_ITEMS, np.random.default_rng(5))
+    expected = reference.forward(artifact, inputs)
+    with InProcessCluster(artifact.path, workers=0, local_workers=2) as cluster:
+        assert list(cluster.frontend.pools["cpu"].workers) == ["local"]
+        (pool,) = _local(cluster)
+        assert pool.runner.batcher.concurrency == 2  # two run threads, one queue
+        for batch_size, sub_batches in ((1, N_ITEMS), (5, 3), (0, 1)):
+            _set_batch_size(cluster, batch_size)
+            reply = cluster.stub.Recommend(request_for(artifact.spec, inputs), timeout=30)
+            assert reply.info.sub_batches == sub_batches
+            np.testing.assert_allclose(scores_of(reply), expected, rtol=1e-5, atol=1e-6)
+        assert pool.runner.answered == N_ITEMS + 3 + 1
+
+
+def test_local_and_remote_workers_share_the_sub_batches_of_queries(tiny_zoo):
+    artifact = tiny_zoo["rmc1"]
+    with InProcessCluster(artifact.path, workers=1, local_workers=1, batch_size=1) as cluster:
+        remote = cluster.worker_servicers[0].runner
+        for seed in range(4):
+            inputs = random_inputs(artifact.spec, N_ITEMS, np.random.default_rng(seed))
+            reply = cluster.stub.Recommend(request_for(artifact.spec, inputs), timeout=30)
+            np.testing.assert_allclose(
+                scores_of(reply), reference.forward(artifact, inputs), rtol=1e-5, atol=1e-6
+            )
+        # Least-outstanding balancing over both kinds: each ran some of the 48 sub-batches.
+        (local,) = _local(cluster)
+        assert local.runner.answered > 0 and remote.answered > 0
+        assert local.runner.answered + remote.answered == 4 * N_ITEMS
+
+
+def test_a_run_that_breaks_fails_its_query_as_unavailable_and_is_not_replayed(tiny_zoo):
+    artifact = tiny_zoo["rmc1"]
+    inputs = random_inputs(artifact.spec, 4, np.random.default_rng(0))
+    with InProcessCluster(artifact.path, workers=1, local_workers=1) as cluster:
+        (broken,) = _local(cluster)
+        remote = cluster.worker_servicers[0].runner
+        balancer = cluster.frontend.pools["cpu"].balancer
+        balancer.eject_seconds = 3600  # once ejected, out for the whole test
+
+        def crash(feeds):  # where a bug in native code would strike, short of a segfault
+            raise RuntimeError("bad kernel")
+
+        broken.runner.batcher.run = crash
+        outcomes = []
+        while not balancer.is_ejected("local"):
+            try:
+                cluster.stub.Recommend(request_for(artifact.spec, inputs), timeout=30)
+                outcomes.append("OK")
+            except grpc.RpcError as err:
+                outcomes.append(err.code())
+                assert "failed while running" in err.details()
+                assert "not replayed" in err.details() and "bad kernel" in err.details()
+        for _ in range(3):  # the rest go to the remote worker
+            cluster.stub.Recommend(request_for(artifact.spec, inputs), timeout=30)
+        # The broken pool failed exactly one query (never INTERNAL, never retried on
+        # the remote worker, which answered every other query).
+        assert outcomes.count(grpc.StatusCode.UNAVAILABLE) == 1, outcomes
+        assert remote.answered == outcomes.count("OK") + 3
+
+
+def test_a_sub_batch_whose_deadline_passes_in_the_queue_is_deadline_exceeded(tiny_zoo):
+    artifact = tiny_zoo["rmc1"]
+    inputs = random_inputs(artifact.spec, 4, np.random.default_rng(0))
+    with InProcessCluster(artifact.path, workers=0, local_workers=1) as cluster:
+        (worker,) = _local(cluster)
+        real_run, gate, started = worker.runner.batcher.run, threading.Event(), threading.Event()
+
+        def gated(feeds):  # the real run, once the test lets it go
+            started.set()
+            gate.wait(30)
+            return real_run(feeds)
+
+        worker.runner.batcher.run = gated
+        first = cluster.stub.Recommend.future(request_for(artifact.spec, inputs), timeout=30)
+        assert started.wait(30)
+        late = cluster.stub.Recommend.future(request_for(artifact.spec, inputs), timeout=0.5)
+        with pytest.raises(grpc.RpcError) as err:
+            late.result()  # waits behind the gated run past its deadline
+        gate.set()
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        np.testing.assert_allclose(
+            scores_of(first.result()), reference.forward(artifact, inputs), rtol=1e-5, atol=1e-6
+        )
+
+
+def test_local_workers_need_a_model_of_the_remote_workers_version(tiny_zoo):
+    async def build(workers, local):
+        return await frontend_main.build_servicer(workers, [], 0, 0, local=local)
+
+    with pytest.raises(frontend_main.StartupError, match="needs --model"):
+        asyncio.run(build([], LocalConfig(2)))
+    with pytest.raises(frontend_main.StartupError, match="no workers given"):
+        asyncio.run(build([], LocalConfig(0, str(tiny_zoo["rmc1"].path))))
+    with InProcessCluster(tiny_zoo["rmc1"].path, workers=1) as cluster:
+        din = LocalConfig(1, str(tiny_zoo["din"].path))
+        with pytest.raises(frontend_main.StartupError, match="local workers run din"):
+            asyncio.run(build(cluster.worker_addresses, din))
+
+
+def test_sigterm_finishes_the_queries_the_in_process_workers_hold(tiny_zoo):
+    artifact = tiny_zoo["rmc1"]
+    frontend = WorkerProcess(
+        artifact.path, "--local-workers", "1", "--batch-size", "500", service="frontend"
+    ).wait_healthy()
+    spec = artifact.spec
+    requests = [
+        request_for(spec, random_inputs(spec, 2000, np.random.default_rng(i))) for i in range(6)
+    ]
+    with grpc.insecure_channel(frontend.address) as channel:
+        stub = recommender_pb2_grpc.RecommenderStub(channel)
+        stub.Recommend(requests[0], timeout=30)
+
+        def call(request):
+            try:
+                return len(scores_of(stub.Recommend(request, timeout=30)))
+            except grpc.RpcError as err:
+                return err.code()
+
+        with ThreadPoolExecutor(6) as pool:
+            futures = [pool.submit(call, r) for r in requests]
+            futures[0].result()  # the others are queued on the run thread by now
+            frontend.proc.send_signal(signal.SIGTERM)
+            outcomes = [f.result() for f in futures]
+    assert frontend.proc.wait(30) == 0
+    # Queries the frontend had taken complete whole (all 4 sub-batches); those it had not
+    # are refused; nothing is half-answered.
+    refused = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+    assert all(o == 2000 or o in refused for o in outcomes), outcomes
+    assert outcomes.count(2000) >= 2
+    assert "shutting down" in frontend.proc.stderr.read()
