@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from pathlib import Path
 
 import gevent
 
@@ -39,12 +40,14 @@ import numpy as np  # noqa: E402
 from locust import LoadTestShape, User, constant, events, task  # noqa: E402
 from locust.runners import MasterRunner  # noqa: E402
 
+from deeprec.common.catalog import signature_of  # noqa: E402
 from deeprec.common.features import ModelSignature  # noqa: E402
 from deeprec.common.server import sync_channel  # noqa: E402
 from deeprec.common.tensors import decode  # noqa: E402
-from deeprec.launcher.loadrun import Workload, model_spec, prepare  # noqa: E402
-from deeprec.models import zoo  # noqa: E402
+from deeprec.launcher.loadrun import Workload, prepare_for  # noqa: E402
+from deeprec.models.artifact import MANIFEST, load_artifact  # noqa: E402
 from deeprec.v1 import recommender_pb2  # noqa: E402
+from deeprec.workload.client import describe_blocking  # noqa: E402
 from deeprec.workload.distributions import (  # noqa: E402
     ID_CHOICES,
     SIZE_CHOICES,
@@ -63,10 +66,10 @@ def _options(parser):
     g = parser.add_argument_group("deeprec workload")
     g.add_argument(
         "--model",
-        default=zoo.DEFAULT_MODEL,
-        help="zoo model name or artifact directory the frontend serves",
+        default=None,
+        help="served model to load (default: the frontend's only one; what to send is asked "
+        "of the frontend), or an artifact directory to build the queries from offline",
     )
-    g.add_argument("--model-size", choices=zoo.SIZES, default="small", help="zoo model size")
     g.add_argument("--sizes", default="mlperf", help=f"query sizes: {SIZE_CHOICES}")
     g.add_argument("--ids", choices=ID_CHOICES, default="powerlaw", help="embedding id law")
     g.add_argument(
@@ -107,6 +110,14 @@ def _options(parser):
     g.add_argument("--deadline-s", type=float, default=30.0, help="gRPC deadline per query")
 
 
+def _signature(address: str, model: str | None) -> ModelSignature:
+    """From an artifact directory, or (the default) from the frontend itself."""
+    if model and Path(model, MANIFEST).is_file():
+        artifact = load_artifact(model)
+        return ModelSignature.from_spec(artifact.spec, artifact.version)
+    return signature_of(describe_blocking(address, model or ""))
+
+
 class _Workload:
     """Queries and the channel, made once per process (not on the master)."""
 
@@ -123,17 +134,22 @@ def _prepare(environment, **_kwargs):
         return
     if not environment.host:
         raise SystemExit("deeprec locustfile: give the frontend as -H HOST:PORT")
+    address = environment.host.removeprefix("grpc://")
     try:
-        spec, version = model_spec(options.model, None, options.model_size)
+        signature = _signature(address, options.model)
         exponent = parse_exponents(options.exponent)
         sizes = parse_sizes(options.sizes)
         workload = Workload(sizes, options.ids, exponent, options.workload_seed)
-        queries = prepare(spec, version, workload)
-    except (ValueError, OSError) as err:  # ModelNotFound and ArtifactError are ValueErrors
+        queries = prepare_for(signature, workload)
+    except (ValueError, OSError, LookupError) as err:  # ArtifactError is a ValueError
         raise SystemExit(f"deeprec locustfile: {err}") from None
+    except grpc.RpcError as err:
+        raise SystemExit(
+            f"deeprec locustfile: cannot ask {address} what it serves: "
+            f"{err.code().name}: {err.details()}"
+        ) from None
     rng = np.random.default_rng([options.workload_seed, 2])
     if options.drift_ranks:
-        signature = ModelSignature.from_spec(spec, version)
         dists = table_ids(signature, options.ids, exponent, options.workload_seed)
         run_time = options.run_time or MAX_DRIFT_EPOCHS * options.drift_seconds
         count = min(MAX_DRIFT_EPOCHS, math.ceil(run_time / options.drift_seconds) + 1)
@@ -143,7 +159,6 @@ def _prepare(environment, **_kwargs):
         _Workload.next_query = EpochCycle(epochs, options.drift_seconds, rng)
     else:
         _Workload.next_query = QueryCycle(queries, rng)
-    address = environment.host.removeprefix("grpc://")
     _Workload.call = sync_channel(address).unary_unary(
         RECOMMEND,
         request_serializer=None,  # payloads are serialized RecommendRequests already

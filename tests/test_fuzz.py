@@ -642,7 +642,7 @@ def test_oversized_and_huge_requests_leave_a_worker_bounded(tiny_zoo, tmp_path):
 
 
 def test_campaign_finds_nothing(clusters, tiny_zoo, alive):
-    """`deeprec bench fuzz` in small: 40 requests to each of the 24 RPC targets."""
+    """`deeprec bench fuzz` in small: 40 requests to each of the 26 RPC targets."""
     report = run_campaign(clusters, tiny_zoo["rmc1"], 40, seed=0, say=lambda m: None)
     summary = "\n".join(table(report))
     assert report["requests_sent"] == 40 * len(report["rpcs"]), summary

@@ -75,12 +75,13 @@ def _rows(path: Path) -> list[dict]:
 
 
 def test_headless_locust_run_writes_csv_and_json_with_no_failures(cluster, tmp_path):
-    running, model = cluster
+    running, _ = cluster
     prefix = tmp_path / "run"
     argv = [
         *("-f", str(LOCUSTFILE), "--headless", "-H", running.frontend_address),
         *("--run-time", "6s", "--shape", "steps", "--steps", "10,30", "--step-seconds", "3"),
-        *("--model", str(model), "--sizes", "lognormal", "--exponent", "1.05,t0=1.3"),
+        # No --model: the users ask the frontend what to send (DescribeModels).
+        *("--sizes", "lognormal", "--exponent", "1.05,t0=1.3"),
         *("--drift-ranks", "10", "--drift-seconds", "2", "--workload-seed", "4"),
         *("--csv", str(prefix), "--json-file", str(prefix), "--only-summary"),
     ]
@@ -125,4 +126,5 @@ def test_locustfile_says_what_is_wrong(cluster, tmp_path):
         cwd=tmp_path,
     )
     assert run.returncode != 0
-    assert "deeprec locustfile: 'nosuchmodel' is neither" in run.stderr
+    assert "deeprec locustfile:" in run.stderr
+    assert "does not serve 'nosuchmodel' (it serves: rmc1)" in run.stderr

@@ -28,6 +28,7 @@ class FeatureSignature:
     rows: int
     dim: int
     pooling: str
+    mean_lookups: float = 1.0  # ids per item the model was built for: a workload hint
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,12 @@ class ModelSignature:
     def from_spec(cls, spec, version: str) -> ModelSignature:
         feats = tuple(
             FeatureSignature(
-                f.name, f.table, spec.table(f.table).rows, spec.table(f.table).dim, f.pooling
+                f.name,
+                f.table,
+                spec.table(f.table).rows,
+                spec.table(f.table).dim,
+                f.pooling,
+                float(f.mean_lookups),
             )
             for f in spec.features
         )
@@ -54,7 +60,8 @@ class ModelSignature:
     @classmethod
     def from_proto(cls, d: inference_pb2.ModelDescription) -> ModelSignature:
         feats = tuple(
-            FeatureSignature(f.name, f.table, f.rows, f.dim, f.pooling) for f in d.features
+            FeatureSignature(f.name, f.table, f.rows, f.dim, f.pooling, f.mean_lookups or 1.0)
+            for f in d.features
         )
         return cls(d.name, d.version, d.architecture, d.dense_features, d.heads, feats)
 
@@ -67,7 +74,14 @@ class ModelSignature:
         out.name, out.version, out.architecture = self.name, self.version, self.architecture
         out.dense_features, out.heads = self.dense_features, self.heads
         for f in self.features:
-            out.features.add(name=f.name, table=f.table, rows=f.rows, dim=f.dim, pooling=f.pooling)
+            out.features.add(
+                name=f.name,
+                table=f.table,
+                rows=f.rows,
+                dim=f.dim,
+                pooling=f.pooling,
+                mean_lookups=f.mean_lookups,
+            )
         return out
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
+from deeprec.common.catalog import served_model
 from deeprec.common.errors import (
     DeadlineExceeded,
     NotFound,
@@ -71,6 +72,16 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         self.limits = limits
         self.metrics = FrontendMetrics(meter, signature.name, self.pools, policies)
         self.admission = admission or Admission()
+
+    async def DescribeModels(self, request, context):
+        if request.model and request.model != self.signature.name:
+            raise NotFound(
+                f"model {quote(request.model)} is not served (serving {self.signature.name!r})"
+            )
+        policy = self.policies.get(self.signature.name)
+        response = recommender_pb2.DescribeModelsResponse()
+        response.models.append(served_model(self.signature, self.limits, policy))
+        return response
 
     def close(self) -> None:
         """Finish the sub-batches queued on in-process workers (after the server stopped)."""

@@ -250,6 +250,8 @@ class LocalCluster:
                     else "cpu worker"
                 )
             suffix = " (on CPU: no CUDA)" if kind == "gpu worker" and self.gpu_on_cpu else ""
+            if kind == "frontend" and self.local_workers:
+                suffix += f"  with {self.local_workers} in-process CPU workers"
             if child.restarts:
                 suffix += f"  restarts {child.restarts}"
             lines.append(f"{kind:<12} {child.address}  pid {child.pid}{suffix}")

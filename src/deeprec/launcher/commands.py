@@ -18,6 +18,7 @@ import numpy as np
 
 from deeprec.bench.args import positive as _positive
 from deeprec.common import settings
+from deeprec.common.catalog import signature_of
 from deeprec.common.features import ModelSignature
 from deeprec.common.server import sync_channel
 from deeprec.common.tensors import decode
@@ -26,9 +27,9 @@ from deeprec.models.artifact import ArtifactError, load_artifact
 from deeprec.sharding.plan import parse_bytes
 from deeprec.sharding.strategies import STRATEGIES
 from deeprec.v1 import scheduler_pb2, scheduler_pb2_grpc
-from deeprec.workload.client import BadResponse, RecommenderClient
+from deeprec.workload.client import BadResponse, NoSuchModel, RecommenderClient
 from deeprec.workload.distributions import ID_CHOICES, SIZE_CHOICES, parse_sizes
-from deeprec.workload.queries import Query, build_request, mean_lookups_of, table_ids
+from deeprec.workload.queries import Query, build_request, table_ids
 
 from . import cpu, report
 from .chaos import Fault, run_chaos
@@ -177,8 +178,8 @@ def up(args) -> int:
         if code is not None:
             return code
         print(
-            f"ready: try  deeprec query --target {cluster.frontend_address} --items 200 "
-            f"--model-dir {model_dir}   (Ctrl-C stops everything)",
+            f"ready: try  deeprec query --target {cluster.frontend_address} --items 200"
+            "   (Ctrl-C stops everything)",
             flush=True,
         )
         # Wake up now and then: a signal delivered to another thread (the supervisor's)
@@ -192,17 +193,27 @@ def up(args) -> int:
 # -- deeprec query --------------------------------------------------------------------------
 
 
-def _signature(args):
-    spec, version = model_spec(args.model, args.model_dir, args.size)
-    return spec, ModelSignature.from_spec(spec, version)
-
-
-async def _query_once(args, spec, signature) -> int:
-    rng = np.random.default_rng(args.seed)
-    ids = table_ids(signature, args.ids, seed=args.seed)
-    request = build_request(signature, args.items, rng, mean_lookups_of(spec), ids)
-    query = Query(args.items, request.SerializeToString())
+async def _query_once(args) -> int:
     async with RecommenderClient(args.target, args.timeout) as client:
+        try:
+            if args.model_dir:  # offline: the artifact says what to send
+                spec, version = model_spec(None, args.model_dir)
+                signature = ModelSignature.from_spec(spec, version)
+            else:  # ask the frontend
+                signature = signature_of(await client.describe(args.model or ""))
+        except (ArtifactError, NoSuchModel) as err:
+            say(f"deeprec: error: {err}")
+            return 2
+        except grpc.aio.AioRpcError as err:
+            say(
+                f"deeprec: error: cannot ask {args.target} what it serves: "
+                f"{err.code().name}: {err.details()}"
+            )
+            return 1
+        rng = np.random.default_rng(args.seed)
+        ids = table_ids(signature, args.ids, seed=args.seed)
+        request = build_request(signature, args.items, rng, ids=ids, model=signature.name)
+        query = Query(args.items, request.SerializeToString())
         start = time.perf_counter()
         try:
             response = await client.recommend(query)
@@ -228,12 +239,7 @@ async def _query_once(args, spec, signature) -> int:
 
 
 def query(args) -> int:
-    try:
-        spec, signature = _signature(args)
-    except (ModelNotFound, ArtifactError) as err:
-        say(f"deeprec: error: {err}")
-        return 2
-    return asyncio.run(_query_once(args, spec, signature))
+    return asyncio.run(_query_once(args))
 
 
 # -- deeprec demo ---------------------------------------------------------------------------
@@ -589,10 +595,12 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--model",
         default=None,
-        help=f"zoo model name or artifact directory (default {zoo.DEFAULT_MODEL})",
+        help="served model to query (default: the frontend's only model); what to send is "
+        "asked of the frontend (Recommender.DescribeModels)",
     )
-    p.add_argument("--model-dir", help="artifact directory (its model.json gives the inputs)")
-    p.add_argument("--size", choices=zoo.SIZES, default="small", help="zoo model size")
+    p.add_argument(
+        "--model-dir", help="build the query from this artifact instead of asking the frontend"
+    )
     p.add_argument("--ids", choices=ID_CHOICES, default="powerlaw")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--show", type=int, default=5, help="scores to print")

@@ -21,7 +21,6 @@ from deeprec.workload.queries import (
     Query,
     QueryCycle,
     make_pool,
-    mean_lookups_of,
     pool_items_for,
     prepare_queries,
     prepared_count,
@@ -88,10 +87,14 @@ class Workload:
 
 def prepare(spec, version: str, workload: Workload) -> list[Query]:
     """Serialized queries for a load run, built before the clock starts."""
-    signature = ModelSignature.from_spec(spec, version)
+    return prepare_for(ModelSignature.from_spec(spec, version), workload)
+
+
+def prepare_for(signature: ModelSignature, workload: Workload) -> list[Query]:
+    """The same from a signature (e.g. a frontend's DescribeModels answer)."""
     rng = np.random.default_rng(workload.seed)
     ids = table_ids(signature, workload.ids, workload.exponent, workload.seed)
-    pool = make_pool(signature, pool_items_for(workload.sizes), rng, mean_lookups_of(spec), ids)
+    pool = make_pool(signature, pool_items_for(workload.sizes), rng, ids=ids)
     count = prepared_count(query_bytes(pool, workload.sizes.mean))
     return prepare_queries(pool, workload.sizes, rng, count)
 

@@ -34,18 +34,20 @@ class DescribeRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class FeatureDescription(_message.Message):
-    __slots__ = ("name", "table", "rows", "dim", "pooling")
+    __slots__ = ("name", "table", "rows", "dim", "pooling", "mean_lookups")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TABLE_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     POOLING_FIELD_NUMBER: _ClassVar[int]
+    MEAN_LOOKUPS_FIELD_NUMBER: _ClassVar[int]
     name: str
     table: str
     rows: int
     dim: int
     pooling: str
-    def __init__(self, name: _Optional[str] = ..., table: _Optional[str] = ..., rows: _Optional[int] = ..., dim: _Optional[int] = ..., pooling: _Optional[str] = ...) -> None: ...
+    mean_lookups: float
+    def __init__(self, name: _Optional[str] = ..., table: _Optional[str] = ..., rows: _Optional[int] = ..., dim: _Optional[int] = ..., pooling: _Optional[str] = ..., mean_lookups: _Optional[float] = ...) -> None: ...
 
 class ModelDescription(_message.Message):
     __slots__ = ("name", "version", "architecture", "dense_features", "heads", "features", "device", "provider", "mode")

@@ -40,6 +40,11 @@ class RecommenderStub:
                 request_serializer=deeprec_dot_v1_dot_recommender__pb2.RecommendRequest.SerializeToString,
                 response_deserializer=deeprec_dot_v1_dot_recommender__pb2.RecommendResponse.FromString,
                 _registered_method=True)
+        self.DescribeModels = channel.unary_unary(
+                '/deeprec.v1.Recommender/DescribeModels',
+                request_serializer=deeprec_dot_v1_dot_recommender__pb2.DescribeModelsRequest.SerializeToString,
+                response_deserializer=deeprec_dot_v1_dot_recommender__pb2.DescribeModelsResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServicer:
@@ -52,6 +57,14 @@ class RecommenderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DescribeModels(self, request, context):
+        """What a query for each model served must hold (features, tables, limits) and the
+        policy in force: a client needs nothing else to build queries.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +72,11 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.Recommend,
                     request_deserializer=deeprec_dot_v1_dot_recommender__pb2.RecommendRequest.FromString,
                     response_serializer=deeprec_dot_v1_dot_recommender__pb2.RecommendResponse.SerializeToString,
+            ),
+            'DescribeModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeModels,
+                    request_deserializer=deeprec_dot_v1_dot_recommender__pb2.DescribeModelsRequest.FromString,
+                    response_serializer=deeprec_dot_v1_dot_recommender__pb2.DescribeModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -89,6 +107,33 @@ class Recommender:
             '/deeprec.v1.Recommender/Recommend',
             deeprec_dot_v1_dot_recommender__pb2.RecommendRequest.SerializeToString,
             deeprec_dot_v1_dot_recommender__pb2.RecommendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeprec.v1.Recommender/DescribeModels',
+            deeprec_dot_v1_dot_recommender__pb2.DescribeModelsRequest.SerializeToString,
+            deeprec_dot_v1_dot_recommender__pb2.DescribeModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from deeprec.common.server import channel
+from deeprec.common.server import channel, sync_channel
 from deeprec.common.tensors import decode
-from deeprec.v1 import recommender_pb2
+from deeprec.v1 import recommender_pb2, recommender_pb2_grpc
 
 from .queries import Query
 
@@ -17,6 +17,30 @@ class BadResponse(Exception):
     """The server answered OK but not with one row of scores per item."""
 
     status = "BAD_RESPONSE"  # how the open-loop driver counts it
+
+
+class NoSuchModel(LookupError):
+    pass
+
+
+def pick_model(reply, model: str, address: str):
+    """The one ServedModel a DescribeModels reply names (by ``model``, or the only one)."""
+    named = [m for m in reply.models if not model or m.name == model]
+    if len(named) == 1:
+        return named[0]
+    served = ", ".join(m.name for m in reply.models) or "none"
+    if not named:
+        raise NoSuchModel(f"{address} does not serve {model!r} (it serves: {served})")
+    raise NoSuchModel(f"{address} serves several models ({served}): name one")
+
+
+def describe_blocking(address: str, model: str = "", timeout: float = 30.0):
+    """``RecommenderClient.describe`` for blocking code (Locust's users)."""
+    with sync_channel(address) as ch:
+        reply = recommender_pb2_grpc.RecommenderStub(ch).DescribeModels(
+            recommender_pb2.DescribeModelsRequest(), timeout=timeout
+        )
+    return pick_model(reply, model, address)
 
 
 class RecommenderClient:
@@ -46,6 +70,15 @@ class RecommenderClient:
         if rows != query.items:
             raise BadResponse(f"{rows} scores for {query.items} items")
         return response
+
+    async def describe(self, model: str = "") -> recommender_pb2.ServedModel:
+        """What the frontend serves under ``model`` (empty: its only model). All models are
+        asked for, so that a wrong name is answered with the names served."""
+        stub = recommender_pb2_grpc.RecommenderStub(self.channel)
+        reply = await stub.DescribeModels(
+            recommender_pb2.DescribeModelsRequest(), timeout=self.timeout
+        )
+        return pick_model(reply, model, self.address)
 
     async def send(self, query: Query) -> str:
         return (await self.recommend(query)).info.path

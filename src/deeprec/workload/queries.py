@@ -98,8 +98,9 @@ def make_pool(
     mean_lookups: Mapping[str, float] | None = None,
     ids: Mapping[str, IdDistribution] | None = None,
 ) -> ItemPool:
-    """Dense ~ N(0, 1); ids per item ~ Poisson(mean lookups, default 1); ids from ``ids``."""
-    mean_lookups = mean_lookups or {}
+    """Dense ~ N(0, 1); ids per item ~ Poisson(mean lookups, default the signature's);
+    ids from ``ids``."""
+    mean_lookups = mean_lookups or {f.name: f.mean_lookups for f in signature.features}
     ids = ids if ids is not None else table_ids(signature)
     dense = None
     if signature.dense_features:

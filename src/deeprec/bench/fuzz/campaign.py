@@ -336,11 +336,12 @@ SERVICES = {
     ),
 }
 PLAN = (  # (cluster, role, child, RPCs)
-    ("single", "frontend", "frontend", ("Recommend", "Check", "Watch", "Reflection")),
+    ("single", "frontend", "frontend",
+     ("Recommend", "DescribeModels", "Check", "Watch", "Reflection")),
     ("single", "worker", "worker-0", ("Predict", "Describe", "Check", "Watch", "Reflection")),
     ("single", "scheduler", "scheduler",
      ("GetPolicy", "SetPolicy", "WatchPolicies", "Export", "Check", "Watch", "Reflection")),
-    ("sharded", "frontend", "frontend", ("Recommend",)),
+    ("sharded", "frontend", "frontend", ("Recommend", "DescribeModels")),
     ("sharded", "worker", "worker-0", ("Predict", "Describe")),
     ("sharded", "shard", "shard-0-0", ("Lookup", "ShardDescribe", "Check", "Watch", "Reflection")),
 )  # fmt: skip

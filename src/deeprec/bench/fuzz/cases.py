@@ -73,6 +73,8 @@ RPCS = {
     for r in (
         _rpc("Recommend", "/deeprec.v1.Recommender/Recommend", "unary",
              recommender_pb2.RecommendRequest, recommender_pb2.RecommendResponse),
+        _rpc("DescribeModels", "/deeprec.v1.Recommender/DescribeModels", "unary",
+             recommender_pb2.DescribeModelsRequest, recommender_pb2.DescribeModelsResponse),
         _rpc("Predict", "/deeprec.v1.Inference/Predict", "unary",
              inference_pb2.PredictRequest, inference_pb2.PredictResponse),
         _rpc("Describe", "/deeprec.v1.Inference/Describe", "unary",
@@ -600,6 +602,17 @@ def _empty_structured(ctx, rng):
     return "unknown-fields", (unknown_fields(rng),), "ok", ""
 
 
+def _describe_models_good(ctx, rng):
+    model = pick(rng, ("", ctx.model))  # every model, or the one served
+    return (recommender_pb2.DescribeModelsRequest(model=model).SerializeToString(),), "ok"
+
+
+def _describe_models_structured(ctx, rng):
+    name = pick(rng, strings(ctx))
+    data = recommender_pb2.DescribeModelsRequest(model=name).SerializeToString()
+    return "model-name", (data,), "any", f"{name[:20]!r} ({len(name)} chars)"
+
+
 # Scheduler --------------------------------------------------------------------------------------
 
 
@@ -836,6 +849,7 @@ _GENERATORS = {  # RPC: (good, structured)
                   _features_structured(recommender_pb2.RecommendRequest)),
     "Predict": (_features_good(inference_pb2.PredictRequest),
                 _features_structured(inference_pb2.PredictRequest)),
+    "DescribeModels": (_describe_models_good, _describe_models_structured),
     "Describe": (_empty_good, _empty_structured),
     "Lookup": (_lookup_good, _lookup_structured),
     "ShardDescribe": (_empty_good, _empty_structured),

@@ -1,0 +1,54 @@
+"""What a frontend tells clients about a served model (Recommender.DescribeModels), and
+the model signature a client gets back from it: one home for both directions."""
+
+from __future__ import annotations
+
+from deeprec.v1 import recommender_pb2
+
+from .features import FeatureSignature, ModelSignature
+from .limits import RequestLimits
+from .policy import Policy
+
+
+def served_model(
+    signature: ModelSignature, limits: RequestLimits, policy: Policy
+) -> recommender_pb2.ServedModel:
+    out = recommender_pb2.ServedModel(
+        name=signature.name,
+        version=signature.version,
+        architecture=signature.architecture,
+        dense_features=signature.dense_features,
+        heads=signature.heads,
+        int32_ids=signature.ids_fit_int32,
+        max_items=limits.max_items,
+        max_ids_per_item=limits.max_ids_per_item,
+        batch_size=policy.batch_size,
+        offload_threshold=policy.offload_threshold,
+        policy_version=policy.version,
+    )
+    for f in signature.features:
+        out.features.add(
+            name=f.name,
+            table=f.table,
+            rows=f.rows,
+            dim=f.dim,
+            pooling=f.pooling,
+            mean_lookups=f.mean_lookups,
+        )
+    return out
+
+
+def signature_of(model: recommender_pb2.ServedModel) -> ModelSignature:
+    """The signature a client builds queries from (deeprec.workload.queries)."""
+    features = tuple(
+        FeatureSignature(f.name, f.table, f.rows, f.dim, f.pooling, f.mean_lookups or 1.0)
+        for f in model.features
+    )
+    return ModelSignature(
+        model.name,
+        model.version,
+        model.architecture,
+        model.dense_features,
+        model.heads,
+        features,
+    )
