@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -193,6 +194,36 @@ def _pid_exists(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def sigterm_under_load(process, method, requests, timeout=30.0) -> list:
+    """Send ``requests`` at once through ``method`` (a blocking stub method) and SIGTERM
+    ``process`` (a WorkerProcess) once the first is answered, the rest being queued by
+    then. Each outcome: the number of scores answered, or the status code."""
+    method(requests[0], timeout=timeout)  # warm: the first of the load is answered fast
+
+    def call(request):
+        try:
+            return len(scores_of(method(request, timeout=timeout)))
+        except grpc.RpcError as err:
+            return err.code()
+
+    with ThreadPoolExecutor(len(requests)) as pool:
+        futures = [pool.submit(call, r) for r in requests]
+        futures[0].result()
+        process.proc.send_signal(signal.SIGTERM)
+        return [f.result() for f in futures]
+
+
+def assert_stopped_cleanly(process, outcomes: list, items: int) -> None:
+    """After sigterm_under_load: the process exited 0 saying so; what it had taken was
+    answered whole, the rest refused (UNAVAILABLE, or CANCELLED by gRPC when never
+    dispatched); nothing half-answered."""
+    assert process.proc.wait(30) == 0
+    refused = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+    assert all(o == items or o in refused for o in outcomes), outcomes
+    assert outcomes.count(items) >= 2
+    assert "shutting down" in process.proc.stderr.read()
 
 
 def scores_of(response) -> np.ndarray:

@@ -11,7 +11,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "deeprec"
 
 SERVICES = ("frontend", "inference", "shard", "scheduler")
-LIBRARIES = ("common", "execution", "models", "sharding", "v1")
+LIBRARIES = ("client", "common", "execution", "models", "sharding", "v1")
 HARNESS = ("launcher", "workload", "bench", "cli")
 # What each layer may import from deeprec: services their own package and the libraries;
 # libraries each other; the harness anything.

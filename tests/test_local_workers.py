@@ -4,14 +4,19 @@ or beside remote workers, over real gRPC on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
-import signal
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
 import pytest
-from servers import InProcessCluster, WorkerProcess, request_for, scores_of
+from servers import (
+    InProcessCluster,
+    WorkerProcess,
+    assert_stopped_cleanly,
+    request_for,
+    scores_of,
+    sigterm_under_load,
+)
 
 from deeprec.common.policy import Policy
 from deeprec.frontend import main as frontend_main
@@ -146,23 +151,7 @@ def test_sigterm_finishes_the_queries_the_in_process_workers_hold(tiny_zoo):
     ]
     with grpc.insecure_channel(frontend.address) as channel:
         stub = recommender_pb2_grpc.RecommenderStub(channel)
-        stub.Recommend(requests[0], timeout=30)
-
-        def call(request):
-            try:
-                return len(scores_of(stub.Recommend(request, timeout=30)))
-            except grpc.RpcError as err:
-                return err.code()
-
-        with ThreadPoolExecutor(6) as pool:
-            futures = [pool.submit(call, r) for r in requests]
-            futures[0].result()  # the others are queued on the run thread by now
-            frontend.proc.send_signal(signal.SIGTERM)
-            outcomes = [f.result() for f in futures]
-    assert frontend.proc.wait(30) == 0
+        outcomes = sigterm_under_load(frontend, stub.Recommend, requests)
     # Queries the frontend had taken complete whole (all 4 sub-batches); those it had not
     # are refused; nothing is half-answered.
-    refused = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
-    assert all(o == 2000 or o in refused for o in outcomes), outcomes
-    assert outcomes.count(2000) >= 2
-    assert "shutting down" in frontend.proc.stderr.read()
+    assert_stopped_cleanly(frontend, outcomes, 2000)

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from servers import InProcessCluster, WorkerProcess, request_for, scores_of
+from servers import (
+    InProcessCluster,
+    WorkerProcess,
+    assert_stopped_cleanly,
+    request_for,
+    scores_of,
+    sigterm_under_load,
+)
 
 from deeprec.common.policy import Policy
 from deeprec.models import reference, zoo
@@ -296,26 +302,9 @@ def test_sigterm_finishes_in_flight_work_and_exits_cleanly(tiny_zoo):
     ]
     with grpc.insecure_channel(worker.address) as channel:
         stub = inference_pb2_grpc.InferenceStub(channel)
-        stub.Predict(requests[0], timeout=30)
-
-        def call(req):
-            try:
-                return len(scores_of(stub.Predict(req, timeout=30)))
-            except grpc.RpcError as err:
-                return err.code()
-
-        with ThreadPoolExecutor(8) as pool:
-            futures = [pool.submit(call, r) for r in requests]
-            futures[0].result()  # the others are queued in the worker by now
-            worker.proc.send_signal(15)
-            outcomes = [f.result() for f in futures]
-    assert worker.proc.wait(30) == 0
-    # Calls the worker had accepted complete whole; calls not yet started are refused
-    # (UNAVAILABLE, or CANCELLED by gRPC when never dispatched); nothing half-answered.
-    refused = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
-    assert all(o == 2000 or o in refused for o in outcomes), outcomes
-    assert outcomes.count(2000) >= 2
-    assert "shutting down" in worker.proc.stderr.read()
+        outcomes = sigterm_under_load(worker, stub.Predict, requests)
+    # Calls the worker had accepted complete whole; calls not yet started are refused.
+    assert_stopped_cleanly(worker, outcomes, 2000)
 
 
 def test_stubs_are_not_stale():

@@ -3,6 +3,8 @@ the model signature a client gets back from it: one home for both directions."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from deeprec.v1 import recommender_pb2
 
 from .features import FeatureSignature, ModelSignature
@@ -27,15 +29,25 @@ def served_model(
         policy_version=policy.version,
     )
     for f in signature.features:
-        out.features.add(
-            name=f.name,
-            table=f.table,
-            rows=f.rows,
-            dim=f.dim,
-            pooling=f.pooling,
-            mean_lookups=f.mean_lookups,
-        )
+        out.features.add(**asdict(f))  # the proto's fields have the same names
     return out
+
+
+class NoSuchModel(LookupError):
+    pass
+
+
+def pick_model(
+    reply: recommender_pb2.DescribeModelsResponse, model: str, address: str
+) -> recommender_pb2.ServedModel:
+    """The one ServedModel a DescribeModels reply names (by ``model``, or the only one)."""
+    named = [m for m in reply.models if not model or m.name == model]
+    if len(named) == 1:
+        return named[0]
+    served = ", ".join(m.name for m in reply.models) or "none"
+    if not named:
+        raise NoSuchModel(f"{address} does not serve {model!r} (it serves: {served})")
+    raise NoSuchModel(f"{address} serves several models ({served}): name one")
 
 
 def signature_of(model: recommender_pb2.ServedModel) -> ModelSignature:

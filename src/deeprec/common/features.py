@@ -6,7 +6,7 @@ a bad request is refused with the same message wherever it is caught.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -74,14 +74,7 @@ class ModelSignature:
         out.name, out.version, out.architecture = self.name, self.version, self.architecture
         out.dense_features, out.heads = self.dense_features, self.heads
         for f in self.features:
-            out.features.add(
-                name=f.name,
-                table=f.table,
-                rows=f.rows,
-                dim=f.dim,
-                pooling=f.pooling,
-                mean_lookups=f.mean_lookups,
-            )
+            out.features.add(**asdict(f))  # the proto's fields have the same names
         return out
 
 

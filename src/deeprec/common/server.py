@@ -121,25 +121,28 @@ CLIENT_OPTIONS = [
 ]
 
 
-def channel(address: str, interceptors=(), tls=FROM_ENV) -> grpc.aio.Channel:
-    """An asyncio client channel: mutual TLS when DEEPREC_TLS_DIR is set."""
+def channel(address: str, interceptors=(), tls=FROM_ENV, options=()) -> grpc.aio.Channel:
+    """An asyncio client channel: mutual TLS when DEEPREC_TLS_DIR is set; ``options``
+    added to CLIENT_OPTIONS."""
     tls = tls_from_env() if tls is FROM_ENV else tls
     interceptors = list(interceptors) or None
     if tls is None:
-        return grpc.aio.insecure_channel(address, CLIENT_OPTIONS, interceptors=interceptors)
+        return grpc.aio.insecure_channel(
+            address, [*CLIENT_OPTIONS, *options], interceptors=interceptors
+        )
     return grpc.aio.secure_channel(
         address,
         tls.channel_credentials(),
-        [*CLIENT_OPTIONS, *tls.channel_options()],
+        [*CLIENT_OPTIONS, *options, *tls.channel_options()],
         interceptors=interceptors,
     )
 
 
-def sync_channel(address: str, tls=FROM_ENV) -> grpc.Channel:
+def sync_channel(address: str, tls=FROM_ENV, options=()) -> grpc.Channel:
     """A blocking client channel (CLIs, load tests), with the same TLS rule."""
     tls = tls_from_env() if tls is FROM_ENV else tls
     if tls is None:
-        return grpc.insecure_channel(address, CLIENT_OPTIONS)
+        return grpc.insecure_channel(address, [*CLIENT_OPTIONS, *options])
     return grpc.secure_channel(
-        address, tls.channel_credentials(), [*CLIENT_OPTIONS, *tls.channel_options()]
+        address, tls.channel_credentials(), [*CLIENT_OPTIONS, *options, *tls.channel_options()]
     )

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+from deeprec.common.catalog import NoSuchModel, pick_model
 from deeprec.common.server import channel, sync_channel
 from deeprec.common.tensors import decode
 from deeprec.v1 import recommender_pb2, recommender_pb2_grpc
 
 from .queries import Query
+
+__all__ = ["BadResponse", "NoSuchModel", "RecommenderClient", "describe_blocking"]
 
 RECOMMEND = "/deeprec.v1.Recommender/Recommend"
 
@@ -17,21 +20,6 @@ class BadResponse(Exception):
     """The server answered OK but not with one row of scores per item."""
 
     status = "BAD_RESPONSE"  # how the open-loop driver counts it
-
-
-class NoSuchModel(LookupError):
-    pass
-
-
-def pick_model(reply, model: str, address: str):
-    """The one ServedModel a DescribeModels reply names (by ``model``, or the only one)."""
-    named = [m for m in reply.models if not model or m.name == model]
-    if len(named) == 1:
-        return named[0]
-    served = ", ".join(m.name for m in reply.models) or "none"
-    if not named:
-        raise NoSuchModel(f"{address} does not serve {model!r} (it serves: {served})")
-    raise NoSuchModel(f"{address} serves several models ({served}): name one")
 
 
 def describe_blocking(address: str, model: str = "", timeout: float = 30.0):
