@@ -80,10 +80,11 @@ CASES = {
     },
     "tracing-off": {"tracing": {"enabled": False}},
     "autoscaling": {
+        "frontend": {"autoscaling": {"enabled": True}},
         "workers": {
             "cpu": {**REMOTE_CPU, "autoscaling": {"enabled": True}},
             "gpu": {"enabled": True, "autoscaling": {"enabled": True}},
-        }
+        },
     },
 }
 # The chart with docker-compose.yml's topology: 2 shards x 1, 2 CPU workers, a GPU pool.
@@ -213,7 +214,9 @@ def test_the_matrix_renders_its_topology(rendered):
     assert summary("gpu-workers")["deployments"] == sorted([*base, "worker-gpu"])
     assert summary("3-shards-x2")["statefulsets"] == {f"{FULLNAME}-shard-{k}": 2 for k in range(3)}
     assert summary("tracing-off")["deployments"] == [c for c in base if c != "jaeger"]
-    assert summary("autoscaling")["hpa"] == [f"{FULLNAME}-worker-cpu", f"{FULLNAME}-worker-gpu"]
+    assert summary("autoscaling")["hpa"] == [
+        f"{FULLNAME}-{c}" for c in ("frontend", "worker-cpu", "worker-gpu")
+    ]
 
 
 def test_gpu_workers_request_gpus_on_gpu_nodes(rendered):
@@ -757,6 +760,10 @@ CONTRADICTIONS = [
             }
         },
         "workers.cpu.autoscaling.maxReplicas (2) is below minReplicas (5)",
+    ),
+    (
+        {"frontend": {"autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 1}}},
+        "frontend.autoscaling.maxReplicas (1) is below minReplicas (3)",
     ),
 ]
 

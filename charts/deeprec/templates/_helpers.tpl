@@ -158,13 +158,17 @@ labels:
 {{- if and $v.collector.enabled (not (or $v.scheduler.enabled $v.prometheus.enabled $v.prometheus.remoteWriteUrl $v.tracing.enabled)) -}}
 {{- fail "collector.enabled has nowhere to send: enable the scheduler, prometheus (or prometheus.remoteWriteUrl) or tracing" -}}
 {{- end -}}
+{{- $scaled := list (dict "key" "frontend" "values" $v.frontend) -}}
 {{- range $kind := list "cpu" "gpu" -}}
-{{- $w := index $v.workers $kind -}}
+{{- $scaled = append $scaled (dict "key" (printf "workers.%s" $kind) "values" (index $v.workers $kind)) -}}
+{{- end -}}
+{{- range $s := $scaled -}}
+{{- $w := $s.values -}}
 {{- if and $w.enabled $w.autoscaling.enabled (lt (int $w.autoscaling.maxReplicas) (int $w.autoscaling.minReplicas)) -}}
-{{- fail (printf "workers.%s.autoscaling.maxReplicas (%d) is below minReplicas (%d)" $kind (int $w.autoscaling.maxReplicas) (int $w.autoscaling.minReplicas)) -}}
+{{- fail (printf "%s.autoscaling.maxReplicas (%d) is below minReplicas (%d)" $s.key (int $w.autoscaling.maxReplicas) (int $w.autoscaling.minReplicas)) -}}
 {{- end -}}
 {{- if and $w.enabled $w.autoscaling.enabled (not (and $w.resources.requests $w.resources.requests.cpu)) -}}
-{{- fail (printf "workers.%s.autoscaling needs workers.%s.resources.requests.cpu: CPU utilization is measured against the request" $kind $kind) -}}
+{{- fail (printf "%s.autoscaling needs %s.resources.requests.cpu: CPU utilization is measured against the request" $s.key $s.key) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
