@@ -148,7 +148,7 @@ def wait_healthy(address: str, timeout: float = 30.0) -> None:
 class WorkerProcess:
     """`deeprec serve inference` (or ``service``) as a real child process."""
 
-    def __init__(self, model_dir, *extra, service="inference"):
+    def __init__(self, model_dir, *extra, service="inference", env=None):
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
@@ -169,6 +169,7 @@ class WorkerProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env={**os.environ, **(env or {})},
         )
 
     def wait_healthy(self):

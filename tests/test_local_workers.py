@@ -155,3 +155,39 @@ def test_sigterm_finishes_the_queries_the_in_process_workers_hold(tiny_zoo):
     # Queries the frontend had taken complete whole (all 4 sub-batches); those it had not
     # are refused; nothing is half-answered.
     assert_stopped_cleanly(frontend, outcomes, 2000)
+
+
+def test_old_connections_are_closed_and_clients_reconnect_without_a_failed_call(tiny_zoo):
+    """DEEPREC_MAX_CONNECTION_AGE_S: a server asks its clients to reconnect now and then,
+    so pods a scale-out adds behind the same name get their share; no call fails."""
+    artifact = tiny_zoo["rmc1"]
+    frontend = WorkerProcess(
+        artifact.path,
+        "--local-workers",
+        "1",
+        service="frontend",
+        env={"DEEPREC_MAX_CONNECTION_AGE_S": "0.5"},
+    ).wait_healthy()
+    inputs = random_inputs(artifact.spec, 3, np.random.default_rng(0))
+    request = request_for(artifact.spec, inputs)
+    expected = reference.forward(artifact, inputs)
+    reconnected, states = threading.Event(), []
+
+    def watch(state):  # the connection the server closed, then a new one
+        states.append(state)
+        if state == grpc.ChannelConnectivity.READY and states.count(state) >= 2:
+            reconnected.set()
+
+    try:
+        with grpc.insecure_channel(frontend.address) as channel:
+            channel.subscribe(watch, try_to_connect=True)
+            stub = recommender_pb2_grpc.RecommenderStub(channel)
+            answered = 0
+            while not reconnected.is_set() and answered < 10_000:
+                reply = stub.Recommend(request, timeout=30)  # raises if a call fails
+                np.testing.assert_allclose(scores_of(reply), expected, rtol=1e-5, atol=1e-6)
+                answered += 1
+            channel.unsubscribe(watch)
+        assert reconnected.is_set(), states
+    finally:
+        assert frontend.terminate() == 0

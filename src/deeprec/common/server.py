@@ -37,6 +37,19 @@ CHANNEL_OPTIONS = [
 SERVER_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)]
 
 
+def rebalancing_options(max_age_s: float) -> list:
+    """A client keeps its connection to a server for as long as it lives, so a pod added
+    by a scale-out would get no calls from existing clients. After ``max_age_s`` the
+    server sends GOAWAY; the client reconnects (re-resolving the name) and calls in flight
+    finish within the shutdown grace. 0: connections live forever."""
+    if not max_age_s:
+        return []
+    return [
+        ("grpc.max_connection_age_ms", int(max_age_s * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(GRACE_SECONDS * 1000)),
+    ]
+
+
 def setup_logging(service: str) -> None:
     level = value("DEEPREC_LOG_LEVEL")
     logging.basicConfig(level=level, format=f"%(asctime)s {service} %(levelname)s %(message)s")
@@ -59,13 +72,19 @@ class Health(health.aio.HealthServicer):
 class Server:
     """A grpc.aio server with health, reflection and SIGTERM handling."""
 
-    def __init__(self, service_names: Iterable[str], interceptors=(), tls=FROM_ENV):
+    def __init__(
+        self, service_names: Iterable[str], interceptors=(), tls=FROM_ENV, rebalance=False
+    ):
+        """``rebalance``: cap connection age (DEEPREC_MAX_CONNECTION_AGE_S), for servers
+        that scale out behind one name; not for the scheduler, whose policy streams
+        should stay open."""
         self.tls = tls_from_env() if tls is FROM_ENV else tls
         keep_large_buffers()  # process-wide; every server moves megabyte messages
+        options = list(SERVER_OPTIONS)
+        if rebalance:
+            options += rebalancing_options(value("DEEPREC_MAX_CONNECTION_AGE_S"))
         # The guard is innermost: it sees each method's registered handler once.
-        self.grpc = grpc.aio.server(
-            options=SERVER_OPTIONS, interceptors=[*interceptors, RequestGuard()]
-        )
+        self.grpc = grpc.aio.server(options=options, interceptors=[*interceptors, RequestGuard()])
         self.health = Health()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         self.service_names = list(service_names)

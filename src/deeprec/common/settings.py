@@ -169,6 +169,16 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=0,
     ),
     Setting(
+        "DEEPREC_MAX_CONNECTION_AGE_S",
+        None,
+        float,
+        60.0,
+        "seconds a client connection may live before the server asks the client to reconnect "
+        "(calls in flight finish), so pods added by a scale-out get traffic; 0: forever",
+        ("frontend", "inference", "shard"),
+        minimum=0,
+    ),
+    Setting(
         "DEEPREC_TLS_DIR",
         None,
         str,

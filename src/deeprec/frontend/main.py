@@ -140,7 +140,7 @@ async def start(
     servicer: RecommenderServicer, host: str, port: int, telemetry: Telemetry | None = None
 ) -> Server:
     telemetry = telemetry or Telemetry()
-    server = Server([SERVICE], interceptors=telemetry.server_interceptors())
+    server = Server([SERVICE], interceptors=telemetry.server_interceptors(), rebalance=True)
     server.add(recommender_pb2_grpc.add_RecommenderServicer_to_server, servicer)
     await server.start(host, port)
     return server

@@ -55,7 +55,8 @@ def build_servicer(
 async def start(
     servicer: InferenceServicer, host: str, port: int, telemetry: Telemetry | None = None
 ) -> Server:
-    server = Server([SERVICE], interceptors=(telemetry or Telemetry()).server_interceptors())
+    interceptors = (telemetry or Telemetry()).server_interceptors()
+    server = Server([SERVICE], interceptors=interceptors, rebalance=True)
     server.add(inference_pb2_grpc.add_InferenceServicer_to_server, servicer)
     await server.start(host, port)
     return server
