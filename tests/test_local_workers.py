@@ -18,12 +18,15 @@ from servers import (
     sigterm_under_load,
 )
 
+from deeprec.common.features import ModelSignature, encode_features, validate
 from deeprec.common.policy import Policy
+from deeprec.execution.runner import Runner, warm_up_batch
+from deeprec.execution.sessions import open_model
 from deeprec.frontend import main as frontend_main
 from deeprec.frontend.local import LocalConfig
 from deeprec.models import reference, zoo
 from deeprec.models.inputs import random_inputs
-from deeprec.v1 import recommender_pb2_grpc
+from deeprec.v1 import recommender_pb2_grpc, tensor_pb2
 
 N_ITEMS = 12
 
@@ -191,3 +194,26 @@ def test_old_connections_are_closed_and_clients_reconnect_without_a_failed_call(
         assert reconnected.is_set(), states
     finally:
         assert frontend.terminate() == 0
+
+
+@pytest.mark.parametrize("name", zoo.MODEL_NAMES)
+def test_the_warm_up_batch_is_valid_input_that_every_model_runs(tiny_zoo, name):
+    artifact = tiny_zoo[name]
+    signature = ModelSignature.from_spec(artifact.spec, artifact.version)
+    batch = warm_up_batch(signature, 8)
+    features = tensor_pb2.Features()
+    encode_features(features, batch.dense, batch.ids, batch.lengths)
+    assert validate(signature, features).n == 8  # what the servers would accept
+    for embeddings in ("fused", "graph"):
+        session, _ = open_model(artifact, "cpu", 1, embeddings=embeddings)
+        runner = Runner(session)
+        assert runner.warm_up(signature) > 0
+        runner.close()
+
+
+def test_a_server_runs_its_warm_up_before_it_opens_its_port(tiny_zoo):
+    for service, extra in (("inference", ()), ("frontend", ("--local-workers", "1"))):
+        process = WorkerProcess(tiny_zoo["rmc1"].path, *extra, service=service).wait_healthy()
+        assert process.terminate() == 0
+        log = process.proc.stderr.read()
+        assert "warm-up run" in log and log.index("warm-up run") < log.index("serving on")

@@ -86,7 +86,10 @@ def _local(config: LocalConfig, described: ModelSignature | None):
             f"local workers run {signature.name}/v{signature.version} but the remote "
             f"workers serve {described.name}/v{described.version}"
         )
-    return config.open(artifact), signature
+    workers = config.open(artifact)
+    for worker in workers.values():  # before the port opens, as a worker process does
+        log.info("in-process workers: warm-up run %.0f ms", worker.runner.warm_up(signature))
+    return workers, signature
 
 
 async def build_servicer(

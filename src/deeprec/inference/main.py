@@ -77,6 +77,8 @@ async def serve(args) -> int:
     telemetry = setup_telemetry("inference")
     if telemetry.meter is not None and hasattr(servicer.session, "instrument"):
         servicer.session.instrument(telemetry.meter)  # sharded: per-shard lookup latency
+    # Before the port opens: health says SERVING only once a run has been made.
+    log.info("warm-up run: %.0f ms", servicer.runner.warm_up(servicer.signature))
     server = await start(servicer, args.host, args.port, telemetry)
     log.info(
         "serving on %s:%d: %s v%s, device %s, provider %s, %s threads, mode %s",
