@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .pooling import StackedTables, bag_sum, gather
-
-# Tables are stacked (pooling.StackedTables) only while the copy stays this small; bigger
-# ones are pooled feature by feature from their mapped files.
-STACK_BUDGET_BYTES = 512 << 20
+from .pooling import bag_sum, gather
 
 
 def dense_feeds(spec, feeds: dict, looked_up: dict) -> dict:
@@ -33,26 +29,10 @@ def dense_feeds(spec, feeds: dict, looked_up: dict) -> dict:
 class FusedSession:
     """``run(feeds)`` like a whole-graph session: pools, then the dense graph."""
 
-    def __init__(self, artifact, dense_session, stack_budget_bytes: int = STACK_BUDGET_BYTES):
+    def __init__(self, artifact, dense_session):
         self.spec = artifact.spec
         self.dense = dense_session
         self.tables = {t.name: np.asarray(artifact.table(t.name)) for t in artifact.spec.tables}
-        self.stacks = self._stack(stack_budget_bytes)  # dim -> StackedTables
-
-    def _stack(self, budget: int) -> dict[int, StackedTables]:
-        """One stack per width over the float32 tables that sum-pooled features read, where
-        two or more share it and they fit the budget together."""
-        by_dim: dict[int, dict[str, np.ndarray]] = {}
-        for f in self.spec.features:
-            table = self.tables[f.table]
-            if f.pooling == "sum" and table.dtype == np.float32:
-                by_dim.setdefault(table.shape[1], {})[f.table] = table
-        stacks, used = {}, 0
-        for dim, tables in by_dim.items():
-            size = sum(t.nbytes for t in tables.values())
-            if len(tables) > 1 and used + size <= budget:
-                stacks[dim], used = StackedTables(tables), used + size
-        return stacks
 
     @property
     def provider(self) -> str:
@@ -60,17 +40,11 @@ class FusedSession:
 
     def run(self, feeds: dict) -> list[np.ndarray]:
         """Scores from whole-graph inputs, as the whole graph would give them."""
-        looked_up, stacked = {}, {}
+        looked_up = {}
         for f in self.spec.features:
             table, ids = self.tables[f.table], feeds[f"{f.name}_ids"]
-            if f.pooling != "sum":  # sequence features: the dense graph attends over the rows
-                looked_up[f.name] = gather(table, ids)
-            elif table.dtype == np.float32 and table.shape[1] in self.stacks:
-                stacked.setdefault(table.shape[1], []).append(f)
-            else:
+            if f.pooling == "sum":
                 looked_up[f.name] = bag_sum(table, ids, feeds[f"{f.name}_lengths"])
-        for dim, features in stacked.items():
-            bags = [(f.table, feeds[f"{f.name}_ids"], feeds[f"{f.name}_lengths"]) for f in features]
-            pooled = self.stacks[dim].bag_sums(bags)
-            looked_up |= zip((f.name for f in features), pooled, strict=True)
+            else:  # sequence features: the dense graph attends over the rows themselves
+                looked_up[f.name] = gather(table, ids)
         return self.dense.run(dense_feeds(self.spec, feeds, looked_up))
