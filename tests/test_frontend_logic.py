@@ -53,6 +53,14 @@ def test_routing_follows_the_offload_threshold():
     assert choose_path(500, Policy("m", 8, 0), gpu_pool=True) == "cpu"
 
 
+def test_least_outstanding_counts_per_slot():
+    """The in-process pool (two run threads) beside a worker process: two calls to one."""
+    pool = LeastOutstanding(["local", "remote"], slots={"local": 2})
+    picks = [pool.acquire() for _ in range(6)]
+    assert picks.count("local") == 4 and picks.count("remote") == 2
+    assert LeastOutstanding(["a"], slots={"a": 0}).slots == {"a": 1}  # never below one
+
+
 def test_least_outstanding_prefers_idle_workers_and_ejects_failures():
     now = [0.0]
     pool = LeastOutstanding(["a", "b", "c"], eject_seconds=1.0, clock=lambda: now[0])

@@ -114,8 +114,12 @@ class ReplicaPool:
         eject_seconds: float = DEFAULT_EJECT_SECONDS,
         max_tries: int = DEFAULT_MAX_TRIES,
         clock: Callable[[], float] = time.monotonic,
+        slots: dict[str, int] | None = None,
     ):
+        """``slots``: calls a member runs at once (default 1): least outstanding is
+        counted per slot, so a member with two run threads gets two calls per turn."""
         self.members = list(dict.fromkeys(members))
+        self.slots = {m: max(1, (slots or {}).get(m, 1)) for m in self.members}
         if max_tries < 1:
             raise ValueError(f"max_tries must be at least 1, not {max_tries}")
         self.outstanding = dict.fromkeys(self.members, 0)
@@ -145,7 +149,8 @@ class ReplicaPool:
             healthy = [m for m in candidates if self.ejected_until[m] <= now] or candidates
             start = next(self._turn) % len(healthy)
             rotated = healthy[start:] + healthy[:start]
-            chosen = min(rotated, key=self.outstanding.__getitem__)  # first of the least
+            # First of the least loaded, per slot.
+            chosen = min(rotated, key=lambda m: self.outstanding[m] / self.slots[m])
             self.outstanding[chosen] += 1
         return chosen
 

@@ -46,7 +46,8 @@ class Pool:
 
     @classmethod
     def of(cls, name: str, workers: dict) -> Pool:
-        return cls(name, workers, LeastOutstanding(workers))
+        slots = {key: worker.slots for key, worker in workers.items()}
+        return cls(name, workers, LeastOutstanding(workers, slots=slots))
 
     @property
     def slots(self) -> int:
