@@ -539,6 +539,27 @@ def test_probes_are_native_grpc_health_checks(rendered):
                 assert c["startupProbe"]["grpc"] == {"port": port}
 
 
+def test_servers_behind_services_pause_before_sigterm_within_the_grace(rendered):
+    """Endpoints drop a terminating pod a moment after the kubelet signals it: frontends,
+    workers and shards keep serving 5 s (preStop), then drain within the shutdown grace,
+    and the pod's termination grace covers both."""
+    seen = set()
+    for case, manifests in rendered.items():
+        for w, c in deeprec_containers(manifests):
+            if c["name"] in ("model", "plan"):
+                continue
+            component = component_of(w)
+            pause = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds")
+            if component == "scheduler":  # one replica, no Service in front to drain from
+                assert pause is None, case
+                continue
+            seen.add(component)
+            assert pause == 5, f"[{case}] {component}"
+            grace = float(env_of(c)["DEEPREC_SHUTDOWN_GRACE_S"])
+            assert w["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > pause + grace
+    assert {"frontend", "worker-cpu", "worker-gpu", "shard"} <= seen
+
+
 def test_pods_run_non_root_with_read_only_root_filesystems(rendered):
     for case, manifests in rendered.items():
         for w in workloads(manifests):

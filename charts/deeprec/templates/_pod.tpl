@@ -75,7 +75,8 @@ imagePullSecrets:
 {{- end }}
 securityContext:
   {{- toYaml (.podSecurityContext | default $root.Values.podSecurityContext) | nindent 2 }}
-terminationGracePeriodSeconds: {{ add (int $root.Values.shutdownGraceSeconds) 5 }}
+{{- /* The preStop pause, then the servers' own drain, then a margin. */}}
+terminationGracePeriodSeconds: {{ add (int $root.Values.shutdownGraceSeconds) (include "deeprec.preStopSeconds" .) 5 }}
 {{- with .initContainers }}
 initContainers:
   {{- range . }}
@@ -121,7 +122,8 @@ deeprec.container
   name, image, pullPolicy, args (list), env (dict: rendered sorted by name),
   secretEnv (list of dict name, secret, key), ports (list of dict name, port),
   probe (dict: grpc PORT | http dict path, port), startup (true: a startup probe allows
-  slow starts: model builds, artifact loads), resources, volumeMounts,
+  slow starts: model builds, artifact loads), preStop (true: pause before SIGTERM, for
+  servers behind Services that scale), resources, volumeMounts,
   securityContext (default .Values.containerSecurityContext)
 */}}
 {{- define "deeprec.container" -}}
@@ -176,6 +178,14 @@ livenessProbe:
   timeoutSeconds: 5
   failureThreshold: 3
 {{- end }}
+{{- if .preStop }}
+{{- /* Endpoints and the clients that resolve them learn of a terminating pod a moment
+       later than the kubelet signals it: keep serving that long, then SIGTERM drains. */}}
+lifecycle:
+  preStop:
+    sleep:
+      seconds: {{ include "deeprec.preStopSeconds" . }}
+{{- end }}
 {{- with .resources }}
 resources:
   {{- toYaml . | nindent 2 }}
@@ -187,6 +197,8 @@ volumeMounts:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
+
+{{- define "deeprec.preStopSeconds" -}}5{{- end -}}
 
 {{/* Every deeprec server serves grpc.health.v1: the kubelet asks it directly. */}}
 {{- define "deeprec.probeCheck" -}}
