@@ -140,3 +140,21 @@ def test_a_call_the_frontend_could_not_take_is_retried_by_the_service_config(tin
         np.testing.assert_array_equal(result.scores, np.full((3, 1), 0.5, np.float32))
     finally:
         server.stop(0)
+
+
+def test_a_tuple_of_two_id_lists_is_two_items_and_arrays_are_ids_and_lengths(tiny_zoo):
+    from deeprec.client.query import build_features
+
+    spec = tiny_zoo["rmc1"].spec
+    signature = ModelSignature.from_spec(spec, "1")
+    dense = np.zeros((2, spec.dense_features), np.float32)
+    as_lists = build_features(
+        signature, RequestLimits(), dense, {f.name: ([1, 2], [3]) for f in spec.features}
+    )
+    as_arrays = build_features(
+        signature,
+        RequestLimits(),
+        dense,
+        {f.name: (np.array([1, 2, 3]), np.array([2, 1])) for f in spec.features},
+    )
+    assert as_lists == as_arrays  # both: item 0 looks up 1 and 2, item 1 looks up 3

@@ -23,7 +23,7 @@ from deeprec.common.policy import Policy
 from deeprec.execution.runner import Runner, warm_up_batch
 from deeprec.execution.sessions import open_model
 from deeprec.frontend import main as frontend_main
-from deeprec.frontend.local import LocalConfig
+from deeprec.frontend.local import LocalConfig, LocalWorker
 from deeprec.models import reference, zoo
 from deeprec.models.inputs import random_inputs
 from deeprec.v1 import recommender_pb2_grpc, tensor_pb2
@@ -38,7 +38,7 @@ def _set_batch_size(cluster, batch_size):
 
 
 def _local(cluster):
-    return [w for w in cluster.frontend.pools["cpu"].workers.values() if w.kind == "local"]
+    return [w for w in cluster.frontend.pools["cpu"].workers.values() if isinstance(w, LocalWorker)]
 
 
 @pytest.mark.parametrize("name", zoo.MODEL_NAMES)

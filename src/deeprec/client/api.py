@@ -89,8 +89,8 @@ class Client:
 
     def recommend(self, dense=None, sparse=None, timeout: float | None = None) -> Result:
         """Scores for N items: ``dense`` [N, dense_features] floats; ``sparse`` per feature
-        name, one list of ids per item or (flat ids, lengths). InvalidFeatures, before
-        anything is sent, when they do not fit the model."""
+        name, one list of ids per item or a pair of arrays (flat ids, lengths).
+        InvalidFeatures, before anything is sent, when they do not fit the model."""
         request, items = _request(self.describe(), dense, sparse)
         reply = self._stub.Recommend(request, timeout=timeout or self.timeout)
         return _result(reply, items)

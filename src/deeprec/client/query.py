@@ -14,14 +14,16 @@ __all__ = ["InvalidFeatures", "build_features"]
 
 _NO_IDS = np.zeros(0, dtype=np.int64)
 
-# A feature's ids: one list of ids per item, or (flat ids, per-item lengths).
+# A feature's ids: one list of ids per item, or a pair of NumPy arrays (flat ids, per-item
+# lengths); a tuple of two lists is two items.
 SparseInput = Sequence[Sequence[int]] | tuple[np.ndarray, np.ndarray]
 
 
 def _flatten(name: str, value) -> tuple[np.ndarray, np.ndarray]:
     """(ids, lengths) as int64 arrays from either input form."""
-    if isinstance(value, tuple) and len(value) == 2 and not isinstance(value[0], int | np.integer):
-        ids, lengths = (np.asarray(v) for v in value)
+    pair = isinstance(value, tuple) and len(value) == 2
+    if pair and all(isinstance(v, np.ndarray) for v in value):
+        ids, lengths = value
     else:
         # An empty bag has no dtype of its own: int64, so it cannot make the rest float.
         bags = [np.asarray(bag).reshape(-1) if len(bag) else _NO_IDS for bag in value]

@@ -3,10 +3,11 @@
 A worker runs one ONNX Runtime run at a time (a frontend's in-process pool, one per
 thread). Under load, sub-batches queue behind the runs; when one ends, what is queued (up
 to ``max_items``, and with several threads about a thread's share) is merged into the
-next run and the scores are split back. A run of 270 items costs about a quarter less
-than two of 135 (the embedding and dense stages have per-run costs), so the more loaded a
-worker is, the cheaper each item gets. At low load nothing waits and nothing is merged:
-no added delay.
+next run and the scores are split back. Where a model's runs get cheaper per item as they
+grow (RMC1), the more loaded a worker is, the cheaper each item gets; where they do not
+(DIN), a large merged run only delays the sub-batches at its head, so the bound
+(``DEEPREC_COALESCE_MAX_ITEMS``) is a per-model choice (docs/benchmarks.md). At low load
+nothing waits and nothing is merged: no added delay.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class Batcher:
         self.run, self.executor, self.max_items = run, executor, max(1, max_items)
         self.concurrency = max(1, concurrency)
         self.waiting: deque[_Waiting] = deque()
+        self.waiting_items = 0  # items of the sub-batches in ``waiting``
         self.active = 0  # runs in progress
         self._tasks: set[asyncio.Task] = set()  # the runs' tasks, kept from the GC
 
@@ -90,6 +92,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         waiting = _Waiting(batch, deadline, time.perf_counter(), loop.create_future())
         self.waiting.append(waiting)
+        self.waiting_items += batch.n
         self._dispatch()
         return await waiting.future
 
@@ -97,13 +100,13 @@ class Batcher:
         """The first waiting sub-batch and those behind it that fit in one run: at most
         ``max_items``, and with several run threads about their share of the backlog, so
         one greedy run does not leave the others idle."""
-        share = -(-sum(w.batch.n for w in self.waiting) // self.concurrency)
-        limit = min(self.max_items, share)
+        limit = min(self.max_items, -(-self.waiting_items // self.concurrency))
         group = [self.waiting.popleft()]
         items = group[0].batch.n
         while self.waiting and items + self.waiting[0].batch.n <= limit:
             items += self.waiting[0].batch.n
             group.append(self.waiting.popleft())
+        self.waiting_items -= items
         return group
 
     def _dispatch(self) -> None:

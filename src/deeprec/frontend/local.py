@@ -26,8 +26,6 @@ LOCAL = "local"  # the in-process pool's name among the frontend's workers
 
 
 class LocalWorker:
-    kind = "local"
-
     def __init__(self, runner: Runner):
         self.runner = runner
         self.slots = runner.batcher.concurrency
@@ -43,6 +41,10 @@ class LocalWorker:
             detail = f"{type(err).__name__}: {err}"
             raise WorkerFailed(grpc.StatusCode.UNAVAILABLE, detail, accepted=True) from None
         return Reply(outcome.scores, outcome.service_ms, outcome.queue_ms)
+
+    def close(self) -> None:
+        """Finish the queued runs (after the server has stopped taking queries)."""
+        self.runner.close()
 
 
 @dataclass(frozen=True)

@@ -85,11 +85,10 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         return response
 
     def close(self) -> None:
-        """Finish the sub-batches queued on in-process workers (after the server stopped)."""
+        """Finish what the pools' members hold (after the server stopped taking queries)."""
         for pool in self.pools.values():
             for worker in pool.workers.values() if pool else ():
-                if worker.kind == "local":
-                    worker.runner.close()
+                worker.close()
 
     async def Recommend(self, request, context):
         received = time.perf_counter()

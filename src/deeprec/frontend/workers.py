@@ -54,7 +54,6 @@ class WorkerStub:
 class RemoteWorker:
     """An inference worker process behind gRPC."""
 
-    kind = "remote"
     slots = 1  # runs one sub-batch at a time (execution.Runner)
 
     def __init__(self, stub: WorkerStub, model: str, ids_dtype: np.dtype | None):
@@ -68,3 +67,6 @@ class RemoteWorker:
         except grpc.aio.AioRpcError as err:
             raise WorkerFailed(err.code(), err.details(), await was_accepted(call)) from None
         return Reply(decode(reply.scores, "scores"), reply.service_ms, reply.queue_ms)
+
+    def close(self) -> None:
+        """Nothing to finish here: the worker process finishes what it accepted."""
