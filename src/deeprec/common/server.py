@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -73,18 +73,26 @@ class Server:
     """A grpc.aio server with health, reflection and SIGTERM handling."""
 
     def __init__(
-        self, service_names: Iterable[str], interceptors=(), tls=FROM_ENV, rebalance=False
+        self,
+        service_names: Iterable[str],
+        interceptors=(),
+        tls=FROM_ENV,
+        rebalance=False,
+        readers: Mapping[str, Callable] | None = None,
     ):
         """``rebalance``: cap connection age (DEEPREC_MAX_CONNECTION_AGE_S), for servers
         that scale out behind one name; not for the scheduler, whose policy streams
-        should stay open."""
+        should stay open. ``readers``: request deserializers by method path, in place
+        of the generated classes' (the guard still wraps them)."""
         self.tls = tls_from_env() if tls is FROM_ENV else tls
         keep_large_buffers()  # process-wide; every server moves megabyte messages
         options = list(SERVER_OPTIONS)
         if rebalance:
             options += rebalancing_options(value("DEEPREC_MAX_CONNECTION_AGE_S"))
         # The guard is innermost: it sees each method's registered handler once.
-        self.grpc = grpc.aio.server(options=options, interceptors=[*interceptors, RequestGuard()])
+        self.grpc = grpc.aio.server(
+            options=options, interceptors=[*interceptors, RequestGuard(readers)]
+        )
         self.health = Health()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         self.service_names = list(service_names)

@@ -45,7 +45,8 @@ def encode(array: np.ndarray, out: tensor_pb2.Tensor | None = None) -> tensor_pb
 def decode(
     tensor: tensor_pb2.Tensor, field: str, expect: tuple[int, ...] | None = None
 ) -> np.ndarray:
-    """A read-only array over one copy of the message's bytes; errors name ``field``.
+    """An array over the tensor's bytes (``data``: bytes, or a memoryview of a request's
+    bytes), copied only to align it; errors name ``field``.
 
     ``expect``: the wire dtypes this field may have (any supported one when None).
     """
@@ -69,6 +70,9 @@ def decode(
             f"{count * dtype.itemsize} bytes, got {len(data)}"
         )
     try:
-        return np.frombuffer(data, dtype=dtype, count=count).reshape(shape)
+        array = np.frombuffer(data, dtype=dtype, count=count).reshape(shape)
     except ValueError:  # an empty tensor whose other dimensions NumPy cannot index
         raise TensorError(f"{field}: shape {shape_text(shape)} is too large") from None
+    # A view into a request's bytes (common/wire_reader) starts wherever the field did:
+    # NumPy, SciPy and ONNX Runtime get an aligned copy of a misaligned one.
+    return array if array.flags.aligned else array.copy()

@@ -15,6 +15,7 @@ from deeprec.common.policy import Policy, PolicyTable
 from deeprec.common.server import Server, channel, setup_logging
 from deeprec.common.telemetry import Telemetry
 from deeprec.common.telemetry import setup as setup_telemetry
+from deeprec.common.wire_reader import request_reader
 from deeprec.models.artifact import load_artifact
 from deeprec.v1 import inference_pb2, recommender_pb2, recommender_pb2_grpc
 
@@ -26,6 +27,7 @@ from .workers import RemoteWorker, WorkerStub
 
 log = logging.getLogger("deeprec")
 SERVICE = recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name
+RECOMMEND = f"/{SERVICE}/Recommend"
 
 
 class StartupError(RuntimeError):
@@ -143,7 +145,12 @@ async def start(
     servicer: RecommenderServicer, host: str, port: int, telemetry: Telemetry | None = None
 ) -> Server:
     telemetry = telemetry or Telemetry()
-    server = Server([SERVICE], interceptors=telemetry.server_interceptors(), rebalance=True)
+    server = Server(
+        [SERVICE],
+        interceptors=telemetry.server_interceptors(),
+        rebalance=True,
+        readers={RECOMMEND: request_reader(recommender_pb2.RecommendRequest)},
+    )
     server.add(recommender_pb2_grpc.add_RecommenderServicer_to_server, servicer)
     await server.start(host, port)
     return server

@@ -11,6 +11,7 @@ from deeprec.common.limits import RequestLimits
 from deeprec.common.server import Server, setup_logging
 from deeprec.common.telemetry import Telemetry
 from deeprec.common.telemetry import setup as setup_telemetry
+from deeprec.common.wire_reader import request_reader
 from deeprec.execution.sessions import open_model
 from deeprec.models.artifact import load_artifact
 from deeprec.v1 import inference_pb2, inference_pb2_grpc
@@ -20,6 +21,7 @@ from .servicer import InferenceServicer
 
 log = logging.getLogger("deeprec")
 SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
+PREDICT = f"/{SERVICE}/Predict"
 
 
 def build_servicer(
@@ -56,7 +58,12 @@ async def start(
     servicer: InferenceServicer, host: str, port: int, telemetry: Telemetry | None = None
 ) -> Server:
     interceptors = (telemetry or Telemetry()).server_interceptors()
-    server = Server([SERVICE], interceptors=interceptors, rebalance=True)
+    server = Server(
+        [SERVICE],
+        interceptors=interceptors,
+        rebalance=True,
+        readers={PREDICT: request_reader(inference_pb2.PredictRequest)},
+    )
     server.add(inference_pb2_grpc.add_InferenceServicer_to_server, servicer)
     await server.start(host, port)
     return server
