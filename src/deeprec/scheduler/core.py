@@ -121,8 +121,6 @@ class SchedulerCore:
     def _install(self, policy: Policy, now: float) -> None:
         self.policies[policy.model] = policy
         self.trial_start[policy.model] = now
-        if self.store is not None:
-            self.store.save(self.policies)
 
     # -- reporting ----------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from deeprec.common.server import Server, setup_logging
 from deeprec.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 from .core import SchedulerConfig, SchedulerCore
+from .saver import PolicySaver
 from .service import Broadcaster, MetricsReceiver, SchedulerServicer, control_loop
 from .store import StoreError, store_from_settings
 from .tuner import TunerConfig
@@ -34,6 +35,7 @@ class Scheduler:
         admin_token: str | None = None,
     ):
         self.core = SchedulerCore(config, store)
+        self.saver = None if store is None else PolicySaver(store, lambda: self.core.policies)
         self.admin_token = admin_token  # None: DEEPREC_ADMIN_TOKEN
         self.broadcaster = Broadcaster()
         self.interval = interval
@@ -44,7 +46,7 @@ class Scheduler:
         self.server = Server(SERVICES)
         self.server.add(
             scheduler_pb2_grpc.add_SchedulerServicer_to_server,
-            SchedulerServicer(self.core, self.broadcaster, self.admin_token),
+            SchedulerServicer(self.core, self.broadcaster, self.admin_token, self.saver),
         )
         self.server.add(
             metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server,
@@ -52,7 +54,7 @@ class Scheduler:
         )
         port = await self.server.start(host, port)
         self._loop_task = asyncio.get_running_loop().create_task(
-            control_loop(self.core, self.broadcaster, self.interval)
+            control_loop(self.core, self.broadcaster, self.interval, self.saver)
         )
         return port
 
@@ -62,6 +64,8 @@ class Scheduler:
             await asyncio.gather(self._loop_task, return_exceptions=True)
         if self.server:
             await self.server.stop(grace)
+        if self.saver is not None:
+            await self.saver.close()
 
 
 def config_from_args(args) -> SchedulerConfig:

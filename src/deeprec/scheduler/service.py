@@ -9,13 +9,15 @@ import time
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 
 from deeprec.common.auth import check_admin
-from deeprec.common.errors import InvalidArgument, NotFound, ResourceExhausted
+from deeprec.common.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from deeprec.common.policy import to_proto
 from deeprec.common.quote import quote
 from deeprec.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 from .core import SchedulerCore
 from .ingest import MAX_MODELS, MODEL_CHARS, POLICY_MAX
+from .saver import PolicySaver
+from .store import StoreError
 
 log = logging.getLogger("deeprec")
 
@@ -39,10 +41,17 @@ def policy_set(policies) -> scheduler_pb2.PolicySet:
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
-    def __init__(self, core: SchedulerCore, broadcaster: Broadcaster, admin_token=None):
+    def __init__(
+        self,
+        core: SchedulerCore,
+        broadcaster: Broadcaster,
+        admin_token=None,
+        saver: PolicySaver | None = None,
+    ):
         self.core = core
         self.broadcaster = broadcaster
         self.admin_token = admin_token  # None: DEEPREC_ADMIN_TOKEN
+        self.saver = saver  # None: policies are not persisted
 
     async def WatchPolicies(self, request, context):
         queue: asyncio.Queue = asyncio.Queue()
@@ -91,6 +100,16 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             " (pinned)" if policy.pinned else "",
         )
         self.broadcaster.publish(policy_set([policy]))
+        if self.saver is not None:
+            self.saver.changed()
+            try:
+                await self.saver.flush()
+            except StoreError as err:
+                raise Unavailable(
+                    f"{policy.model} v{policy.version} (B={policy.batch_size} "
+                    f"T={policy.offload_threshold}) is in force and was sent to the frontends, "
+                    f"but not saved: {err}; the scheduler keeps retrying the save"
+                ) from None
         return to_proto(policy)
 
 
@@ -109,8 +128,14 @@ class MetricsReceiver(metrics_service_pb2_grpc.MetricsServiceServicer):
         return response
 
 
-async def control_loop(core: SchedulerCore, broadcaster: Broadcaster, interval: float) -> None:
-    """Tick the tuners every ``interval`` seconds and push what changed."""
+async def control_loop(
+    core: SchedulerCore,
+    broadcaster: Broadcaster,
+    interval: float,
+    saver: PolicySaver | None = None,
+) -> None:
+    """Tick the tuners every ``interval`` seconds, push what changed, and save it (off
+    the loop: saver.py)."""
     while True:
         await asyncio.sleep(interval)
         try:
@@ -120,3 +145,5 @@ async def control_loop(core: SchedulerCore, broadcaster: Broadcaster, interval: 
             continue
         if changed:
             broadcaster.publish(policy_set(changed))
+            if saver is not None:
+                saver.changed()
