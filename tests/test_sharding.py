@@ -210,11 +210,27 @@ def test_bag_sum_matches_the_reference_and_pools_empty_samples_to_zero(row_dtype
     assert segment_sum(np.zeros((0, 4), np.float32), np.zeros(3, np.int64)).shape == (3, 4)
 
 
+@pytest.mark.parametrize("row_dtype", [np.float32, np.float16])
+def test_bags_of_one_id_are_the_rows_themselves(row_dtype):
+    rng = np.random.default_rng(2)
+    table = rng.standard_normal((50, 4)).astype(row_dtype)
+    ids = np.array([3, 3, 49, 0], np.int32)
+    lengths = np.ones(4, np.int64)
+    got = bag_sum(table, ids, lengths)
+    assert got.dtype == np.float32 and got.shape == (4, 4)
+    np.testing.assert_allclose(got, reference.pool_sum(table, ids, lengths), rtol=1e-6)
+    uneven = np.array([0, 2, 1, 1], np.int64)  # as many ids as samples, not one each
+    np.testing.assert_allclose(
+        bag_sum(table, ids, uneven), reference.pool_sum(table, ids, uneven), rtol=1e-6
+    )
+
+
 @pytest.mark.parametrize("bad", [-1, 50])
-def test_bag_sum_refuses_ids_outside_the_table(bad):
+@pytest.mark.parametrize("lengths", [[2], [1, 1]])
+def test_bag_sum_refuses_ids_outside_the_table(bad, lengths):
     table = np.ones((50, 4), np.float32)
     with pytest.raises(IndexError):
-        bag_sum(table, np.array([0, bad]), np.array([2]))
+        bag_sum(table, np.array([0, bad]), np.array(lengths))
 
 
 def test_routed_lookups_over_real_shard_stores_equal_the_reference(tiny_zoo):

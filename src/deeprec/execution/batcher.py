@@ -5,14 +5,18 @@ thread). Under load, sub-batches queue behind the runs; when one ends, what is q
 to ``max_items``, and with several threads about a thread's share) is merged into the
 next run and the scores are split back. Where a model's runs get cheaper per item as they
 grow (RMC1), the more loaded a worker is, the cheaper each item gets; where they do not
-(DIN), a large merged run only delays the sub-batches at its head, so the bound
-(``DEEPREC_COALESCE_MAX_ITEMS``) is a per-model choice (docs/benchmarks.md). At low load
-nothing waits and nothing is merged: no added delay.
+(DIN, whose large runs spill its attention's intermediates out of the caches), a large
+merged run costs more per item and delays the sub-batches at its head. So each
+sub-batch may carry its own bound: the frontend's in-process workers merge up to the
+policy's B, the run size the scheduler found best for the model, and at most
+``DEEPREC_COALESCE_MAX_ITEMS`` (docs/benchmarks.md). At low load nothing waits and
+nothing is merged: no added delay.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -60,6 +64,7 @@ class _Waiting:
     deadline: float | None  # perf_counter time
     queued: float
     future: asyncio.Future
+    max_items: int  # the most items a run that starts with this sub-batch may hold
 
 
 class Batcher:
@@ -69,6 +74,10 @@ class Batcher:
     ``concurrency``: runs at once (the executor needs as many threads). One queue feeds
     them all: a sub-batch starts on whichever run thread frees first, as in an M/G/c
     queue, never behind a long run while another thread idles.
+
+    A run thread that ends a run takes the next group itself, without waiting for the
+    event loop (which may be busy receiving a large query): the loop only queues
+    sub-batches and hands out the scores. A thread leaves when nothing waits.
     """
 
     def __init__(
@@ -82,25 +91,40 @@ class Batcher:
         self.concurrency = max(1, concurrency)
         self.waiting: deque[_Waiting] = deque()
         self.waiting_items = 0  # items of the sub-batches in ``waiting``
-        self.active = 0  # runs in progress
-        self._tasks: set[asyncio.Task] = set()  # the runs' tasks, kept from the GC
+        self.active = 0  # run threads taking work
+        self._lock = threading.Lock()  # the queue and counters: the loop and run threads
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def __len__(self) -> int:
         return len(self.waiting)
 
-    async def submit(self, batch: Batch, deadline: float | None) -> Outcome:
-        loop = asyncio.get_running_loop()
-        waiting = _Waiting(batch, deadline, time.perf_counter(), loop.create_future())
-        self.waiting.append(waiting)
-        self.waiting_items += batch.n
-        self._dispatch()
+    async def submit(
+        self, batch: Batch, deadline: float | None, max_items: int | None = None
+    ) -> Outcome:
+        """``max_items``: this sub-batch's own merge bound (None or 0: the batcher's)."""
+        self._loop = loop = asyncio.get_running_loop()
+        bound = min(self.max_items, max_items) if max_items else self.max_items
+        waiting = _Waiting(batch, deadline, time.perf_counter(), loop.create_future(), bound)
+        with self._lock:
+            self.waiting.append(waiting)
+            self.waiting_items += batch.n
+            start = self.active < self.concurrency
+            if start:
+                self.active += 1
+        if start:
+            try:
+                self.executor.submit(self._take_and_run)
+            except RuntimeError:  # the executor is shut down: the server is stopping
+                with self._lock:
+                    self.active -= 1
+                raise
         return await waiting.future
 
     def _take(self) -> list[_Waiting]:
         """The first waiting sub-batch and those behind it that fit in one run: at most
-        ``max_items``, and with several run threads about their share of the backlog, so
-        one greedy run does not leave the others idle."""
-        limit = min(self.max_items, -(-self.waiting_items // self.concurrency))
+        its ``max_items``, and with several run threads about their share of the
+        backlog, so one greedy run does not leave the others idle."""
+        limit = min(self.waiting[0].max_items, -(-self.waiting_items // self.concurrency))
         group = [self.waiting.popleft()]
         items = group[0].batch.n
         while self.waiting and items + self.waiting[0].batch.n <= limit:
@@ -109,35 +133,44 @@ class Batcher:
         self.waiting_items -= items
         return group
 
-    def _dispatch(self) -> None:
-        """Start runs while sub-batches wait and a run thread is free."""
-        while self.waiting and self.active < self.concurrency:
-            group = [w for w in self._take() if not w.future.done()]  # done: cancelled
+    def _take_and_run(self) -> None:
+        """A run thread: run groups while sub-batches wait, then leave."""
+        while True:
+            with self._lock:
+                if not self.waiting:
+                    self.active -= 1
+                    return
+                group = [w for w in self._take() if not w.future.done()]  # done: cancelled
             now = time.perf_counter()
             expired = [w for w in group if w.deadline is not None and now > w.deadline]
-            for w in expired:  # nobody waits for these answers any more: skip the work
-                w.future.set_result(Outcome(None, (now - w.queued) * 1e3, 0.0, 0))
             live = [w for w in group if w not in expired]
-            if live:
-                self.active += 1
-                task = asyncio.get_running_loop().create_task(self._run_group(live))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            if expired:  # nobody waits for these answers any more: skip the work
+                self._loop.call_soon_threadsafe(self._expire, expired, now)
+            if not live:
+                continue
+            started = time.perf_counter()
+            try:
+                scores = self.run(merge([w.batch for w in live]).feeds())[0]
+            except Exception as err:  # the run failed: every sub-batch in it fails
+                self._loop.call_soon_threadsafe(self._fail, live, err)
+                continue
+            finished = time.perf_counter()
+            self._loop.call_soon_threadsafe(self._deliver, live, scores, started, finished)
 
-    async def _run_group(self, live: list[_Waiting]) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            started, scores, finished = await loop.run_in_executor(
-                self.executor, self._run, [w.batch for w in live]
-            )
-        except Exception as err:  # the run failed: every sub-batch in it fails
-            for w in live:
-                if not w.future.done():
-                    w.future.set_exception(err)
-            return
-        finally:
-            self.active -= 1
-            self._dispatch()
+    @staticmethod
+    def _expire(expired: list[_Waiting], now: float) -> None:
+        for w in expired:
+            if not w.future.done():
+                w.future.set_result(Outcome(None, (now - w.queued) * 1e3, 0.0, 0))
+
+    @staticmethod
+    def _fail(live: list[_Waiting], err: Exception) -> None:
+        for w in live:
+            if not w.future.done():
+                w.future.set_exception(err)
+
+    @staticmethod
+    def _deliver(live: list[_Waiting], scores, started: float, finished: float) -> None:
         total = sum(w.batch.n for w in live)
         run_ms = (finished - started) * 1e3
         for w, (start, end) in zip(live, bounds([w.batch.n for w in live]), strict=True):
@@ -150,8 +183,3 @@ class Batcher:
                         len(live),
                     )
                 )
-
-    def _run(self, batches: list[Batch]):
-        started = time.perf_counter()
-        scores = self.run(merge(batches).feeds())[0]
-        return started, scores, time.perf_counter()

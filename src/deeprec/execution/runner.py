@@ -56,19 +56,22 @@ class Runner:
         if self.queued >= self.max_queue:
             raise ResourceExhausted(f"worker queue full ({self.queued} sub-batches waiting)")
 
-    async def run(self, batch: Batch, deadline: float | None) -> Outcome:
+    async def run(
+        self, batch: Batch, deadline: float | None, merge_up_to: int | None = None
+    ) -> Outcome:
         """Scores of ``batch``; ``deadline`` (perf_counter time): DeadlineExceeded if it
-        passes while the batch waits."""
+        passes while the batch waits. ``merge_up_to``: the most items a run that starts
+        with it may merge (None: the runner's bound)."""
         self.check_room()
         self.queued += 1
         try:
-            outcome = await self.batcher.submit(batch, deadline)
+            outcome = await self.batcher.submit(batch, deadline, merge_up_to)
         finally:
             self.queued -= 1
         if batch.nbytes > TRIM_AFTER_BYTES:
             # Once the request is dropped, give back the heap it grew.
             loop = asyncio.get_running_loop()
-            loop.call_later(TRIM_DELAY_S, loop.run_in_executor, self.executor, trim)
+            loop.call_later(TRIM_DELAY_S, loop.run_in_executor, None, trim)
         if outcome.scores is None:
             raise DeadlineExceeded(
                 f"deadline passed after {outcome.queue_ms:.0f} ms in the worker's queue; not run"

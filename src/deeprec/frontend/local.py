@@ -30,10 +30,11 @@ class LocalWorker:
         self.runner = runner
         self.slots = runner.batcher.concurrency
 
-    async def predict(self, part: SubBatch, timeout: float | None) -> Reply:
+    async def predict(self, part: SubBatch, timeout: float | None, merge_up_to: int = 0) -> Reply:
+        """``merge_up_to``: the policy's B (0: no split, the runner's own bound)."""
         batch = Batch(part.end - part.start, part.dense, part.ids, part.lengths)
         try:
-            outcome = await self.runner.run(batch, deadline_after(timeout))
+            outcome = await self.runner.run(batch, deadline_after(timeout), merge_up_to or None)
         except ServingError as err:  # queue full or deadline passed: it never ran
             raise WorkerFailed(err.code, str(err), accepted=False) from None
         except Exception as err:  # the run broke, like a remote worker dying mid-run: the

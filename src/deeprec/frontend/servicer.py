@@ -139,7 +139,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
                     raise self._gave_up(pool, failover, part) from None
                 sent = time.perf_counter()
                 try:
-                    reply = await pool.workers[worker].predict(part, timeout)
+                    reply = await pool.workers[worker].predict(part, timeout, batch_size)
                 except WorkerFailed as err:
                     code, details = err.code, err.details
                     verdict = failover.failed(code, accepted=err.accepted)

@@ -1,6 +1,6 @@
 """The workers a frontend sends sub-batches to: remote (gRPC) or in-process (local.py).
 
-Both answer ``predict(part, timeout)`` with a Reply, or raise WorkerFailed with the
+Both answer ``predict(part, timeout, merge_up_to)`` with a Reply, or raise WorkerFailed with the
 status the try ended with and whether the worker had accepted the sub-batch (the poison
 guard, deeprec.common.poison): the servicer's failover logic judges both alike.
 """
@@ -59,7 +59,9 @@ class RemoteWorker:
     def __init__(self, stub: WorkerStub, model: str, ids_dtype: np.dtype | None):
         self.stub, self.model, self.ids_dtype = stub, model, ids_dtype
 
-    async def predict(self, part: SubBatch, timeout: float | None) -> Reply:
+    async def predict(self, part: SubBatch, timeout: float | None, merge_up_to: int = 0) -> Reply:
+        """``merge_up_to`` is not sent: a worker process merges up to its own
+        DEEPREC_COALESCE_MAX_ITEMS."""
         request = predict_request(self.model, part.dense, part.ids, part.lengths, self.ids_dtype)
         call = self.stub.Predict(request, timeout=timeout)
         try:

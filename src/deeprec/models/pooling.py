@@ -43,12 +43,16 @@ def bag_sum(table: np.ndarray, ids: np.ndarray, lengths: np.ndarray) -> np.ndarr
     as they are read, with no [total, dim] copy of the gathered rows in between (the
     embedding stage is memory-bound; that copy was a third of its time).
     """
-    if table.dtype != np.float32:  # SciPy has no float16 products: gather and widen
-        return segment_sum(gather(table, ids), lengths)
     lengths = np.asarray(lengths)
     if len(ids) and (ids.min() < 0 or ids.max() >= len(table)):
-        # SciPy trusts its indices (no bounds check): refuse here, as np.take would.
+        # SciPy trusts its indices and np.take wraps negative ones: refuse them here.
         raise IndexError(f"ids outside a table of {len(table)} rows")
+    if len(ids) == len(lengths) and (not len(ids) or lengths.min() == lengths.max() == 1):
+        # One id per sample (a user, a candidate item): each sum is that row. A gather
+        # skips building the sparse matrix, which costs more than the sum here.
+        return gather(table, ids).astype(np.float32, copy=False)
+    if table.dtype != np.float32:  # SciPy has no float16 products: gather and widen
+        return segment_sum(gather(table, ids), lengths)
     starts = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=starts[1:])
     # [N, rows] with a 1 at (sample, id) per lookup, times the table: repeated ids add up.
