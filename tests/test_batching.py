@@ -12,6 +12,7 @@ import pytest
 
 from deeprec.common.features import ModelSignature, encode_features, validate
 from deeprec.execution.batcher import Batcher, bounds, merge
+from deeprec.execution.runner import Runner
 from deeprec.inference.main import build_servicer
 from deeprec.models import reference
 from deeprec.models.inputs import random_inputs
@@ -130,6 +131,44 @@ def test_several_run_threads_share_one_queue_and_its_backlog(tiny_zoo):
     # The backlog (2 + 3 + 4 + 5 = 14 items) is shared: a freed thread takes about half
     # (7: 2 + 3), the next about half of what is left (5: 4), the last the rest (5).
     assert sorted(runs[:2]) == [6, 7] and runs[2:] == [5, 4, 5]
+    for (_, inputs), outcome in zip(parts, outcomes, strict=True):
+        np.testing.assert_allclose(
+            outcome.scores, reference.forward(artifact, inputs), rtol=1e-5, atol=1e-6
+        )
+
+
+class GatedSession:
+    """The real session; each run waits at the gate and records its item count."""
+
+    def __init__(self, session):
+        self.session, self.gate, self.runs = session, threading.Event(), []
+
+    def run(self, feeds):
+        self.runs.append(len(next(v for k, v in feeds.items() if k.endswith("_lengths"))))
+        self.gate.wait(30)
+        return self.session.run(feeds)
+
+
+@pytest.mark.parametrize(("merge_up_to", "expected"), [(None, [1, 9]), (5, [1, 4, 5])])
+def test_a_run_merges_up_to_the_sub_batches_own_bound(tiny_zoo, merge_up_to, expected):
+    artifact = tiny_zoo["rmc1"]
+    session = GatedSession(build_servicer(artifact.path, "cpu", 1).session)
+    runner = Runner(session, coalesce_max_items=100)
+    parts = [_batch(artifact.spec, n, seed) for seed, n in enumerate((1, 2, 2, 3, 2))]
+
+    async def scenario():
+        first = asyncio.ensure_future(runner.run(parts[0][0], None, merge_up_to))
+        while not session.runs:
+            await asyncio.sleep(0.001)
+        rest = [asyncio.ensure_future(runner.run(b, None, merge_up_to)) for b, _ in parts[1:]]
+        while len(runner.batcher) < 4:
+            await asyncio.sleep(0.001)
+        session.gate.set()
+        return await asyncio.gather(first, *rest)
+
+    outcomes = asyncio.run(scenario())
+    runner.close()
+    assert session.runs == expected  # B = 5: 2 + 2 fit, + 3 would not; else the runner's 100
     for (_, inputs), outcome in zip(parts, outcomes, strict=True):
         np.testing.assert_allclose(
             outcome.scores, reference.forward(artifact, inputs), rtol=1e-5, atol=1e-6
