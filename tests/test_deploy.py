@@ -87,6 +87,25 @@ CASES = {
         },
     },
 }
+# What a platform team sets on an unforked chart: every extension point at once.
+DIGEST = "sha256:" + "ab" * 32
+EXTENDED = {
+    "global": {"imageRegistry": "registry.example"},  # an umbrella chart's, ignored
+    "image": {"digest": DIGEST},
+    "gpuImage": {"digest": DIGEST},
+    "podAnnotations": {"team.example/owner": "recsys"},
+    "podLabels": {"team": "recsys", "app.kubernetes.io/component": "x"},  # the chart wins
+    "extraEnv": [
+        {"name": "TZ", "value": "UTC"},
+        {"name": "STORE_TOKEN", "valueFrom": {"secretKeyRef": {"name": "store", "key": "t"}}},
+    ],
+    "priorityClassName": "serving-critical",
+    "serviceAccount": {"create": True, "annotations": {"iam.example/role": "model-reader"}},
+    "workers": {"gpu": {"enabled": True, "runtimeClassName": "nvidia"}},
+    "frontend": {"offloadThreshold": 256},
+    "tracing": {"samplingRatio": 0.25},
+}
+CASES["extended"] = EXTENDED
 # The chart with docker-compose.yml's topology: 2 shards x 1, 2 CPU workers, a GPU pool.
 COMPOSE_LIKE = {
     "shards": {"count": 2, "replicas": 1},
@@ -271,7 +290,7 @@ def deeprec_containers(manifests):
     """(workload, container) for every container running the deeprec image."""
     for w in workloads(manifests):
         for c in pod_containers(w):
-            if c["image"].split(":")[0] in ("deeprec", "deeprec-gpu"):
+            if re.split("[:@]", c["image"])[0] in ("deeprec", "deeprec-gpu"):
                 yield w, c
 
 
@@ -741,6 +760,82 @@ def test_a_plan_given_in_values_is_served_from_a_configmap(chart, tiny_zoo):
             assert plans["configMap"]["name"] == f"{FULLNAME}-plan"
 
 
+def test_extension_values_reach_every_pod_they_name(rendered):
+    manifests = rendered["extended"]
+    serving = {"frontend", "worker-cpu", "worker-gpu", "shard"}
+    (account,) = [
+        a
+        for a in by_kind(manifests, "ServiceAccount").values()
+        if a["metadata"]["name"] == FULLNAME
+    ]
+    assert account["metadata"]["annotations"] == {"iam.example/role": "model-reader"}
+    assert account["automountServiceAccountToken"] is False
+    seen = set()
+    for w in workloads(manifests):
+        component, template = component_of(w), w["spec"]["template"]
+        seen.add(component)
+        spec, labels = template["spec"], template["metadata"]["labels"]
+        assert template["metadata"]["annotations"]["team.example/owner"] == "recsys", component
+        assert labels["team"] == "recsys" and labels[COMPONENT] == component
+        assert spec["priorityClassName"] == "serving-critical"
+        assert spec.get("runtimeClassName") == ("nvidia" if component == "worker-gpu" else None)
+        if component in serving:
+            assert spec["serviceAccountName"] == FULLNAME, component
+            assert spec["automountServiceAccountToken"] is False, component
+        elif component != "scheduler":  # the scheduler keeps its own, with its Role
+            assert "serviceAccountName" not in spec, component
+        main = main_container(w)
+        if component in (*serving, "scheduler"):
+            env = {e["name"]: e for e in main["env"]}
+            assert env["TZ"] == {"name": "TZ", "value": "UTC"}, component
+            assert env["STORE_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "store"
+            assert main["image"].endswith(f"@{DIGEST}"), component
+            if env.get("OTEL_TRACES_EXPORTER", {}).get("value") == "otlp":
+                assert env["OTEL_TRACES_SAMPLER"]["value"] == "parentbased_traceidratio"
+                assert env["OTEL_TRACES_SAMPLER_ARG"]["value"] == "0.25"
+        else:  # third-party images get the pod-level values only
+            assert "TZ" not in env_of(main), component
+    assert {"frontend", "worker-gpu", "scheduler"} <= seen
+
+
+def test_extra_env_may_not_override_what_the_chart_sets(chart):
+    values = {"extraEnv": [{"name": "DEEPREC_PORT", "value": "1"}]}
+    with pytest.raises(helm.HelmRenderError, match="extraEnv: DEEPREC_PORT is set by the chart"):
+        render(chart, values)
+
+
+def test_tuned_policies_outlive_helm_uninstall(rendered):
+    configmap = by_kind(rendered["defaults"], "ConfigMap")[f"{FULLNAME}-policies"]
+    assert configmap["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+
+def test_init_containers_have_resources_and_the_build_its_disk(rendered):
+    for w in workloads(rendered["3-shards-x2"]):
+        for init in w["spec"]["template"]["spec"].get("initContainers", []):
+            requests = init["resources"]["requests"]
+            assert {"cpu", "memory"} <= set(requests), init["name"]
+            assert init["resources"]["limits"]["memory"]
+            if init["name"] == "model":
+                assert requests["ephemeral-storage"] == "2Gi"  # model.buildSizeLimit
+
+
+def test_pods_restart_when_the_plan_in_values_changes(chart):
+    def checksums(plan: str) -> dict[str, str]:
+        values = {
+            "shards": {"count": 2, "replicas": 1, "plan": plan},
+            "workers": {"cpu": REMOTE_CPU},
+        }
+        return {
+            w["metadata"]["name"]: w["spec"]["template"]["metadata"]["annotations"]["checksum/plan"]
+            for w in workloads(manifests_of(render(chart, values)))
+            if component_of(w) in ("shard", "worker-cpu")
+        }
+
+    first, second = checksums('{"a": 1}'), checksums('{"a": 2}')
+    assert len(first) == 3 and set(first) == set(second)  # 2 shards and the CPU workers
+    assert all(first[name] != second[name] for name in first)
+
+
 BROKEN_VALUES = [
     ({"shards": {"count": -1}}, ["/shards/count", "minimum"]),
     ({"model": {"size": "huge"}}, ["/model/size", "'tiny', 'small', 'paper'"]),
@@ -967,6 +1062,39 @@ def test_compose_uses_only_contract_variables(compose):
         if service.get("image", "").startswith("deeprec"):
             assert service.get("read_only") is True, name
             assert "ALL" in service.get("cap_drop", []), name
+
+
+def test_compose_publishes_ports_on_this_host_only_by_default(compose):
+    published = {}
+    for name, service in compose["services"].items():
+        for port in interpolate(service).get("ports", []):
+            published[name] = port
+            host, _, rest = str(port).partition(":")
+            assert host == "127.0.0.1" and ":" in rest, f"{name}: {port} listens beyond loopback"
+    assert {"frontend", "grafana"} <= set(published)
+    opened = interpolate(compose["services"]["grafana"], {"BIND_ADDRESS": "0.0.0.0"})
+    assert opened["ports"] == ["0.0.0.0:3000:3000"]
+
+
+@pytest.mark.parametrize("flavour", ["cpu", "gpu"])
+def test_volumes_deeprec_writes_start_owned_by_its_user(compose, flavour):
+    """A new named volume copies the image's directory at its mount point (owner
+    included); one the image lacks starts root-owned, and uid 10001 cannot write it."""
+    text = (ROOT / "docker" / f"Dockerfile.{flavour}").read_text()
+    runtime = text[text.rindex("\nFROM ") :]
+    (owned,) = re.findall(r"chown deeprec:deeprec ([^\n\\]+)", runtime)
+    created = set(re.findall(r"mkdir -p ([^\n&\\]+)", runtime)[0].split())
+    owned = set(owned.split())
+    written = set()
+    for service in compose["services"].values():
+        if not str(service.get("image", "")).startswith("deeprec"):
+            continue
+        for volume in service.get("volumes", []):
+            source, target, *mode = str(volume).split(":")
+            if source in compose["volumes"] and mode != ["ro"]:
+                written.add(target)
+    assert written >= {"/models", "/plans", "/var/lib/deeprec"}
+    assert written <= created & owned, f"not created and owned in the image: {written - owned}"
 
 
 def collector_config(manifests) -> dict:

@@ -36,6 +36,10 @@ OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: {{ $metrics | quote }}
 OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: {{ ternary (include "deeprec.collectorEndpoint" .) "" $traces | quote }}
 OTEL_METRICS_EXPORTER: {{ ternary "otlp" "none" (ne $metrics "") | quote }}
 OTEL_TRACES_EXPORTER: {{ ternary "otlp" "none" $traces | quote }}
+{{- if $traces }}
+OTEL_TRACES_SAMPLER: "parentbased_traceidratio"
+OTEL_TRACES_SAMPLER_ARG: {{ .Values.tracing.samplingRatio | toString | quote }}
+{{- end }}
 OTEL_METRIC_EXPORT_INTERVAL: {{ .Values.collector.exportIntervalMs | quote }}
 {{- end -}}
 
@@ -119,6 +123,13 @@ DEEPREC_POLICY_CONFIGMAP: {{ include "deeprec.policyConfigMap" . | quote }}
 
 {{/* ---- the model, the plan ---------------------------------------------------------- */}}
 
+{{/* Pods that mount a plan given in values restart when it changes (a YAML mapping). */}}
+{{- define "deeprec.planChecksum" -}}
+{{- if and (include "deeprec.sharded" .) .Values.shards.plan -}}
+checksum/plan: {{ sha256sum .Values.shards.plan }}
+{{- end -}}
+{{- end -}}
+
 {{/* Volumes of a pod that serves the model (workers, shards). */}}
 {{- define "deeprec.modelVolumes" -}}
 {{- $v := .Values -}}
@@ -173,7 +184,10 @@ dict: root, image, pullPolicy
 {{- if eq $v.model.source "build" -}}
 {{- $args := list "model" "build" $v.model.name "--size" $v.model.size "--seed" $v.model.seed "--out" $dir "--force" -}}
 {{- $mounts := list (dict "name" "models" "mountPath" "/models") (dict "name" "tmp" "mountPath" "/tmp") -}}
-{{- $list = append $list (dict "name" "model" "image" .image "pullPolicy" .pullPolicy "args" $args "volumeMounts" $mounts) -}}
+{{- /* The built tables land in the models emptyDir: request that much ephemeral storage. */ -}}
+{{- $resources := deepCopy ($v.model.initResources | default dict) -}}
+{{- $_ := set $resources "requests" (merge (dict "ephemeral-storage" $v.model.buildSizeLimit) ($resources.requests | default dict)) -}}
+{{- $list = append $list (dict "name" "model" "image" .image "pullPolicy" .pullPolicy "args" $args "volumeMounts" $mounts "resources" $resources) -}}
 {{- end -}}
 {{- if and (include "deeprec.sharded" .root) (not $v.shards.plan) -}}
 {{- $args := list "plan" $dir "--shards" $v.shards.count "--strategy" $v.shards.strategy "--row-dtype" $v.shards.rowDtype "--out" (include "deeprec.planFile" .root) -}}
@@ -181,7 +195,7 @@ dict: root, image, pullPolicy
 {{- $args = concat $args (list "--memory-per-shard" $v.shards.memoryPerShard) -}}
 {{- end -}}
 {{- $mounts := list (dict "name" "models" "mountPath" "/models" "readOnly" true) (dict "name" "plans" "mountPath" "/plans") (dict "name" "tmp" "mountPath" "/tmp") -}}
-{{- $list = append $list (dict "name" "plan" "image" .image "pullPolicy" .pullPolicy "args" $args "volumeMounts" $mounts) -}}
+{{- $list = append $list (dict "name" "plan" "image" .image "pullPolicy" .pullPolicy "args" $args "volumeMounts" $mounts "resources" $v.model.initResources) -}}
 {{- end -}}
 {{- toYaml $list -}}
 {{- end -}}

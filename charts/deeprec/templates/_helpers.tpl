@@ -51,8 +51,22 @@ labels:
   {{- end }}
 {{- end -}}
 
+{{/* repository@digest when a digest is given (the exact image tested), else repository:tag. */}}
 {{- define "deeprec.image" -}}
+{{- if .image.digest -}}
+{{- printf "%s@%s" .image.repository .image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .image.repository (.image.tag | default .root.Chart.AppVersion) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The frontend, worker and shard pods' ServiceAccount: empty for none. */}}
+{{- define "deeprec.servingServiceAccount" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- .Values.serviceAccount.name | default (include "deeprec.fullname" .) -}}
+{{- else -}}
+{{- .Values.serviceAccount.name -}}
+{{- end -}}
 {{- end -}}
 
 {{/* ---- where things are ---------------------------------------------------------- */}}

@@ -11,8 +11,9 @@ deeprec.workload: a Deployment or a StatefulSet.
   replicas     omitted when nil (an HPA owns it)
   serviceName  StatefulSet only
   strategy     Deployment strategy type (default RollingUpdate)
-  annotations  pod template annotations (config checksums)
+  annotations  pod template annotations (config checksums; over .Values.podAnnotations)
   pod          dict for deeprec.podSpec
+Pods also get .Values.podLabels under the chart's own labels.
 */}}
 {{- define "deeprec.workload" -}}
 apiVersion: apps/v1
@@ -38,12 +39,10 @@ spec:
       {{- end }}
   template:
     metadata:
+      {{- $labels := merge (fromYaml (include "deeprec.labels" .)) (.extraLabels | default dict) }}
       labels:
-        {{- include "deeprec.labels" . | nindent 8 }}
-        {{- with .extraLabels }}
-        {{- toYaml . | nindent 8 }}
-        {{- end }}
-      {{- with .annotations }}
+        {{- toYaml (merge $labels (deepCopy (.root.Values.podLabels | default dict))) | nindent 8 }}
+      {{- with merge (deepCopy (.annotations | default dict)) (deepCopy (.root.Values.podAnnotations | default dict)) }}
       annotations:
         {{- toYaml . | nindent 8 }}
       {{- end }}
@@ -54,20 +53,32 @@ spec:
 {{/*
 deeprec.podSpec
   serviceAccountName  (default: none, and no API token mounted)
+  serving             true: a frontend, worker or shard pod (.Values.serviceAccount)
+  deeprec             true: a deeprec service (its main container gets .Values.extraEnv)
   podSecurityContext  (default .Values.podSecurityContext)
   initContainers      list of deeprec.container dicts
   container           the main container (deeprec.container dict)
   volumes             list
-  scheduling          dict: nodeSelector, tolerations, affinity
+  scheduling          dict: runtimeClassName, nodeSelector, tolerations, affinity
   spread              true: spread replicas over nodes (best effort)
 */}}
 {{- define "deeprec.podSpec" -}}
 {{- $root := .root -}}
+{{- $serving := ternary (include "deeprec.servingServiceAccount" $root) "" (eq .serving true) -}}
 {{- if .serviceAccountName }}
 serviceAccountName: {{ .serviceAccountName }}
 automountServiceAccountToken: true
+{{- else if $serving }}
+serviceAccountName: {{ $serving }}
+automountServiceAccountToken: {{ $root.Values.serviceAccount.automountToken }}
 {{- else }}
 automountServiceAccountToken: false
+{{- end }}
+{{- with $root.Values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with (.scheduling | default dict).runtimeClassName }}
+runtimeClassName: {{ . }}
 {{- end }}
 {{- with $root.Values.imagePullSecrets }}
 imagePullSecrets:
@@ -83,8 +94,9 @@ initContainers:
   - {{ include "deeprec.container" (merge (dict "root" $root) .) | indent 4 | trim }}
   {{- end }}
 {{- end }}
+{{- $extraEnv := ternary $root.Values.extraEnv list (eq .deeprec true) }}
 containers:
-  - {{ include "deeprec.container" (merge (dict "root" $root) .container) | indent 4 | trim }}
+  - {{ include "deeprec.container" (merge (dict "root" $root "extraEnv" $extraEnv) .container) | indent 4 | trim }}
 {{- with .volumes }}
 volumes:
   {{- toYaml . | nindent 2 }}
@@ -120,7 +132,8 @@ topologySpreadConstraints:
 {{/*
 deeprec.container
   name, image, pullPolicy, args (list), env (dict: rendered sorted by name),
-  secretEnv (list of dict name, secret, key), ports (list of dict name, port),
+  secretEnv (list of dict name, secret, key), extraEnv (list of EnvVars, after the
+  rest; a name already set fails the render), ports (list of dict name, port),
   probe (dict: grpc PORT | http dict path, port), startup (true: a startup probe allows
   slow starts: model builds, artifact loads), preStop (true: pause before SIGTERM, for
   servers behind Services that scale), resources, volumeMounts,
@@ -136,7 +149,7 @@ args:
   - {{ . | toString | quote }}
   {{- end }}
 {{- end }}
-{{- if or .env .secretEnv }}
+{{- if or .env .secretEnv .extraEnv }}
 env:
   {{- $env := .env | default dict }}
   {{- range $name := keys $env | sortAlpha }}
@@ -149,6 +162,14 @@ env:
       secretKeyRef:
         name: {{ .secret }}
         key: {{ .key }}
+  {{- end }}
+  {{- $taken := keys $env }}
+  {{- range .secretEnv }}{{ $taken = append $taken .name }}{{ end }}
+  {{- range .extraEnv }}
+  {{- if has .name $taken }}
+  {{- fail (printf "extraEnv: %s is set by the chart (use the value that sets it)" .name) }}
+  {{- end }}
+  - {{ toYaml . | nindent 4 | trim }}
   {{- end }}
 {{- end }}
 {{- with .ports }}
