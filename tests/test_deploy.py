@@ -697,9 +697,10 @@ def test_network_policies_narrow_the_public_paths_when_asked(chart):
         ("grafana", "jaeger", 16686),
         ("peer", "jaeger", 16686),
         ("peer", "grafana", 3000),
+        ("test", "frontend", 50051),  # `helm test`'s query pod still gets through
     } <= edges
     frontend = by_kind(ms, "NetworkPolicy")[f"{FULLNAME}-frontend"]
-    assert frontend["spec"]["ingress"][0]["from"] == [clients]
+    assert frontend["spec"]["ingress"][0]["from"][1:] == [clients]  # after the test pod
 
 
 def test_disruption_budgets_cover_every_serving_pool_and_shard(rendered):
@@ -802,6 +803,28 @@ def test_extra_env_may_not_override_what_the_chart_sets(chart):
     values = {"extraEnv": [{"name": "DEEPREC_PORT", "value": "1"}]}
     with pytest.raises(helm.HelmRenderError, match="extraEnv: DEEPREC_PORT is set by the chart"):
         render(chart, values)
+
+
+def test_helm_test_sends_one_real_query_to_the_frontend_service(rendered, tiny_zoo):
+    manifests = rendered["defaults"]
+    (pod,) = [m for m in manifests if m["kind"] == "Pod"]
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["spec"]["restartPolicy"] == "Never"
+    (container,) = pod["spec"]["containers"]
+    args = parse(container["args"], env_of(container))
+    assert args.command == "query" and args.model_dir is None  # it asks the frontend
+    assert Cluster(manifests).resolve(args.target) == "frontend"
+    # The same command line, against a real frontend here, answers with scores.
+    with InProcessCluster(tiny_zoo["rmc1"].path, workers=1) as cluster:
+        local = [a if a != args.target else cluster.address for a in container["args"]]
+        done = subprocess.run(
+            [sys.executable, "-m", "deeprec.cli", *local],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 0, done.stderr
+    assert "scores" in done.stdout.lower(), done.stdout
 
 
 def test_tuned_policies_outlive_helm_uninstall(rendered):
