@@ -21,6 +21,7 @@ import importlib.metadata
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -48,6 +49,7 @@ from deeprec import cli
 from deeprec.cli.sharding import ROW_DTYPE_FLAGS
 from deeprec.common import settings, telemetry
 from deeprec.common.server import Server
+from deeprec.frontend.watch import PolicyWatcher
 from deeprec.inference import main as inference_main
 from deeprec.inference.sharded import ShardedConfig
 from deeprec.models import zoo
@@ -56,6 +58,7 @@ from deeprec.scheduler import main as scheduler_main
 from deeprec.shard import main as shard_main
 from deeprec.sharding.planner import make_plan
 from deeprec.sharding.strategies import STRATEGIES
+from deeprec.v1 import recommender_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "deeprec"
@@ -1439,6 +1442,10 @@ def export_run(tiny_zoo, tmp_path_factory) -> tuple[dict[str, dict], str]:
                 cluster.stub.Recommend(
                     request_for(artifact.spec, random_inputs(artifact.spec, n, rng)), timeout=10
                 )
+            with pytest.raises(grpc.RpcError):  # a refused query: the error counter
+                cluster.stub.Recommend(recommender_pb2.RecommendRequest(), timeout=10)
+            # A frontend's hold on the policy stream (none here: 0).
+            cluster.frontend.metrics.follow(PolicyWatcher("127.0.0.1:1", None, "test"))
         # A sharded worker: its per-shard lookup latency feeds the dashboard's shard panel.
         plan = make_plan(artifact.spec, artifact.version, 2, "capacity")
         plan_path = plan.save(tmp_path_factory.mktemp("plan") / "plan.json")
@@ -1530,6 +1537,82 @@ def test_the_dashboard_check_finds_wrong_names_and_labels(export_run):
     assert dashboard_problems([wrong], series) == [
         f"labels {latency} does not carry: ['shard'] (in {wrong})"
     ]
+
+
+RULES = CHART / "rules" / "deeprec.rules.yml"
+
+
+def rule_expressions(document: dict) -> tuple[list[str], set[str]]:
+    """(every rule's expression, the series its recording rules write)."""
+    rules = [r for group in document["groups"] for r in group["rules"]]
+    return [r["expr"] for r in rules], {r["record"] for r in rules if "record" in r}
+
+
+def test_alert_rules_read_only_series_the_services_emit(export_run):
+    series = exported_series(*export_run)
+    exprs, recorded = rule_expressions(yaml.safe_load(RULES.read_text()))
+    assert {"DeeprecLatencyAboveSLO", "DeeprecSheddingQueries", "DeeprecSchedulerUnreachable"} <= {
+        r["alert"]
+        for g in yaml.safe_load(RULES.read_text())["groups"]
+        for r in g["rules"]
+        if "alert" in r
+    }
+    problems = dashboard_problems(exprs, {**series, **{name: set() for name in recorded}})
+    # The recorded SLO values are read through scalar(): they need no labels.
+    problems = [p for p in problems if not any(p.startswith(f"labels {r} ") for r in recorded)]
+    assert not problems, f"emitted: {sorted(series)}\n" + "\n".join(problems)
+    errors = export_run[0]["deeprec.query.errors"]
+    assert ("code", "INVALID_ARGUMENT") in errors["values"] and errors["monotonic"]
+
+
+def test_the_chart_writes_its_slo_into_the_rules_both_prometheuses_load(chart, rendered):
+    def rules_of(manifests) -> dict:
+        configmap = by_kind(manifests, "ConfigMap")[f"{FULLNAME}-prometheus-rules"]
+        return yaml.safe_load(configmap["data"]["deeprec.rules.yml"])
+
+    # Defaults: the file compose's Prometheus loads, as it is (scheduler SLA 50 ms, p95).
+    assert rules_of(rendered["defaults"]) == yaml.safe_load(RULES.read_text())
+    values = {
+        "scheduler": {"slaMs": 30, "percentile": 99},
+        "monitoring": {"prometheusRule": {"enabled": True, "labels": {"release": "kps"}}},
+    }
+    manifests = manifests_of(render(chart, values))
+    recorded = {
+        r["record"]: r["expr"]
+        for g in rules_of(manifests)["groups"]
+        for r in g["rules"]
+        if "record" in r
+    }
+    assert recorded == {
+        "deeprec:latency_slo_ms": "vector(30)",
+        "deeprec:latency_slo_quantile": "vector(0.99)",
+    }
+    (rule,) = by_kind(manifests, "PrometheusRule").values()
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["labels"]["release"] == "kps"
+    assert rule["spec"] == rules_of(manifests)
+    config = yaml.safe_load(
+        by_kind(manifests, "ConfigMap")[f"{FULLNAME}-prometheus"]["data"]["prometheus.yml"]
+    )
+    assert config["rule_files"] == ["/etc/prometheus/rules/deeprec.rules.yml"]
+
+
+@pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool (Debian: prometheus) not installed"
+)
+def test_promtool_accepts_the_rules(chart, tmp_path):
+    for name, text in (("file", RULES.read_text()), ("rendered", None)):
+        if text is None:
+            manifests = manifests_of(render(chart, {"scheduler": {"slaMs": 30}}))
+            text = by_kind(manifests, "ConfigMap")[f"{FULLNAME}-prometheus-rules"]["data"][
+                "deeprec.rules.yml"
+            ]
+        path = tmp_path / f"{name}.yml"
+        path.write_text(text)
+        done = subprocess.run(
+            ["promtool", "check", "rules", str(path)], capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_sharded_workers_export_per_shard_lookup_latency(export_run):

@@ -3,6 +3,7 @@ and the Grafana dashboard (tests check the dashboard against a live export)."""
 
 QUERY_LATENCY = "deeprec.query.latency"
 QUERY_SIZE = "deeprec.query.size"
+QUERY_ERRORS = "deeprec.query.errors"  # queries answered with an error status, by code
 SUBBATCH_LATENCY = "deeprec.subbatch.latency"
 SUBBATCH_SERVICE = "deeprec.subbatch.service_time"
 SUBBATCH_QUEUE = "deeprec.subbatch.queue_wait"
@@ -12,3 +13,4 @@ POLICY_BATCH_SIZE = "deeprec.policy.batch_size"
 POLICY_THRESHOLD = "deeprec.policy.offload_threshold"
 POLICY_VERSION = "deeprec.policy.version"
 SHARD_LOOKUP_LATENCY = "deeprec.shard.lookup.latency"
+SCHEDULER_CONNECTED = "deeprec.scheduler.connected"  # 1 while a frontend follows the policies

@@ -177,6 +177,7 @@ async def serve(args) -> int:
     watcher = None
     if args.scheduler:
         watcher = PolicyWatcher(args.scheduler, servicer.policies, f"{args.host}:{server.port}")
+        servicer.metrics.follow(watcher)
         watcher.start()
     policy = servicer.policies.get(servicer.signature.name)
     log.info(

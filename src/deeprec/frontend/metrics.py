@@ -7,8 +7,10 @@ from deeprec.common.metric_names import (
     POLICY_THRESHOLD,
     POLICY_VERSION,
     POOL_WORKERS,
+    QUERY_ERRORS,
     QUERY_LATENCY,
     QUERY_SIZE,
+    SCHEDULER_CONNECTED,
     SUBBATCH_LATENCY,
     SUBBATCH_QUEUE,
     SUBBATCH_SERVICE,
@@ -30,6 +32,10 @@ class FrontendMetrics:
         self.query_size = meter.create_histogram(
             QUERY_SIZE, unit="{item}", description="items per query"
         )
+        self.query_errors = meter.create_counter(
+            QUERY_ERRORS, unit="{query}", description="queries answered with an error, by code"
+        )
+        self.meter = meter
         self.subbatch_latency = meter.create_histogram(
             SUBBATCH_LATENCY, unit="ms", description="sub-batch round trip to a worker"
         )
@@ -75,6 +81,23 @@ class FrontendMetrics:
             attrs = {"model": self.model, "path": path, "policy_version": policy.version}
             self.query_latency.record(latency_ms, attrs)
             self.query_size.record(items, attrs)
+
+    def failed(self, code: str) -> None:
+        """A query answered with status ``code`` (RESOURCE_EXHAUSTED: shed)."""
+        if self.on:
+            self.query_errors.add(1, {"model": self.model, "code": code})
+
+    def follow(self, watcher) -> None:
+        """Export whether ``watcher`` (frontend.watch) holds its policy stream."""
+        if not self.on:
+            return
+
+        def connected(_options):
+            from opentelemetry.metrics import Observation
+
+            return [Observation(int(watcher.connected.is_set()), {"model": self.model})]
+
+        self.meter.create_observable_gauge(SCHEDULER_CONNECTED, [connected])
 
     def sub_batch(self, latency_ms: float, reply, items: int, path: str, batch_size: int):
         if self.on:

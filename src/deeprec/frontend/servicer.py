@@ -16,6 +16,7 @@ from deeprec.common.errors import (
     NotFound,
     ResourceExhausted,
     Unavailable,
+    status_of,
 )
 from deeprec.common.features import ModelSignature, validate
 from deeprec.common.limits import RequestLimits
@@ -91,6 +92,15 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
                 worker.close()
 
     async def Recommend(self, request, context):
+        try:
+            return await self._recommend(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as err:  # counted by the status the client gets, then answered
+            self.metrics.failed(status_of(err)[0].name)
+            raise
+
+    async def _recommend(self, request, context):
         received = time.perf_counter()
         if request.model and request.model != self.signature.name:
             raise NotFound(
