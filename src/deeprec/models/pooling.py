@@ -9,6 +9,15 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse
 
+try:  # SciPy's own CSR-times-dense kernel, without the checks csr_array's constructor
+    # repeats on every call (its Python holds the GIL; the kernel releases it)
+    from scipy.sparse._sparsetools import csr_matvecs
+except ImportError:  # a SciPy that moved it: the public path below
+    csr_matvecs = None
+
+_INT32_MAX = np.iinfo(np.int32).max
+_ones = np.ones(0, dtype=np.float32)  # grown on demand: every lookup weighs 1
+
 
 def sample_of(lengths: np.ndarray) -> np.ndarray:
     """For every id, the sample it belongs to: [0]*lengths[0] + [1]*lengths[1] + ..."""
@@ -53,10 +62,35 @@ def bag_sum(table: np.ndarray, ids: np.ndarray, lengths: np.ndarray) -> np.ndarr
         return gather(table, ids).astype(np.float32, copy=False)
     if table.dtype != np.float32:  # SciPy has no float16 products: gather and widen
         return segment_sum(gather(table, ids), lengths)
+    table = np.asarray(table)
+    # [N, rows] with a 1 at (sample, id) per lookup, times the table: repeated ids add up.
+    if csr_matvecs is not None and table.flags.c_contiguous:
+        return _sparse_times_table(table, ids, lengths)
     starts = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=starts[1:])
-    # [N, rows] with a 1 at (sample, id) per lookup, times the table: repeated ids add up.
     bags = scipy.sparse.csr_array(
         (np.ones(len(ids), dtype=np.float32), ids, starts), shape=(len(lengths), len(table))
     )
-    return np.asarray(bags @ np.asarray(table), dtype=np.float32)
+    return np.asarray(bags @ table, dtype=np.float32)
+
+
+def _sparse_times_table(table: np.ndarray, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """bag_sum's product through SciPy's kernel; ids already checked against the table."""
+    global _ones
+    index = np.int32 if max(len(ids), len(table)) <= _INT32_MAX else np.int64
+    starts = np.zeros(len(lengths) + 1, dtype=index)
+    np.cumsum(lengths, out=starts[1:])
+    if len(_ones) < len(ids):
+        _ones = np.ones(max(len(ids), 2 * len(_ones)), dtype=np.float32)
+    out = np.zeros((len(lengths), table.shape[1]), dtype=np.float32)
+    csr_matvecs(
+        len(lengths),
+        len(table),
+        table.shape[1],
+        starts,
+        ids.astype(index, copy=False),
+        _ones[: len(ids)],
+        table.ravel(),
+        out.ravel(),
+    )
+    return out
