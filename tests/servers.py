@@ -112,13 +112,14 @@ class InProcessCluster:
         self.loop.close()
 
 
-def request_for(spec, inputs, model="") -> recommender_pb2.RecommendRequest:
+def request_for(spec, inputs, model="", ids_dtype=None) -> recommender_pb2.RecommendRequest:
     request = recommender_pb2.RecommendRequest(model=model)
     encode_features(
         request.features,
         inputs.get("dense"),
         {f.name: inputs[f"{f.name}_ids"] for f in spec.features},
         {f.name: inputs[f"{f.name}_lengths"] for f in spec.features},
+        ids_dtype,
     )
     return request
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from servers import request_for
 
-from deeprec.common.features import InvalidFeatures, ModelSignature, encode_features, validate
+from deeprec.common.features import InvalidFeatures, ModelSignature, validate
 from deeprec.common.tensors import decode
 from deeprec.common.wire import predict_request, varint
 from deeprec.common.wire_reader import MAX_FIELDS, read_request, request_reader
@@ -30,17 +31,9 @@ def as_plain(request) -> dict:
     }
 
 
-def request_for(spec, n: int, seed: int, model: str = "", ids_dtype=None):
+def random_request(spec, n: int, seed: int, model: str = "", ids_dtype=None):
     inputs = random_inputs(spec, n, np.random.default_rng(seed))
-    request = recommender_pb2.RecommendRequest(model=model)
-    encode_features(
-        request.features,
-        inputs.get("dense"),
-        {f.name: inputs[f"{f.name}_ids"] for f in spec.features},
-        {f.name: inputs[f"{f.name}_lengths"] for f in spec.features},
-        ids_dtype,
-    )
-    return request
+    return request_for(spec, inputs, model, ids_dtype)
 
 
 def agrees_with_protobuf(data: bytes) -> bool:
@@ -57,7 +50,7 @@ def agrees_with_protobuf(data: bytes) -> bool:
 def test_serialized_requests_read_like_protobuf(tiny_zoo, name, ids_dtype):
     spec = tiny_zoo[name].spec
     for n, model in ((1, ""), (7, name), (33, "a model ✓")):
-        request = request_for(spec, n, n, model, ids_dtype)
+        request = random_request(spec, n, n, model, ids_dtype)
         data = request.SerializeToString()
         view = read_request(data)
         assert view is not None
@@ -139,7 +132,7 @@ def test_a_request_of_too_many_fields_goes_to_protobuf():
 def test_mutated_bytes_never_read_differently_from_protobuf(tiny_zoo):
     rng = np.random.default_rng(7)
     spec = tiny_zoo["rmc1"].spec
-    data = request_for(spec, 3, 1, "rmc1", np.int32).SerializeToString()
+    data = random_request(spec, 3, 1, "rmc1", np.int32).SerializeToString()
     read = agreed = 0
     for _ in range(3000):
         mutated = bytearray(data)
@@ -177,7 +170,7 @@ def test_the_served_deserializer_falls_back_to_the_generated_class():
 def test_validation_errors_are_the_same_through_the_view(tiny_zoo):
     spec = tiny_zoo["rmc1"].spec
     signature = ModelSignature.from_spec(spec, "1")
-    request = request_for(spec, 4, 2)
+    request = random_request(spec, 4, 2)
     request.features.sparse[0].ids.shape[:] = [3]  # 3 ids declared, more sent
     data = request.SerializeToString()
     errors = []
