@@ -1597,6 +1597,20 @@ def test_the_chart_writes_its_slo_into_the_rules_both_prometheuses_load(chart, r
     assert config["rule_files"] == ["/etc/prometheus/rules/deeprec.rules.yml"]
 
 
+def test_the_dashboard_ships_for_a_grafana_sidecar(chart):
+    values = {"monitoring": {"grafanaDashboard": {"enabled": True, "datasourceUid": "mimir"}}}
+    (configmap,) = [
+        m
+        for m in manifests_of(render(chart, values))
+        if m["kind"] == "ConfigMap" and m["metadata"]["name"] == f"{FULLNAME}-dashboard"
+    ]
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    board = json.loads(configmap["data"]["deeprec.json"])
+    original = json.loads(DASHBOARD.read_text())
+    assert {p["datasource"]["uid"] for p in board["panels"]} == {"mimir"}
+    assert json.dumps(board).replace('"mimir"', '"prometheus"') == json.dumps(original)
+
+
 @pytest.mark.skipif(
     shutil.which("promtool") is None, reason="promtool (Debian: prometheus) not installed"
 )
