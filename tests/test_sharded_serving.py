@@ -19,6 +19,7 @@ from deeprec.inference.sharded import (
     ShardedConfig,
     ShardedSession,
     ShardSetupError,
+    lookup_request,
     open_sharded_session,
 )
 from deeprec.launcher.processes import Supervisor
@@ -309,6 +310,41 @@ def test_bad_lookups_are_invalid_argument_naming_the_field(tiny_zoo, loop, tmp_p
             assert len(reply.results) == 1
     finally:
         shards.close()
+
+
+def test_a_shard_refuses_lookups_for_another_version_or_plan(tiny_zoo, loop, tmp_path):
+    """Mid-rollout a worker and a shard replica may serve different versions or plans:
+    the shard refuses with UNAVAILABLE (the worker tries another replica)."""
+    artifact = tiny_zoo["rmc1"]
+    plan = _plan(artifact, "rowwise", shards=3)
+    shards = Shards(loop, artifact, plan, tmp_path)
+    try:
+        with grpc.insecure_channel(shards.addresses[1][0]) as channel:
+            stub = shard_pb2_grpc.SparseShardStub(channel)
+            for field, value, said in (
+                ("model_version", "v0-old", f"serves rmc1 version {plan.version!r}"),
+                ("plan_id", "an-older-plan", f"holds plan {plan.plan_id!r}"),
+            ):
+                request = _lookup_request("t2", [170], [1])
+                setattr(request, field, value)
+                with pytest.raises(grpc.RpcError) as caught:
+                    stub.Lookup(request, timeout=10)
+                assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert said in caught.value.details() and repr(value) in caught.value.details()
+            # The worker's own stamp passes, as does none.
+            matching = _lookup_request("t2", [170], [1])
+            matching.model_version, matching.plan_id = plan.version, plan.plan_id
+            assert len(stub.Lookup(matching, timeout=10).results) == 1
+            assert len(stub.Lookup(_lookup_request("t2", [170], [1]), timeout=10).results) == 1
+    finally:
+        shards.close()
+
+
+def test_a_workers_lookups_carry_its_version_and_plan(tiny_zoo):
+    artifact = tiny_zoo["rmc1"]
+    plan = _plan(artifact, "capacity", shards=2)
+    request = lookup_request([], plan)
+    assert (request.model_version, request.plan_id) == (plan.version, plan.plan_id)
 
 
 def test_worker_refuses_shards_in_the_wrong_order(tiny_zoo, loop, tmp_path):

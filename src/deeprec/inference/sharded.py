@@ -148,8 +148,9 @@ def _abandon(started: dict) -> None:
         lookup.abandon()
 
 
-def _request(parts) -> shard_pb2.LookupRequest:
-    request = shard_pb2.LookupRequest()
+def lookup_request(parts, plan: Plan) -> shard_pb2.LookupRequest:
+    """The lookups, stamped with the model version and plan this worker serves."""
+    request = shard_pb2.LookupRequest(model_version=plan.version, plan_id=plan.plan_id)
     for part in parts:
         lookup = request.lookups.add(table=part.table, pool=part.pool)
         # Ids were validated against the table's rows: int32 holds them when it has fewer
@@ -272,7 +273,9 @@ class ShardedSession:
         try:
             for shard, shard_parts in parts.items():
                 lookup = _Lookup(
-                    self.replicas[shard], _request(shard_parts), self.config.lookup_timeout
+                    self.replicas[shard],
+                    lookup_request(shard_parts, self.plan),
+                    self.config.lookup_timeout,
                 )
                 started[shard] = lookup
                 lookup.send()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from deeprec.common.errors import Unavailable
 from deeprec.common.features import DEFAULT_LIMITS, ID_DTYPES
 from deeprec.common.limits import RequestLimits
+from deeprec.common.quote import quote
 from deeprec.common.tensors import TensorError, decode, encode
 from deeprec.v1 import shard_pb2, shard_pb2_grpc, tensor_pb2
 
@@ -29,6 +31,7 @@ class ShardServicer(shard_pb2_grpc.SparseShardServicer):
     async def Lookup(self, request, context):
         # Lookups run inline on the event loop: a gather and a segment sum take well under
         # a millisecond at serving sizes, less than a hop to a thread pool would add.
+        self._check_same_deployment(request)
         if len(request.lookups) > MAX_LOOKUPS:
             raise InvalidLookup(
                 f"lookups: {len(request.lookups)} in one request; at most {MAX_LOOKUPS}"
@@ -41,6 +44,22 @@ class ShardServicer(shard_pb2_grpc.SparseShardServicer):
             result = self.store.lookup(lookup.table, ids, lengths, lookup.pool, where, self.limits)
             encode(result, response.results.add())
         return response
+
+    def _check_same_deployment(self, request) -> None:
+        """A worker of another model version or plan must not mix these rows into its
+        queries (a rollout in progress): UNAVAILABLE, so that it tries another replica,
+        as it would one that is down (this one cannot serve it; another may)."""
+        store = self.store
+        if request.model_version and request.model_version != store.version:
+            raise Unavailable(
+                f"this shard serves {store.model} version {store.version!r}, the lookup "
+                f"is for version {quote(request.model_version)}"
+            )
+        if request.plan_id and request.plan_id != store.plan.plan_id:
+            raise Unavailable(
+                f"this shard holds plan {store.plan.plan_id!r}, the lookup is for plan "
+                f"{quote(request.plan_id)}"
+            )
 
     async def Describe(self, request, context):
         store, plan = self.store, self.store.plan

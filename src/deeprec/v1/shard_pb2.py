@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from deeprec.v1 import tensor_pb2 as deeprec_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x64\x65\x65prec/v1/shard.proto\x12\ndeeprec.v1\x1a\x17\x64\x65\x65prec/v1/tensor.proto\"p\n\x0bTableLookup\x12\r\n\x05table\x18\x01 \x01(\t\x12\x1f\n\x03ids\x18\x02 \x01(\x0b\x32\x12.deeprec.v1.Tensor\x12#\n\x07lengths\x18\x03 \x01(\x0b\x32\x12.deeprec.v1.Tensor\x12\x0c\n\x04pool\x18\x04 \x01(\x08\"9\n\rLookupRequest\x12(\n\x07lookups\x18\x01 \x03(\x0b\x32\x17.deeprec.v1.TableLookup\"5\n\x0eLookupResponse\x12#\n\x07results\x18\x01 \x03(\x0b\x32\x12.deeprec.v1.Tensor\"\x16\n\x14\x44\x65scribeShardRequest\"C\n\x08RowRange\x12\r\n\x05table\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x03\x12\x0c\n\x04stop\x18\x03 \x01(\x03\x12\x0b\n\x03\x64im\x18\x04 \x01(\x05\"\xc0\x01\n\x10ShardDescription\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07plan_id\x18\x03 \x01(\t\x12\r\n\x05shard\x18\x04 \x01(\x05\x12\x0e\n\x06shards\x18\x05 \x01(\x05\x12\x10\n\x08strategy\x18\x06 \x01(\t\x12\x11\n\trow_dtype\x18\x07 \x01(\t\x12\x11\n\trow_bytes\x18\x08 \x01(\x03\x12$\n\x06ranges\x18\t \x03(\x0b\x32\x14.deeprec.v1.RowRange2\x9a\x01\n\x0bSparseShard\x12?\n\x06Lookup\x12\x19.deeprec.v1.LookupRequest\x1a\x1a.deeprec.v1.LookupResponse\x12J\n\x08\x44\x65scribe\x12 .deeprec.v1.DescribeShardRequest\x1a\x1c.deeprec.v1.ShardDescriptionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x64\x65\x65prec/v1/shard.proto\x12\ndeeprec.v1\x1a\x17\x64\x65\x65prec/v1/tensor.proto\"p\n\x0bTableLookup\x12\r\n\x05table\x18\x01 \x01(\t\x12\x1f\n\x03ids\x18\x02 \x01(\x0b\x32\x12.deeprec.v1.Tensor\x12#\n\x07lengths\x18\x03 \x01(\x0b\x32\x12.deeprec.v1.Tensor\x12\x0c\n\x04pool\x18\x04 \x01(\x08\"a\n\rLookupRequest\x12(\n\x07lookups\x18\x01 \x03(\x0b\x32\x17.deeprec.v1.TableLookup\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0f\n\x07plan_id\x18\x03 \x01(\t\"5\n\x0eLookupResponse\x12#\n\x07results\x18\x01 \x03(\x0b\x32\x12.deeprec.v1.Tensor\"\x16\n\x14\x44\x65scribeShardRequest\"C\n\x08RowRange\x12\r\n\x05table\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x03\x12\x0c\n\x04stop\x18\x03 \x01(\x03\x12\x0b\n\x03\x64im\x18\x04 \x01(\x05\"\xc0\x01\n\x10ShardDescription\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07plan_id\x18\x03 \x01(\t\x12\r\n\x05shard\x18\x04 \x01(\x05\x12\x0e\n\x06shards\x18\x05 \x01(\x05\x12\x10\n\x08strategy\x18\x06 \x01(\t\x12\x11\n\trow_dtype\x18\x07 \x01(\t\x12\x11\n\trow_bytes\x18\x08 \x01(\x03\x12$\n\x06ranges\x18\t \x03(\x0b\x32\x14.deeprec.v1.RowRange2\x9a\x01\n\x0bSparseShard\x12?\n\x06Lookup\x12\x19.deeprec.v1.LookupRequest\x1a\x1a.deeprec.v1.LookupResponse\x12J\n\x08\x44\x65scribe\x12 .deeprec.v1.DescribeShardRequest\x1a\x1c.deeprec.v1.ShardDescriptionb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,15 +35,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TABLELOOKUP']._serialized_start=63
   _globals['_TABLELOOKUP']._serialized_end=175
   _globals['_LOOKUPREQUEST']._serialized_start=177
-  _globals['_LOOKUPREQUEST']._serialized_end=234
-  _globals['_LOOKUPRESPONSE']._serialized_start=236
-  _globals['_LOOKUPRESPONSE']._serialized_end=289
-  _globals['_DESCRIBESHARDREQUEST']._serialized_start=291
-  _globals['_DESCRIBESHARDREQUEST']._serialized_end=313
-  _globals['_ROWRANGE']._serialized_start=315
-  _globals['_ROWRANGE']._serialized_end=382
-  _globals['_SHARDDESCRIPTION']._serialized_start=385
-  _globals['_SHARDDESCRIPTION']._serialized_end=577
-  _globals['_SPARSESHARD']._serialized_start=580
-  _globals['_SPARSESHARD']._serialized_end=734
+  _globals['_LOOKUPREQUEST']._serialized_end=274
+  _globals['_LOOKUPRESPONSE']._serialized_start=276
+  _globals['_LOOKUPRESPONSE']._serialized_end=329
+  _globals['_DESCRIBESHARDREQUEST']._serialized_start=331
+  _globals['_DESCRIBESHARDREQUEST']._serialized_end=353
+  _globals['_ROWRANGE']._serialized_start=355
+  _globals['_ROWRANGE']._serialized_end=422
+  _globals['_SHARDDESCRIPTION']._serialized_start=425
+  _globals['_SHARDDESCRIPTION']._serialized_end=617
+  _globals['_SPARSESHARD']._serialized_start=620
+  _globals['_SPARSESHARD']._serialized_end=774
 # @@protoc_insertion_point(module_scope)

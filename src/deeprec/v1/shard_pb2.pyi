@@ -20,10 +20,14 @@ class TableLookup(_message.Message):
     def __init__(self, table: _Optional[str] = ..., ids: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., lengths: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., pool: _Optional[bool] = ...) -> None: ...
 
 class LookupRequest(_message.Message):
-    __slots__ = ("lookups",)
+    __slots__ = ("lookups", "model_version", "plan_id")
     LOOKUPS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PLAN_ID_FIELD_NUMBER: _ClassVar[int]
     lookups: _containers.RepeatedCompositeFieldContainer[TableLookup]
-    def __init__(self, lookups: _Optional[_Iterable[_Union[TableLookup, _Mapping]]] = ...) -> None: ...
+    model_version: str
+    plan_id: str
+    def __init__(self, lookups: _Optional[_Iterable[_Union[TableLookup, _Mapping]]] = ..., model_version: _Optional[str] = ..., plan_id: _Optional[str] = ...) -> None: ...
 
 class LookupResponse(_message.Message):
     __slots__ = ("results",)
