@@ -3,7 +3,10 @@
 Just enough of ``/api/v1/namespaces/{ns}/configmaps[/{name}]`` (GET, POST, PATCH) for the
 real ``kubernetes`` client to talk to it: objects and errors in the API's JSON wire format
 (errors are ``Status`` objects), merge patches applied the way the API server applies them
-to a ConfigMap (maps merge key by key, ``null`` deletes).
+to a ConfigMap (maps merge key by key, ``null`` deletes). And EndpointSlices
+(``/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices``): list by label selector, and
+watch (``?watch=true``): events after a resourceVersion, streamed as chunked JSON lines as
+the test changes the slices (``put_slice``, ``delete_slice``).
 """
 
 from __future__ import annotations
@@ -13,12 +16,21 @@ import itertools
 import json
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl
+
+
+def parse_qs(query: str) -> dict[str, str]:
+    return dict(parse_qsl(query))
+
 
 PATH = re.compile(r"^/api/v1/namespaces/(?P<namespace>[^/]+)/configmaps(?:/(?P<name>[^/]+))?$")
+SLICES = re.compile(r"^/apis/discovery.k8s.io/v1/namespaces/(?P<namespace>[^/]+)/endpointslices$")
+SERVICE_LABEL = "kubernetes.io/service-name"
 MERGE_PATCHES = {"application/strategic-merge-patch+json", "application/merge-patch+json"}
 # Fields the server owns: a patch or a create cannot set them.
 SERVER_FIELDS = ("name", "namespace", "uid", "creationTimestamp")
@@ -70,6 +82,10 @@ class FakeKube:
         self.intercept: Callable[[Request], tuple[int, dict] | None] | None = None
         self._lock = threading.RLock()  # intercept may call put()
         self._versions = itertools.count(1)
+        self.slices: dict[tuple[str, str], dict] = {}
+        self.slice_events: list[tuple[int, str, dict]] = []  # (resourceVersion, type, object)
+        self._slices_changed = threading.Condition(self._lock)
+        self._closing = False
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._server.fake = self
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -83,6 +99,9 @@ class FakeKube:
         return self
 
     def __exit__(self, *exc) -> None:
+        with self._lock:  # open watches end, so their handler threads can be joined
+            self._closing = True
+            self._slices_changed.notify_all()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5)
@@ -99,6 +118,84 @@ class FakeKube:
     def methods(self) -> list[str]:
         return [r.method for r in self.requests]
 
+    # EndpointSlices, as the endpoint slice controller would write them.
+
+    def put_slice(self, namespace: str, name: str, service: str, endpoints, port=50061) -> dict:
+        """Create or replace a slice. ``endpoints``: (address, ready) pairs; ready may be
+        None (unset: ready, by the API's rule) or "terminating"."""
+        listed = []
+        for address, ready in endpoints:
+            conditions = {}
+            if ready == "terminating":
+                conditions = {"ready": False, "serving": True, "terminating": True}
+            elif ready is not None:
+                conditions = {"ready": ready}
+            listed.append({"addresses": [address], "conditions": conditions})
+        with self._lock:
+            version = next(self._versions)
+            kind = "MODIFIED" if (namespace, name) in self.slices else "ADDED"
+            body = {
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": name,
+                    "namespace": namespace,
+                    "labels": {SERVICE_LABEL: service},
+                    "resourceVersion": str(version),
+                },
+                "addressType": "IPv4",
+                "endpoints": listed,
+                "ports": [{"name": "grpc", "port": port, "protocol": "TCP"}],
+            }
+            self.slices[(namespace, name)] = body
+            self.slice_events.append((version, kind, copy.deepcopy(body)))
+            self._slices_changed.notify_all()
+            return copy.deepcopy(body)
+
+    def delete_slice(self, namespace: str, name: str) -> None:
+        with self._lock:
+            body = self.slices.pop((namespace, name))
+            version = next(self._versions)
+            body["metadata"]["resourceVersion"] = str(version)
+            self.slice_events.append((version, "DELETED", body))
+            self._slices_changed.notify_all()
+
+    def _slice_matches(self, body: dict, namespace: str, selector: str | None) -> bool:
+        if body["metadata"]["namespace"] != namespace:
+            return False
+        if not selector:
+            return True
+        key, _, value = selector.partition("=")
+        return body["metadata"]["labels"].get(key) == value
+
+    def list_slices(self, namespace: str, selector: str | None) -> tuple[int, dict]:
+        items = [
+            copy.deepcopy(b)
+            for _, b in sorted(self.slices.items())
+            if self._slice_matches(b, namespace, selector)
+        ]
+        version = max([v for v, _, _ in self.slice_events], default=0)
+        return 200, {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSliceList",
+            "metadata": {"resourceVersion": str(version)},
+            "items": items,
+        }
+
+    def slice_events_after(self, namespace, selector, after: int, until: float) -> list:
+        """Events newer than ``after`` (waits until there are some, ``until`` or close)."""
+        with self._lock:
+            while True:
+                found = [
+                    (v, t, copy.deepcopy(b))
+                    for v, t, b in self.slice_events
+                    if v > after and self._slice_matches(b, namespace, selector)
+                ]
+                remaining = until - time.monotonic()
+                if found or self._closing or remaining <= 0:
+                    return found
+                self._slices_changed.wait(remaining)
+
     # The API, called by the handler with the lock held.
 
     def handle(self, request: Request) -> tuple[int, dict]:
@@ -107,7 +204,11 @@ class FakeKube:
             answer = self.intercept(request)
             if answer is not None:
                 return answer
-        route = PATH.match(request.path.split("?", 1)[0])
+        path, _, query = request.path.partition("?")
+        slices = SLICES.match(path)
+        if slices is not None and request.method == "GET":
+            return self.list_slices(slices["namespace"], parse_qs(query).get("labelSelector"))
+        route = PATH.match(path)
         if route is None:
             return 404, status(404, "NotFound", "the server could not find the requested resource")
         namespace, name = route["namespace"], route["name"]
@@ -219,6 +320,11 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the client's connection pool expects
 
     def _serve(self) -> None:
+        path, _, query = self.path.partition("?")
+        params = parse_qs(query)
+        if SLICES.match(path) and params.get("watch") in ("true", "1"):
+            self._watch_slices(SLICES.match(path)["namespace"], params)
+            return
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         try:
@@ -235,6 +341,30 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
+
+    def _watch_slices(self, namespace: str, params: dict) -> None:
+        """A watch: chunked JSON lines, one event each, until timeoutSeconds or close."""
+        fake: FakeKube = self.server.fake
+        fake.requests.append(Request("GET", self.path, None, None))
+        after = int(params.get("resourceVersion") or 0)
+        until = time.monotonic() + float(params.get("timeoutSeconds") or 30)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            while time.monotonic() < until and not fake._closing:
+                events = fake.slice_events_after(
+                    namespace, params.get("labelSelector"), after, until
+                )
+                for version, kind, body in events:
+                    line = json.dumps({"type": kind, "object": body}).encode() + b"\n"
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                    after = version
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):  # the client stopped watching
+            pass
 
     do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _serve
 

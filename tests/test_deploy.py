@@ -480,6 +480,9 @@ DEPLOYMENT_CHOICES = {
     "DEEPREC_CACHE_MODE": "adaptive",
     # The default is the plan's dtype; deployments name it, as they make the plan with it.
     "DEEPREC_ROW_DTYPE": "fp32",
+    # In a cluster the frontend follows remote worker pods through EndpointSlices; the
+    # default, dns, is for outside one (compose).
+    "DEEPREC_DISCOVERY": "endpointslices",
 }
 # Wiring: addresses, paths, identities and pools, which have no meaningful default.
 WIRING = {
@@ -589,7 +592,11 @@ def test_pods_run_non_root_with_read_only_root_filesystems(rendered):
             name = f"[{case}] {w['metadata']['name']}"
             assert spec["securityContext"]["runAsNonRoot"] is True, name
             assert spec["securityContext"]["runAsUser"] != 0, name
-            assert spec["automountServiceAccountToken"] is (component_of(w) == "scheduler"), name
+            # A token only where the API is used: the scheduler's policy ConfigMap, and a
+            # frontend following remote worker pods' EndpointSlices.
+            discovers = "DEEPREC_DISCOVERY" in env_of(main_container(w))
+            uses_api = component_of(w) == "scheduler" or discovers
+            assert spec["automountServiceAccountToken"] is uses_api, name
             for c in pod_containers(w):
                 sc = c["securityContext"]
                 assert sc["readOnlyRootFilesystem"] is True, f"{name}/{c['name']}"
@@ -785,7 +792,10 @@ def test_extension_values_reach_every_pod_they_name(rendered):
         assert spec.get("runtimeClassName") == ("nvidia" if component == "worker-gpu" else None)
         if component in serving:
             assert spec["serviceAccountName"] == FULLNAME, component
-            assert spec["automountServiceAccountToken"] is False, component
+            # A token only for the frontend that reads the GPU pool's EndpointSlices.
+            discovers = "DEEPREC_DISCOVERY" in env_of(main_container(w))
+            assert discovers is (component == "frontend")
+            assert spec["automountServiceAccountToken"] is discovers, component
         elif component != "scheduler":  # the scheduler keeps its own, with its Role
             assert "serviceAccountName" not in spec, component
         main = main_container(w)
@@ -828,6 +838,35 @@ def test_helm_test_sends_one_real_query_to_the_frontend_service(rendered, tiny_z
         )
     assert done.returncode == 0, done.stderr
     assert "scores" in done.stdout.lower(), done.stdout
+
+
+def test_frontends_discover_remote_worker_pods_with_only_the_rights_that_needs(
+    rendered, compose_like
+):
+    def frontend_of(manifests):
+        return by_kind(manifests, "Deployment")[f"{FULLNAME}-frontend"]
+
+    # Remote pools (compose-like): the frontend follows their EndpointSlices.
+    frontend = frontend_of(compose_like)
+    spec = frontend["spec"]["template"]["spec"]
+    assert env_of(main_container(frontend))["DEEPREC_DISCOVERY"] == "endpointslices"
+    assert spec["serviceAccountName"] == f"{FULLNAME}-frontend"
+    assert spec["automountServiceAccountToken"] is True
+    role = by_kind(compose_like, "Role")[f"{FULLNAME}-frontend"]
+    assert role["rules"] == [
+        {
+            "apiGroups": ["discovery.k8s.io"],
+            "resources": ["endpointslices"],
+            "verbs": ["get", "list", "watch"],
+        }
+    ]
+    binding = by_kind(compose_like, "RoleBinding")[f"{FULLNAME}-frontend"]
+    assert binding["subjects"][0]["name"] == spec["serviceAccountName"]
+    # In-process workers only (the defaults): nothing to discover, no API access.
+    frontend = frontend_of(rendered["defaults"])
+    assert "DEEPREC_DISCOVERY" not in env_of(main_container(frontend))
+    assert frontend["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    assert f"{FULLNAME}-frontend" not in by_kind(rendered["defaults"], "Role")
 
 
 def test_tuned_policies_outlive_helm_uninstall(rendered):
@@ -1013,7 +1052,10 @@ def test_compose_runs_the_charts_components(compose, compose_like):
 
 # Where the scheduler keeps its policies differs by design: a ConfigMap in a cluster, a file
 # on a volume under compose.
-PLATFORM_ONLY = {"scheduler": ({"DEEPREC_POLICY_CONFIGMAP"}, {"DEEPREC_POLICY_STATE"})}
+PLATFORM_ONLY = {
+    "scheduler": ({"DEEPREC_POLICY_CONFIGMAP"}, {"DEEPREC_POLICY_STATE"}),
+    "frontend": ({"DEEPREC_DISCOVERY"}, set()),  # EndpointSlices exist in a cluster only
+}
 ADDRESS_VARS = {
     "DEEPREC_SHARDS",
     "DEEPREC_WORKERS",

@@ -63,6 +63,9 @@ DEEPREC_GPU_WORKERS: {{ $gpu | quote }}
 DEEPREC_SCHEDULER: {{ include "deeprec.schedulerAddress" . | quote }}
 DEEPREC_BATCH_SIZE: {{ .Values.frontend.batchSize | quote }}
 DEEPREC_OFFLOAD_THRESHOLD: {{ .Values.frontend.offloadThreshold | quote }}
+{{- if include "deeprec.frontendDiscovers" . }}
+DEEPREC_DISCOVERY: "endpointslices"
+{{- end }}
 {{- if include "deeprec.frontendLocal" . }}
 DEEPREC_LOCAL_WORKERS: {{ .Values.frontend.localWorkers | quote }}
 DEEPREC_MODEL_DIR: {{ include "deeprec.modelDir" . | quote }}

@@ -101,6 +101,13 @@ labels:
 {{- printf "%s:%d" (include "deeprec.componentName" (dict "root" .root "component" (printf "worker-%s" .kind))) (int .root.Values.workers.port) -}}
 {{- end -}}
 
+{{/* "true" when the frontend follows remote worker pods through EndpointSlices. */}}
+{{- define "deeprec.frontendDiscovers" -}}
+{{- if and (eq .Values.frontend.discovery "endpointslices") (or .Values.workers.cpu.enabled .Values.workers.gpu.enabled) -}}
+true
+{{- end -}}
+{{- end -}}
+
 {{- define "deeprec.shardName" -}}
 {{- printf "%s-shard-%d" (include "deeprec.fullname" .root) (int .index) -}}
 {{- end -}}

@@ -141,12 +141,13 @@ class ReplicaPool:
 
         Not in ``exclude``; not ejected, unless every replica left is."""
         excluded = set(exclude)
-        candidates = [m for m in self.members if m not in excluded]
-        if not candidates:
-            raise NoReplica("no replica left to try")
         with self._lock:
+            candidates = [m for m in self.members if m not in excluded]
+            if not candidates:
+                raise NoReplica("no replica left to try")
             now = self.clock()
-            healthy = [m for m in candidates if self.ejected_until[m] <= now] or candidates
+            healthy = [m for m in candidates if self.ejected_until.get(m, 0.0) <= now]
+            healthy = healthy or candidates
             start = next(self._turn) % len(healthy)
             rotated = healthy[start:] + healthy[:start]
             # First of the least loaded, per slot.
@@ -160,6 +161,29 @@ class ReplicaPool:
             self.outstanding[member] -= 1
             if failed:
                 self.ejected_until[member] = self.clock() + self.eject_seconds
+            if member not in self.members and not self.outstanding[member]:
+                self._forget(member)  # removed, and its last call has ended
+
+    def add(self, member: str, slots: int = 1) -> None:
+        """A new member (a pod that became ready); nothing if it is one already."""
+        with self._lock:
+            if member in self.members:
+                return
+            self.slots[member] = max(1, slots)
+            self.outstanding.setdefault(member, 0)
+            self.ejected_until[member] = 0.0
+            self.members = [*self.members, member]  # a new list: a snapshot stays whole
+
+    def remove(self, member: str) -> None:
+        """No new calls to ``member``; calls in flight end normally (release)."""
+        with self._lock:
+            self.members = [m for m in self.members if m != member]
+            if not self.outstanding.get(member, 0):
+                self._forget(member)
+
+    def _forget(self, member: str) -> None:
+        for table in (self.slots, self.outstanding, self.ejected_until):
+            table.pop(member, None)
 
     def eject(self, member: str) -> None:
         """Skip ``member`` for ``eject_seconds`` (e.g. it did not answer at startup)."""
@@ -168,7 +192,7 @@ class ReplicaPool:
 
     def is_ejected(self, member: str) -> bool:
         with self._lock:
-            return self.ejected_until[member] > self.clock()
+            return self.ejected_until.get(member, 0.0) > self.clock()
 
     def failover(self) -> Failover:
         """A new request's walk over the pool."""

@@ -394,6 +394,17 @@ SETTINGS: tuple[Setting, ...] = (
         ("frontend",),
     ),
     Setting(
+        "DEEPREC_DISCOVERY",
+        "--discovery",
+        str,
+        "dns",
+        "dns: each worker address is dialled as given; endpointslices: each pool is one "
+        "Service (SERVICE[.NAMESPACE]:PORT) whose ready pods are followed through its "
+        "EndpointSlices (in a pod; RBAC get/list/watch endpointslices)",
+        ("frontend",),
+        ("dns", "endpointslices"),
+    ),
+    Setting(
         "DEEPREC_GPU_WORKERS",
         "--gpu-workers",
         str,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
 import grpc
 import numpy as np
 
-from deeprec.common import settings
+from deeprec.common import kube, settings
 from deeprec.common.features import DEFAULT_LIMITS, ModelSignature
 from deeprec.common.limits import RequestLimits
 from deeprec.common.policy import Policy, PolicyTable
@@ -20,6 +21,7 @@ from deeprec.models.artifact import load_artifact
 from deeprec.v1 import inference_pb2, recommender_pb2, recommender_pb2_grpc
 
 from .admission import Admission
+from .discovery import EndpointSliceWatch, Membership, parse_service
 from .local import LocalConfig
 from .servicer import Pool, RecommenderServicer
 from .watch import PolicyWatcher
@@ -156,12 +158,97 @@ async def start(
     return server
 
 
+def join_checked(signature: ModelSignature, interceptors, timeout: float):
+    """A coroutine function making the pool member for a discovered address: its channel,
+    once the worker there describes the same model and version (else it raises)."""
+    ids_dtype = np.int32 if signature.ids_fit_int32 else None
+
+    async def join(address: str):
+        worker_channel = channel(address, interceptors)
+        stub = WorkerStub(worker_channel)
+        try:
+            reply = await stub.Describe(
+                inference_pb2.DescribeRequest(), timeout=timeout, wait_for_ready=True
+            )
+            if (reply.name, reply.version) != (signature.name, signature.version):
+                raise ValueError(
+                    f"it serves {reply.name}/v{reply.version}, the pool "
+                    f"{signature.name}/v{signature.version}"
+                )
+        except BaseException:
+            await worker_channel.close()
+            raise
+        return RemoteWorker(stub, signature.name, ids_dtype), worker_channel
+
+    return join
+
+
+async def initial_addresses(watch: EndpointSliceWatch, timeout: float) -> list[str]:
+    """The ready addresses of a discovered pool at startup: listed again until one pod is
+    ready, for up to ``timeout`` seconds (the workers may still be building the model)."""
+    loop = asyncio.get_running_loop()
+    deadline, delay, why = loop.time() + timeout, 0.5, "no ready endpoint"
+    while True:
+        try:
+            addresses = await asyncio.to_thread(watch.list_now)
+        except Exception as err:  # the API refused or is unreachable: say which
+            why = f"{type(err).__name__}: {err}"
+        else:
+            if addresses:
+                return addresses
+        if loop.time() + delay > deadline:
+            raise StartupError(f"{watch}: {why} within {timeout:g} s")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
+async def discover_pools(args, api_client, namespace: str) -> dict[str, EndpointSliceWatch]:
+    """One EndpointSlice watch per remote pool named by a Service, with its initial list."""
+    watches = {}
+    for pool, text in (("cpu", args.workers), ("gpu", args.gpu_workers)):
+        entries = parse_addresses(text)
+        if not entries:
+            continue
+        if len(entries) > 1:
+            raise StartupError(
+                f"--discovery endpointslices: give one Service per pool, not {entries}"
+            )
+        try:
+            service_ns, service, port = parse_service(entries[0], namespace)
+        except ValueError as err:
+            raise StartupError(str(err)) from None
+        watch = EndpointSliceWatch(api_client, service_ns, service, port, lambda _: None)
+        await initial_addresses(watch, args.connect_timeout)
+        watches[pool] = watch
+    return watches
+
+
+def follow(servicer, watches: dict, interceptors, timeout: float) -> list[Membership]:
+    """Start each watch, keeping its pool's remote members equal to its ready pods."""
+    loop = asyncio.get_running_loop()
+    join = join_checked(servicer.signature, interceptors, timeout)
+    followed = []
+    for pool, watch in watches.items():
+        membership = Membership(servicer.pools[pool], join, watch.addresses)
+        watch.on_change = functools.partial(membership.changed, loop)
+        watch.start()
+        followed.append(membership)
+    return followed
+
+
 async def serve(args) -> int:
     telemetry = setup_telemetry("frontend")
+    watches = {}
     try:
+        if args.discovery == "endpointslices":
+            try:
+                api_client = kube.in_cluster_client()
+            except kube.NotInCluster as err:
+                raise StartupError(f"--discovery endpointslices needs a pod: {err}") from None
+            watches = await discover_pools(args, api_client, kube.pod_namespace())
         servicer = await build_servicer(
-            parse_addresses(args.workers),
-            parse_addresses(args.gpu_workers),
+            watches["cpu"].addresses if "cpu" in watches else parse_addresses(args.workers),
+            watches["gpu"].addresses if "gpu" in watches else parse_addresses(args.gpu_workers),
             args.batch_size,
             args.offload_threshold,
             RequestLimits.from_args(args),
@@ -174,6 +261,7 @@ async def serve(args) -> int:
         log.error("%s", err)
         return 1
     server = await start(servicer, args.host, args.port, telemetry)
+    follow(servicer, watches, telemetry.client_interceptors(), args.connect_timeout)
     watcher = None
     if args.scheduler:
         watcher = PolicyWatcher(args.scheduler, servicer.policies, f"{args.host}:{server.port}")
@@ -193,6 +281,8 @@ async def serve(args) -> int:
         f", policies from scheduler {args.scheduler}" if args.scheduler else "",
     )
     await server.run_until_signalled()
+    for watch in watches.values():
+        watch.stop()
     if watcher:
         await watcher.stop()
     servicer.close()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
@@ -44,6 +45,7 @@ class Pool:
     name: str
     workers: dict
     balancer: LeastOutstanding
+    served: Counter = field(default_factory=Counter)  # sub-batches answered, by worker
 
     @classmethod
     def of(cls, name: str, workers: dict) -> Pool:
@@ -55,6 +57,17 @@ class Pool:
         """Sub-batches the pool runs at once: one per remote worker, one per run thread
         of the in-process pool (what admission's queueing model divides the backlog by)."""
         return sum(worker.slots for worker in self.workers.values())
+
+    def add(self, name: str, worker) -> None:
+        """A worker that became ready (discovery): it takes sub-batches from now on."""
+        self.workers[name] = worker
+        self.balancer.add(name, worker.slots)
+
+    def remove(self, name: str):
+        """A worker that went away: no new sub-batches; those in flight end normally.
+        Returns it (for its caller to close once they have)."""
+        self.balancer.remove(name)
+        return self.workers.pop(name, None)
 
 
 class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
@@ -172,6 +185,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
                     )
                     continue
                 failover.succeeded()
+                pool.served[worker] += 1
                 break
         items_run = part.end - part.start
         self.metrics.sub_batch(

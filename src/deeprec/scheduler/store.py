@@ -15,15 +15,15 @@ from typing import Protocol
 
 import urllib3
 from kubernetes import client as k8s
-from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
+from deeprec.common import kube
+from deeprec.common.kube import pod_namespace
 from deeprec.common.policy import Policy, from_json, to_json
 
 FORMAT = "deeprec.policies/v1"
 CONFIGMAP_KEY = "policies.json"
 LABELS = {"app.kubernetes.io/name": "deeprec", "app.kubernetes.io/component": "scheduler"}
-NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 # One slow API call must not stall the tuning loop for long; the next change saves again.
 REQUEST_TIMEOUT_S = 10.0
 
@@ -121,14 +121,12 @@ class FileStore:
 
 def in_cluster_client() -> k8s.ApiClient:
     """An API client with the pod's ServiceAccount token and CA."""
-    configuration = k8s.Configuration()
     try:
-        k8s_config.load_incluster_config(client_configuration=configuration)
-    except k8s_config.ConfigException as err:
+        return kube.in_cluster_client()
+    except kube.NotInCluster as err:
         raise StoreError(
             f"the ConfigMap store needs in-cluster Kubernetes config (run it in a pod): {err}"
         ) from err
-    return k8s.ApiClient(configuration)
 
 
 class ConfigMapStore:
@@ -227,14 +225,6 @@ def _status_message(body: str | bytes | None) -> str:
     except ValueError:
         return ""
     return str(status.get("message", "")) if isinstance(status, dict) else ""
-
-
-def pod_namespace(path: str | os.PathLike[str] = NAMESPACE_FILE) -> str:
-    """The namespace this pod runs in, or "default" outside a cluster."""
-    try:
-        return Path(path).read_text(encoding="utf-8").strip() or "default"
-    except OSError:
-        return "default"
 
 
 def store_from_settings(
