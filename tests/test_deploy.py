@@ -869,6 +869,41 @@ def test_frontends_discover_remote_worker_pods_with_only_the_rights_that_needs(
     assert f"{FULLNAME}-frontend" not in by_kind(rendered["defaults"], "Role")
 
 
+KEDA_CRD = ROOT / "tests" / "schemas" / "keda.sh_scaledobjects.yaml"
+KEDA_CRD_SHA256 = "207afc4ca44fd9e3f4bbfb1c8fae08f3a365e098a52714fe8eb672bbd239cbcd"
+KEDA = {"enabled": True, "keda": {"enabled": True, "targetInFlightPerPod": 3}}
+
+
+def test_keda_scales_pools_on_sub_batches_in_flight(chart, export_run):
+    raw = KEDA_CRD.read_bytes()
+    assert hashlib.sha256(raw).hexdigest() == KEDA_CRD_SHA256, "update tests/schemas/README.md"
+    (version,) = [v for v in yaml.safe_load(raw)["spec"]["versions"] if v["name"] == "v1alpha1"]
+    validator = jsonschema.Draft7Validator(version["schema"]["openAPIV3Schema"])
+    values = {
+        "frontend": {"autoscaling": KEDA},
+        "workers": {"cpu": {**REMOTE_CPU, "autoscaling": KEDA}},
+    }
+    manifests = manifests_of(render(chart, values))
+    scaled = by_kind(manifests, "ScaledObject")
+    assert set(scaled) == {f"{FULLNAME}-frontend", f"{FULLNAME}-worker-cpu"}
+    assert not by_kind(manifests, "HorizontalPodAutoscaler")  # KEDA makes its own
+    series = exported_series(*export_run)
+    for name, scaled_object in scaled.items():
+        errors = [e.message for e in validator.iter_errors(scaled_object)]
+        assert not errors, f"{name}: {errors}"
+        assert scaled_object["spec"]["scaleTargetRef"]["name"] == name
+        (trigger,) = scaled_object["spec"]["triggers"]
+        assert trigger["type"] == "prometheus" and trigger["metadata"]["threshold"] == "3"
+        assert trigger["metadata"]["serverAddress"] == f"http://{FULLNAME}-prometheus:9090"
+        query = trigger["metadata"]["query"]
+        assert 'path="cpu"' in query and 'model="rmc1"' in query
+        assert not dashboard_problems([query], series), query  # a series the frontends export
+    # The schema can fail: a ScaledObject without its target is refused.
+    broken = copy.deepcopy(next(iter(scaled.values())))
+    del broken["spec"]["scaleTargetRef"]
+    assert list(validator.iter_errors(broken))
+
+
 def test_tuned_policies_outlive_helm_uninstall(rendered):
     configmap = by_kind(rendered["defaults"], "ConfigMap")[f"{FULLNAME}-policies"]
     assert configmap["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
@@ -924,6 +959,14 @@ def test_broken_values_are_refused_with_the_schema_message(chart, values, expect
 
 
 CONTRADICTIONS = [
+    (
+        {
+            "prometheus": {"enabled": False},
+            "grafana": {"enabled": False},
+            "frontend": {"autoscaling": KEDA},
+        },
+        "frontend.autoscaling.keda needs a Prometheus to query",
+    ),
     ({"frontend": {"localWorkers": 0}}, "frontend.enabled needs CPU workers"),
     ({"shards": {"count": 2}}, "frontend.enabled needs CPU workers"),  # sharded: not local
     ({"model": {"source": "volume"}}, "model.source=volume needs model.volume.claimName"),

@@ -185,6 +185,9 @@ true
 {{- end -}}
 {{- range $s := $scaled -}}
 {{- $w := $s.values -}}
+{{- if and $w.enabled $w.autoscaling.enabled $w.autoscaling.keda.enabled (not (or $v.keda.prometheusUrl $v.prometheus.enabled $v.prometheus.queryUrl)) -}}
+{{- fail (printf "%s.autoscaling.keda needs a Prometheus to query: set keda.prometheusUrl, prometheus.enabled=true or prometheus.queryUrl" $s.key) -}}
+{{- end -}}
 {{- if and $w.enabled $w.autoscaling.enabled (lt (int $w.autoscaling.maxReplicas) (int $w.autoscaling.minReplicas)) -}}
 {{- fail (printf "%s.autoscaling.maxReplicas (%d) is below minReplicas (%d)" $s.key (int $w.autoscaling.maxReplicas) (int $w.autoscaling.minReplicas)) -}}
 {{- end -}}

@@ -9,6 +9,7 @@ SUBBATCH_SERVICE = "deeprec.subbatch.service_time"
 SUBBATCH_QUEUE = "deeprec.subbatch.queue_wait"
 SUBBATCH_SIZE = "deeprec.subbatch.size"
 POOL_WORKERS = "deeprec.pool.workers"
+POOL_IN_FLIGHT = "deeprec.pool.in_flight"  # sub-batches sent and not answered (KEDA scales on it)
 POLICY_BATCH_SIZE = "deeprec.policy.batch_size"
 POLICY_THRESHOLD = "deeprec.policy.offload_threshold"
 POLICY_VERSION = "deeprec.policy.version"

@@ -6,6 +6,7 @@ from deeprec.common.metric_names import (
     POLICY_BATCH_SIZE,
     POLICY_THRESHOLD,
     POLICY_VERSION,
+    POOL_IN_FLIGHT,
     POOL_WORKERS,
     QUERY_ERRORS,
     QUERY_LATENCY,
@@ -67,7 +68,19 @@ class FrontendMetrics:
 
             return observe
 
+        def in_flight(_options):
+            from opentelemetry.metrics import Observation
+
+            return [
+                Observation(
+                    sum(pool.balancer.outstanding.values()), {"model": model, "path": name}
+                )
+                for name, pool in pools.items()
+                if pool is not None
+            ]
+
         meter.create_observable_gauge(POOL_WORKERS, [pool_sizes], unit="{worker}")
+        meter.create_observable_gauge(POOL_IN_FLIGHT, [in_flight], unit="{sub-batch}")
         meter.create_observable_gauge(
             POLICY_BATCH_SIZE, [policy_value("batch_size")], unit="{item}"
         )
