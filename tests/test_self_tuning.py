@@ -119,6 +119,12 @@ def test_scheduler_moves_a_bad_batch_size_and_the_tail_drops(tiny_zoo, monkeypat
             assert after.quantile(0.95) < before.quantile(0.95), core.tuners["rmc1"].history
             # The bad start may overload the workers: shedding is the only failure allowed.
             assert set(load.failed) <= {grpc.StatusCode.RESOURCE_EXHAUSTED}, load.failed
+            # Every change is on record with its evidence, the last one being in force.
+            changes = core.changes("rmc1", limit=1000)
+            assert changes[0].reason == "adopted" and changes[-1].policy == final
+            tuned = [c for c in changes if c.reason == "tuner"]
+            assert tuned and all(c.queries > 0 and c.latency_ms > 0 and c.phase for c in tuned)
+            assert all("queries at" in c.detail for c in tuned)
             loop.run(watcher.stop())
     finally:
         provider.shutdown()
@@ -212,6 +218,14 @@ def test_policy_cli_sets_pins_and_shows(tmp_path):
         assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
         bad = cli("set", "--model", "rmc1", "--batch-size", "-3")
         assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr
+        lines = cli("history").stdout.splitlines()
+        assert len(lines) == 2, lines  # oldest first, the refused change not among them
+        assert lines[0].endswith("rmc1 v1 B=32 T=never: operator: local caller set")
+        assert lines[1].endswith("rmc1 v2 B=64 T=300 pinned: operator: local caller pin")
+        assert cli("history", "--limit", "1").stdout.splitlines() == lines[1:]
+        assert "no policy changes yet" in cli("history", "--model", "nope").stdout
+        refused = cli("history", "--limit", "-1")
+        assert refused.returncode == 1 and "INVALID_ARGUMENT" in refused.stderr
     finally:
         loop.run(scheduler.stop(0))
         loop.close()

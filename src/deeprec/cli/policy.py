@@ -1,8 +1,10 @@
-"""`deeprec policy show|set|pin`: operators read and set policies on a running scheduler."""
+"""`deeprec policy show|set|pin|history`: operators read and set policies on a running
+scheduler, and read why each change was made."""
 
 from __future__ import annotations
 
 import sys
+import time
 
 import grpc
 
@@ -46,6 +48,31 @@ def show(args) -> int:
     return 0
 
 
+def history_line(change) -> str:
+    """One change, as `deeprec policy history` prints it."""
+    policy = change.policy
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(change.unix_time))
+    knobs = f"B={policy.batch_size or 'no split'} T={policy.offload_threshold or 'never'}"
+    why = change.reason + (f" ({change.phase})" if change.phase else "")
+    pinned = " pinned" if policy.pinned else ""
+    line = f"{when} {policy.model} v{policy.version} {knobs}{pinned}: {why}"
+    return f"{line}: {change.detail}" if change.detail else line
+
+
+def history(args) -> int:
+    request = scheduler_pb2.PolicyHistoryRequest(model=args.model, limit=args.limit)
+    try:
+        changes = _stub(args.scheduler).GetPolicyHistory(request, timeout=5).changes
+    except grpc.RpcError as err:
+        print(f"deeprec: {err.code().name}: {err.details()}", file=sys.stderr)
+        return 1
+    if not changes:
+        print("no policy changes yet")
+    for change in changes:
+        print(history_line(change))
+    return 0
+
+
 def set_policy(args) -> int:
     request = scheduler_pb2.SetPolicyRequest(
         policy=scheduler_pb2.Policy(
@@ -69,6 +96,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--scheduler", default="127.0.0.1:50071")
     p.add_argument("--model", default="")
     p.set_defaults(func=show)
+    p = sub.add_parser("history", help="recent policy changes and why each was made")
+    p.add_argument("--scheduler", default="127.0.0.1:50071")
+    p.add_argument("--model", default="", help="one model's changes (default: every model)")
+    p.add_argument("--limit", type=int, default=50, help="the most recent N (at most 1000)")
+    p.set_defaults(func=history)
     for name, pin, text in (
         ("set", False, "set a policy; the tuner continues from it"),
         ("pin", True, "set a policy and stop tuning it"),

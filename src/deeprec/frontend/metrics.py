@@ -72,9 +72,7 @@ class FrontendMetrics:
             from opentelemetry.metrics import Observation
 
             return [
-                Observation(
-                    sum(pool.balancer.outstanding.values()), {"model": model, "path": name}
-                )
+                Observation(sum(pool.balancer.outstanding.values()), {"model": model, "path": name})
                 for name, pool in pools.items()
                 if pool is not None
             ]

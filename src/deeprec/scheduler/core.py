@@ -7,6 +7,7 @@ broadcasts whatever changed.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass, field, replace
 
 from deeprec.common.policy import Policy
@@ -16,6 +17,22 @@ from .tuner import Tuner, TunerConfig
 from .window import MetricsWindow
 
 log = logging.getLogger("deeprec")
+
+HISTORY = 1000  # policy changes kept, every model together
+
+
+@dataclass(frozen=True)
+class Change:
+    """A policy installed, when (the core's clock) and why."""
+
+    policy: Policy
+    at: float
+    reason: str  # adopted | tuner | operator | restored
+    detail: str = ""
+    phase: str = ""
+    latency_ms: float = 0.0  # measured under the policy it replaced
+    queries: int = 0
+    qps: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -34,6 +51,9 @@ class SchedulerCore:
         self.policies: dict[str, Policy] = dict(store.load()) if store else {}
         self.tuners: dict[str, Tuner] = {}
         self.trial_start: dict[str, float] = {}  # model -> when its policy took effect
+        self.history: deque[Change] = deque(maxlen=HISTORY)
+        for policy in self.policies.values():
+            self.history.append(Change(policy, 0.0, "restored", f"from {store}"))
         if self.policies:
             log.info(
                 "restored policies: %s",
@@ -49,13 +69,21 @@ class SchedulerCore:
         return ingest(request, self.window, now)
 
     def set_policy(
-        self, model: str, batch_size: int, offload_threshold: int, pin: bool, now: float
+        self,
+        model: str,
+        batch_size: int,
+        offload_threshold: int,
+        pin: bool,
+        now: float,
+        who: str = "",
     ) -> Policy:
         """An operator's policy: applied at once; pinned ones are left alone by the tuner."""
         current = self.policies.get(model)
         version = self._next_version(model, current)
         policy = Policy(model, batch_size, offload_threshold, version, pin)
-        self._install(policy, now)
+        self._install(
+            policy, now, Change(policy, now, "operator", f"{who} {'pin' if pin else 'set'}".strip())
+        )
         self.tuners.pop(model, None)  # a new starting point: tune afresh (unless pinned)
         return policy
 
@@ -95,7 +123,18 @@ class SchedulerCore:
                     obs.latency_ms,
                     obs.qps,
                 )
-                self._install(new, now)
+                measured = Change(
+                    new,
+                    now,
+                    "tuner",
+                    f"p{round(self.config.percentile * 100)} {obs.latency_ms:.1f} ms over "
+                    f"{obs.queries} queries at {obs.qps:.0f} q/s under v{policy.version}",
+                    tuner.phase,
+                    obs.latency_ms,
+                    obs.queries,
+                    obs.qps,
+                )
+                self._install(new, now, measured)
                 changed.append(new)
             elif decision.consumed:
                 self.trial_start[model] = now
@@ -110,7 +149,7 @@ class SchedulerCore:
         batch_size, threshold, version = self.window.frontend_policy.get(model, (0, 0, 0))
         policy = Policy(model, batch_size, threshold, version + 1)
         log.info("%s: adopted the frontends' policy B=%d T=%d", model, batch_size, threshold)
-        self._install(policy, now)
+        self._install(policy, now, Change(policy, now, "adopted", "the frontends' policy"))
         return policy
 
     def _next_version(self, model: str, current: Policy | None) -> int:
@@ -118,9 +157,16 @@ class SchedulerCore:
         reported = self.window.frontend_policy.get(model, (0, 0, 0))[2]
         return max(current.version if current else 0, reported) + 1
 
-    def _install(self, policy: Policy, now: float) -> None:
+    def _install(self, policy: Policy, now: float, change: Change) -> None:
         self.policies[policy.model] = policy
         self.trial_start[policy.model] = now
+        self.history.append(change)
+
+    def changes(self, model: str = "", limit: int = 50) -> list[Change]:
+        """The most recent ``limit`` changes (of ``model``; every model when empty), oldest
+        first."""
+        chosen = [c for c in self.history if not model or c.policy.model == model]
+        return chosen[-limit:] if limit > 0 else []
 
     # -- reporting ----------------------------------------------------------------------------
 

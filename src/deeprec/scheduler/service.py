@@ -14,12 +14,14 @@ from deeprec.common.policy import to_proto
 from deeprec.common.quote import quote
 from deeprec.v1 import scheduler_pb2, scheduler_pb2_grpc
 
-from .core import SchedulerCore
+from .core import HISTORY, SchedulerCore
 from .ingest import MAX_MODELS, MODEL_CHARS, POLICY_MAX
 from .saver import PolicySaver
 from .store import StoreError
 
 log = logging.getLogger("deeprec")
+
+HISTORY_DEFAULT = 50  # changes a history request gets unless it asks for a number
 
 
 class Broadcaster:
@@ -52,6 +54,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self.broadcaster = broadcaster
         self.admin_token = admin_token  # None: DEEPREC_ADMIN_TOKEN
         self.saver = saver  # None: policies are not persisted
+        # The core's clock is monotonic; history entries are shown in wall-clock time.
+        self.wall_offset = time.time() - time.monotonic()
+        self.started = time.time()  # when restored policies were read
 
     async def WatchPolicies(self, request, context):
         queue: asyncio.Queue = asyncio.Queue()
@@ -89,7 +94,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 f"{quote(p.model)} would be one more"
             )
         policy = self.core.set_policy(
-            p.model, p.batch_size, p.offload_threshold, request.pin, time.monotonic()
+            p.model, p.batch_size, p.offload_threshold, request.pin, time.monotonic(), who
         )
         log.info(
             "%s set %s: B=%d T=%d%s",
@@ -111,6 +116,27 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                     f"but not saved: {err}; the scheduler keeps retrying the save"
                 ) from None
         return to_proto(policy)
+
+    async def GetPolicyHistory(self, request, context):
+        limit = request.limit or HISTORY_DEFAULT
+        if not 0 < limit <= HISTORY:
+            raise InvalidArgument(
+                f"limit {request.limit} is outside 1..{HISTORY} (0: {HISTORY_DEFAULT})"
+            )
+        if len(request.model) > MODEL_CHARS:
+            raise InvalidArgument(f"model is longer than {MODEL_CHARS} characters")
+        response = scheduler_pb2.PolicyHistory()
+        for change in self.core.changes(request.model, limit):
+            to_proto(change.policy, response.changes.add().policy)
+            entry = response.changes[-1]
+            entry.unix_time = self.wall_offset + change.at if change.at else self.started
+            entry.reason, entry.detail, entry.phase = change.reason, change.detail, change.phase
+            entry.latency_ms, entry.queries, entry.qps = (
+                change.latency_ms,
+                change.queries,
+                change.qps,
+            )
+        return response
 
 
 class MetricsReceiver(metrics_service_pb2_grpc.MetricsServiceServicer):

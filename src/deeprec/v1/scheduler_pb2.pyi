@@ -45,3 +45,37 @@ class SetPolicyRequest(_message.Message):
     policy: Policy
     pin: bool
     def __init__(self, policy: _Optional[_Union[Policy, _Mapping]] = ..., pin: _Optional[bool] = ...) -> None: ...
+
+class PolicyHistoryRequest(_message.Message):
+    __slots__ = ("model", "limit")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    limit: int
+    def __init__(self, model: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class PolicyChange(_message.Message):
+    __slots__ = ("policy", "unix_time", "reason", "detail", "phase", "latency_ms", "queries", "qps")
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    UNIX_TIME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    QPS_FIELD_NUMBER: _ClassVar[int]
+    policy: Policy
+    unix_time: float
+    reason: str
+    detail: str
+    phase: str
+    latency_ms: float
+    queries: int
+    qps: float
+    def __init__(self, policy: _Optional[_Union[Policy, _Mapping]] = ..., unix_time: _Optional[float] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., phase: _Optional[str] = ..., latency_ms: _Optional[float] = ..., queries: _Optional[int] = ..., qps: _Optional[float] = ...) -> None: ...
+
+class PolicyHistory(_message.Message):
+    __slots__ = ("changes",)
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    changes: _containers.RepeatedCompositeFieldContainer[PolicyChange]
+    def __init__(self, changes: _Optional[_Iterable[_Union[PolicyChange, _Mapping]]] = ...) -> None: ...

@@ -49,6 +49,11 @@ class SchedulerStub:
                 request_serializer=deeprec_dot_v1_dot_scheduler__pb2.SetPolicyRequest.SerializeToString,
                 response_deserializer=deeprec_dot_v1_dot_scheduler__pb2.Policy.FromString,
                 _registered_method=True)
+        self.GetPolicyHistory = channel.unary_unary(
+                '/deeprec.v1.Scheduler/GetPolicyHistory',
+                request_serializer=deeprec_dot_v1_dot_scheduler__pb2.PolicyHistoryRequest.SerializeToString,
+                response_deserializer=deeprec_dot_v1_dot_scheduler__pb2.PolicyHistory.FromString,
+                _registered_method=True)
 
 
 class SchedulerServicer:
@@ -73,6 +78,13 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPolicyHistory(self, request, context):
+        """The most recent policy changes, with their reasons (`deeprec policy history`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -90,6 +102,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.SetPolicy,
                     request_deserializer=deeprec_dot_v1_dot_scheduler__pb2.SetPolicyRequest.FromString,
                     response_serializer=deeprec_dot_v1_dot_scheduler__pb2.Policy.SerializeToString,
+            ),
+            'GetPolicyHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPolicyHistory,
+                    request_deserializer=deeprec_dot_v1_dot_scheduler__pb2.PolicyHistoryRequest.FromString,
+                    response_serializer=deeprec_dot_v1_dot_scheduler__pb2.PolicyHistory.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -173,6 +190,33 @@ class Scheduler:
             '/deeprec.v1.Scheduler/SetPolicy',
             deeprec_dot_v1_dot_scheduler__pb2.SetPolicyRequest.SerializeToString,
             deeprec_dot_v1_dot_scheduler__pb2.Policy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPolicyHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deeprec.v1.Scheduler/GetPolicyHistory',
+            deeprec_dot_v1_dot_scheduler__pb2.PolicyHistoryRequest.SerializeToString,
+            deeprec_dot_v1_dot_scheduler__pb2.PolicyHistory.FromString,
             options,
             channel_credentials,
             insecure,

@@ -87,6 +87,8 @@ RPCS = {
              scheduler_pb2.GetPolicyRequest, scheduler_pb2.Policy),
         _rpc("SetPolicy", "/deeprec.v1.Scheduler/SetPolicy", "unary",
              scheduler_pb2.SetPolicyRequest, scheduler_pb2.Policy, admin=True),
+        _rpc("GetPolicyHistory", "/deeprec.v1.Scheduler/GetPolicyHistory", "unary",
+             scheduler_pb2.PolicyHistoryRequest, scheduler_pb2.PolicyHistory),
         _rpc("WatchPolicies", "/deeprec.v1.Scheduler/WatchPolicies", "server_stream",
              scheduler_pb2.WatchPoliciesRequest, scheduler_pb2.PolicySet),
         _rpc("Export", "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export", "unary",
@@ -659,6 +661,19 @@ def _set_policy_structured(ctx, rng):
     return "policy", (data.SerializeToString(),), expect, note
 
 
+def _history_good(ctx, rng):
+    request = scheduler_pb2.PolicyHistoryRequest(model=ctx.model, limit=rint(rng, 0, 1000))
+    return (request.SerializeToString(),), "ok"
+
+
+def _history_structured(ctx, rng):
+    name = pick(rng, ("", *strings(ctx)))
+    limit = pick(rng, INT32_EDGES)
+    data = scheduler_pb2.PolicyHistoryRequest(model=name, limit=limit).SerializeToString()
+    expect = "error" if not 0 <= limit <= 1000 else "any"
+    return "history", (data,), expect, f"model {len(name)} chars, limit {limit}"
+
+
 def _watch_policies_good(ctx, rng):
     return (scheduler_pb2.WatchPoliciesRequest(frontend="fuzz").SerializeToString(),), "ok"
 
@@ -855,6 +870,7 @@ _GENERATORS = {  # RPC: (good, structured)
     "ShardDescribe": (_empty_good, _empty_structured),
     "GetPolicy": (_get_policy_good, _get_policy_structured),
     "SetPolicy": (_set_policy_good, _set_policy_structured),
+    "GetPolicyHistory": (_history_good, _history_structured),
     "WatchPolicies": (_watch_policies_good, _watch_policies_structured),
     "Export": (_export_good, _export_structured),
     "Check": (_check_good, _check_structured),
