@@ -24,6 +24,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 from unittest import mock
@@ -38,12 +39,13 @@ import prometheus_client
 import promql_parser
 import pytest
 import yaml
+from certs import Authority
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.sdk import metrics as sdk_metrics
 from packaging.requirements import Requirement
 from prometheus_client.parser import text_string_to_metric_families
-from servers import InProcessCluster, Loop, request_for
+from servers import InProcessCluster, Loop, WorkerProcess, request_for
 
 from deeprec import cli
 from deeprec.cli.sharding import ROW_DTYPE_FLAGS
@@ -109,6 +111,12 @@ EXTENDED = {
     "tracing": {"samplingRatio": 0.25},
 }
 CASES["extended"] = EXTENDED
+# Mutual TLS everywhere, with remote pools and shards so every hop is covered.
+CASES["tls"] = {
+    "tls": {"enabled": True, "secretName": "deeprec-certs"},
+    "shards": {"count": 2, "replicas": 1},
+    "workers": {"cpu": {"enabled": True}},
+}
 # The chart with docker-compose.yml's topology: 2 shards x 1, 2 CPU workers, a GPU pool.
 COMPOSE_LIKE = {
     "shards": {"count": 2, "replicas": 1},
@@ -376,7 +384,9 @@ def test_every_deeprec_container_starts_where_the_chart_expects(rendered, compos
         assert args.service == component.split("-")[0].replace("worker", "inference")
         # Listening on every interface, on the port the probes and Services use.
         assert (args.host, args.port) == ("0.0.0.0", grpc_port(c)), component
-        assert c["readinessProbe"]["grpc"]["port"] == args.port
+        probe = c["readinessProbe"]  # the kubelet's grpc probe, or healthcheck.py's (TLS)
+        probed = probe["grpc"]["port"] if "grpc" in probe else int(probe["exec"]["command"][-1])
+        assert probed == args.port
         mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
         if component.startswith("worker"):
             assert args.device == component.removeprefix("worker-")
@@ -551,17 +561,102 @@ def test_chart_and_compose_deploy_the_code_defaults(rendered, compose_like, comp
 
 
 def test_probes_are_native_grpc_health_checks(rendered):
+    """The kubelet asks grpc.health.v1 itself; with mutual TLS (which it cannot speak) the
+    container's healthcheck.py asks it, with the pod's certificate."""
     for case, manifests in rendered.items():
         for w, c in deeprec_containers(manifests):
             if c["name"] in ("model", "plan"):
                 assert "readinessProbe" not in c
                 continue
             port = grpc_port(c)
+            check = {"grpc": {"port": port}}
+            if case == "tls":
+                check = {"exec": {"command": ["python", HEALTHCHECK, str(port)]}}
             for probe in ("readinessProbe", "livenessProbe"):
-                assert c[probe]["grpc"] == {"port": port}, f"[{case}] {c['name']} {probe}"
+                assert {k: c[probe][k] for k in check} == check, f"[{case}] {c['name']} {probe}"
             if component_of(w) != "scheduler":
                 # Model builds and artifact loads may take minutes: liveness waits for them.
-                assert c["startupProbe"]["grpc"] == {"port": port}
+                assert {k: c["startupProbe"][k] for k in check} == check
+
+
+HEALTHCHECK = "/opt/deeprec/healthcheck.py"  # where the images put docker/healthcheck.py
+
+
+def test_mutual_tls_reaches_every_deeprec_pod_and_the_collector(rendered):
+    manifests = rendered["tls"]
+    server_name = f"{FULLNAME}.{NAMESPACE}.svc"
+    seen = set()
+    for w in workloads(manifests):
+        spec, main = w["spec"]["template"]["spec"], main_container(w)
+        component = component_of(w)
+        mounted = {m["name"]: m["mountPath"] for m in main.get("volumeMounts", [])}
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        if component in DEEPREC_SERVICES or component == "collector":
+            seen.add(component)
+            assert mounted["tls"] == "/etc/deeprec/tls", component
+            assert volumes["tls"]["secret"]["secretName"] == "deeprec-certs"
+        if component in DEEPREC_SERVICES:
+            env = env_of(main)
+            assert env["DEEPREC_TLS_DIR"] == "/etc/deeprec/tls"
+            assert env["DEEPREC_TLS_SERVER_NAME"] == server_name
+    assert seen == {"frontend", "worker-cpu", "shard", "scheduler", "collector"}
+    exporter = collector_config(manifests)["exporters"]["otlp/scheduler"]
+    assert exporter["tls"] == {
+        "ca_file": "/etc/deeprec/tls/ca.crt",
+        "cert_file": "/etc/deeprec/tls/tls.crt",
+        "key_file": "/etc/deeprec/tls/tls.key",
+        "server_name_override": server_name,
+    }
+    (query,) = [m for m in manifests if m["kind"] == "Pod"]  # helm test dials with it too
+    assert env_of(query["spec"]["containers"][0])["DEEPREC_TLS_SERVER_NAME"] == server_name
+
+
+def test_cert_manager_issues_the_one_certificate_every_service_uses(chart):
+    issuer = {"name": "internal-ca", "kind": "ClusterIssuer"}
+    values = {"tls": {"enabled": True, "certManager": {"enabled": True, "issuerRef": issuer}}}
+    manifests = manifests_of(render(chart, values))
+    (certificate,) = [m for m in manifests if m["kind"] == "Certificate"]
+    spec = certificate["spec"]
+    assert certificate["apiVersion"] == "cert-manager.io/v1"
+    assert spec["secretName"] == f"{FULLNAME}-tls"
+    assert spec["dnsNames"] == [f"{FULLNAME}.{NAMESPACE}.svc"]
+    assert set(spec["usages"]) == {"server auth", "client auth"}
+    assert spec["issuerRef"] == {**issuer, "group": "cert-manager.io"}
+    frontend = by_kind(manifests, "Deployment")[f"{FULLNAME}-frontend"]
+    volumes = {v["name"]: v for v in frontend["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == spec["secretName"]
+
+
+def test_the_tls_probe_passes_with_the_certificate_and_fails_without(tmp_path, rendered, tiny_zoo):
+    """The rendered probe command, run against a real worker serving mutual TLS with a
+    certificate for the rendered name: SERVING with the pod's environment, refused
+    without it."""
+    worker = by_kind(rendered["tls"], "Deployment")[f"{FULLNAME}-worker-cpu"]
+    container = main_container(worker)
+    env = env_of(container)
+    certs = Authority().issue(tmp_path / "tls", env["DEEPREC_TLS_SERVER_NAME"])
+    tls_env = {
+        "DEEPREC_TLS_DIR": str(certs),
+        "DEEPREC_TLS_SERVER_NAME": env["DEEPREC_TLS_SERVER_NAME"],
+    }
+    process = WorkerProcess(tiny_zoo["rmc1"].path, env=tls_env)
+    try:
+        command = container["readinessProbe"]["exec"]["command"]
+        assert command[:2] == ["python", HEALTHCHECK]
+        local = [sys.executable, str(ROOT / "docker" / "healthcheck.py"), *command[2:]]
+        local[-1] = str(process.port)  # the pod's port, here a free one
+
+        def probe(extra):
+            keep = {k: v for k, v in os.environ.items() if not k.startswith("DEEPREC_TLS")}
+            return subprocess.run(local, env={**keep, **extra}, capture_output=True, timeout=60)
+
+        deadline = time.monotonic() + 60  # the worker loads its model first
+        while (done := probe(tls_env)).returncode and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert done.returncode == 0, done.stderr
+        assert probe({}).returncode == 1  # no client certificate: refused
+    finally:
+        process.terminate()
 
 
 def test_servers_behind_services_pause_before_sigterm_within_the_grace(rendered):
@@ -959,6 +1054,11 @@ def test_broken_values_are_refused_with_the_schema_message(chart, values, expect
 
 
 CONTRADICTIONS = [
+    ({"tls": {"enabled": True}}, "tls.enabled needs certificates"),
+    (
+        {"tls": {"enabled": True, "secretName": "s"}, "collector": {"enabled": False}},
+        "tls.enabled needs collector.enabled",
+    ),
     (
         {
             "prometheus": {"enabled": False},
@@ -1402,6 +1502,7 @@ def dashboard_queries() -> list[str]:
     board = json.loads(DASHBOARD.read_text())
     exprs = [t["expr"] for p in board["panels"] for t in p["targets"]]
     exprs += [v["query"]["query"] for v in board["templating"]["list"] if v["type"] == "query"]
+    exprs += [a["expr"] for a in board["annotations"]["list"] if "expr" in a]
     return exprs
 
 
@@ -1719,6 +1820,13 @@ def test_sharded_workers_export_per_shard_lookup_latency(export_run):
     series = exported_series(*export_run)
     assert series["deeprec_shard_lookup_latency_milliseconds"] >= {"shard", "model"}
     assert {("shard", "0"), ("shard", "1")} <= exported["deeprec.shard.lookup.latency"]["values"]
+
+
+def test_policy_changes_are_marked_over_the_latency_panels():
+    board = json.loads(DASHBOARD.read_text())
+    (marks,) = board["annotations"]["list"]
+    assert marks["enable"] and "deeprec_policy_version" in marks["expr"]
+    assert marks["expr"] in dashboard_queries()  # checked against the live export above
 
 
 def test_the_dashboard_shows_what_issue_7_asks_for():

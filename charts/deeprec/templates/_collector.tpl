@@ -43,7 +43,14 @@ exporters:
     endpoint: {{ include "deeprec.schedulerAddress" . }}
     compression: none
     tls:
+    {{- if $v.tls.enabled }}
+      ca_file: {{ include "deeprec.tlsDir" . }}/ca.crt
+      cert_file: {{ include "deeprec.tlsDir" . }}/tls.crt
+      key_file: {{ include "deeprec.tlsDir" . }}/tls.key
+      server_name_override: {{ include "deeprec.tlsServerName" . }}
+    {{- else }}
       insecure: true
+    {{- end }}
 {{- end }}
 {{- if $toPrometheus }}
   prometheusremotewrite:

@@ -60,6 +60,17 @@ labels:
 {{- end -}}
 {{- end -}}
 
+{{/* TLS: the name every deeprec certificate carries and every client checks. */}}
+{{- define "deeprec.tlsServerName" -}}
+{{- printf "%s.%s.svc" (include "deeprec.fullname" .) .Release.Namespace -}}
+{{- end -}}
+
+{{- define "deeprec.tlsSecret" -}}
+{{- .Values.tls.secretName | default (printf "%s-tls" (include "deeprec.fullname" .)) -}}
+{{- end -}}
+
+{{- define "deeprec.tlsDir" -}}/etc/deeprec/tls{{- end -}}
+
 {{/* The frontend, worker and shard pods' ServiceAccount: empty for none. */}}
 {{- define "deeprec.servingServiceAccount" -}}
 {{- if .Values.serviceAccount.create -}}
@@ -178,6 +189,17 @@ true
 {{- end -}}
 {{- if and $v.collector.enabled (not (or $v.scheduler.enabled $v.prometheus.enabled $v.prometheus.remoteWriteUrl $v.tracing.enabled)) -}}
 {{- fail "collector.enabled has nowhere to send: enable the scheduler, prometheus (or prometheus.remoteWriteUrl) or tracing" -}}
+{{- end -}}
+{{- if $v.tls.enabled -}}
+{{- if not (or $v.tls.secretName $v.tls.certManager.enabled) -}}
+{{- fail "tls.enabled needs certificates: set tls.secretName (a Secret with tls.crt, tls.key and ca.crt) or tls.certManager.enabled=true" -}}
+{{- end -}}
+{{- if and $v.tls.certManager.enabled (not $v.tls.certManager.issuerRef.name) -}}
+{{- fail "tls.certManager.enabled needs tls.certManager.issuerRef.name" -}}
+{{- end -}}
+{{- if and $v.scheduler.enabled (not $v.collector.enabled) -}}
+{{- fail "tls.enabled needs collector.enabled: the scheduler's OTLP endpoint takes mutual TLS, which the Collector speaks for the services" -}}
+{{- end -}}
 {{- end -}}
 {{- $scaled := list (dict "key" "frontend" "values" $v.frontend) -}}
 {{- range $kind := list "cpu" "gpu" -}}

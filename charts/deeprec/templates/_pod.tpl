@@ -95,9 +95,22 @@ initContainers:
   {{- end }}
 {{- end }}
 {{- $extraEnv := ternary $root.Values.extraEnv list (eq .deeprec true) }}
+{{- $main := merge (dict "root" $root "extraEnv" $extraEnv) .container }}
+{{- $volumes := .volumes | default list }}
+{{- if and (eq .deeprec true) $root.Values.tls.enabled }}
+{{- /* Mutual TLS: the Secret mounted, the services told where, and probes that dial
+       with the certificate (the kubelet's grpc probes cannot). */}}
+{{- $tlsEnv := dict "DEEPREC_TLS_DIR" (include "deeprec.tlsDir" $root) "DEEPREC_TLS_SERVER_NAME" (include "deeprec.tlsServerName" $root) }}
+{{- $_ := set $main "env" (merge $tlsEnv ($main.env | default dict)) }}
+{{- $_ := set $main "volumeMounts" (append ($main.volumeMounts | default list) (dict "name" "tls" "mountPath" (include "deeprec.tlsDir" $root) "readOnly" true)) }}
+{{- with $main.probe }}
+{{- $_ := set $main "probe" (dict "exec" (list "python" "/opt/deeprec/healthcheck.py" (toString .grpc))) }}
+{{- end }}
+{{- $volumes = append $volumes (dict "name" "tls" "secret" (dict "secretName" (include "deeprec.tlsSecret" $root))) }}
+{{- end }}
 containers:
-  - {{ include "deeprec.container" (merge (dict "root" $root "extraEnv" $extraEnv) .container) | indent 4 | trim }}
-{{- with .volumes }}
+  - {{ include "deeprec.container" $main | indent 4 | trim }}
+{{- with $volumes }}
 volumes:
   {{- toYaml . | nindent 2 }}
 {{- end }}
@@ -223,7 +236,11 @@ volumeMounts:
 
 {{/* Every deeprec server serves grpc.health.v1: the kubelet asks it directly. */}}
 {{- define "deeprec.probeCheck" -}}
-{{- if .grpc -}}
+{{- if .exec -}}
+exec:
+  command:
+    {{- toYaml .exec | nindent 4 }}
+{{- else if .grpc -}}
 grpc:
   port: {{ .grpc }}
 {{- else -}}
