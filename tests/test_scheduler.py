@@ -122,3 +122,25 @@ def test_retunes_when_the_load_moves():
     busier = simulate(server, policy.batch_size, 0, 60, 10, seed=998)
     tuner.step(policy, busier)
     assert tuner.phase == "b" and tuner.trials > trials
+
+
+@pytest.mark.parametrize("rate", [60, 100])
+def test_from_an_overloaded_start_the_tuner_jumps_to_the_cheapest_policy(rate):
+    """Issue 17: from a bad start under overload (B=4 at a load it cannot serve) the
+    climb B=4 -> 8 -> 16 ... spent a trial at each overloaded step. Far over the SLA, the
+    tuner goes at once to the cheapest policy per item (the largest B), then climbs back
+    down only where that pays."""
+    server, config = ServerModel(), TunerConfig(min_queries=200)
+    tuner = Tuner(config)
+    start = Policy("m", 4, 0)
+    overloaded = simulate(server, 4, 0, rate, 10, seed=5)
+    assert overloaded.latency_ms > 10 * config.sla_ms  # really overloaded
+    decision = tuner.step(start, overloaded)
+    assert decision.policy is not None
+    assert decision.policy.batch_size == max(config.batch_sizes), tuner.history
+    # And the whole run settles within a few trials, near the best static B.
+    tuner, policy = _tune(server, config, start, rate)
+    sweep = {b: simulate(server, b, 0, rate, 30, seed=1).latency_ms for b in config.batch_sizes}
+    assert sweep[policy.batch_size] <= 1.15 * min(sweep.values()), (policy, tuner.history)
+    overloaded_trials = [h for h in tuner.history if h[2] > config.guard_factor * config.sla_ms]
+    assert len(overloaded_trials) == 1, tuner.history  # the start only

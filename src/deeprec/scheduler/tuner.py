@@ -142,6 +142,11 @@ class Tuner:
         self.trials += 1
         self.history.append((self.phase, knob, latency_ms))
 
+    def _overloaded(self) -> bool:
+        """Every batch size tried this round was far over the SLA (or cut short)."""
+        limit = self.config.guard_factor * self.config.sla_ms
+        return bool(self.results) and min(self.results.values()) > limit
+
     def _breaks_sla_badly(self, obs: Observation) -> bool:
         limit = self.config.guard_factor * max(self.config.sla_ms, self.incumbent_ms)
         return obs.queries >= self.config.min_trial_queries and obs.latency_ms > limit
@@ -175,6 +180,12 @@ class Tuner:
         model = ServiceModel.fit(self.service)
         if best is None:
             return None
+        if self._overloaded() and max(candidates) not in self.results:
+            # Every result so far far over the SLA: queues are growing, and a climb one
+            # neighbour at a time would spend a trial at each overloaded step. Go at once
+            # to the cheapest policy per item (fewest sub-batches); the climb comes back
+            # down from there if smaller B pays.
+            return max(candidates)
         if model is not None:
             predicted = {b: model.predict_latency(b, obs) for b in candidates}
             untried = [b for b in candidates if b not in self.results]
