@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from deeprec.bench.burner import CpuBurner, shares
 from deeprec.bench.tuning import (
     p95_ms,
     policy_settle_time,
@@ -100,7 +103,7 @@ def test_tuning_bench_end_to_end_on_the_tiny_model(tiny_model, tmp_path):
     argv += ["--batch-sizes", "16,64", "--sweep-rounds", "2", "--start-batch-size", "16"]
     argv += ["--trial-queries", "15"]
     argv += ["--max-trial-seconds", "1.5", "--interval", "0.2", "--sample-every", "0.25"]
-    argv += ["--json", str(out), "--log-dir", str(tmp_path / "logs")]
+    argv += ["--json", str(out), "--log-dir", str(tmp_path / "logs"), "--outside-load", "0.3"]
     result = subprocess.run(
         [sys.executable, "-m", "deeprec.cli", "bench", "tuning", *argv],
         capture_output=True,
@@ -111,6 +114,8 @@ def test_tuning_bench_end_to_end_on_the_tiny_model(tiny_model, tmp_path):
     data = json.loads(out.read_text())
     assert data["kind"] == "tuning-bench" and data["model"] == "rmc1"
     assert data["config"]["step_at_s"] == 4.0 and data["config"]["step_factor"] == 2.0
+    assert data["config"]["outside_load_cores"] == 0.3
+    assert "outside load: 0.3 core(s) busy" in result.stderr + result.stdout
     assert [r["batch_size"] for r in data["sweep"]] == [16, 64]
     assert all(r["latency"]["count"] > 0 and r["p95_ms"] > 0 for r in data["sweep"])
     assert all(len(r["runs"]) == 2 for r in data["sweep"])  # two rounds, ABBA
@@ -155,3 +160,32 @@ def test_tuning_bench_end_to_end_on_the_tiny_model(tiny_model, tmp_path):
     assert len(tuning["windows"]) == 4 and {"t", "p95_ms", "queries"} <= set(tuning["windows"][0])
     if importlib.util.find_spec("matplotlib"):
         assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_outside_load_is_split_in_shares_of_a_core_each():
+    assert shares(0) == []
+    assert shares(0.5) == [0.5]
+    assert shares(1.5) == [0.75, 0.75]
+    for bad in (-1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="number of cores"):
+            shares(bad)
+
+
+def test_the_burner_burns_while_open_and_leaves_no_process(tmp_path):
+    with CpuBurner(0.5) as burner:
+        (process,) = burner.processes
+        assert process.is_alive()
+        pid = process.pid
+        deadline = time.monotonic() + 30  # bounds a hang; the wait is for CPU time to show
+        while _cpu_seconds(pid) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _cpu_seconds(pid) > 0
+    assert not process.is_alive()
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -41,6 +41,8 @@ from deeprec.workload.distributions import ID_CHOICES, SIZE_CHOICES, parse_sizes
 from deeprec.workload.openloop import LoadResult, latency_summary, run_open_loop
 from deeprec.workload.queries import QueryCycle
 
+from .burner import CpuBurner
+
 INSTALL_HINT = "pip install -e '.[bench]'  (or: pip install 'matplotlib>=3.8,<4')"
 # B values the tuner can choose (TunerConfig.batch_sizes) that matter for MLPerf sizes
 # (100-700 items): below 32 the sub-batch fan-out alone saturates 2 cores; 1024 = no split.
@@ -614,7 +616,14 @@ def bench_tuning(args) -> int:
     queries = prepare(spec, artifact.version, workload)
     high = args.rate * args.factor
     step = args.seconds / 2
-    with stop_on_signals() as stop:
+    try:
+        burner = CpuBurner(args.outside_load)
+    except ValueError as err:
+        say(f"deeprec: error: {err}")
+        return 2
+    if args.outside_load:
+        say(f"outside load: {args.outside_load:g} core(s) busy for the whole run")
+    with stop_on_signals() as stop, burner:
         say(f"sweep: B in {list(args.batch_sizes)} at {high:g} queries/s")
         rows = sweep(args, model_dir, model, queries, high, stop)
         pre = []
@@ -649,6 +658,7 @@ def bench_tuning(args) -> int:
             "threads_per_worker": args.threads,
             "cores": cores(),
             "rate_qps": args.rate,
+            "outside_load_cores": args.outside_load,
             "step_factor": args.factor,
             "seconds": args.seconds,
             "step_at_s": step,
@@ -723,6 +733,13 @@ def add_bench_parser(bench) -> None:
     p.add_argument("--ids", choices=ID_CHOICES, default="powerlaw", help="embedding id law")
     p.add_argument("--exponent", type=float, default=1.05, help="power-law exponent")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--outside-load",
+        type=float,
+        default=0.0,
+        help="cores kept busy by other processes for the whole run (sweep and tuning "
+        "alike), to reproduce a noisy machine (e.g. 0.5)",
+    )
     p.add_argument("--log-dir", help="children's logs (default: a new temporary directory)")
     p.add_argument("--json", help="result file (default results/bench-tuning-NAME-SIZE.json)")
     p.add_argument("--no-plot", action="store_true", help="JSON only, no PNG")
