@@ -107,7 +107,16 @@ EXTENDED = {
     "priorityClassName": "serving-critical",
     "serviceAccount": {"create": True, "annotations": {"iam.example/role": "model-reader"}},
     "workers": {"gpu": {"enabled": True, "runtimeClassName": "nvidia"}},
-    "frontend": {"offloadThreshold": 256},
+    "frontend": {
+        "offloadThreshold": 256,
+        "ingress": {
+            "enabled": True,
+            "className": "nginx",
+            "host": "recs.example.com",
+            "annotations": {"nginx.ingress.kubernetes.io/backend-protocol": "GRPC"},
+            "tlsSecretName": "recs-tls",
+        },
+    },
     "tracing": {"samplingRatio": 0.25},
 }
 CASES["extended"] = EXTENDED
@@ -905,6 +914,14 @@ def test_extension_values_reach_every_pod_they_name(rendered):
         else:  # third-party images get the pod-level values only
             assert "TZ" not in env_of(main), component
     assert {"frontend", "worker-gpu", "scheduler"} <= seen
+    (ingress,) = by_kind(manifests, "Ingress").values()
+    (rule,) = ingress["spec"]["rules"]
+    backend = rule["http"]["paths"][0]["backend"]["service"]
+    service = by_kind(manifests, "Service")[backend["name"]]
+    assert component_of(service) == "frontend" and rule["host"] == "recs.example.com"
+    assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
+    assert ingress["spec"]["tls"] == [{"secretName": "recs-tls", "hosts": ["recs.example.com"]}]
+    assert ingress["spec"]["ingressClassName"] == "nginx"
 
 
 def test_extra_env_may_not_override_what_the_chart_sets(chart):
