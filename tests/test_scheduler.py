@@ -144,3 +144,21 @@ def test_from_an_overloaded_start_the_tuner_jumps_to_the_cheapest_policy(rate):
     assert sweep[policy.batch_size] <= 1.15 * min(sweep.values()), (policy, tuner.history)
     overloaded_trials = [h for h in tuner.history if h[2] > config.guard_factor * config.sla_ms]
     assert len(overloaded_trials) == 1, tuner.history  # the start only
+
+
+def test_trials_at_different_loads_are_not_ranked_against_each_other():
+    """Issue 17: a load step inside a round made a trial at the new load look worse than
+    one at the old load, and the tuner went back to the old B. Results of one round are
+    now compared only at the load the round began at; a move beyond ``drift`` starts the
+    round again from the policy in force."""
+    server, config = ServerModel(), TunerConfig(min_queries=200)
+    tuner = Tuner(config)
+    start = Policy("m", 256, 0)
+    quiet = simulate(server, 256, 0, 20, 20, seed=1)
+    trial = tuner.step(start, quiet).policy
+    assert trial is not None and trial.batch_size != 256
+    busy = simulate(server, trial.batch_size, 0, 100, 10, seed=2)  # the load jumped 5x
+    assert busy.latency_ms > quiet.latency_ms  # at face value, the trial looks worse
+    tuner.step(replace(trial, version=1), busy)
+    assert set(tuner.results) == {trial.batch_size}, tuner.history  # 256@20 q/s is gone
+    assert tuner.round_qps == pytest.approx(busy.qps)

@@ -97,6 +97,7 @@ class Tuner:
         self.incumbent: Policy | None = None
         self.incumbent_ms = INF
         self.base_qps = 0.0
+        self.round_qps = 0.0  # the load this round's trials were measured at
         self.max_items = 0
         self.trials = 0
         self.history: list[tuple[str, int, float]] = []  # (knob, value, latency) per trial
@@ -123,6 +124,11 @@ class Tuner:
             return Decision(None, consumed=False)
         if self.phase == "hold":
             return self._watch_for_drift(policy, obs)
+        if self._load_moved_since_round_began(obs):
+            # Results at another load do not rank against this one: start the round
+            # again from here, at the load now.
+            self._start_round(policy)
+        self.round_qps = self.round_qps or obs.qps
         self._record(knob, obs.latency_ms)
         if obs.latency_ms < self.incumbent_ms:
             self.incumbent, self.incumbent_ms = policy, obs.latency_ms
@@ -133,6 +139,12 @@ class Tuner:
     def _start_round(self, policy: Policy) -> None:
         self.phase, self.results = "b", {}
         self.incumbent, self.incumbent_ms = policy, INF
+        self.round_qps = 0.0
+
+    def _load_moved_since_round_began(self, obs: Observation) -> bool:
+        if not self.results or not self.round_qps:
+            return False
+        return abs(obs.qps - self.round_qps) > self.config.drift * self.round_qps
 
     def _knob(self, policy: Policy) -> int:
         return policy.offload_threshold if self.phase == "t" else policy.batch_size
