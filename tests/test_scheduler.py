@@ -10,7 +10,7 @@ import pytest
 from deeprec.bench.simulator import ServerModel, simulate
 from deeprec.common.policy import Policy
 from deeprec.scheduler.histogram import ExpHistogram, bucket_index, merge
-from deeprec.scheduler.tuner import Observation, ServiceModel, Tuner, TunerConfig
+from deeprec.scheduler.tuner import Observation, ServiceModel, Tuner, TunerConfig, noise_margin
 
 
 def test_bucket_boundaries_follow_the_otel_definition():
@@ -162,3 +162,23 @@ def test_trials_at_different_loads_are_not_ranked_against_each_other():
     tuner.step(replace(trial, version=1), busy)
     assert set(tuner.results) == {trial.batch_size}, tuner.history  # 256@20 q/s is gone
     assert tuner.round_qps == pytest.approx(busy.qps)
+
+
+def test_a_trial_must_beat_the_incumbent_by_more_than_its_noise():
+    """Issue 17: one short trial decided, though identical windows differ by 10-25%. A
+    trial replaces the incumbent only when its tail is better by more than its sampling
+    error (about 1/sqrt(queries))."""
+    config = TunerConfig(min_queries=150)
+    service = {256: (250.0, 11.0, 300), 64: (64.0, 3.6, 900)}  # a cost model to climb with
+    incumbent_obs = Observation(150, 5.0, 50.0, 30, 270, 2, 700, service)
+    for trial_ms, replaced in ((47.0, False), (38.0, True)):  # 6% (noise) and 24% better
+        tuner = Tuner(config)
+        start = Policy("m", 256, 0)
+        trial = tuner.step(start, incumbent_obs).policy
+        assert trial is not None
+        trial_obs = Observation(150, 5.0, trial_ms, 30, 270, 2, 700, service)
+        tuner.step(replace(trial, version=1), trial_obs)
+        expected = trial.batch_size if replaced else 256
+        assert tuner.incumbent.batch_size == expected, (trial_ms, tuner.history)
+    assert noise_margin(150) == pytest.approx(1 / 150**0.5)
+    assert noise_margin(100_000) == 0.03 and noise_margin(1) == 0.25

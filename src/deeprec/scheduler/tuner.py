@@ -80,6 +80,13 @@ class ServiceModel:
         return rounds * service + service * utilisation / (1.0 - utilisation)
 
 
+def noise_margin(queries: int) -> float:
+    """How much better than the incumbent a trial's tail must be to replace it: identical
+    windows of a few hundred queries differ by 10-25% (issue 17), so the relative
+    sampling error of the tail, about 1/sqrt(queries), and at least 3%."""
+    return min(0.25, max(0.03, 1.0 / math.sqrt(max(queries, 1))))
+
+
 @dataclass
 class Decision:
     policy: Policy | None  # a new policy to apply (None: keep the one in force)
@@ -130,7 +137,7 @@ class Tuner:
             self._start_round(policy)
         self.round_qps = self.round_qps or obs.qps
         self._record(knob, obs.latency_ms)
-        if obs.latency_ms < self.incumbent_ms:
+        if obs.latency_ms < self.incumbent_ms * (1 - noise_margin(obs.queries)):
             self.incumbent, self.incumbent_ms = policy, obs.latency_ms
         return Decision(self._next(policy, obs), consumed=True)
 
