@@ -182,3 +182,36 @@ def test_a_trial_must_beat_the_incumbent_by_more_than_its_noise():
         assert tuner.incumbent.batch_size == expected, (trial_ms, tuner.history)
     assert noise_margin(150) == pytest.approx(1 / 150**0.5)
     assert noise_margin(100_000) == 0.03 and noise_margin(1) == 0.25
+
+
+def test_the_cost_model_sees_what_a_sub_batch_costs_end_to_end():
+    """Issue 17: the service model saw only the worker's session time, not the hop and
+    hand-backs each sub-batch also costs, so it never ruled small B out. It now fits the
+    frontend's round trip less the queue wait, from the metrics the frontend exports
+    (recorded by its own FrontendMetrics, encoded as OTLP, ingested)."""
+    from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
+    from opentelemetry.sdk.metrics import Histogram, MeterProvider
+    from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
+    from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation
+
+    from deeprec.common.policy import PolicyTable
+    from deeprec.frontend.metrics import FrontendMetrics
+    from deeprec.frontend.workers import Reply
+    from deeprec.scheduler.core import SchedulerConfig, SchedulerCore
+
+    reader = InMemoryMetricReader(
+        preferred_temporality={Histogram: AggregationTemporality.DELTA},
+        preferred_aggregation={Histogram: ExponentialBucketHistogramAggregation()},
+    )
+    provider = MeterProvider(metric_readers=[reader])
+    metrics = FrontendMetrics(provider.get_meter("t"), "m", {}, PolicyTable(Policy("m", 64, 0)))
+    for _ in range(10):  # round trip 9 ms, of which 3 ms queued and 4 ms in the session
+        metrics.sub_batch(
+            9.0, Reply(np.zeros((64, 1)), service_ms=4.0, queue_ms=3.0), 64, "cpu", 64
+        )
+    core = SchedulerCore(SchedulerConfig())
+    result = core.ingest(encode_metrics(reader.get_metrics_data()), now=1.0)
+    assert not result.rejected, result.error
+    items, ms, n = core.window.observation("m", 1, 0.0, 2.0, 0.95).service[64]
+    assert (items, n) == (64.0, 10)
+    assert ms == pytest.approx(6.0)  # 9 - 3: the session's 4 ms and the 2 ms around it

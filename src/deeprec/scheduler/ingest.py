@@ -177,9 +177,15 @@ def _uses(metric, window: MetricsWindow, now: float, gauges: dict, models: set[s
         if not point.count or _path(a) != "cpu":
             return False
         model = _model(a, models)
-        field = "ms" if name == names.SUBBATCH_SERVICE else "items"
+        # What a sub-batch costs end to end: its round trip from the frontend (the hop,
+        # the run, the hand-backs) less the time it waited in the worker's queue, not
+        # only the worker's session time, so that the fan-out's own cost per sub-batch
+        # counts against small B (issue 17).
+        field = {names.SUBBATCH_LATENCY: "latency", names.SUBBATCH_QUEUE: "queue"}.get(
+            name, "items"
+        )
         value = _finite(point.sum, "sum")
-        window.add_service(now, model, _whole(a, "batch_size"), point.count, **{field: value})
+        window.add_service(now, model, _whole(a, "batch_size"), field, point.count, value)
         models.add(model)
         return True
 
@@ -200,7 +206,7 @@ def _uses(metric, window: MetricsWindow, now: float, gauges: dict, models: set[s
         return [lambda p=p, k=k: latency(p, k) for p, k in _histogram_points(metric)]
     if name == names.QUERY_SIZE:
         return [lambda p=p, k=k: sizes(p, k) for p, k in _histogram_points(metric)]
-    if name in (names.SUBBATCH_SERVICE, names.SUBBATCH_SIZE):
+    if name in (names.SUBBATCH_LATENCY, names.SUBBATCH_QUEUE, names.SUBBATCH_SIZE):
         return [lambda p=p, k=k: service(p, k) for p, k in _histogram_points(metric)]
     if name == names.POOL_WORKERS:
         return [lambda p=p: workers(p) for p in _gauge_points(metric)]

@@ -19,10 +19,13 @@ class _Sizes:
 
 @dataclass
 class _Service:
+    """One exported point of one sub-batch metric: ``field`` is "latency" (round trip from
+    the frontend), "queue" (wait in the worker's queue) or "items"."""
+
     t: float
+    field: str
     count: int
-    ms: float  # summed service time
-    items: float  # summed items
+    total: float
 
 
 class MetricsWindow:
@@ -49,14 +52,10 @@ class MetricsWindow:
     def add_sizes(self, t, model, version, count, total, largest) -> None:
         self.sizes[model, version].append(_Sizes(t, count, total, largest))
 
-    def add_service(self, t, model, batch_size, count, ms=0.0, items=0.0) -> None:
-        """Service time and sub-batch sizes arrive as separate metrics: merge by time."""
-        entries = self.service[model, batch_size]
-        if entries and entries[-1].t == t and entries[-1].count == count:
-            entries[-1].ms += ms
-            entries[-1].items += items
-        else:
-            entries.append(_Service(t, count, ms, items))
+    def add_service(self, t, model, batch_size, field, count, total) -> None:
+        """A sub-batch metric's point; each field is averaged over its own counts, as
+        the three metrics' points need not cover exactly the same sub-batches."""
+        self.service[model, batch_size].append(_Service(t, field, count, total))
 
     def prune(self, now: float) -> None:
         cutoff = now - self.horizon_s
@@ -86,13 +85,21 @@ class MetricsWindow:
         seconds = max(now - since, 1e-9)
         service = {}
         for (m, batch_size), entries in self.service.items():
-            n = sum(e.count for e in entries)
-            if m == model and n:
-                service[batch_size] = (
-                    sum(e.items for e in entries) / n,
-                    sum(e.ms for e in entries) / n,
-                    n,
-                )
+            if m != model:
+                continue
+            sums = {f: [0.0, 0] for f in ("latency", "queue", "items")}
+            for e in entries:
+                sums[e.field][0] += e.total
+                sums[e.field][1] += e.count
+            (latency, n), (queue, waited), (items, sized) = (
+                sums["latency"],
+                sums["queue"],
+                sums["items"],
+            )
+            if n and sized:
+                # End to end: the round trip from the frontend less the queue wait.
+                ms = latency / n - (queue / waited if waited else 0.0)
+                service[batch_size] = (items / sized, max(ms, 0.0), n)
         return Observation(
             queries=histogram.count,
             seconds=seconds,
