@@ -118,9 +118,11 @@ def test_retunes_when_the_load_moves():
     # Same load: hold.
     same = simulate(server, policy.batch_size, 0, 20, 10, seed=999)
     assert tuner.step(policy, same).policy is None and tuner.phase == "hold"
-    # Load x3: a new round starts from the current policy.
+    # Load x3, in two windows in a row: a new round starts from the current policy.
     busier = simulate(server, policy.batch_size, 0, 60, 10, seed=998)
     tuner.step(policy, busier)
+    assert tuner.phase == "hold"  # one window could be noise
+    tuner.step(policy, simulate(server, policy.batch_size, 0, 60, 10, seed=997))
     assert tuner.phase == "b" and tuner.trials > trials
 
 
@@ -215,3 +217,20 @@ def test_the_cost_model_sees_what_a_sub_batch_costs_end_to_end():
     items, ms, n = core.window.observation("m", 1, 0.0, 2.0, 0.95).service[64]
     assert (items, n) == (64.0, 10)
     assert ms == pytest.approx(6.0)  # 9 - 3: the session's 4 ms and the 2 ms around it
+
+
+def test_a_load_move_must_show_in_two_windows_in_a_row_to_retune():
+    """Issue 17: load drift was judged on one short window. Held, the tuner starts a new
+    round only when two windows in a row show the move."""
+    server, config = ServerModel(), TunerConfig(min_queries=200)
+    tuner, policy = _tune(server, config, Policy("m", 1024, 0), rate=20)
+    assert tuner.phase == "hold"
+    same = simulate(server, policy.batch_size, 0, 20, 10, seed=990)
+    busy = simulate(server, policy.batch_size, 0, 40, 10, seed=991)
+    # One busy window between two ordinary ones: noise, not a move.
+    for obs in (busy, same, busy, same):
+        assert tuner.step(policy, obs).policy is None and tuner.phase == "hold"
+    # Two in a row: the load moved; a new round starts.
+    tuner.step(policy, busy)
+    tuner.step(policy, busy)
+    assert tuner.phase != "hold"

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from deeprec.common.policy import Policy
 
 INF = math.inf
+DRIFT_WINDOWS = 2  # held windows in a row whose load moved before a new round starts
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ class Tuner:
         self.incumbent_ms = INF
         self.base_qps = 0.0
         self.round_qps = 0.0  # the load this round's trials were measured at
+        self.drifted = 0  # consecutive held windows whose load moved
         self.max_items = 0
         self.trials = 0
         self.history: list[tuple[str, int, float]] = []  # (knob, value, latency) per trial
@@ -242,8 +244,12 @@ class Tuner:
 
     def _watch_for_drift(self, policy: Policy, obs: Observation) -> Decision:
         load_moved = abs(obs.qps - self.base_qps) > self.config.drift * max(self.base_qps, 1e-9)
+        # One short window's load is noisy: a move counts once two windows in a row show it.
+        self.drifted = self.drifted + 1 if load_moved else 0
+        load_moved = self.drifted >= DRIFT_WINDOWS
         slo_broken = obs.latency_ms > self.config.sla_ms >= self.incumbent_ms
         if load_moved or slo_broken:
+            self.drifted = 0
             self._start_round(policy)
             self._record(policy.batch_size, obs.latency_ms)
             self.incumbent_ms = obs.latency_ms
