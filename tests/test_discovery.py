@@ -7,6 +7,7 @@ the code `deeprec serve frontend --discovery endpointslices` runs.
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 import time
@@ -231,3 +232,40 @@ def test_the_pool_follows_ready_pods_under_load(tiny_zoo):
         kube.__exit__(None, None, None)
         for w in workers:
             w.terminate()
+
+
+def test_a_pod_whose_join_failed_is_tried_again_without_another_change():
+    """A ready pod can fail its first Describe (a transient error); no EndpointSlice event
+    may follow to retry it, so Membership tries again on a timer."""
+    from deeprec.frontend.discovery import Membership
+    from deeprec.frontend.servicer import Pool
+
+    class Channel:
+        async def close(self, grace=None):
+            pass
+
+    class Worker:
+        slots = 1
+
+    tries = []
+
+    async def join(address):
+        tries.append(address)
+        if len(tries) == 1:
+            raise ConnectionError("Describe: UNAVAILABLE")
+        return Worker(), Channel()
+
+    async def scenario():
+        pool = Pool.of("cpu", {})
+        membership = Membership(pool, join)
+        await membership.apply(["10.0.0.1:50061"])
+        assert "10.0.0.1:50061" not in pool.workers  # the first try failed
+        for _ in range(200):  # the retry comes on its own (JOIN_RETRY_S), not from a test
+            if "10.0.0.1:50061" in pool.workers:
+                break
+            await asyncio.sleep(0.05)
+        return pool
+
+    pool = asyncio.run(scenario())
+    assert "10.0.0.1:50061" in pool.workers and tries == ["10.0.0.1:50061"] * 2
+    assert len(pool.balancer) == 1

@@ -31,6 +31,7 @@ WATCH_SECONDS = 60  # the API server ends each watch after this; it is resumed a
 REQUEST_TIMEOUT_S = 10.0
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 10.0
 DRAIN_S = 30.0  # a removed member's calls in flight get this long before its channel closes
+JOIN_RETRY_S = 2.0  # a ready pod that failed its join is tried again after this
 
 
 # -- what the slices say (pure) -----------------------------------------------------------------
@@ -203,6 +204,7 @@ class Membership:
     def __init__(self, pool, join, members: Iterable[str] = (), drain_s: float = DRAIN_S):
         self.pool, self.join, self.drain_s = pool, join, drain_s
         self.members = set(members)  # addresses this follows (the pool may hold others)
+        self.wanted: list[str] = sorted(self.members)  # the latest ready set reported
         self.channels: dict[str, object] = {}
         self._lock = asyncio.Lock()  # one change at a time, in the order they came
         self._tasks: set[asyncio.Task] = set()
@@ -217,8 +219,12 @@ class Membership:
         task.add_done_callback(self._tasks.discard)
 
     async def apply(self, addresses: list[str]) -> None:
+        self.wanted = addresses
         async with self._lock:
+            if addresses is not self.wanted:  # a newer set came while this one waited
+                return
             wanted = set(addresses)
+            failed = False
             for address in sorted(self.members - wanted):
                 self.members.discard(address)
                 self.pool.remove(address)
@@ -230,12 +236,25 @@ class Membership:
                 try:
                     worker, channel = await self.join(address)
                 except Exception as err:
-                    log.warning("%s pool: %s not added: %s", self.pool.name, address, err)
+                    log.warning(
+                        "%s pool: %s not added (again in %.0f s): %s",
+                        self.pool.name,
+                        address,
+                        JOIN_RETRY_S,
+                        err,
+                    )
+                    failed = True
                     continue
                 self.members.add(address)
                 self.channels[address] = channel
                 self.pool.add(address, worker)
                 log.info("%s pool: %s joined", self.pool.name, address)
+            if failed:  # no slice change may come to retry it: try again on a timer
+                asyncio.get_running_loop().call_later(JOIN_RETRY_S, self._retry, addresses)
+
+    def _retry(self, addresses: list[str]) -> None:
+        if addresses is self.wanted:  # still the latest: nothing newer superseded it
+            self._spawn(addresses)
 
     def _spawn_close(self, channel) -> None:
         task = asyncio.get_running_loop().create_task(channel.close(grace=self.drain_s))
