@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from deeprec.models.pooling import sample_of, segment_sum
+from deeprec.models.pooling import bag_sum, sample_of
 
 from .plan import Plan
 
@@ -127,11 +127,10 @@ def route(plan: Plan, wants: list[Want], cache=None) -> Routed:
 
 
 def pool_local(routed: Routed) -> dict[str, np.ndarray]:
-    """The cache's share: pooled sums [N, dim] per sum key, hot rows per sequence key."""
+    """The cache's share: pooled sums [N, dim] per sum key (summed straight from the
+    cached rows, with no [hits, dim] copy of them), hot rows per sequence key."""
     return {
-        key: segment_sum(np.take(rows, slots, axis=0), where)
-        if pool
-        else np.take(rows, slots, axis=0)
+        key: bag_sum(rows, slots, where) if pool else np.take(rows, slots, axis=0)
         for key, (pool, rows, slots, where) in routed.local.items()
     }
 
