@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from servers import request_for
 
+from deeprec.bench.fuzz.wire import tag, wire_bytes
 from deeprec.common.features import InvalidFeatures, ModelSignature, validate
 from deeprec.common.tensors import decode
 from deeprec.common.wire import predict_request, varint
@@ -93,10 +94,8 @@ class _with_data:  # a Tensor whose data is a view, as the reader gives
 
 
 def _field(number: int, wire_type: int, payload: bytes = b"") -> bytes:
-    key = bytes([number << 3 | wire_type])
-    if wire_type == 2:
-        return key + bytes([len(payload)]) + payload
-    return key + payload
+    """One field: length-delimited ``payload``, or the raw ``payload`` after the key."""
+    return wire_bytes(number, payload) if wire_type == 2 else tag(number, wire_type) + payload
 
 
 @pytest.mark.parametrize(

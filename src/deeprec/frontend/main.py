@@ -7,7 +7,6 @@ import functools
 import logging
 
 import grpc
-import numpy as np
 
 from deeprec.common import kube, settings
 from deeprec.common.features import DEFAULT_LIMITS, ModelSignature
@@ -125,11 +124,9 @@ async def build_servicer(
             "a CPU worker pool is needed (--workers or --local-workers): the GPU pool takes "
             "only queries of at least T items"
         )
-    # Remote workers get int32 ids where the tables allow: half of a sub-batch's bytes.
-    ids_dtype = np.int32 if signature.ids_fit_int32 else None
 
     def remote(stubs):
-        return {a: RemoteWorker(stub, signature.name, ids_dtype) for a, stub in stubs.items()}
+        return {a: RemoteWorker.serving(stub, signature) for a, stub in stubs.items()}
 
     policies = PolicyTable(Policy(signature.name, batch_size, offload_threshold))
     return RecommenderServicer(
@@ -161,24 +158,21 @@ async def start(
 def join_checked(signature: ModelSignature, interceptors, timeout: float):
     """A coroutine function making the pool member for a discovered address: its channel,
     once the worker there describes the same model and version (else it raises)."""
-    ids_dtype = np.int32 if signature.ids_fit_int32 else None
 
     async def join(address: str):
         worker_channel = channel(address, interceptors)
         stub = WorkerStub(worker_channel)
-        try:
-            reply = await stub.Describe(
-                inference_pb2.DescribeRequest(), timeout=timeout, wait_for_ready=True
-            )
-            if (reply.name, reply.version) != (signature.name, signature.version):
+        try:  # the same check as the workers given at startup get
+            described = await describe({address: stub}, timeout)
+            if (described.name, described.version) != (signature.name, signature.version):
                 raise ValueError(
-                    f"it serves {reply.name}/v{reply.version}, the pool "
+                    f"it serves {described.name}/v{described.version}, the pool "
                     f"{signature.name}/v{signature.version}"
                 )
         except BaseException:
             await worker_channel.close()
             raise
-        return RemoteWorker(stub, signature.name, ids_dtype), worker_channel
+        return RemoteWorker.serving(stub, signature), worker_channel
 
     return join
 

@@ -59,6 +59,12 @@ class RemoteWorker:
     def __init__(self, stub: WorkerStub, model: str, ids_dtype: np.dtype | None):
         self.stub, self.model, self.ids_dtype = stub, model, ids_dtype
 
+    @classmethod
+    def serving(cls, stub: WorkerStub, signature) -> RemoteWorker:
+        """A worker of ``signature``'s model; ids go as int32 where the tables allow it
+        (half of a sub-batch's bytes)."""
+        return cls(stub, signature.name, np.int32 if signature.ids_fit_int32 else None)
+
     async def predict(self, part: SubBatch, timeout: float | None, merge_up_to: int = 0) -> Reply:
         """``merge_up_to`` is not sent: a worker process merges up to its own
         DEEPREC_COALESCE_MAX_ITEMS."""
