@@ -57,7 +57,9 @@ def test_the_description_is_the_models_signature_limits_and_policy(tiny_zoo, nam
         # The signature a client rebuilds from it is the one the frontend validates with.
         assert signature_of(model) == ModelSignature.from_spec(spec, artifact.version)
         request = build_request(signature_of(model), 5, np.random.default_rng(0))
-        assert validate(cluster.frontend.signature, request.features).n == 5
+        assert (
+            validate(cluster.frontend.deployments.currents()[0].signature, request.features).n == 5
+        )
 
         # The policy in force, as the scheduler last set it.
         current = cluster.frontend.policies.get(spec.name)
@@ -71,7 +73,7 @@ def test_an_unknown_model_is_not_found_and_reflection_shows_the_call(tiny_zoo):
         with pytest.raises(grpc.RpcError) as err:
             _describe(cluster.address, "nosuch")
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
-        assert "'nosuch' is not served (serving 'rmc1')" in err.value.details()
+        assert "'nosuch' is not served (serving rmc1)" in err.value.details()
         with grpc.insecure_channel(cluster.address) as channel:
             replies = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
                 iter(

@@ -190,7 +190,7 @@ def test_the_pool_follows_ready_pods_under_load(tiny_zoo):
             )
         )
         server = loop.run(frontend_main.start(servicer, "127.0.0.1", 0))
-        pool = servicer.pools["cpu"]
+        pool = servicer.deployments.currents()[0].cpu
 
         async def follow():
             return frontend_main.follow(servicer, watches, (), 30)
@@ -238,7 +238,7 @@ def test_a_pod_whose_join_failed_is_tried_again_without_another_change():
     """A ready pod can fail its first Describe (a transient error); no EndpointSlice event
     may follow to retry it, so Membership tries again on a timer."""
     from deeprec.frontend.discovery import Membership
-    from deeprec.frontend.servicer import Pool
+    from deeprec.frontend.deployments import Pool
 
     class Channel:
         async def close(self, grace=None):

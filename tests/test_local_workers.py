@@ -33,12 +33,16 @@ N_ITEMS = 12
 
 def _set_batch_size(cluster, batch_size):
     table = cluster.frontend.policies
-    current = table.get(cluster.frontend.signature.name)
+    current = table.get(cluster.frontend.deployments.currents()[0].signature.name)
     table.apply(Policy(current.model, batch_size, current.offload_threshold, current.version + 1))
 
 
 def _local(cluster):
-    return [w for w in cluster.frontend.pools["cpu"].workers.values() if isinstance(w, LocalWorker)]
+    return [
+        w
+        for w in cluster.frontend.deployments.currents()[0].cpu.workers.values()
+        if isinstance(w, LocalWorker)
+    ]
 
 
 @pytest.mark.parametrize("name", zoo.MODEL_NAMES)
@@ -47,7 +51,7 @@ def test_in_process_workers_answer_the_reference_scores_for_any_split(tiny_zoo, 
     inputs = random_inputs(artifact.spec, N_ITEMS, np.random.default_rng(5))
     expected = reference.forward(artifact, inputs)
     with InProcessCluster(artifact.path, workers=0, local_workers=2) as cluster:
-        assert list(cluster.frontend.pools["cpu"].workers) == ["local"]
+        assert list(cluster.frontend.deployments.currents()[0].cpu.workers) == ["local"]
         (pool,) = _local(cluster)
         assert pool.runner.batcher.concurrency == 2  # two run threads, one queue
         for batch_size, sub_batches in ((1, N_ITEMS), (5, 3), (0, 1)):
@@ -80,7 +84,7 @@ def test_a_run_that_breaks_fails_its_query_as_unavailable_and_is_not_replayed(ti
     with InProcessCluster(artifact.path, workers=1, local_workers=1) as cluster:
         (broken,) = _local(cluster)
         remote = cluster.worker_servicers[0].runner
-        balancer = cluster.frontend.pools["cpu"].balancer
+        balancer = cluster.frontend.deployments.currents()[0].cpu.balancer
         balancer.eject_seconds = 3600  # once ejected, out for the whole test
 
         def crash(feeds):  # where a bug in native code would strike, short of a segfault

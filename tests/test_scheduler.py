@@ -197,6 +197,7 @@ def test_the_cost_model_sees_what_a_sub_batch_costs_end_to_end():
     from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation
 
     from deeprec.common.policy import PolicyTable
+    from deeprec.frontend.deployments import Deployments
     from deeprec.frontend.metrics import FrontendMetrics
     from deeprec.frontend.workers import Reply
     from deeprec.scheduler.core import SchedulerConfig, SchedulerCore
@@ -206,10 +207,12 @@ def test_the_cost_model_sees_what_a_sub_batch_costs_end_to_end():
         preferred_aggregation={Histogram: ExponentialBucketHistogramAggregation()},
     )
     provider = MeterProvider(metric_readers=[reader])
-    metrics = FrontendMetrics(provider.get_meter("t"), "m", {}, PolicyTable(Policy("m", 64, 0)))
+    metrics = FrontendMetrics(
+        provider.get_meter("t"), Deployments(), PolicyTable(Policy("m", 64, 0))
+    )
     for _ in range(10):  # round trip 9 ms, of which 3 ms queued and 4 ms in the session
         metrics.sub_batch(
-            9.0, Reply(np.zeros((64, 1)), service_ms=4.0, queue_ms=3.0), 64, "cpu", 64
+            "m", 9.0, Reply(np.zeros((64, 1)), service_ms=4.0, queue_ms=3.0), 64, "cpu", 64
         )
     core = SchedulerCore(SchedulerConfig())
     result = core.ingest(encode_metrics(reader.get_metrics_data()), now=1.0)

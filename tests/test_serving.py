@@ -29,7 +29,7 @@ N_ITEMS = 10
 
 def _set_batch_size(cluster, batch_size):
     table = cluster.frontend.policies
-    current = table.get(cluster.frontend.signature.name)
+    current = table.get(cluster.frontend.deployments.currents()[0].signature.name)
     table.apply(Policy(current.model, batch_size, current.offload_threshold, current.version + 1))
 
 

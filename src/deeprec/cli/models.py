@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from deeprec.cli import repository
 from deeprec.models import bench, info, zoo
 from deeprec.models.artifact import load_artifact, write_artifact
 
@@ -134,3 +135,5 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--json", help="result file (default results/model-bench-NAME-SIZE.json)")
     p.set_defaults(func=run_bench)
+
+    repository.add_commands(sub)

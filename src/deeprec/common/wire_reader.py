@@ -114,12 +114,14 @@ class FeaturesView:
 
 
 class RequestView:
-    """A RecommendRequest or PredictRequest (the same fields: model = 1, features = 2)."""
+    """A RecommendRequest or PredictRequest (the same fields: model = 1, features = 2;
+    a RecommendRequest also has version = 3)."""
 
-    __slots__ = ("_has_features", "features", "model")
+    __slots__ = ("_has_features", "features", "model", "version")
 
     def __init__(self):
         self.model = ""
+        self.version = ""
         self.features = FeaturesView()
         self._has_features = False
 
@@ -191,19 +193,23 @@ def _features(walk: _Walk, span: tuple[int, int], view: memoryview) -> FeaturesV
     return out
 
 
-def read_request(data: bytes) -> RequestView | None:
-    """The request's fields, tensors as views of ``data``; None when protobuf must read it."""
+def read_request(data: bytes, versioned: bool = False) -> RequestView | None:
+    """The request's fields, tensors as views of ``data``; None when protobuf must read it.
+    ``versioned``: the message has the version field (3)."""
     if not isinstance(data, bytes):
         return None
     walk, view = _Walk(data, [MAX_FIELDS]), memoryview(data)
     out, seen = RequestView(), set()
+    known = (1, 2, 3) if versioned else (1, 2)
     try:
         for number, wire_type, value in walk.fields(0, len(data)):
-            if wire_type != _LEN or number not in (1, 2):
+            if wire_type != _LEN or number not in known:
                 raise _NotCanonical
             _once(seen, number)
             if number == 1:
                 out.model = walk.text(value)
+            elif number == 3:
+                out.version = walk.text(value)
             else:
                 out.features, out._has_features = _features(walk, value, view), True
     except _NotCanonical:
@@ -215,7 +221,9 @@ def request_reader(message_class):
     """A deserializer for ``message_class`` (RecommendRequest or PredictRequest): the view
     when the bytes are canonical, else the generated class's own parse."""
 
+    versioned = "version" in message_class.DESCRIPTOR.fields_by_name
+
     def read(data: bytes):
-        return read_request(data) or message_class.FromString(data)
+        return read_request(data, versioned) or message_class.FromString(data)
 
     return read

@@ -10,19 +10,26 @@ pool and remote workers; its balancer treats them alike.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
 
 from deeprec.common.errors import ServingError
-from deeprec.common.features import Batch
+from deeprec.common.features import Batch, ModelSignature
 from deeprec.execution.runner import Runner, deadline_after
 from deeprec.execution.sessions import open_model
+from deeprec.models.artifact import load_artifact
 
+from .admission import Admission
+from .deployments import Deployment, Pool
 from .split import SubBatch
 from .workers import Reply, WorkerFailed
 
 LOCAL = "local"  # the in-process pool's name among the frontend's workers
+log = logging.getLogger("deeprec")
 
 
 class LocalWorker:
@@ -78,3 +85,26 @@ class LocalConfig:
         session, _ = open_model(artifact, "cpu", self.threads, embeddings=self.embeddings)
         runner = Runner(session, self.max_queue, self.coalesce_max_items, self.count)
         return {LOCAL: LocalWorker(runner)}
+
+
+def load_deployment(
+    config: LocalConfig,
+    path,
+    new_admission: Callable[[], Admission] = Admission,
+    name: str = "",
+    version: str = "",
+    source: str = "artifact",
+) -> Deployment:
+    """The artifact at ``path`` served by ``config.count`` in-process run threads, warmed
+    up (blocking: seconds for a big model). ``name`` and ``version`` override the
+    artifact's own (a repository's directory names are what is served); ArtifactError
+    or OSError says why it cannot be served."""
+    artifact = load_artifact(path)
+    signature = ModelSignature.from_spec(artifact.spec, version or artifact.version)
+    if name:
+        signature = dataclasses.replace(signature, name=name)
+    workers = config.open(artifact)
+    for worker in workers.values():  # before it takes queries, as a worker process does
+        took = worker.runner.warm_up(signature)
+        log.info("%s v%s in-process: warm-up run %.0f ms", signature.name, signature.version, took)
+    return Deployment(signature, Pool.of("cpu", workers), None, new_admission(), source)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 
@@ -16,18 +18,27 @@ from deeprec.common.server import Server, channel, setup_logging
 from deeprec.common.telemetry import Telemetry
 from deeprec.common.telemetry import setup as setup_telemetry
 from deeprec.common.wire_reader import request_reader
-from deeprec.models.artifact import load_artifact
-from deeprec.v1 import inference_pb2, recommender_pb2, recommender_pb2_grpc
+from deeprec.models.repository import ModelRepository, is_repository
+from deeprec.v1 import (
+    inference_pb2,
+    recommender_pb2,
+    recommender_pb2_grpc,
+    repository_pb2,
+    repository_pb2_grpc,
+)
 
 from .admission import Admission
+from .deployments import Deployment, Deployments, Pool
 from .discovery import EndpointSliceWatch, Membership, parse_service
-from .local import LocalConfig
-from .servicer import Pool, RecommenderServicer
+from .local import LocalConfig, load_deployment
+from .repository import DEFAULT_MAX_MODELS, RepositoryServicer
+from .servicer import RecommenderServicer
 from .watch import PolicyWatcher
 from .workers import RemoteWorker, WorkerStub
 
 log = logging.getLogger("deeprec")
 SERVICE = recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name
+REPOSITORY = repository_pb2.DESCRIPTOR.services_by_name["ModelRepository"].full_name
 RECOMMEND = f"/{SERVICE}/Recommend"
 
 
@@ -72,27 +83,47 @@ def _stubs(addresses: list[str], interceptors=()) -> dict:
     return {a: WorkerStub(channel(a, interceptors)) for a in addresses}
 
 
-def _local(config: LocalConfig, described: ModelSignature | None):
-    """The in-process workers and the signature of the artifact they run (which must be
-    the remote workers' model and version, if there are remote workers)."""
+def _local(config: LocalConfig, described: ModelSignature | None, new_admission):
+    """The in-process pool's deployment of one artifact (which must be the remote
+    workers' model and version, if there are remote workers), or None."""
     if config.count == 0:
-        return {}, None
+        return None
     if not config.model:
         raise StartupError("--local-workers needs --model: the artifact they run")
     try:
-        artifact = load_artifact(config.model)
+        deployment = load_deployment(config, config.model, new_admission)
     except (OSError, ValueError) as err:
         raise StartupError(f"cannot load the model for the local workers: {err}") from None
-    signature = ModelSignature.from_spec(artifact.spec, artifact.version)
+    signature = deployment.signature
     if described and (described.name, described.version) != (signature.name, signature.version):
+        deployment.close()
         raise StartupError(
             f"local workers run {signature.name}/v{signature.version} but the remote "
             f"workers serve {described.name}/v{described.version}"
         )
-    workers = config.open(artifact)
-    for worker in workers.values():  # before the port opens, as a worker process does
-        log.info("in-process workers: warm-up run %.0f ms", worker.runner.warm_up(signature))
-    return workers, signature
+    return deployment
+
+
+def _from_repository(
+    config: LocalConfig, repository: ModelRepository, new_admission
+) -> Deployments:
+    """Every model of the repository at its highest version, on in-process workers."""
+    if config.count == 0:
+        raise StartupError(
+            f"model repository {repository.root}: its models run on in-process workers "
+            "(--local-workers N)"
+        )
+    deployments = Deployments()
+    for name in repository.models():
+        version, path = repository.resolve(name)
+        try:
+            deployment = load_deployment(config, path, new_admission, name, version, "repository")
+        except (OSError, ValueError) as err:
+            for loaded in deployments:
+                loaded.close()
+            raise StartupError(f"model repository: cannot load {name}/{version}: {err}") from None
+        deployments.install(deployment)
+    return deployments
 
 
 async def build_servicer(
@@ -103,41 +134,59 @@ async def build_servicer(
     limits: RequestLimits = DEFAULT_LIMITS,
     connect_timeout: float = 30.0,
     telemetry: Telemetry | None = None,
-    admission: Admission | None = None,
+    new_admission: Callable[[], Admission] = Admission,
     local: LocalConfig | None = None,
+    max_models: int = DEFAULT_MAX_MODELS,
 ) -> RecommenderServicer:
+    """The servicer over the given pools: remote workers, and in-process ones running
+    ``local.model``, an artifact (one model) or a model repository (each of its models)."""
     local = local or LocalConfig()
+    telemetry = telemetry or Telemetry()
+    policies = PolicyTable(Policy("", batch_size, offload_threshold))
+    if local.model and is_repository(local.model):
+        if workers or gpu_workers:
+            raise StartupError(
+                "a model repository is served by in-process workers; remote worker pools "
+                "serve the one model they run: give --model an artifact to combine them"
+            )
+        repository = ModelRepository(Path(local.model))
+        deployments = _from_repository(local, repository, new_admission)
+        load = functools.partial(
+            load_deployment, local, new_admission=new_admission, source="repository"
+        )
+        control = RepositoryServicer(deployments, repository, load, max_models)
+        return RecommenderServicer(deployments, policies, limits, telemetry.meter, control)
     if not workers and not gpu_workers and not local.count:
         raise StartupError(
             "no workers given (--local-workers with --model, --workers and/or --gpu-workers)"
         )
-    telemetry = telemetry or Telemetry()
     interceptors = telemetry.client_interceptors()
     cpu_stubs, gpu_stubs = _stubs(workers, interceptors), _stubs(gpu_workers, interceptors)
     described = (
         await describe(cpu_stubs | gpu_stubs, connect_timeout) if workers or gpu_workers else None
     )
-    in_process, local_signature = _local(local, described)
-    signature = described or local_signature
+    in_process = _local(local, described, new_admission)
     if not cpu_stubs and not in_process:
         raise StartupError(
             "a CPU worker pool is needed (--workers or --local-workers): the GPU pool takes "
             "only queries of at least T items"
         )
+    signature = described or in_process.signature
 
     def remote(stubs):
         return {a: RemoteWorker.serving(stub, signature) for a, stub in stubs.items()}
 
-    policies = PolicyTable(Policy(signature.name, batch_size, offload_threshold))
-    return RecommenderServicer(
+    local_workers = in_process.cpu.workers if in_process else {}
+    deployment = Deployment(
         signature,
-        Pool.of("cpu", {**in_process, **remote(cpu_stubs)}),
+        Pool.of("cpu", {**local_workers, **remote(cpu_stubs)}),
         Pool.of("gpu", remote(gpu_stubs)) if gpu_stubs else None,
-        policies,
-        limits,
-        telemetry.meter,
-        admission,
+        new_admission(),
+        "workers" if described else "artifact",
     )
+    deployments = Deployments()
+    deployments.install(deployment)
+    return RecommenderServicer(deployments, policies, limits, telemetry.meter)
 
 
 async def start(
@@ -145,12 +194,13 @@ async def start(
 ) -> Server:
     telemetry = telemetry or Telemetry()
     server = Server(
-        [SERVICE],
+        [SERVICE, REPOSITORY],
         interceptors=telemetry.server_interceptors(),
         rebalance=True,
         readers={RECOMMEND: request_reader(recommender_pb2.RecommendRequest)},
     )
     server.add(recommender_pb2_grpc.add_RecommenderServicer_to_server, servicer)
+    server.add(repository_pb2_grpc.add_ModelRepositoryServicer_to_server, servicer.control)
     await server.start(host, port)
     return server
 
@@ -218,16 +268,29 @@ async def discover_pools(args, api_client, namespace: str) -> dict[str, Endpoint
 
 
 def follow(servicer, watches: dict, interceptors, timeout: float) -> list[Membership]:
-    """Start each watch, keeping its pool's remote members equal to its ready pods."""
+    """Start each watch, keeping its pool's remote members equal to its ready pods (the
+    frontend's one deployment: remote pools serve one model)."""
+    if not watches:
+        return []
     loop = asyncio.get_running_loop()
-    join = join_checked(servicer.signature, interceptors, timeout)
+    (deployment,) = servicer.deployments.currents()
+    join = join_checked(deployment.signature, interceptors, timeout)
     followed = []
     for pool, watch in watches.items():
-        membership = Membership(servicer.pools[pool], join, watch.addresses)
+        membership = Membership(deployment.pools[pool], join, watch.addresses)
         watch.on_change = functools.partial(membership.changed, loop)
         watch.start()
         followed.append(membership)
     return followed
+
+
+def _describe(servicer, deployment) -> str:
+    policy = servicer.policies.get(deployment.name)
+    return (
+        f"{deployment.name} v{deployment.version} on {deployment.cpu.slots} cpu / "
+        f"{deployment.gpu.slots if deployment.gpu else 0} gpu worker slots, "
+        f"B={policy.batch_size} T={policy.offload_threshold}"
+    )
 
 
 async def serve(args) -> int:
@@ -248,7 +311,7 @@ async def serve(args) -> int:
             RequestLimits.from_args(args),
             args.connect_timeout,
             telemetry,
-            Admission(args.max_items_in_flight, args.admission_budget_ms),
+            functools.partial(Admission, args.max_items_in_flight, args.admission_budget_ms),
             LocalConfig.from_args(args),
         )
     except StartupError as err:
@@ -261,20 +324,15 @@ async def serve(args) -> int:
         watcher = PolicyWatcher(args.scheduler, servicer.policies, f"{args.host}:{server.port}")
         servicer.metrics.follow(watcher)
         watcher.start()
-    policy = servicer.policies.get(servicer.signature.name)
     log.info(
-        "serving on %s:%d: %s, %d cpu (%d in-process) / %d gpu workers, B=%d T=%d%s",
+        "serving on %s:%d: %s%s",
         args.host,
         server.port,
-        servicer.signature.name,
-        servicer.pools["cpu"].slots,
-        args.local_workers,
-        servicer.pools["gpu"].slots if servicer.pools["gpu"] else 0,
-        policy.batch_size,
-        policy.offload_threshold,
+        ", ".join(_describe(servicer, d) for d in servicer.deployments),
         f", policies from scheduler {args.scheduler}" if args.scheduler else "",
     )
     await server.run_until_signalled()
+    await servicer.control.finish()
     for watch in watches.values():
         watch.stop()
     if watcher:

@@ -22,11 +22,13 @@ from deeprec.common.metric_names import (
 class FrontendMetrics:
     """Instruments on a meter; every record call is skipped when telemetry is off."""
 
-    def __init__(self, meter, model: str, pools: dict, policies):
+    def __init__(self, meter, deployments, policies):
+        """``deployments``: the frontend's Deployments, read at each export (models come
+        and go while it serves)."""
         self.on = meter is not None
         if not self.on:
             return
-        self.model = model
+        self.deployments = deployments
         self.query_latency = meter.create_histogram(
             QUERY_LATENCY, unit="ms", description="query latency, receipt to answer"
         )
@@ -50,35 +52,38 @@ class FrontendMetrics:
             SUBBATCH_SIZE, unit="{item}", description="items per sub-batch"
         )
 
-        def pool_sizes(_options):
-            from opentelemetry.metrics import Observation
+        def per_pool(value):
+            def observe(_options):
+                from opentelemetry.metrics import Observation
 
-            return [
-                Observation(pool.slots, {"model": model, "path": name})
-                for name, pool in pools.items()
-                if pool is not None
-            ]
+                return [
+                    Observation(value(pool), {"model": d.name, "path": path})
+                    for d in deployments.currents()
+                    for path, pool in d.pools.items()
+                    if pool is not None
+                ]
+
+            return observe
+
+        def pool_sizes(pool):
+            return pool.slots
+
+        def in_flight(pool):
+            return sum(pool.balancer.outstanding.values())
 
         def policy_value(field):
             def observe(_options):
                 from opentelemetry.metrics import Observation
 
-                policy = policies.get(model)
-                return [Observation(getattr(policy, field), {"model": model})]
+                return [
+                    Observation(getattr(policies.get(name), field), {"model": name})
+                    for name in deployments.names
+                ]
 
             return observe
 
-        def in_flight(_options):
-            from opentelemetry.metrics import Observation
-
-            return [
-                Observation(sum(pool.balancer.outstanding.values()), {"model": model, "path": name})
-                for name, pool in pools.items()
-                if pool is not None
-            ]
-
-        meter.create_observable_gauge(POOL_WORKERS, [pool_sizes], unit="{worker}")
-        meter.create_observable_gauge(POOL_IN_FLIGHT, [in_flight], unit="{sub-batch}")
+        meter.create_observable_gauge(POOL_WORKERS, [per_pool(pool_sizes)], unit="{worker}")
+        meter.create_observable_gauge(POOL_IN_FLIGHT, [per_pool(in_flight)], unit="{sub-batch}")
         meter.create_observable_gauge(
             POLICY_BATCH_SIZE, [policy_value("batch_size")], unit="{item}"
         )
@@ -89,14 +94,15 @@ class FrontendMetrics:
 
     def query(self, latency_ms: float, items: int, path: str, policy) -> None:
         if self.on:
-            attrs = {"model": self.model, "path": path, "policy_version": policy.version}
+            attrs = {"model": policy.model, "path": path, "policy_version": policy.version}
             self.query_latency.record(latency_ms, attrs)
             self.query_size.record(items, attrs)
 
-    def failed(self, code: str) -> None:
-        """A query answered with status ``code`` (RESOURCE_EXHAUSTED: shed)."""
+    def failed(self, model: str, code: str) -> None:
+        """A query for ``model`` ("" when it named none served) answered with status
+        ``code`` (RESOURCE_EXHAUSTED: shed)."""
         if self.on:
-            self.query_errors.add(1, {"model": self.model, "code": code})
+            self.query_errors.add(1, {"model": model, "code": code})
 
     def follow(self, watcher) -> None:
         """Export whether ``watcher`` (frontend.watch) holds its policy stream."""
@@ -106,13 +112,16 @@ class FrontendMetrics:
         def connected(_options):
             from opentelemetry.metrics import Observation
 
-            return [Observation(int(watcher.connected.is_set()), {"model": self.model})]
+            up = int(watcher.connected.is_set())
+            return [Observation(up, {"model": name}) for name in self.deployments.names]
 
         self.meter.create_observable_gauge(SCHEDULER_CONNECTED, [connected])
 
-    def sub_batch(self, latency_ms: float, reply, items: int, path: str, batch_size: int):
+    def sub_batch(
+        self, model: str, latency_ms: float, reply, items: int, path: str, batch_size: int
+    ):
         if self.on:
-            attrs = {"model": self.model, "path": path, "batch_size": batch_size}
+            attrs = {"model": model, "path": path, "batch_size": batch_size}
             self.subbatch_latency.record(latency_ms, attrs)
             self.subbatch_service.record(reply.service_ms, attrs)
             self.subbatch_queue.record(reply.queue_ms, attrs)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
@@ -14,22 +12,21 @@ import numpy as np
 from deeprec.common.catalog import served_model
 from deeprec.common.errors import (
     DeadlineExceeded,
-    NotFound,
     ResourceExhausted,
     Unavailable,
     status_of,
 )
-from deeprec.common.features import ModelSignature, validate
+from deeprec.common.features import validate
 from deeprec.common.limits import RequestLimits
 from deeprec.common.policy import PolicyTable
-from deeprec.common.quote import quote
 from deeprec.common.replicas import Failover, Verdict
 from deeprec.common.tensors import encode
 from deeprec.v1 import recommender_pb2, recommender_pb2_grpc
 
-from .admission import Admission
-from .balancer import LeastOutstanding, NoWorker
+from .balancer import NoWorker
+from .deployments import Deployment, Deployments, Pool
 from .metrics import FrontendMetrics
+from .repository import RepositoryServicer
 from .routing import choose_path
 from .split import SubBatch, split
 from .workers import WorkerFailed
@@ -37,119 +34,97 @@ from .workers import WorkerFailed
 log = logging.getLogger("deeprec")
 
 
-@dataclass
-class Pool:
-    """Workers of one kind (cpu or gpu) by name, remote or local (workers.py), and the
-    balancer over them (a sub-batch gets one retry on another worker: ``max_tries`` 2)."""
-
-    name: str
-    workers: dict
-    balancer: LeastOutstanding
-    served: Counter = field(default_factory=Counter)  # sub-batches answered, by worker
-
-    @classmethod
-    def of(cls, name: str, workers: dict) -> Pool:
-        slots = {key: worker.slots for key, worker in workers.items()}
-        return cls(name, workers, LeastOutstanding(workers, slots=slots))
-
-    @property
-    def slots(self) -> int:
-        """Sub-batches the pool runs at once: one per remote worker, one per run thread
-        of the in-process pool (what admission's queueing model divides the backlog by)."""
-        return sum(worker.slots for worker in self.workers.values())
-
-    def add(self, name: str, worker) -> None:
-        """A worker that became ready (discovery): it takes sub-batches from now on."""
-        self.workers[name] = worker
-        self.balancer.add(name, worker.slots)
-
-    def remove(self, name: str):
-        """A worker that went away: no new sub-batches; those in flight end normally.
-        Returns it (for its caller to close once they have)."""
-        self.balancer.remove(name)
-        return self.workers.pop(name, None)
-
-
 class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
     def __init__(
         self,
-        signature: ModelSignature,
-        cpu: Pool,
-        gpu: Pool | None,
+        deployments: Deployments,
         policies: PolicyTable,
         limits: RequestLimits,
         meter=None,
-        admission: Admission | None = None,
+        control: RepositoryServicer | None = None,
     ):
-        self.signature = signature
-        self.pools = {"cpu": cpu, "gpu": gpu}
+        self.deployments = deployments
         self.policies = policies
         self.limits = limits
-        self.metrics = FrontendMetrics(meter, signature.name, self.pools, policies)
-        self.admission = admission or Admission()
+        self.metrics = FrontendMetrics(meter, deployments, policies)
+        # The ModelRepository service beside it (with no repository: ListModels only).
+        self.control = control or RepositoryServicer(deployments, None, None)
 
     async def DescribeModels(self, request, context):
-        if request.model and request.model != self.signature.name:
-            raise NotFound(
-                f"model {quote(request.model)} is not served (serving {self.signature.name!r})"
-            )
-        policy = self.policies.get(self.signature.name)
+        chosen = (
+            [self.deployments.route(request.model)]
+            if request.model
+            else self.deployments.currents()
+        )
         response = recommender_pb2.DescribeModelsResponse()
-        response.models.append(served_model(self.signature, self.limits, policy))
+        for deployment in chosen:
+            policy = self.policies.get(deployment.name)
+            response.models.append(served_model(deployment.signature, self.limits, policy))
         return response
 
     def close(self) -> None:
         """Finish what the pools' members hold (after the server stopped taking queries)."""
-        for pool in self.pools.values():
-            for worker in pool.workers.values() if pool else ():
-                worker.close()
+        for deployment in self.deployments:
+            deployment.close()
 
     async def Recommend(self, request, context):
         try:
-            return await self._recommend(request, context)
+            deployment = self.deployments.route(request.model, request.version)
+        except Exception as err:
+            self.metrics.failed("", status_of(err)[0].name)
+            raise
+        deployment.enter()
+        try:
+            return await self._recommend(deployment, request, context)
         except grpc.aio.AbortError:
             raise
         except Exception as err:  # counted by the status the client gets, then answered
-            self.metrics.failed(status_of(err)[0].name)
+            self.metrics.failed(deployment.name, status_of(err)[0].name)
             raise
+        finally:
+            deployment.leave()
 
-    async def _recommend(self, request, context):
+    async def _recommend(self, deployment: Deployment, request, context):
         received = time.perf_counter()
-        if request.model and request.model != self.signature.name:
-            raise NotFound(
-                f"model {quote(request.model)} is not served (serving {self.signature.name!r})"
-            )
+        signature, admission = deployment.signature, deployment.admission
         timeout = context.time_remaining()
         deadline_ms = None if timeout is None else timeout * 1e3
-        if self.pools["gpu"] is None:  # shed before paying for validation
-            self.admission.check_wait("cpu", self.pools["cpu"].slots, deadline_ms)
-        batch = validate(self.signature, request.features, self.limits)
-        policy = self.policies.get(self.signature.name)
-        path = choose_path(batch.n, policy, self.pools["gpu"] is not None)
+        if deployment.gpu is None:  # shed before paying for validation
+            admission.check_wait("cpu", deployment.cpu.slots, deadline_ms)
+        batch = validate(signature, request.features, self.limits)
+        policy = self.policies.get(signature.name)
+        path = choose_path(batch.n, policy, deployment.gpu is not None)
         batch_size = 0 if path == "gpu" else policy.batch_size
         parts = split(batch, batch_size)
-        pool = self.pools[path]
-        predicted_ms = self.admission.admit(path, batch.n, pool.slots, deadline_ms)
+        pool = deployment.pools[path]
+        predicted_ms = admission.admit(path, batch.n, pool.slots, deadline_ms)
         observed_ms = None
         try:
             results = await _all_or_nothing(
-                [self._predict(pool, part, timeout, batch_size) for part in parts]
+                [self._predict(deployment, pool, part, timeout, batch_size) for part in parts]
             )
             observed_ms = (time.perf_counter() - received) * 1e3
         finally:
-            self.admission.release(path, batch.n, predicted_ms, observed_ms)
+            admission.release(path, batch.n, predicted_ms, observed_ms)
         scores = np.concatenate([s for s, _ in results]) if len(results) > 1 else results[0][0]
         response = recommender_pb2.RecommendResponse()
         encode(scores, response.scores)
         info = response.info
         info.path, info.sub_batches = path, len(parts)
         info.batch_size, info.offload_threshold = policy.batch_size, policy.offload_threshold
-        info.policy_version, info.model_version = policy.version, self.signature.version
+        info.policy_version, info.model_version = policy.version, signature.version
         info.retries = sum(retried for _, retried in results)
         self.metrics.query((time.perf_counter() - received) * 1e3, batch.n, path, policy)
         return response
 
-    async def _predict(self, pool: Pool, part: SubBatch, timeout: float | None, batch_size: int):
+    async def _predict(
+        self,
+        deployment: Deployment,
+        pool: Pool,
+        part: SubBatch,
+        timeout: float | None,
+        batch_size: int,
+    ):
         """Scores of one sub-batch, and its retries: a worker that fails (deeprec.common.
         replicas.classify) is ejected and the sub-batch goes to another, unless the worker
         had accepted it (the poison guard) or the request or its deadline is to blame."""
@@ -189,9 +164,14 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
                 break
         items_run = part.end - part.start
         self.metrics.sub_batch(
-            (time.perf_counter() - sent) * 1e3, reply, items_run, pool.name, batch_size
+            deployment.name,
+            (time.perf_counter() - sent) * 1e3,
+            reply,
+            items_run,
+            pool.name,
+            batch_size,
         )
-        self.admission.observe(pool.name, items_run, reply.service_ms)
+        deployment.admission.observe(pool.name, items_run, reply.service_ms)
         if reply.scores.shape[0] != items_run:
             raise Unavailable(
                 f"{pool.name} worker {worker} answered {reply.scores.shape[0]} "

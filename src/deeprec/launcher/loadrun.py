@@ -14,6 +14,7 @@ import numpy as np
 from deeprec.common.features import ModelSignature
 from deeprec.models import zoo
 from deeprec.models.artifact import MANIFEST, load_artifact, write_artifact
+from deeprec.models.repository import is_repository
 from deeprec.workload.client import RecommenderClient
 from deeprec.workload.distributions import DEFAULT_EXPONENT, QuerySizes
 from deeprec.workload.openloop import LoadResult, Progress, run_open_loop
@@ -41,10 +42,11 @@ def resolve_model(
     artifacts: str | Path = DEFAULT_ARTIFACTS,
     say: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
 ) -> Path:
-    """An artifact directory for ``model``: a directory as is, or a zoo name built once
-    into ARTIFACTS/NAME-SIZE (kept for the next run)."""
+    """An artifact directory for ``model``: a directory as is (an artifact, or a model
+    repository of NAME/VERSION artifacts), or a zoo name built once into
+    ARTIFACTS/NAME-SIZE (kept for the next run)."""
     path = Path(model)
-    if (path / MANIFEST).is_file():
+    if (path / MANIFEST).is_file() or is_repository(path):
         return path
     if model in zoo.MODEL_NAMES:
         out = Path(artifacts) / f"{model}-{size}"
@@ -53,7 +55,10 @@ def resolve_model(
             write_artifact(zoo.preset(model, size), out, seed=0)
         return out
     if path.is_dir():
-        raise ModelNotFound(f"{path} has no {MANIFEST}: not a model artifact (or unfinished)")
+        raise ModelNotFound(
+            f"{path} has no {MANIFEST} and no NAME/VERSION/{MANIFEST}: neither a model "
+            "artifact (or it is unfinished) nor a model repository"
+        )
     raise ModelNotFound(
         f"{model!r} is neither a model artifact directory nor a zoo model "
         f"({', '.join(zoo.MODEL_NAMES)})"

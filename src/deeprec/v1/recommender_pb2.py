@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from deeprec.v1 import tensor_pb2 as deeprec_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64\x65\x65prec/v1/recommender.proto\x12\ndeeprec.v1\x1a\x17\x64\x65\x65prec/v1/tensor.proto\"&\n\x15\x44\x65scribeModelsRequest\x12\r\n\x05model\x18\x01 \x01(\t\"A\n\x16\x44\x65scribeModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.deeprec.v1.ServedModel\"\x9d\x02\n\x0bServedModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x16\n\x0e\x64\x65nse_features\x18\x04 \x01(\x05\x12\r\n\x05heads\x18\x05 \x01(\x05\x12+\n\x08\x66\x65\x61tures\x18\x06 \x03(\x0b\x32\x19.deeprec.v1.ServedFeature\x12\x11\n\tint32_ids\x18\x07 \x01(\x08\x12\x11\n\tmax_items\x18\x08 \x01(\x03\x12\x18\n\x10max_ids_per_item\x18\t \x01(\x03\x12\x12\n\nbatch_size\x18\n \x01(\x03\x12\x19\n\x11offload_threshold\x18\x0b \x01(\x03\x12\x16\n\x0epolicy_version\x18\x0c \x01(\x03\"n\n\rServedFeature\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05table\x18\x02 \x01(\t\x12\x0c\n\x04rows\x18\x03 \x01(\x03\x12\x0b\n\x03\x64im\x18\x04 \x01(\x05\x12\x0f\n\x07pooling\x18\x05 \x01(\t\x12\x14\n\x0cmean_lookups\x18\x06 \x01(\x01\"I\n\x10RecommendRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12&\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x14.deeprec.v1.Features\"\\\n\x11RecommendResponse\x12\"\n\x06scores\x18\x01 \x01(\x0b\x32\x12.deeprec.v1.Tensor\x12#\n\x04info\x18\x02 \x01(\x0b\x32\x15.deeprec.v1.QueryInfo\"\x9d\x01\n\tQueryInfo\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x13\n\x0bsub_batches\x18\x02 \x01(\x05\x12\x12\n\nbatch_size\x18\x03 \x01(\x03\x12\x19\n\x11offload_threshold\x18\x04 \x01(\x03\x12\x16\n\x0epolicy_version\x18\x05 \x01(\x03\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12\x0f\n\x07retries\x18\x07 \x01(\x05\x32\xb0\x01\n\x0bRecommender\x12H\n\tRecommend\x12\x1c.deeprec.v1.RecommendRequest\x1a\x1d.deeprec.v1.RecommendResponse\x12W\n\x0e\x44\x65scribeModels\x12!.deeprec.v1.DescribeModelsRequest\x1a\".deeprec.v1.DescribeModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64\x65\x65prec/v1/recommender.proto\x12\ndeeprec.v1\x1a\x17\x64\x65\x65prec/v1/tensor.proto\"&\n\x15\x44\x65scribeModelsRequest\x12\r\n\x05model\x18\x01 \x01(\t\"A\n\x16\x44\x65scribeModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.deeprec.v1.ServedModel\"\x9d\x02\n\x0bServedModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x16\n\x0e\x64\x65nse_features\x18\x04 \x01(\x05\x12\r\n\x05heads\x18\x05 \x01(\x05\x12+\n\x08\x66\x65\x61tures\x18\x06 \x03(\x0b\x32\x19.deeprec.v1.ServedFeature\x12\x11\n\tint32_ids\x18\x07 \x01(\x08\x12\x11\n\tmax_items\x18\x08 \x01(\x03\x12\x18\n\x10max_ids_per_item\x18\t \x01(\x03\x12\x12\n\nbatch_size\x18\n \x01(\x03\x12\x19\n\x11offload_threshold\x18\x0b \x01(\x03\x12\x16\n\x0epolicy_version\x18\x0c \x01(\x03\"n\n\rServedFeature\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05table\x18\x02 \x01(\t\x12\x0c\n\x04rows\x18\x03 \x01(\x03\x12\x0b\n\x03\x64im\x18\x04 \x01(\x05\x12\x0f\n\x07pooling\x18\x05 \x01(\t\x12\x14\n\x0cmean_lookups\x18\x06 \x01(\x01\"Z\n\x10RecommendRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12&\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x14.deeprec.v1.Features\x12\x0f\n\x07version\x18\x03 \x01(\t\"\\\n\x11RecommendResponse\x12\"\n\x06scores\x18\x01 \x01(\x0b\x32\x12.deeprec.v1.Tensor\x12#\n\x04info\x18\x02 \x01(\x0b\x32\x15.deeprec.v1.QueryInfo\"\x9d\x01\n\tQueryInfo\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x13\n\x0bsub_batches\x18\x02 \x01(\x05\x12\x12\n\nbatch_size\x18\x03 \x01(\x03\x12\x19\n\x11offload_threshold\x18\x04 \x01(\x03\x12\x16\n\x0epolicy_version\x18\x05 \x01(\x03\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12\x0f\n\x07retries\x18\x07 \x01(\x05\x32\xb0\x01\n\x0bRecommender\x12H\n\tRecommend\x12\x1c.deeprec.v1.RecommendRequest\x1a\x1d.deeprec.v1.RecommendResponse\x12W\n\x0e\x44\x65scribeModels\x12!.deeprec.v1.DescribeModelsRequest\x1a\".deeprec.v1.DescribeModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,11 +41,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SERVEDFEATURE']._serialized_start=464
   _globals['_SERVEDFEATURE']._serialized_end=574
   _globals['_RECOMMENDREQUEST']._serialized_start=576
-  _globals['_RECOMMENDREQUEST']._serialized_end=649
-  _globals['_RECOMMENDRESPONSE']._serialized_start=651
-  _globals['_RECOMMENDRESPONSE']._serialized_end=743
-  _globals['_QUERYINFO']._serialized_start=746
-  _globals['_QUERYINFO']._serialized_end=903
-  _globals['_RECOMMENDER']._serialized_start=906
-  _globals['_RECOMMENDER']._serialized_end=1082
+  _globals['_RECOMMENDREQUEST']._serialized_end=666
+  _globals['_RECOMMENDRESPONSE']._serialized_start=668
+  _globals['_RECOMMENDRESPONSE']._serialized_end=760
+  _globals['_QUERYINFO']._serialized_start=763
+  _globals['_QUERYINFO']._serialized_end=920
+  _globals['_RECOMMENDER']._serialized_start=923
+  _globals['_RECOMMENDER']._serialized_end=1099
 # @@protoc_insertion_point(module_scope)
