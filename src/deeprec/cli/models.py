@@ -1,4 +1,4 @@
-"""`deeprec model build|info|bench`."""
+"""`deeprec model build|import|info|bench`."""
 
 from __future__ import annotations
 
@@ -44,6 +44,35 @@ def build(args) -> int:
     print(
         f"built {spec.name} ({spec.size}, seed {args.seed}) in {out} "
         f"[{spec.table_bytes / 1e6:.1f} MB of tables, {time.monotonic() - start:.1f} s]"
+    )
+    return 0
+
+
+def import_model(args) -> int:
+    from deeprec.models.importer import ModelImportError, import_onnx
+
+    out = Path(args.out)
+    if (out / "model.json").exists() and not args.force:
+        print(f"{out} already holds a model; pass --force to overwrite it", file=sys.stderr)
+        return 1
+    start = time.monotonic()
+    printer = _progress_printer(f"import {args.file}")
+
+    def progress(done: int, total: int, table: str) -> None:
+        if total >= 64 << 20:  # as `build`: only tables big enough to wait for
+            printer(done, total, table)
+
+    try:
+        import_onnx(args.file, out, args.name, progress)
+    except (ModelImportError, FileNotFoundError) as err:
+        print(f"deeprec: cannot import {args.file}: {err}", file=sys.stderr)
+        return 1
+    spec = load_artifact(out).spec
+    features = ", ".join(f"{f.name}->{f.table}" for f in spec.features)
+    print(
+        f"imported {args.file} as {spec.name} in {out}: {len(spec.tables)} table(s) "
+        f"[{spec.table_bytes / 1e6:.1f} MB], features {features}, "
+        f"{spec.dense_features} dense, {spec.heads} head(s) [{time.monotonic() - start:.1f} s]"
     )
     return 0
 
@@ -115,6 +144,16 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="overwrite an existing artifact")
     p.set_defaults(func=build)
+
+    p = sub.add_parser(
+        "import",
+        help="an ONNX model with embedding-bag lookups (e.g. exported from PyTorch) as an artifact",
+    )
+    p.add_argument("file", help="ONNX file (nn.EmbeddingBag sum, or Gather + ReduceSum lookups)")
+    p.add_argument("--out", required=True, help="artifact directory to write")
+    p.add_argument("--name", help="model name (default: the file's name without .onnx)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing artifact")
+    p.set_defaults(func=import_model)
 
     p = sub.add_parser("info", help="tables, parameters, bytes and FLOPs per item")
     p.add_argument("dir")

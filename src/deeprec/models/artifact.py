@@ -136,19 +136,23 @@ def write_artifact(
     weight_index = _write_weights(out / WEIGHTS, init_params(spec, seed))
     _save_graph(spec, True, weight_index, out)
     _save_graph(spec, False, weight_index, out)
+    write_manifest(out, spec, weight_index, seed=seed)
+    return out
+
+
+def write_manifest(out: Path, spec: ModelSpec, weight_index: dict, **extra) -> None:
+    """model.json for the files already written; goes last: without it a build is unfinished."""
     manifest = spec.to_json() | {
         "format": FORMAT,
         "version": "1",
-        "seed": seed,
+        **extra,
         "outputs": [{"name": "scores", "dtype": "float32", "shape": ["N", spec.heads]}],
         "graphs": {"whole": WHOLE_GRAPH, "dense": DENSE_GRAPH},
         "weights": {"file": WEIGHTS, "tensors": weight_index},
     }
     for table in manifest["tables"]:
         table |= {"dtype": TABLE_DTYPE, "file": table_file(table["name"])}
-    # model.json goes last: a directory without it is an unfinished build.
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return out
 
 
 # -- loading --------------------------------------------------------------------------------

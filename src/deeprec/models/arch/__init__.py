@@ -10,10 +10,13 @@ from .base import Architecture
 from .dien import DIEN
 from .din import DIN
 from .dlrm import DLRM
+from .imported import IMPORTED
 from .ncf import NCF
 from .wnd import MTWND, WND
 
-ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (DLRM, NCF, WND, MTWND, DIN, DIEN)}
+ARCHITECTURES: dict[str, Architecture] = {
+    a.name: a for a in (DLRM, NCF, WND, MTWND, DIN, DIEN, IMPORTED)
+}
 
 
 def get(name: str) -> Architecture:
