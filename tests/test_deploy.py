@@ -60,7 +60,7 @@ from deeprec.scheduler import main as scheduler_main
 from deeprec.shard import main as shard_main
 from deeprec.sharding.planner import make_plan
 from deeprec.sharding.strategies import STRATEGIES
-from deeprec.v1 import recommender_pb2
+from deeprec.v1 import recommender_pb2, recommender_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "deeprec"
@@ -1860,3 +1860,90 @@ def test_the_dashboard_shows_what_issue_7_asks_for():
     board = json.loads(DASHBOARD.read_text())
     for panel in board["panels"]:
         assert panel["datasource"]["uid"] == "prometheus"
+
+
+# -- several models: model.extraModels -----------------------------------------------------------
+
+EXTRA_MODELS = {
+    "model": {
+        "size": "tiny",
+        "extraModels": [
+            {"name": "din", "size": "tiny"},
+            {"name": "rmc3", "size": "tiny", "version": 7},
+        ],
+    }
+}
+
+
+def test_extra_models_build_a_repository_the_frontend_serves(chart, tmp_path):
+    """The frontend's init containers, run as rendered (paths under tmp_path), build a model
+    repository; the frontend, started with its rendered settings, serves every model."""
+    from deeprec.frontend import main as frontend_main
+
+    manifests = manifests_of(render(chart, EXTRA_MODELS))
+    for m in manifests:
+        kubernetes_validate.validate(m, KUBE_VERSIONS[-1], strict=True)
+    (frontend,) = [w for w in workloads(manifests) if component_of(w) == "frontend"]
+    spec = frontend["spec"]["template"]["spec"]
+    assert [i["name"] for i in spec["initContainers"]] == ["model", "model-1", "model-2"]
+
+    def local(path: str) -> str:  # the pod's /models volume, here
+        assert path.startswith("/models/")
+        return str(tmp_path / path.removeprefix("/models/"))
+
+    for init in spec["initContainers"]:
+        args = parse(init["args"], env_of(init))
+        args.out = local(args.out)
+        assert args.func(args) == 0
+    args = parse(main_container(frontend)["args"], env_of(main_container(frontend)))
+    assert args.model == "/models/repository"
+    loop = Loop()
+    try:
+        local_config = frontend_main.LocalConfig(1, local(args.model), 1, args.embeddings)
+        servicer = loop.run(frontend_main.build_servicer([], [], 4, 0, local=local_config))
+        server = loop.run(frontend_main.start(servicer, "127.0.0.1", 0))
+        served = {(d.name, d.version) for d in servicer.deployments}
+        (test_pod,) = [m for m in manifests if m["kind"] == "Pod"]
+        assert test_pod["spec"]["containers"][0]["args"][-2:] == ["--model", "rmc1"]
+        assert served == {("rmc1", "1"), ("din", "1"), ("rmc3", "7")}
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = recommender_pb2_grpc.RecommenderStub(channel)
+            for deployment in servicer.deployments:
+                spec_ = zoo.preset(deployment.name, "tiny")
+                inputs = random_inputs(spec_, 3, np.random.default_rng(0))
+                reply = stub.Recommend(
+                    request_for(spec_, inputs, model=deployment.name), timeout=30
+                )
+                assert reply.info.model_version == deployment.version
+        loop.run(server.stop(0))
+        servicer.close()
+    finally:
+        loop.close()
+
+
+EXTRA_MODEL_CONTRADICTIONS = [
+    (
+        {
+            "model": {
+                "source": "volume",
+                "volume": {"claimName": "zoo"},
+                "extraModels": [{"name": "din"}],
+            }
+        },
+        "model.extraModels are built by init containers",
+    ),
+    (
+        {"model": {"extraModels": [{"name": "din"}]}, "workers": {"cpu": REMOTE_CPU}},
+        "model.extraModels are served by the frontends' in-process workers",
+    ),
+    (
+        {"model": {"extraModels": [{"name": "rmc1"}]}},
+        "model.extraModels: rmc1/1 is listed twice",
+    ),
+]
+
+
+@pytest.mark.parametrize(("values", "expected"), EXTRA_MODEL_CONTRADICTIONS)
+def test_extra_models_that_cannot_be_served_fail_the_render(chart, values, expected):
+    with pytest.raises(helm.HelmRenderError, match=re.escape(expected)):
+        render(chart, values)

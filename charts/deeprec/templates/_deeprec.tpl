@@ -68,7 +68,7 @@ DEEPREC_DISCOVERY: "endpointslices"
 {{- end }}
 {{- if include "deeprec.frontendLocal" . }}
 DEEPREC_LOCAL_WORKERS: {{ .Values.frontend.localWorkers | quote }}
-DEEPREC_MODEL_DIR: {{ include "deeprec.modelDir" . | quote }}
+DEEPREC_MODEL_DIR: {{ include "deeprec.frontendModelDir" . | quote }}
 DEEPREC_THREADS: {{ .Values.frontend.threads | quote }}
 DEEPREC_MAX_QUEUE: {{ .Values.workers.maxQueue | quote }}
 {{- end }}
@@ -191,6 +191,11 @@ dict: root, image, pullPolicy
 {{- $resources := deepCopy ($v.model.initResources | default dict) -}}
 {{- $_ := set $resources "requests" (merge (dict "ephemeral-storage" $v.model.buildSizeLimit) ($resources.requests | default dict)) -}}
 {{- $list = append $list (dict "name" "model" "image" .image "pullPolicy" .pullPolicy "args" $args "volumeMounts" $mounts "resources" $resources) -}}
+{{- range $k, $extra := $v.model.extraModels -}}
+{{- $out := printf "%s/%s/%s" (include "deeprec.repositoryDir" $.root) $extra.name (toString ($extra.version | default "1")) -}}
+{{- $args := list "model" "build" $extra.name "--size" ($extra.size | default "small") "--seed" ($extra.seed | default 0) "--out" $out "--force" -}}
+{{- $list = append $list (dict "name" (printf "model-%d" (add $k 1)) "image" $.image "pullPolicy" $.pullPolicy "args" $args "volumeMounts" $mounts "resources" $resources) -}}
+{{- end -}}
 {{- end -}}
 {{- if and (include "deeprec.sharded" .root) (not $v.shards.plan) -}}
 {{- $args := list "plan" $dir "--shards" $v.shards.count "--strategy" $v.shards.strategy "--row-dtype" $v.shards.rowDtype "--out" (include "deeprec.planFile" .root) -}}

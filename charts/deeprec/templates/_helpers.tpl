@@ -85,10 +85,24 @@ labels:
 {{- define "deeprec.modelDir" -}}
 {{- if eq .Values.model.source "volume" -}}
 {{- printf "/models/%s" (.Values.model.volume.subPath | default .Values.model.name) -}}
+{{- else if .Values.model.extraModels -}}
+{{- printf "%s/%s/1" (include "deeprec.repositoryDir" .) .Values.model.name -}}
 {{- else -}}
 {{- printf "/models/%s" .Values.model.name -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Where the frontends' in-process workers find their model(s): the model repository
+     when model.extraModels lists any, else the one artifact. */}}
+{{- define "deeprec.frontendModelDir" -}}
+{{- if and (eq .Values.model.source "build") .Values.model.extraModels -}}
+{{- include "deeprec.repositoryDir" . -}}
+{{- else -}}
+{{- include "deeprec.modelDir" . -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "deeprec.repositoryDir" -}}/models/repository{{- end -}}
 
 {{- define "deeprec.planFile" -}}/plans/plan.json{{- end -}}
 
@@ -180,6 +194,22 @@ true
 {{- end -}}
 {{- if and (eq $v.model.source "volume") (not $v.model.volume.claimName) -}}
 {{- fail "model.source=volume needs model.volume.claimName: the PersistentVolumeClaim that holds the model artifact" -}}
+{{- end -}}
+{{- with $v.model.extraModels -}}
+{{- if ne $v.model.source "build" -}}
+{{- fail "model.extraModels are built by init containers (model.source=build); with model.source=volume, point model.volume.subPath at a model repository directory (NAME/VERSION/model.json) instead" -}}
+{{- end -}}
+{{- if or (not (include "deeprec.frontendLocal" $)) $v.workers.cpu.enabled $v.workers.gpu.enabled -}}
+{{- fail "model.extraModels are served by the frontends' in-process workers: set frontend.localWorkers > 0, workers.cpu.enabled=false, workers.gpu.enabled=false and shards.count=0" -}}
+{{- end -}}
+{{- $seen := dict (printf "%s/1" $v.model.name) true -}}
+{{- range . -}}
+{{- $key := printf "%s/%s" .name (toString (.version | default "1")) -}}
+{{- if hasKey $seen $key -}}
+{{- fail (printf "model.extraModels: %s is listed twice (model.name is served as version 1)" $key) -}}
+{{- end -}}
+{{- $_ := set $seen $key true -}}
+{{- end -}}
 {{- end -}}
 {{- if and $v.tracing.enabled $v.collector.enabled (not (or $v.jaeger.enabled $v.tracing.endpoint)) -}}
 {{- fail "tracing.enabled needs a place for traces: set jaeger.enabled=true or tracing.endpoint (an OTLP/gRPC host:port), or tracing.enabled=false" -}}

@@ -222,9 +222,22 @@ SETTINGS: tuple[Setting, ...] = (
         "--model",
         str,
         None,
-        "model artifact directory (a frontend's: what its in-process workers run)",
+        "model artifact directory (a frontend's: what its in-process workers run, or a "
+        "model repository of NAME/VERSION artifacts, every model served at its highest "
+        "version)",
         ("frontend", "inference", "shard"),
         required=("inference", "shard"),
+    ),
+    Setting(
+        "DEEPREC_MAX_MODELS",
+        "--max-models",
+        int,
+        8,
+        "models a frontend with a model repository serves at once (each has its own "
+        "sessions and run threads); a load beyond it gets RESOURCE_EXHAUSTED",
+        ("frontend",),
+        minimum=1,
+        maximum=1024,
     ),
     Setting(
         "DEEPREC_DEVICE",

@@ -313,6 +313,7 @@ async def serve(args) -> int:
             telemetry,
             functools.partial(Admission, args.max_items_in_flight, args.admission_budget_ms),
             LocalConfig.from_args(args),
+            args.max_models,
         )
     except StartupError as err:
         log.error("%s", err)

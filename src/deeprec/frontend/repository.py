@@ -28,7 +28,7 @@ from .deployments import Deployment, Deployments
 log = logging.getLogger("deeprec")
 
 AVAILABLE = "available"
-DEFAULT_MAX_MODELS = 8  # loaded models, each with its own sessions and run threads
+DEFAULT_MAX_MODELS = 8  # DEEPREC_MAX_MODELS's default
 
 
 def model_state(deployment: Deployment, current: bool, out=None):

@@ -327,7 +327,7 @@ class Target:
 
 
 SERVICES = {
-    "frontend": ("deeprec.v1.Recommender",),
+    "frontend": ("deeprec.v1.Recommender", "deeprec.v1.ModelRepository"),
     "worker": ("deeprec.v1.Inference",),
     "shard": ("deeprec.v1.SparseShard",),
     "scheduler": (
@@ -337,7 +337,8 @@ SERVICES = {
 }
 PLAN = (  # (cluster, role, child, RPCs)
     ("single", "frontend", "frontend",
-     ("Recommend", "DescribeModels", "Check", "Watch", "Reflection")),
+     ("Recommend", "DescribeModels", "ListModels", "LoadModel", "UnloadModel", "Check", "Watch",
+      "Reflection")),
     ("single", "worker", "worker-0", ("Predict", "Describe", "Check", "Watch", "Reflection")),
     ("single", "scheduler", "scheduler",
      ("GetPolicy", "SetPolicy", "GetPolicyHistory", "WatchPolicies", "Export", "Check", "Watch",

@@ -19,7 +19,14 @@ from opentelemetry.proto.common.v1 import common_pb2
 
 from deeprec.common import metric_names
 from deeprec.models.inputs import random_inputs
-from deeprec.v1 import inference_pb2, recommender_pb2, scheduler_pb2, shard_pb2, tensor_pb2
+from deeprec.v1 import (
+    inference_pb2,
+    recommender_pb2,
+    repository_pb2,
+    scheduler_pb2,
+    shard_pb2,
+    tensor_pb2,
+)
 
 from .wire import (
     BIG,
@@ -75,6 +82,12 @@ RPCS = {
              recommender_pb2.RecommendRequest, recommender_pb2.RecommendResponse),
         _rpc("DescribeModels", "/deeprec.v1.Recommender/DescribeModels", "unary",
              recommender_pb2.DescribeModelsRequest, recommender_pb2.DescribeModelsResponse),
+        _rpc("ListModels", "/deeprec.v1.ModelRepository/ListModels", "unary",
+             repository_pb2.ListModelsRequest, repository_pb2.ListModelsResponse),
+        _rpc("LoadModel", "/deeprec.v1.ModelRepository/LoadModel", "unary",
+             repository_pb2.LoadModelRequest, repository_pb2.LoadModelResponse, admin=True),
+        _rpc("UnloadModel", "/deeprec.v1.ModelRepository/UnloadModel", "unary",
+             repository_pb2.UnloadModelRequest, repository_pb2.UnloadModelResponse, admin=True),
         _rpc("Predict", "/deeprec.v1.Inference/Predict", "unary",
              inference_pb2.PredictRequest, inference_pb2.PredictResponse),
         _rpc("Describe", "/deeprec.v1.Inference/Describe", "unary",
@@ -615,6 +628,23 @@ def _describe_models_structured(ctx, rng):
     return "model-name", (data,), "any", f"{name[:20]!r} ({len(name)} chars)"
 
 
+# Model repository (the fuzzed frontends serve one artifact: loads and unloads are refused,
+# with the status that says so; the served model must keep serving) -------------------------
+
+
+def _model_control(message):
+    def good(ctx, rng):
+        request = message(name=ctx.model, version=pick(rng, ("", "1")))
+        return (request.SerializeToString(),), "any"
+
+    def structured(ctx, rng):
+        name, version = pick(rng, strings(ctx)), pick(rng, strings(ctx, huge=False))
+        data = message(name=name, version=version).SerializeToString()
+        return "model-name", (data,), "any", f"{name[:20]!r} v{version[:12]!r}"
+
+    return good, structured
+
+
 # Scheduler --------------------------------------------------------------------------------------
 
 
@@ -865,6 +895,9 @@ _GENERATORS = {  # RPC: (good, structured)
     "Predict": (_features_good(inference_pb2.PredictRequest),
                 _features_structured(inference_pb2.PredictRequest)),
     "DescribeModels": (_describe_models_good, _describe_models_structured),
+    "ListModels": (_empty_good, _empty_structured),
+    "LoadModel": _model_control(repository_pb2.LoadModelRequest),
+    "UnloadModel": _model_control(repository_pb2.UnloadModelRequest),
     "Describe": (_empty_good, _empty_structured),
     "Lookup": (_lookup_good, _lookup_structured),
     "ShardDescribe": (_empty_good, _empty_structured),
