@@ -237,8 +237,8 @@ def test_the_pool_follows_ready_pods_under_load(tiny_zoo):
 def test_a_pod_whose_join_failed_is_tried_again_without_another_change():
     """A ready pod can fail its first Describe (a transient error); no EndpointSlice event
     may follow to retry it, so Membership tries again on a timer."""
-    from deeprec.frontend.discovery import Membership
     from deeprec.frontend.deployments import Pool
+    from deeprec.frontend.discovery import Membership
 
     class Channel:
         async def close(self, grace=None):

@@ -96,7 +96,8 @@ def _write_weights(path: Path, params: dict[str, np.ndarray]) -> dict[str, dict]
     return index
 
 
-def _external(name: str, shape, location: str, offset: int, nbytes: int) -> TensorProto:
+def external_tensor(name: str, shape, location: str, offset: int, nbytes: int) -> TensorProto:
+    """A float32 initializer whose bytes live in another file of the artifact."""
     tensor = TensorProto()
     tensor.name = name
     tensor.data_type = TensorProto.FLOAT
@@ -115,12 +116,16 @@ def _save_graph(spec: ModelSpec, whole: bool, weight_index: dict, out: Path) -> 
         if name.startswith("table."):
             table = spec.table(name.removeprefix("table."))
             initializers.append(
-                _external(name, [table.rows, table.dim], table_file(table.name), 0, table.nbytes)
+                external_tensor(
+                    name, [table.rows, table.dim], table_file(table.name), 0, table.nbytes
+                )
             )
         else:
             entry = weight_index[name]
             nbytes = int(np.prod(entry["shape"])) * 4
-            initializers.append(_external(name, entry["shape"], WEIGHTS, entry["offset"], nbytes))
+            initializers.append(
+                external_tensor(name, entry["shape"], WEIGHTS, entry["offset"], nbytes)
+            )
     model = make_model(builder, initializers, f"{spec.name}-{'whole' if whole else 'dense'}")
     onnx.save_model(model, out / (WHOLE_GRAPH if whole else DENSE_GRAPH))
 

@@ -23,7 +23,7 @@ from ..artifact import (
     WEIGHTS,
     WHOLE_GRAPH,
     Progress,
-    _external,
+    external_tensor,
     load_artifact,
     table_file,
     write_manifest,
@@ -213,7 +213,7 @@ def import_onnx(
         )
     initializers = _externalise(part.initializers, out / WEIGHTS)
     table_refs = [
-        _external(table_param(t.name), [t.rows, t.dim], table_file(t.name), 0, t.nbytes)
+        external_tensor(table_param(t.name), [t.rows, t.dim], table_file(t.name), 0, t.nbytes)
         for t in spec.tables
     ]
     dense = surgery.dense_graph(model, spec, part, initializers)
