@@ -186,6 +186,31 @@ def test_a_trial_must_beat_the_incumbent_by_more_than_its_noise():
     assert noise_margin(100_000) == 0.03 and noise_margin(1) == 0.25
 
 
+def test_a_trial_clearly_worse_than_the_incumbent_is_cut_at_its_first_sample():
+    """Issue 17, do no harm: a candidate whose tail is already worse than the incumbent's
+    by more than its sampling error cannot replace it, so it runs only until
+    ``min_trial_queries`` (a couple of seconds), not a whole trial of worse latency."""
+    config = TunerConfig(min_queries=300, min_trial_queries=50)
+    service = {256: (250.0, 11.0, 300), 64: (64.0, 3.6, 900)}
+    incumbent_obs = Observation(300, 10.0, 40.0, 30, 270, 2, 700, service)
+    for trial_ms, cut in ((60.0, True), (42.0, False)):  # 1.5x worse, and within noise
+        tuner = Tuner(config)
+        trial = tuner.step(Policy("m", 256, 0), incumbent_obs).policy
+        assert trial is not None
+        early = Observation(60, 2.0, trial_ms, 30, 270, 2, 700, service)
+        decision = tuner.step(replace(trial, version=1), early)
+        assert decision.consumed is cut, (trial_ms, tuner.history)
+        if cut:
+            assert tuner.results[trial.batch_size] == trial_ms  # ranked, not infinite
+            assert decision.policy is None or decision.policy.batch_size != trial.batch_size
+            assert tuner.incumbent.batch_size == 256
+    # A trial at another load is not judged against the incumbent's: no cut.
+    tuner = Tuner(config)
+    trial = tuner.step(Policy("m", 256, 0), incumbent_obs).policy
+    busier = Observation(60, 1.0, 60.0, 60, 270, 2, 700, service)
+    assert tuner.step(replace(trial, version=1), busier).consumed is False
+
+
 def test_the_cost_model_sees_what_a_sub_batch_costs_end_to_end():
     """Issue 17: the service model saw only the worker's session time, not the hop and
     hand-backs each sub-batch also costs, so it never ruled small B out. It now fits the

@@ -126,6 +126,9 @@ class Tuner:
         if trial and self._breaks_sla_badly(obs):
             self._record(knob, INF)
             return Decision(self._next(policy, obs), consumed=True)
+        if trial and self._clearly_worse(obs):
+            self._record(knob, obs.latency_ms)
+            return Decision(self._next(policy, obs), consumed=True)
         enough = obs.queries >= self.config.min_queries or (
             obs.seconds >= self.config.max_trial_s and obs.queries >= self.config.min_trial_queries
         )
@@ -171,6 +174,19 @@ class Tuner:
     def _breaks_sla_badly(self, obs: Observation) -> bool:
         limit = self.config.guard_factor * max(self.config.sla_ms, self.incumbent_ms)
         return obs.queries >= self.config.min_trial_queries and obs.latency_ms > limit
+
+    def _clearly_worse(self, obs: Observation) -> bool:
+        """A trial whose tail is already worse than the incumbent's by more than its
+        sampling error cannot replace it (``step`` asks the same margin the other way):
+        cut it at its first sample, so a bad candidate costs a couple of seconds of
+        worse tail, not a whole trial. Only at the round's load: a busier window is
+        worse for the load, not for the policy."""
+        return (
+            obs.queries >= self.config.min_trial_queries
+            and self.incumbent_ms < INF
+            and not self._load_moved_since_round_began(obs)
+            and obs.latency_ms > self.incumbent_ms * (1 + noise_margin(obs.queries))
+        )
 
     def _next(self, policy: Policy, obs: Observation) -> Policy | None:
         """The next trial of this phase, or move on; returns a policy to apply or None."""
