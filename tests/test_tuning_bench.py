@@ -126,6 +126,11 @@ def test_tuning_bench_end_to_end_on_the_tiny_model(tiny_model, tmp_path):
     assert summary["final_ratio"] == pytest.approx(
         summary["final_p95_ms"] / summary["best_static_p95_ms"]
     )
+    if summary["post_step_p95_ms"] is not None:
+        assert summary["post_step_ratio"] == pytest.approx(
+            summary["post_step_p95_ms"] / summary["best_static_p95_ms"]
+        )
+    assert "worst_rolling_ratio" in summary  # null here: the run is shorter than a window
     tuning = data["tuning"]
     # The p95s come from this run's own queries (each kept: due time, latency, null = failed).
     due = np.array(tuning["queries"]["due_s"])

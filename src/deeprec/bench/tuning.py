@@ -293,6 +293,17 @@ def summarise(tuning: dict, sweep: list, step: float, seconds: float, due, laten
         "stable_s": policy_settle_time(tuning["policy"], step, last_b, seconds, HOLD_S),
         "pre_step_p95_ms": p95_ms(latencies[(due >= step - FINAL_S) & (due < step)]),
         "post_step_p95_ms": p95_ms(latencies[due >= step]),
+        "post_step_ratio": p95_ms(latencies[due >= step]) / best["p95_ms"],
+        # The worst trailing 10-s p95 wholly after the step: what trials cost at worst.
+        "worst_rolling_ratio": max(
+            (
+                p["p95_ms"]
+                for p in rolling(due, latencies, seconds, ROLLING_S)
+                if p["t"] >= step + ROLLING_S
+            ),
+            default=float("nan"),
+        )
+        / best["p95_ms"],
         "post_step_failed": int(np.isnan(latencies[due >= step]).sum()),
         "final_failed": int(np.isnan(latencies[last]).sum()),
         "final_p95_ms": final,
@@ -504,6 +515,9 @@ def table(data: dict) -> str:
             for t, v in s["looser"].items()
         ),
         f"  failed queries after the step        {s['post_step_failed']}",
+        f"  p95 of every query after the step    {_ms(s['post_step_p95_ms'])} ms = "
+        f"{_ms(s['post_step_ratio'], 2)}x best static; worst trailing {ROLLING_S:g}-s p95 "
+        f"{_ms(s['worst_rolling_ratio'], 2)}x",
         f"  final p95 (last {FINAL_S:g} s)              {_ms(s['final_p95_ms'])} ms = "
         f"{_ms(s['final_ratio'], 2)}x best static {_ms(s['best_static_p95_ms'])} ms "
         f"(B={s['best_static_batch_size']})",
