@@ -148,6 +148,35 @@ def test_from_an_overloaded_start_the_tuner_jumps_to_the_cheapest_policy(rate):
     assert len(overloaded_trials) == 1, tuner.history  # the start only
 
 
+def test_an_overloaded_start_is_left_at_the_first_sample_not_after_a_whole_trial():
+    """Issue 17 (bad start): the policy in force when a round begins has no measured tail
+    yet, so the overload guard (3x the SLA or the incumbent) could not cut it: at 18 q/s
+    the tuner waited for a full 300-query trial (17 s) of p95 > 500 ms under B=4 before
+    leaving it. Far over the SLA at ``min_trial_queries``, it leaves at once."""
+    config = TunerConfig(sla_ms=50, min_queries=300, min_trial_queries=50)
+    tuner = Tuner(config)
+    first = Observation(60, 3.0, 520.0, 18, 270, 2, 700, {4: (4.0, 1.2, 4000)})
+    decision = tuner.step(Policy("m", 4, 0), first)
+    assert decision.consumed and decision.policy is not None, tuner.history
+    assert decision.policy.batch_size == max(config.batch_sizes)
+    # The next trial starts behind the bad start's backlog: 200 ms in its first sample is
+    # far over the SLA but well under the start's 520 ms. It is not cut (which would have
+    # left every trial "infinite" and the tuner holding B=4, as a real run did), and once
+    # measured whole it replaces the start.
+    second = tuner.step(
+        replace(decision.policy, version=1), Observation(60, 3.0, 200.0, 18, 270, 2, 700, {})
+    )
+    assert second.consumed is False
+    tuner.step(
+        replace(decision.policy, version=1), Observation(300, 16.0, 9.0, 18, 270, 2, 700, {})
+    )
+    assert tuner.incumbent.batch_size == max(config.batch_sizes), tuner.history
+    # Merely slow (under the guard): the first trial runs its course.
+    tuner = Tuner(config)
+    slow = Observation(60, 3.0, 120.0, 18, 270, 2, 700, {4: (4.0, 1.2, 4000)})
+    assert tuner.step(Policy("m", 4, 0), slow).consumed is False
+
+
 def test_trials_at_different_loads_are_not_ranked_against_each_other():
     """Issue 17: a load step inside a round made a trial at the new load look worse than
     one at the old load, and the tuner went back to the old B. Results of one round are

@@ -124,7 +124,14 @@ class Tuner:
         knob = self._knob(policy)
         trial = self.phase != "hold" and knob not in self.results
         if trial and self._breaks_sla_badly(obs):
-            self._record(knob, INF)
+            if self.incumbent_ms == INF and self._same_knobs(policy, self.incumbent):
+                # The round's first trial is the policy in force: its tail is the bar the
+                # next trials must beat (ranked as measured, so that one whose start still
+                # waits behind this one's backlog is not cut and the bad start kept).
+                self._record(knob, obs.latency_ms)
+                self.incumbent_ms = obs.latency_ms
+            else:
+                self._record(knob, INF)
             return Decision(self._next(policy, obs), consumed=True)
         if trial and self._clearly_worse(obs):
             self._record(knob, obs.latency_ms)
@@ -172,7 +179,11 @@ class Tuner:
         return bool(self.results) and min(self.results.values()) > limit
 
     def _breaks_sla_badly(self, obs: Observation) -> bool:
-        limit = self.config.guard_factor * max(self.config.sla_ms, self.incumbent_ms)
+        """Far over the SLA and over the incumbent (the SLA alone while the incumbent is
+        unmeasured: a round's first trial is the policy in force, which may be what
+        overloads the servers)."""
+        incumbent = self.incumbent_ms if self.incumbent_ms < INF else 0.0
+        limit = self.config.guard_factor * max(self.config.sla_ms, incumbent)
         return obs.queries >= self.config.min_trial_queries and obs.latency_ms > limit
 
     def _clearly_worse(self, obs: Observation) -> bool:
