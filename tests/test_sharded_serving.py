@@ -30,8 +30,9 @@ from deeprec.models.runtime import open_session
 from deeprec.shard import main as shard_main
 from deeprec.sharding.planner import make_plan
 from deeprec.sharding.profile import count
+from deeprec.sharding.router import Part
 from deeprec.sharding.strategies import STRATEGIES
-from deeprec.v1 import inference_pb2, inference_pb2_grpc, shard_pb2, shard_pb2_grpc
+from deeprec.v1 import inference_pb2, inference_pb2_grpc, shard_pb2, shard_pb2_grpc, tensor_pb2
 from deeprec.workload.distributions import PowerLawIds
 
 N_ITEMS = 12
@@ -343,8 +344,11 @@ def test_a_shard_refuses_lookups_for_another_version_or_plan(tiny_zoo, loop, tmp
 def test_a_workers_lookups_carry_its_version_and_plan(tiny_zoo):
     artifact = tiny_zoo["rmc1"]
     plan = _plan(artifact, "capacity", shards=2)
-    request = lookup_request([], plan)
+    part = Part("f0", "t0", np.array([3, 5], dtype=np.int64), np.array([2]), True)
+    request = lookup_request([part], plan, plan.plan_id)
     assert (request.model_version, request.plan_id) == (plan.version, plan.plan_id)
+    # The table has fewer than 2^31 rows: ids travel as int32 (half the bytes).
+    assert request.lookups[0].ids.dtype == tensor_pb2.INT32
 
 
 def test_worker_refuses_shards_in_the_wrong_order(tiny_zoo, loop, tmp_path):

@@ -148,14 +148,15 @@ def _abandon(started: dict) -> None:
         lookup.abandon()
 
 
-def lookup_request(parts, plan: Plan) -> shard_pb2.LookupRequest:
-    """The lookups, stamped with the model version and plan this worker serves."""
-    request = shard_pb2.LookupRequest(model_version=plan.version, plan_id=plan.plan_id)
+def lookup_request(parts, plan: Plan, plan_id: str) -> shard_pb2.LookupRequest:
+    """The lookups, stamped with the model version and plan (``plan.plan_id``, a digest
+    the caller computes once) this worker serves."""
+    request = shard_pb2.LookupRequest(model_version=plan.version, plan_id=plan_id)
     for part in parts:
         lookup = request.lookups.add(table=part.table, pool=part.pool)
         # Ids were validated against the table's rows: int32 holds them when it has fewer
         # than 2^31, and halves the bytes both sides serialize.
-        small = not len(part.ids) or int(part.ids.max()) < 2**31
+        small = plan.tables[part.table].rows <= 2**31
         encode(part.ids.astype(np.int32) if small else part.ids, lookup.ids)
         encode(part.lengths, lookup.lengths)
     return request
@@ -170,6 +171,7 @@ class ShardedSession:
                 f"{len(config.shards)}: give one ADDR[+ADDR...] per shard, in plan order"
             )
         self.spec, self.plan, self.config = artifact.spec, plan, config
+        self.plan_id = plan.plan_id  # a digest of the placements: computed once
         self.dim = artifact.spec.embedding_dim
         self.dense = dense_session
         self.replicas = [Replicas(k, addresses) for k, addresses in enumerate(config.shards)]
@@ -227,7 +229,7 @@ class ShardedSession:
             d = rep.stubs[address].Describe(shard_pb2.DescribeShardRequest(), timeout=2)
         except grpc.RpcError:
             return False
-        expected = (self.spec.name, self.plan.version, self.plan.plan_id, rep.shard)
+        expected = (self.spec.name, self.plan.version, self.plan_id, rep.shard)
         if (d.model, d.version, d.plan_id, d.shard) != expected:
             raise ShardSetupError(
                 f"{address} serves {d.model} v{d.version} plan {d.plan_id} shard {d.shard}, "
@@ -274,7 +276,7 @@ class ShardedSession:
             for shard, shard_parts in parts.items():
                 lookup = _Lookup(
                     self.replicas[shard],
-                    lookup_request(shard_parts, self.plan),
+                    lookup_request(shard_parts, self.plan, self.plan_id),
                     self.config.lookup_timeout,
                 )
                 started[shard] = lookup

@@ -55,9 +55,9 @@ class ShardServicer(shard_pb2_grpc.SparseShardServicer):
                 f"this shard serves {store.model} version {store.version!r}, the lookup "
                 f"is for version {quote(request.model_version)}"
             )
-        if request.plan_id and request.plan_id != store.plan.plan_id:
+        if request.plan_id and request.plan_id != store.plan_id:
             raise Unavailable(
-                f"this shard holds plan {store.plan.plan_id!r}, the lookup is for plan "
+                f"this shard holds plan {store.plan_id!r}, the lookup is for plan "
                 f"{quote(request.plan_id)}"
             )
 

@@ -53,6 +53,7 @@ class ShardStore:
         if self.row_dtype not in ROW_DTYPES:
             raise PlanError(f"row dtype {self.row_dtype!r} is not one of {', '.join(ROW_DTYPES)}")
         self.plan, self.shard = plan, shard
+        self.plan_id = plan.plan_id  # checked on every lookup: computed once
         self.model, self.version = artifact.spec.name, artifact.version
         self.held: dict[str, HeldRows] = {}
         for r in plan.shards[shard]:
