@@ -267,3 +267,50 @@ def test_two_models_at_once_keep_separate_policies_from_the_scheduler(tmp_path):
             assert frontend.terminate() == 0
         loop.run(scheduler.stop())
         loop.close()
+
+
+def test_a_load_whose_caller_gave_up_still_ends_installed(tmp_path):
+    """A client's deadline must not strand a model half-opened (its run threads live on
+    with nothing routing to them): the load finishes on its own and is installed."""
+    from deeprec.common.limits import RequestLimits
+    from deeprec.common.policy import Policy, PolicyTable
+    from deeprec.frontend import main as frontend_main
+    from deeprec.frontend.local import LocalConfig, load_deployment
+    from deeprec.frontend.repository import RepositoryServicer
+    from deeprec.frontend.servicer import RecommenderServicer
+
+    _build(tmp_path, "rmc1", "1", seed=7)
+    release, started = threading.Event(), threading.Event()
+
+    def slow_load(path, name, version):  # the real load, once the test lets it go on
+        started.set()
+        release.wait(60)
+        return load_deployment(LocalConfig(1, None), path, name=name, version=version)
+
+    loop = Loop()
+    deployments = Deployments()
+    control = RepositoryServicer(deployments, ModelRepository(tmp_path), slow_load)
+    servicer = RecommenderServicer(
+        deployments, PolicyTable(Policy("", 0, 0)), RequestLimits(), control=control
+    )
+    server = loop.run(frontend_main.start(servicer, "127.0.0.1", 0))
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = _repository_stub(channel)
+            call = stub.LoadModel.future(repository_pb2.LoadModelRequest(name="rmc1"), timeout=30)
+            assert started.wait(30)
+            call.cancel()  # the client goes away while the model is being opened
+            release.set()
+            listing = None
+            for _ in range(600):  # the load ends on its own: wait for it to show
+                listing = stub.ListModels(repository_pb2.ListModelsRequest(), timeout=10)
+                if any(m.state == "serving" for m in listing.models):
+                    break
+                threading.Event().wait(0.05)
+            assert [(m.name, m.version, m.state) for m in listing.models] == [
+                ("rmc1", "1", "serving")
+            ]
+    finally:
+        loop.run(server.stop(0))
+        servicer.close()
+        loop.close()

@@ -55,6 +55,7 @@ class RepositoryServicer(repository_pb2_grpc.ModelRepositoryServicer):
         self.max_models = max_models
         self.lock = asyncio.Lock()
         self.retiring: dict[asyncio.Task, Deployment] = {}  # draining, then closed
+        self.loading: set[asyncio.Task] = set()
 
     async def ListModels(self, request, context):
         response = repository_pb2.ListModelsResponse()
@@ -87,7 +88,20 @@ class RepositoryServicer(repository_pb2_grpc.ModelRepositoryServicer):
             raise NotFound(str(err)) from None
         except ValueError as err:
             raise InvalidArgument(str(err)) from None
-        name = request.name
+        # A load outlives its call: a client that gives up (deadline, cancel) must not
+        # leave a half-opened model's run threads behind, so the load runs as its own
+        # task and finishes (installed, or refused) whether anyone waits or not.
+        task = asyncio.get_running_loop().create_task(self._load(who, request.name, version, path))
+        self.loading.add(task)
+        task.add_done_callback(self._loaded)
+        return await asyncio.shield(task)
+
+    def _loaded(self, task: asyncio.Task) -> None:
+        self.loading.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.info("load ended: %s", task.exception())  # its caller, if still there, got it
+
+    async def _load(self, who: str, name: str, version: str, path):
         async with self.lock:
             current = self.deployments.current(name)
             if current is not None and current.version == version:
@@ -159,6 +173,8 @@ class RepositoryServicer(repository_pb2_grpc.ModelRepositoryServicer):
         task.add_done_callback(self.retiring.pop)
 
     async def finish(self) -> None:
-        """Wait for the versions being drained to close (at shutdown)."""
+        """At shutdown: let loads under way end, then wait for drained versions to close."""
+        if self.loading:
+            await asyncio.gather(*self.loading, return_exceptions=True)
         if self.retiring:
             await asyncio.gather(*self.retiring, return_exceptions=True)
