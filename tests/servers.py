@@ -124,6 +124,16 @@ def request_for(spec, inputs, model="", ids_dtype=None) -> recommender_pb2.Recom
     return request
 
 
+def deeprec_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`deeprec ARGS` as a user runs it: a child process, output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "deeprec.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -3,14 +3,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import grpc
 import numpy as np
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from servers import InProcessCluster
+from servers import InProcessCluster, deeprec_cli
 
 from deeprec.common.catalog import signature_of
 from deeprec.common.features import ModelSignature, validate
@@ -95,19 +92,9 @@ def test_query_needs_only_the_frontends_address(tiny_zoo, tmp_path):
     din = tiny_zoo["din"]
     with LocalCluster(din.path, workers=0, local_workers=1, log_dir=tmp_path) as cluster:
         address = cluster.frontend_address
-        run = subprocess.run(
-            [sys.executable, "-m", "deeprec.cli", "query", "--target", address, "--items", "9"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        run = deeprec_cli("query", "--target", address, "--items", "9")
         assert run.returncode == 0, run.stderr
         assert f"{address}: 9 scores (din, 1 head(s))" in run.stdout
-        wrong = subprocess.run(
-            [sys.executable, "-m", "deeprec.cli", "query", "--target", address, "--model", "x"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        wrong = deeprec_cli("query", "--target", address, "--model", "x")
         assert wrong.returncode == 2
         assert f"{address} does not serve 'x' (it serves: din)" in wrong.stderr

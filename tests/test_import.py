@@ -19,7 +19,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from servers import InProcessCluster, Loop, request_for, scores_of
+from servers import InProcessCluster, Loop, deeprec_cli, request_for, scores_of
 
 from deeprec.inference.sharded import ShardedConfig, open_sharded_session
 from deeprec.launcher.cluster import LocalCluster
@@ -136,12 +136,7 @@ def test_sharded_serving_gives_the_originals_scores(imported, tmp_path, strategy
 def test_up_and_query_need_no_flag_but_the_address(imported, tmp_path):
     with LocalCluster(imported.path, workers=0, local_workers=1, log_dir=tmp_path) as cluster:
         address = cluster.frontend_address
-        run = subprocess.run(
-            [sys.executable, "-m", "deeprec.cli", "query", "--target", address, "--items", "7"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        run = deeprec_cli("query", "--target", address, "--items", "7")
         assert run.returncode == 0, run.stderr
         assert f"{address}: 7 scores (dlrm, 1 head(s))" in run.stdout
 

@@ -3,14 +3,12 @@ under load with real processes, unloading, the admin guard and `deeprec model li
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 
 import grpc
 import numpy as np
 import pytest
-from servers import Loop, WorkerProcess, request_for, scores_of
+from servers import Loop, WorkerProcess, deeprec_cli, request_for, scores_of
 
 from deeprec.common.errors import InvalidArgument, NotFound
 from deeprec.frontend.admission import Admission
@@ -205,12 +203,7 @@ def test_a_version_roll_under_load_fails_no_query_and_unload_drains(tmp_path):
             described = stub.DescribeModels(recommender_pb2.DescribeModelsRequest(), timeout=10)
             assert [(m.name, m.version) for m in described.models] == [("rmc1", "2")]
 
-        listed = subprocess.run(
-            [sys.executable, "-m", "deeprec.cli", "model", "list", "--target", frontend.address],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        listed = deeprec_cli("model", "list", "--target", frontend.address)
         assert listed.returncode == 0, listed.stderr
         assert "rmc1 v2: serving (current) [repository]" in listed.stdout
         assert "din v1: available [repository]" in listed.stdout
