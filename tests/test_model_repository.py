@@ -85,6 +85,10 @@ def test_routing_by_model_and_version_and_what_a_roll_replaces(tiny_zoo):
     with pytest.raises(NotFound, match=r"'rmc1' is not served \(serving din\)"):
         deployments.route("rmc1")
     assert [d.name for d in deployments] == ["din"]
+    deployments.remove("din")
+    for name in ("", "din"):
+        with pytest.raises(NotFound, match="no model is loaded here"):
+            deployments.route(name)
 
 
 # -- real processes ---------------------------------------------------------------------------

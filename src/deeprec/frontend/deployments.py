@@ -137,9 +137,11 @@ class Deployments:
 
     def route(self, name: str, version: str = "") -> Deployment:
         """The deployment a query for ``name`` (and ``version``, if given) runs on."""
+        if not self._current:
+            raise NotFound("no model is loaded here (all were unloaded): load one first")
         if not name:
             if len(self._current) != 1:
-                served = ", ".join(self._current) or "none"
+                served = ", ".join(self._current)
                 raise InvalidArgument(f"model is required: this frontend serves {served}")
             name = next(iter(self._current))
         versions = self._versions.get(name)
