@@ -311,3 +311,99 @@ def test_a_load_whose_caller_gave_up_still_ends_installed(tmp_path):
         loop.run(server.stop(0))
         servicer.close()
         loop.close()
+
+
+ALLOWED = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def test_loads_unloads_and_queries_racing_each_other_get_only_deliberate_answers(tmp_path):
+    """Threads loading, unloading and querying two models (and names that do not exist)
+    at once, against a real frontend: every answer is a score per item or a deliberate
+    status, and the frontend stays up and serves the survivors afterwards."""
+    artifacts = {name: _build(tmp_path, name, "1", seed=7) for name in ("rmc1", "din")}
+    _build(tmp_path, "rmc1", "2", seed=8)
+    frontend = WorkerProcess(tmp_path, "--local-workers", "1", service="frontend").wait_healthy()
+    outcomes, stop = [], threading.Event()
+
+    def control(seed):
+        rng = np.random.default_rng(seed)
+        with grpc.insecure_channel(frontend.address) as channel:
+            stub = _repository_stub(channel)
+            while not stop.is_set():
+                name = str(rng.choice(["rmc1", "din", "nope", "../x"]))
+                version = str(rng.choice(["", "1", "2", "9"]))
+                kind = rng.choice(["load", "unload", "list"])
+                try:
+                    if kind == "load":
+                        stub.LoadModel(
+                            repository_pb2.LoadModelRequest(name=name, version=version), timeout=60
+                        )
+                    elif kind == "unload":
+                        stub.UnloadModel(
+                            repository_pb2.UnloadModelRequest(name=name, version=version),
+                            timeout=60,
+                        )
+                    else:
+                        stub.ListModels(repository_pb2.ListModelsRequest(), timeout=60)
+                    outcomes.append((kind, grpc.StatusCode.OK, ""))
+                except grpc.RpcError as err:
+                    outcomes.append((kind, err.code(), err.details()))
+
+    def query(seed):
+        rng = np.random.default_rng(seed)
+        with grpc.insecure_channel(frontend.address) as channel:
+            stub = recommender_pb2_grpc.RecommenderStub(channel)
+            while not stop.is_set():
+                name = str(rng.choice(["rmc1", "din"]))
+                inputs = random_inputs(artifacts[name].spec, int(rng.integers(1, 6)), rng)
+                try:
+                    reply = stub.Recommend(
+                        request_for(artifacts[name].spec, inputs, model=name), timeout=60
+                    )
+                    n = len(inputs[f"{artifacts[name].spec.features[0].name}_lengths"])
+                    got = scores_of(reply).shape[0]
+                    ok = grpc.StatusCode.OK if got == n else "wrong length"  # fails below
+                    outcomes.append(("query", ok, f"{got} scores for {n} items"))
+                except grpc.RpcError as err:
+                    outcomes.append(("query", err.code(), err.details()))
+
+    threads = [threading.Thread(target=control, args=(k,)) for k in range(2)]
+    threads += [threading.Thread(target=query, args=(10 + k,)) for k in range(2)]
+    try:
+        for thread in threads:
+            thread.start()
+        # Until enough of each kind happened (an event count, not a time).
+        for _ in range(1200):
+            kinds = {(k, c == grpc.StatusCode.OK) for k, c, _ in outcomes}
+            if len(outcomes) > 300 and {("load", True), ("unload", True), ("query", True)} <= kinds:
+                break
+            threading.Event().wait(0.05)
+        stop.set()
+        for thread in threads:
+            thread.join(120)
+        assert len(outcomes) > 300
+        bad = [o for o in outcomes if o[1] != grpc.StatusCode.OK and o[1] not in ALLOWED]
+        assert not bad, bad[:5]
+        assert all(details for _, code, details in outcomes if code != grpc.StatusCode.OK)
+        assert frontend.alive()
+        with grpc.insecure_channel(frontend.address) as channel:
+            stub = _repository_stub(channel)
+            stub.LoadModel(repository_pb2.LoadModelRequest(name="din"), timeout=60)
+            inputs = random_inputs(artifacts["din"].spec, 3, np.random.default_rng(1))
+            reply = recommender_pb2_grpc.RecommenderStub(channel).Recommend(
+                request_for(artifacts["din"].spec, inputs, model="din"), timeout=60
+            )
+            np.testing.assert_allclose(
+                scores_of(reply),
+                reference.forward(artifacts["din"], inputs),
+                rtol=1e-5,
+                atol=1e-6,
+            )
+    finally:
+        stop.set()
+        assert frontend.terminate() == 0
