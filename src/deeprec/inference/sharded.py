@@ -3,13 +3,17 @@
 ``ShardedSession`` has the interface of models.runtime.Session (``run(feeds)``,
 ``provider``), so the Inference servicer runs it unchanged. ``run`` is called on the
 servicer's executor thread: it routes the batch's ids (deeprec.sharding.router), sends one
-Lookup per shard it needs at once (synchronous stubs' futures: the RPCs overlap with no
-extra threads), retries a failed shard on its other replicas, and runs the dense graph.
+Lookup per shard it needs at once, retries a failed shard on its other replicas, and runs
+the dense graph. The Lookups go out on asyncio channels driven by one long-lived client
+thread (its own event loop): synchronous stubs' futures started a gRPC "channel spin"
+thread for every batch of calls, about 0.7 ms of CPU per four-shard query.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,7 +30,7 @@ from deeprec.common.replicas import (
     Verdict,
     marked_accepted,
 )
-from deeprec.common.server import sync_channel
+from deeprec.common.server import channel
 from deeprec.common.tensors import TensorError, decode, encode
 from deeprec.models.fused import dense_feeds
 from deeprec.models.runtime import open_session
@@ -64,88 +68,87 @@ def parse_shard_addresses(text: str) -> list[list[str]]:
     return shards
 
 
+class ClientLoop:
+    """One thread running an event loop for the shard channels. Callers on any thread
+    (run threads, the server's own loop during warm-up) hand it coroutines and block on
+    their result."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="shard-client", daemon=True
+        )
+        self.thread.start()
+
+    def run(self, coro):
+        """``coro``'s result (or exception), waiting on the calling thread."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
 class Replicas(ReplicaPool):
     """One shard's replicas and their stubs. Picking, ejection, which failures are retried
     and how often: deeprec.common.replicas, as for the frontend's workers. A lookup is
-    read-only, so a failed one may go to every replica of its shard in turn."""
+    read-only, so a failed one may go to every replica of its shard in turn. Made on the
+    client loop (asyncio channels belong to the loop they are made on)."""
 
     def __init__(self, shard: int, addresses: list[str], eject_seconds=DEFAULT_EJECT_SECONDS):
         super().__init__(addresses, eject_seconds, max_tries=max(len(addresses), 1))
         self.shard, self.addresses = shard, self.members
-        self.channels = {a: sync_channel(a) for a in self.members}  # mutual TLS if configured
+        self.channels = {a: channel(a) for a in self.members}  # mutual TLS if configured
         self.stubs = {a: shard_pb2_grpc.SparseShardStub(c) for a, c in self.channels.items()}
 
-    def close(self) -> None:
+    async def close(self) -> None:
         for c in self.channels.values():
-            c.close()
+            await c.close()
 
 
-class _Lookup:
-    """One shard's Lookup, from its first try to its answer or its last failure."""
-
-    def __init__(self, rep: Replicas, request: shard_pb2.LookupRequest, timeout: float):
-        self.rep, self.request, self.timeout = rep, request, timeout
-        self.failover = rep.failover()
-        self.future = None
-        self.errors: list[str] = []
-        self.sent = time.perf_counter()
-
-    def send(self) -> None:
-        """The next try, on a replica not tried yet (a future: tries of shards overlap)."""
-        address = self.failover.pick()
-        self.future = self.rep.stubs[address].Lookup.future(self.request, timeout=self.timeout)
-
-    def result(self) -> shard_pb2.LookupResponse:
-        """The reply; a replica that fails is ejected and the lookup sent to another."""
-        shard = self.rep.shard
+async def lookup_with_failover(
+    rep: Replicas, request: shard_pb2.LookupRequest, timeout: float
+) -> shard_pb2.LookupResponse:
+    """One shard's Lookup, from its first try to its answer or its last failure: a replica
+    that fails is ejected and the lookup sent to another (cancelled: the try in flight is
+    cancelled with it and its replica freed, not judged)."""
+    shard, errors = rep.shard, []
+    with rep.failover() as failover:
         while True:
             try:
-                reply = self.future.result()
-            except grpc.RpcError as err:
-                address, code = self.failover.current, err.code()
+                address = failover.pick()
+            except NoReplica:
+                raise Unavailable(
+                    f"shard {shard}: no replica answered ({'; '.join(errors)})"
+                ) from None
+            try:
+                reply = await rep.stubs[address].Lookup(request, timeout=timeout)
+            except grpc.aio.AioRpcError as err:
+                code = err.code()
                 failure = f"{code.name} {err.details()}"
-                self.errors.append(f"{address}: {failure}")
+                errors.append(f"{address}: {failure}")
                 # --shard-timeout is per try: a replica past it hung, another may answer.
-                verdict = self.failover.failed(code, accepted=_accepted(err), per_try_deadline=True)
+                verdict = failover.failed(code, accepted=_accepted(err), per_try_deadline=True)
                 if verdict is Verdict.STOP:
-                    raise ServingError(
-                        f"shard {shard} refused the lookup: {self.errors[-1]}"
-                    ) from None
+                    raise ServingError(f"shard {shard} refused the lookup: {errors[-1]}") from None
                 if verdict is Verdict.NO_REPLAY:
                     raise Unavailable(
                         f"shard {shard} replica {address} failed while running the lookup "
                         f"({failure}); not replayed on another replica"
                     ) from None
                 log.warning("shard %d replica %s failed (%s)", shard, address, failure)
-                try:
-                    self.send()
-                except NoReplica:
-                    raise Unavailable(
-                        f"shard {shard}: no replica answered ({'; '.join(self.errors)})"
-                    ) from None
                 continue
-            self.failover.succeeded()
+            failover.succeeded()
             return reply
 
-    def abandon(self) -> None:
-        """Stop a try left in flight (another shard failed): cancel it, free its replica."""
-        if self.failover.current is not None:
-            if self.future is not None:
-                self.future.cancel()
-            self.failover.abandon()
 
-
-def _accepted(err: grpc.RpcError) -> bool:
+def _accepted(err: grpc.aio.AioRpcError) -> bool:
     """Whether the replica had marked the failed call accepted (the poison guard)."""
     try:
         return marked_accepted(err.initial_metadata())
     except (AttributeError, grpc.RpcError):
         return False
-
-
-def _abandon(started: dict) -> None:
-    for lookup in started.values():
-        lookup.abandon()
 
 
 def lookup_request(parts, plan: Plan, plan_id: str) -> shard_pb2.LookupRequest:
@@ -174,7 +177,8 @@ class ShardedSession:
         self.plan_id = plan.plan_id  # a digest of the placements: computed once
         self.dim = artifact.spec.embedding_dim
         self.dense = dense_session
-        self.replicas = [Replicas(k, addresses) for k, addresses in enumerate(config.shards)]
+        self.client = ClientLoop()
+        self.replicas = self.client.run(_replicas(config.shards))
         self.cache = None
         self.lookup_latency = None  # a histogram once instrument() gave a meter
         self._batches = 0
@@ -226,7 +230,7 @@ class ShardedSession:
     def _describe(self, rep, address: str) -> bool:
         """True if ``address`` answers as shard ``rep.shard`` of this plan."""
         try:
-            d = rep.stubs[address].Describe(shard_pb2.DescribeShardRequest(), timeout=2)
+            d = self.client.run(_describe_shard(rep.stubs[address]))
         except grpc.RpcError:
             return False
         expected = (self.spec.name, self.plan.version, self.plan_id, rep.shard)
@@ -248,13 +252,13 @@ class ShardedSession:
     def run(self, feeds: dict) -> list[np.ndarray]:
         wants = wants_of(self.spec, feeds)
         routed = route(self.plan, wants, self.cache)
-        started = self._start(routed.parts)
+        pending = asyncio.run_coroutine_threadsafe(self._lookup_all(routed.parts), self.client.loop)
         try:
             local = pool_local(routed)  # the cache's share, while the shards do theirs
-            shared = self._collect(routed.parts, started)
-        finally:
-            _abandon(started)  # what an error left in flight
-        looked_up = assemble(routed, shared, self.dim, local)
+        except BaseException:
+            pending.cancel()
+            raise
+        looked_up = assemble(routed, pending.result(), self.dim, local)
         scores = self.dense.run(dense_feeds(self.spec, feeds, looked_up))
         if self.cache is not None:
             self.cache.record(routed.ids, routed.cached)
@@ -264,38 +268,33 @@ class ShardedSession:
 
     def _lookup(self, parts: dict[int, list]) -> dict[int, list[np.ndarray]]:
         """One Lookup per shard, all in flight together; failures retried on other replicas."""
-        started = self._start(parts)
-        try:
-            return self._collect(parts, started)
-        finally:
-            _abandon(started)  # what an error left in flight
+        return self.client.run(self._lookup_all(parts))
 
-    def _start(self, parts: dict[int, list]) -> dict[int, _Lookup]:
-        started = {}
+    async def _lookup_all(self, parts: dict[int, list]) -> dict[int, list[np.ndarray]]:
+        """On the client loop: every shard's lookup at once; the first that fails for good
+        cancels the others (a query fails whole)."""
+        shards = list(parts)
+        if len(shards) == 1:
+            return {shards[0]: await self._lookup_one(shards[0], parts[shards[0]])}
         try:
-            for shard, shard_parts in parts.items():
-                lookup = _Lookup(
-                    self.replicas[shard],
-                    lookup_request(shard_parts, self.plan, self.plan_id),
-                    self.config.lookup_timeout,
-                )
-                started[shard] = lookup
-                lookup.send()
-        except BaseException:
-            _abandon(started)
-            raise
-        return started
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self._lookup_one(k, parts[k])) for k in shards]
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+        return {k: t.result() for k, t in zip(shards, tasks, strict=True)}
 
-    def _collect(self, parts: dict[int, list], started: dict) -> dict[int, list[np.ndarray]]:
-        results = {}
-        for shard, lookup in started.items():
-            results[shard] = self._decode(shard, lookup.result(), len(parts[shard]))
-            if self.lookup_latency is not None:
-                self.lookup_latency.record(
-                    (time.perf_counter() - lookup.sent) * 1e3,
-                    {"model": self.spec.name, "shard": str(shard)},
-                )
-        return results
+    async def _lookup_one(self, shard: int, shard_parts: list) -> list[np.ndarray]:
+        sent = time.perf_counter()
+        request = lookup_request(shard_parts, self.plan, self.plan_id)
+        reply = await lookup_with_failover(
+            self.replicas[shard], request, self.config.lookup_timeout
+        )
+        if self.lookup_latency is not None:
+            self.lookup_latency.record(
+                (time.perf_counter() - sent) * 1e3,
+                {"model": self.spec.name, "shard": str(shard)},
+            )
+        return self._decode(shard, reply, len(shard_parts))
 
     def _decode(self, shard: int, reply, count: int) -> list[np.ndarray]:
         if len(reply.results) != count:
@@ -365,7 +364,16 @@ class ShardedSession:
         if self._refresher is not None:
             self._refresher.shutdown(wait=True)
         for rep in self.replicas:
-            rep.close()
+            self.client.run(rep.close())
+        self.client.close()
+
+
+async def _describe_shard(stub) -> shard_pb2.ShardDescription:
+    return await stub.Describe(shard_pb2.DescribeShardRequest(), timeout=2)
+
+
+async def _replicas(shards: list[list[str]]) -> list[Replicas]:
+    return [Replicas(k, addresses) for k, addresses in enumerate(shards)]
 
 
 def open_sharded_session(
