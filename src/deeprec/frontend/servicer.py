@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
@@ -20,6 +19,7 @@ from deeprec.common.features import validate
 from deeprec.common.limits import RequestLimits
 from deeprec.common.policy import PolicyTable
 from deeprec.common.replicas import Failover, Verdict
+from deeprec.common.tasks import all_or_nothing
 from deeprec.common.tensors import encode
 from deeprec.v1 import recommender_pb2, recommender_pb2_grpc
 
@@ -100,7 +100,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         predicted_ms = admission.admit(path, batch.n, pool.slots, deadline_ms)
         observed_ms = None
         try:
-            results = await _all_or_nothing(
+            results = await all_or_nothing(
                 [self._predict(deployment, pool, part, timeout, batch_size) for part in parts]
             )
             observed_ms = (time.perf_counter() - received) * 1e3
@@ -194,16 +194,3 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
             f"{items} failed on {pool.name} worker(s) {', '.join(tried)} and "
             "no other worker could take them"
         )
-
-
-async def _all_or_nothing(coros: list):
-    """Results of every coroutine in order; on the first failure the rest are cancelled
-    (a query fails whole, so its other sub-batches should stop using workers)."""
-    if len(coros) == 1:
-        return [await coros[0]]
-    try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(c) for c in coros]
-    except BaseExceptionGroup as failed:
-        raise failed.exceptions[0] from None
-    return [t.result() for t in tasks]

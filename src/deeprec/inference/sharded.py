@@ -31,6 +31,7 @@ from deeprec.common.replicas import (
     marked_accepted,
 )
 from deeprec.common.server import channel
+from deeprec.common.tasks import all_or_nothing
 from deeprec.common.tensors import TensorError, decode, encode
 from deeprec.models.fused import dense_feeds
 from deeprec.models.runtime import open_session
@@ -274,14 +275,8 @@ class ShardedSession:
         """On the client loop: every shard's lookup at once; the first that fails for good
         cancels the others (a query fails whole)."""
         shards = list(parts)
-        if len(shards) == 1:
-            return {shards[0]: await self._lookup_one(shards[0], parts[shards[0]])}
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(self._lookup_one(k, parts[k])) for k in shards]
-        except BaseExceptionGroup as failed:
-            raise failed.exceptions[0] from None
-        return {k: t.result() for k, t in zip(shards, tasks, strict=True)}
+        results = await all_or_nothing([self._lookup_one(k, parts[k]) for k in shards])
+        return dict(zip(shards, results, strict=True))
 
     async def _lookup_one(self, shard: int, shard_parts: list) -> list[np.ndarray]:
         sent = time.perf_counter()
