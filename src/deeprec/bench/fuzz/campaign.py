@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -255,6 +257,8 @@ def make_probes(targets: list[Target], artifact, seed: int, per_target: int = 3)
     rng = np.random.default_rng([seed, 2**31])
     probes = []
     for target in targets:
+        if target.cluster == REPOSITORY:
+            continue  # its models come and go under the fuzzed loads and unloads
         if target.rpc.key in ("Recommend", "Predict"):
             for n in (1, 7, 33)[:per_target]:
                 request, inputs = features_request(
@@ -335,6 +339,7 @@ SERVICES = {
         "opentelemetry.proto.collector.metrics.v1.MetricsService",
     ),
 }
+REPOSITORY = "repository"
 PLAN = (  # (cluster, role, child, RPCs)
     ("single", "frontend", "frontend",
      ("Recommend", "DescribeModels", "ListModels", "LoadModel", "UnloadModel", "Check", "Watch",
@@ -344,6 +349,9 @@ PLAN = (  # (cluster, role, child, RPCs)
      ("GetPolicy", "SetPolicy", "GetPolicyHistory", "WatchPolicies", "Export", "Check", "Watch",
       "Reflection")),
     ("sharded", "frontend", "frontend", ("Recommend", "DescribeModels")),
+    # A frontend serving a model repository: loads and unloads really happen here.
+    ("repository", "frontend", "frontend",
+     ("Recommend", "DescribeModels", "ListModels", "LoadModel", "UnloadModel")),
     ("sharded", "worker", "worker-0", ("Predict", "Describe")),
     ("sharded", "shard", "shard-0-0", ("Lookup", "ShardDescribe", "Check", "Watch", "Reflection")),
 )  # fmt: skip
@@ -756,8 +764,9 @@ def start_clusters(
     host: str = "127.0.0.1",
 ) -> dict:
     """The single-server cluster (scheduler, a frontend with its in-process CPU workers, as
-    deployed, and a worker process beside them, whose own RPCs are targets too) and the
-    sharded one (2 shards, a worker, a frontend), started side by side. Stop them with
+    deployed, and a worker process beside them, whose own RPCs are targets too), the
+    sharded one (2 shards, a worker, a frontend) and a frontend serving a model
+    repository (the model as versions 1 and 2), started side by side. Stop them with
     stop_clusters."""
     from deeprec.launcher.cluster import LocalCluster
 
@@ -779,8 +788,15 @@ def start_clusters(
             **common,
         ),
         "sharded": LocalCluster(model_dir, workers=1, shards=2, log_dir=logs("sharded"), **common),
+        REPOSITORY: LocalCluster(
+            repository_of(model_dir),
+            workers=0,
+            local_workers=1,
+            log_dir=logs(REPOSITORY),
+            **common,
+        ),
     }
-    with ThreadPoolExecutor(2) as pool:
+    with ThreadPoolExecutor(len(clusters)) as pool:
         futures = [pool.submit(c.start) for c in clusters.values()]
         errors = [f.exception() for f in futures]
     failed = [e for e in errors if e is not None]
@@ -790,12 +806,27 @@ def start_clusters(
     return clusters
 
 
+def repository_of(model_dir) -> Path:
+    """A model repository holding ``model_dir`` as versions 1 and 2 of its model (links,
+    in a new temporary directory that stop_clusters removes)."""
+    from deeprec.models.artifact import load_artifact
+
+    name = load_artifact(model_dir).spec.name
+    root = Path(tempfile.mkdtemp(prefix="deeprec-fuzz-repository-"))
+    for version in ("1", "2"):
+        (root / name).mkdir(exist_ok=True)
+        (root / name / version).symlink_to(Path(model_dir).resolve(), target_is_directory=True)
+    return root
+
+
 def stop_clusters(clusters: dict) -> dict:
-    """Stop both; each child's exit code."""
+    """Stop them all; each child's exit code."""
     codes = {}
     for name, cluster in clusters.items():
         for child, code in cluster.stop().items():
             codes[f"{name}/{child}"] = code
+    if REPOSITORY in clusters:
+        shutil.rmtree(clusters[REPOSITORY].model_dir, ignore_errors=True)
     return codes
 
 
