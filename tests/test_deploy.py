@@ -1010,6 +1010,12 @@ def test_keda_scales_pools_on_sub_batches_in_flight(chart, export_run):
         query = trigger["metadata"]["query"]
         assert 'path="cpu"' in query and 'model="rmc1"' in query
         assert not dashboard_problems([query], series), query  # a series the frontends export
+    # Several models served: the frontends' load is every model's in-flight sub-batches.
+    several = {"frontend": {"autoscaling": KEDA}, **EXTRA_MODELS}
+    (frontend,) = by_kind(manifests_of(render(chart, several)), "ScaledObject").values()
+    query = frontend["spec"]["triggers"][0]["metadata"]["query"]
+    assert query == 'sum(deeprec_pool_in_flight{model=~"rmc1|din|rmc3", path="cpu"})'
+    assert not dashboard_problems([query], series), query
     # The schema can fail: a ScaledObject without its target is refused.
     broken = copy.deepcopy(next(iter(scaled.values())))
     del broken["spec"]["scaleTargetRef"]
