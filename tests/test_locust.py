@@ -128,3 +128,28 @@ def test_locustfile_says_what_is_wrong(cluster, tmp_path):
     assert run.returncode != 0
     assert "deeprec locustfile:" in run.stderr
     assert "does not serve 'nosuchmodel' (it serves: rmc1)" in run.stderr
+
+
+def test_locust_loads_one_model_of_a_frontend_serving_several(tmp_path):
+    """`--model NAME` against a model repository: the users ask for that model's
+    signature and every query names it (a query naming none is refused there)."""
+    for name in ("rmc1", "din"):
+        write_artifact(zoo.preset(name, "tiny"), tmp_path / "repo" / name / "1", seed=3)
+    with LocalCluster(tmp_path / "repo", workers=0, local_workers=1) as running:
+        prefix = tmp_path / "run"
+        run = subprocess.run(
+            [
+                *(sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless"),
+                *("-H", running.frontend_address, "--run-time", "3s", "--rate", "10"),
+                *("--model", "din", "--csv", str(prefix), "--only-summary"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
+    assert run.returncode == 0, run.stdout + run.stderr
+    stats = {(r["Type"], r["Name"]): r for r in _rows(Path(f"{prefix}_stats.csv"))}
+    queries = stats[("grpc", "Recommend")]
+    assert int(queries["Request Count"]) >= 10
+    assert int(queries["Failure Count"]) == 0, _rows(Path(f"{prefix}_failures.csv"))

@@ -96,12 +96,13 @@ def prepare(spec, version: str, workload: Workload) -> list[Query]:
 
 
 def prepare_for(signature: ModelSignature, workload: Workload) -> list[Query]:
-    """The same from a signature (e.g. a frontend's DescribeModels answer)."""
+    """The same from a signature (e.g. a frontend's DescribeModels answer). Each query
+    names the model: a frontend serving several refuses a query that names none."""
     rng = np.random.default_rng(workload.seed)
     ids = table_ids(signature, workload.ids, workload.exponent, workload.seed)
     pool = make_pool(signature, pool_items_for(workload.sizes), rng, ids=ids)
     count = prepared_count(query_bytes(pool, workload.sizes.mean))
-    return prepare_queries(pool, workload.sizes, rng, count)
+    return prepare_queries(pool, workload.sizes, rng, count, model=signature.name)
 
 
 async def drive(
