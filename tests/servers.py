@@ -134,6 +134,17 @@ def deeprec_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess
     )
 
 
+def wait_until(condition, timeout: float = 300.0, every: float = 0.05) -> bool:
+    """Poll ``condition`` until it holds; False if it never did within ``timeout`` (a
+    bound for a broken run, generous for a busy machine: not a measure of speed)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(every)
+    return True
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -8,7 +8,7 @@ import threading
 import grpc
 import numpy as np
 import pytest
-from servers import Loop, WorkerProcess, deeprec_cli, request_for, scores_of
+from servers import Loop, WorkerProcess, deeprec_cli, request_for, scores_of, wait_until
 
 from deeprec.common.errors import InvalidArgument, NotFound
 from deeprec.frontend.admission import Admission
@@ -241,13 +241,13 @@ def test_two_models_at_once_keep_separate_policies_from_the_scheduler(tmp_path):
         with grpc.insecure_channel(frontend.address) as channel:
             stub = recommender_pb2_grpc.RecommenderStub(channel)
             request = recommender_pb2.DescribeModelsRequest()
+
             # The frontend applies the scheduler's stream once connected: wait for it.
-            for _ in range(600):
+            def batch_sizes():
                 models = stub.DescribeModels(request, timeout=10).models
-                if {m.name: m.batch_size for m in models} == expected:
-                    break
-                threading.Event().wait(0.1)
-            assert {m.name: m.batch_size for m in models} == expected
+                return {m.name: m.batch_size for m in models}
+
+            assert wait_until(lambda: batch_sizes() == expected), batch_sizes()
         traffic = {name: Traffic(frontend.address, {"1": a}, name) for name, a in artifacts.items()}
         with traffic["rmc1"], traffic["din"]:
             for load in traffic.values():
@@ -298,15 +298,13 @@ def test_a_load_whose_caller_gave_up_still_ends_installed(tmp_path):
             assert started.wait(30)
             call.cancel()  # the client goes away while the model is being opened
             release.set()
-            listing = None
-            for _ in range(600):  # the load ends on its own: wait for it to show
-                listing = stub.ListModels(repository_pb2.ListModelsRequest(), timeout=10)
-                if any(m.state == "serving" for m in listing.models):
-                    break
-                threading.Event().wait(0.05)
-            assert [(m.name, m.version, m.state) for m in listing.models] == [
-                ("rmc1", "1", "serving")
-            ]
+
+            def listing():
+                models = stub.ListModels(repository_pb2.ListModelsRequest(), timeout=10).models
+                return [(m.name, m.version, m.state) for m in models]
+
+            # The load ends on its own: wait for it to show.
+            assert wait_until(lambda: listing() == [("rmc1", "1", "serving")]), listing()
     finally:
         loop.run(server.stop(0))
         servicer.close()
@@ -377,12 +375,14 @@ def test_loads_unloads_and_queries_racing_each_other_get_only_deliberate_answers
     try:
         for thread in threads:
             thread.start()
+
         # Until enough of each kind happened (an event count, not a time).
-        for _ in range(1200):
-            kinds = {(k, c == grpc.StatusCode.OK) for k, c, _ in outcomes}
-            if len(outcomes) > 300 and {("load", True), ("unload", True), ("query", True)} <= kinds:
-                break
-            threading.Event().wait(0.05)
+        def enough():
+            kinds = {(k, c == grpc.StatusCode.OK) for k, c, _ in list(outcomes)}
+            wanted = {("load", True), ("unload", True), ("query", True)}
+            return len(outcomes) > 300 and wanted <= kinds
+
+        assert wait_until(enough), outcomes[-5:]
         stop.set()
         for thread in threads:
             thread.join(120)

@@ -24,9 +24,13 @@ class PolicyTable:
     def __init__(self, defaults: Policy):
         self._defaults = defaults
         self._policies: dict[str, Policy] = {}
+        self._default_of: dict[str, Policy] = {}  # the defaults, named: made once per model
 
     def get(self, model: str) -> Policy:
-        return self._policies.get(model) or replace(self._defaults, model=model)
+        policy = self._policies.get(model) or self._default_of.get(model)
+        if policy is None:  # read on every query: not a new Policy each time
+            policy = self._default_of[model] = replace(self._defaults, model=model)
+        return policy
 
     def apply(self, policy: Policy) -> bool:
         """Install ``policy`` unless an equal or newer version is already in force."""

@@ -121,9 +121,6 @@ class Deployments:
         for versions in self._versions.values():
             yield from versions.values()
 
-    def __len__(self) -> int:
-        return sum(len(v) for v in self._versions.values())
-
     @property
     def names(self) -> list[str]:
         return list(self._current)

@@ -176,14 +176,15 @@ async def build_servicer(
     def remote(stubs):
         return {a: RemoteWorker.serving(stub, signature) for a, stub in stubs.items()}
 
-    local_workers = in_process.cpu.workers if in_process else {}
-    deployment = Deployment(
-        signature,
-        Pool.of("cpu", {**local_workers, **remote(cpu_stubs)}),
-        Pool.of("gpu", remote(gpu_stubs)) if gpu_stubs else None,
-        new_admission(),
-        "workers" if described else "artifact",
+    # One deployment: the in-process pool (if any) with the remote workers beside it.
+    deployment = in_process or Deployment(
+        signature, Pool.of("cpu", {}), None, new_admission(), "workers"
     )
+    for address, worker in remote(cpu_stubs).items():
+        deployment.cpu.add(address, worker)
+    deployment.gpu = Pool.of("gpu", remote(gpu_stubs)) if gpu_stubs else None
+    if described:
+        deployment.source = "workers"
     deployments = Deployments()
     deployments.install(deployment)
     return RecommenderServicer(deployments, policies, limits, telemetry.meter)

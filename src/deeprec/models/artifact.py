@@ -188,6 +188,8 @@ class Artifact:
 
     def params(self) -> dict[str, np.ndarray]:
         weights = self.manifest["weights"]
+        if not weights["tensors"]:  # e.g. an imported graph that keeps its weights inline
+            return {}
         blob = np.memmap(self.path / weights["file"], dtype=np.uint8, mode="r")
         out = {}
         for name, entry in weights["tensors"].items():

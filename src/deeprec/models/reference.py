@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 
 from . import arch
-from .arch import imported
 from .arch.numeric import Params, offsets
 from .artifact import Artifact
 from .spec import POOLING_SUM
@@ -43,9 +42,7 @@ def lookups(artifact: Artifact, inputs: dict) -> tuple[dict, dict]:
 def dense_forward(artifact: Artifact, dense, pooled: dict, sequences: dict) -> np.ndarray:
     """Scores [N, heads] from pooled embeddings (what the dense graph computes)."""
     spec = artifact.spec
-    if spec.architecture == imported.NAME:  # no definition but its graph: ONNX Runtime judges
-        return imported.run_dense(artifact.graph("dense"), dense, pooled)
-    params = Params(artifact.params())
+    params = Params(artifact.params(), dense_graph=artifact.graph("dense"))
     pooled = {k: np.asarray(v, dtype=np.float64) for k, v in pooled.items()}
     sequences = {
         k: (np.asarray(r, dtype=np.float64), lengths) for k, (r, lengths) in sequences.items()

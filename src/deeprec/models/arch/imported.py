@@ -39,10 +39,9 @@ def graph(b, spec: ModelSpec, dense, pooled, sequences) -> str:
 
 
 def reference(spec: ModelSpec, p, dense, pooled, sequences) -> np.ndarray:
-    raise ValueError(
-        f"model {spec.name!r} is imported: its dense part has no NumPy definition, only its "
-        "dense.onnx (deeprec.models.reference.forward runs that graph instead)"
-    )
+    """No NumPy definition exists: the artifact's own dense graph, in ONNX Runtime, is the
+    oracle (the importer checked it against the user's original file)."""
+    return run_dense(p.dense_graph, dense, pooled)
 
 
 def run_dense(graph_path, dense, pooled: dict) -> np.ndarray:

@@ -15,10 +15,13 @@ def offsets(lengths: np.ndarray) -> np.ndarray:
 
 
 class Params:
-    """An artifact's dense parameters in float64, and the MLP they mostly make up."""
+    """An artifact's dense parameters in float64, and the MLP they mostly make up;
+    ``dense_graph``: the artifact's dense.onnx (the oracle of an imported model, which has
+    no definition but its graph)."""
 
-    def __init__(self, params: dict):
+    def __init__(self, params: dict, dense_graph=None):
         self.p = {k: v.astype(np.float64) for k, v in params.items()}
+        self.dense_graph = dense_graph
 
     def __getitem__(self, name):
         return self.p[name]
