@@ -15,7 +15,7 @@ import sys
 from deeprec.inference import main as inference_main
 
 
-def crash(feeds):
+def crash(feeds, threads):
     os.kill(os.getpid(), signal.SIGSEGV)
 
 

@@ -55,8 +55,10 @@ class InProcessCluster:
         telemetry=None,
         embeddings="auto",
         local_workers=0,
+        worker_threads=1,
     ):
         self.model_dir = model_dir
+        self.worker_threads = worker_threads
         self.local = LocalConfig(local_workers, str(model_dir), 1, embeddings)
         self.n_workers, self.n_gpu = workers, gpu_workers
         self.batch_size, self.offload_threshold = batch_size, offload_threshold
@@ -76,7 +78,11 @@ class InProcessCluster:
         ):
             for _ in range(count):
                 servicer = inference_main.build_servicer(
-                    self.model_dir, device, 1, allow_cpu_fallback=True, embeddings=self.embeddings
+                    self.model_dir,
+                    device,
+                    self.worker_threads,
+                    allow_cpu_fallback=True,
+                    embeddings=self.embeddings,
                 )
                 server = self.loop.run(
                     inference_main.start(servicer, "127.0.0.1", 0, self.telemetry)

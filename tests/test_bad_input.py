@@ -184,6 +184,42 @@ def test_a_request_that_once_killed_workers_is_refused_and_they_keep_serving(tin
     assert worker.alive()
 
 
+def test_run_settings_out_of_range_are_refused_naming_them(tiny_zoo, worker):
+    """A PredictRequest's run settings (the policy's, from a frontend) are checked like
+    its features: extreme values get INVALID_ARGUMENT naming the field; in range, even
+    more threads than the worker has cores, the scores are the reference's."""
+    artifact = tiny_zoo["rmc1"]
+    spec, rng = artifact.spec, np.random.default_rng(2)
+    inputs = random_inputs(spec, 5, rng)
+    features = request_for(spec, inputs).features
+    with grpc.insecure_channel(worker.address) as channel:
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        for field, value in (
+            ("merge_up_to", -1),
+            ("merge_up_to", -(2**63)),
+            ("merge_up_to", 2**63 - 1),
+            ("threads", -1),
+            ("threads", 2**31 - 1),
+            ("threads", -(2**31)),
+            ("merge_delay_us", 10**12),
+            ("merge_delay_us", -5),
+        ):
+            bad = inference_pb2.PredictRequest(features=features, **{field: value})
+            code, details = _code(lambda b=bad: stub.Predict(b, timeout=10))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT, (field, value, code)
+            assert field in details and len(details) < 300
+        good = inference_pb2.PredictRequest(
+            features=features, merge_up_to=3, threads=64, merge_delay_us=100
+        )
+        np.testing.assert_allclose(
+            scores_of(stub.Predict(good, timeout=10)),
+            reference.forward(artifact, inputs),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+    assert worker.alive()
+
+
 def test_a_shard_refuses_wrapping_lengths_and_keeps_serving(tiny_zoo, tmp_path):
     artifact = tiny_zoo["rmc1"]
     plan = make_plan(artifact.spec, artifact.version, 1, "singular")
@@ -367,6 +403,19 @@ def test_set_policy_bounds_names_values_and_models(scheduler):
         for model, b, t in (("m" * 1000, 64, 0), ("m", 2**63 - 1, 0), ("m", 0, -(2**63))):
             code, details = _code(lambda m=model, b=b, t=t: set_policy(m, b, t))
             assert code == grpc.StatusCode.INVALID_ARGUMENT and len(details) < 300
+        for field, value in (
+            ("threads", -1),
+            ("threads", 2**31 - 1),
+            ("merge_delay_us", -(2**63)),
+            ("merge_delay_us", 2**63 - 1),
+        ):
+            policy = scheduler_pb2.Policy(model="m", batch_size=64, **{field: value})
+            code, details = _code(
+                lambda p=policy: stub.SetPolicy(
+                    scheduler_pb2.SetPolicyRequest(policy=p), timeout=10
+                )
+            )
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and f"policy.{field}" in details
         for i in range(64):
             assert set_policy(f"model-{i}").version >= 1
         code, details = _code(lambda: set_policy("one-more"))

@@ -12,7 +12,9 @@ import pytest
 
 from deeprec.common.features import ModelSignature, encode_features, validate
 from deeprec.execution.batcher import Batcher, bounds, merge
+from deeprec.execution.run_settings import RunSettings
 from deeprec.execution.runner import Runner
+from deeprec.execution.sessions import SessionsByThreads, open_runs
 from deeprec.inference.main import build_servicer
 from deeprec.models import reference
 from deeprec.models.inputs import random_inputs
@@ -58,7 +60,7 @@ def test_sub_batches_waiting_behind_a_run_share_the_next_one(tiny_zoo):
     servicer = build_servicer(artifact.path, "cpu", 1)
     gate, runs = threading.Event(), []
 
-    def gated_run(feeds):  # the real session; the first run waits until all are queued
+    def gated_run(feeds, threads):  # the real session; the first run waits until all queued
         runs.append(len(next(iter(v for k, v in feeds.items() if k.endswith("_lengths")))))
         gate.wait(30)
         return servicer.session.run(feeds)
@@ -89,7 +91,7 @@ def test_sub_batches_waiting_behind_a_run_share_the_next_one(tiny_zoo):
 def test_expired_sub_batches_are_not_run_and_a_failed_run_fails_its_members(tiny_zoo):
     artifact = tiny_zoo["rmc1"]
 
-    def broken_run(feeds):
+    def broken_run(feeds, threads):
         raise RuntimeError("the session failed")
 
     async def scenario():
@@ -109,14 +111,14 @@ def test_several_run_threads_share_one_queue_and_its_backlog(tiny_zoo):
     servicer = build_servicer(artifact.path, "cpu", 1)
     gate, runs, lock = threading.Event(), [], threading.Lock()
 
-    def gated_run(feeds):  # the real session, once every sub-batch is queued
+    def gated_run(feeds, threads):  # the real session, once every sub-batch is queued
         with lock:
             runs.append(len(next(v for k, v in feeds.items() if k.endswith("_lengths"))))
         gate.wait(30)
         return servicer.session.run(feeds)
 
     async def scenario():
-        batcher = Batcher(gated_run, ThreadPoolExecutor(2), max_items=100, concurrency=2)
+        batcher = Batcher(gated_run, ThreadPoolExecutor(2), max_items=100, cores=2)
         parts = [_batch(artifact.spec, n, seed) for seed, n in enumerate((6, 7, 2, 3, 4, 5))]
         first = [asyncio.ensure_future(batcher.submit(b, None)) for b, _ in parts[:2]]
         while len(runs) < 2:  # both threads run at once, not one merged run
@@ -149,18 +151,19 @@ class GatedSession:
         return self.session.run(feeds)
 
 
-@pytest.mark.parametrize(("merge_up_to", "expected"), [(None, [1, 9]), (5, [1, 4, 5])])
+@pytest.mark.parametrize(("merge_up_to", "expected"), [(0, [1, 9]), (5, [1, 4, 5])])
 def test_a_run_merges_up_to_the_sub_batches_own_bound(tiny_zoo, merge_up_to, expected):
     artifact = tiny_zoo["rmc1"]
     session = GatedSession(build_servicer(artifact.path, "cpu", 1).session)
-    runner = Runner(session, coalesce_max_items=100)
+    runner = Runner(SessionsByThreads.single(session), coalesce_max_items=100)
+    settings = RunSettings(merge_up_to=merge_up_to)
     parts = [_batch(artifact.spec, n, seed) for seed, n in enumerate((1, 2, 2, 3, 2))]
 
     async def scenario():
-        first = asyncio.ensure_future(runner.run(parts[0][0], None, merge_up_to))
+        first = asyncio.ensure_future(runner.run(parts[0][0], None, settings))
         while not session.runs:
             await asyncio.sleep(0.001)
-        rest = [asyncio.ensure_future(runner.run(b, None, merge_up_to)) for b, _ in parts[1:]]
+        rest = [asyncio.ensure_future(runner.run(b, None, settings)) for b, _ in parts[1:]]
         while len(runner.batcher) < 4:
             await asyncio.sleep(0.001)
         session.gate.set()
@@ -169,6 +172,95 @@ def test_a_run_merges_up_to_the_sub_batches_own_bound(tiny_zoo, merge_up_to, exp
     outcomes = asyncio.run(scenario())
     runner.close()
     assert session.runs == expected  # B = 5: 2 + 2 fit, + 3 would not; else the runner's 100
+    for (_, inputs), outcome in zip(parts, outcomes, strict=True):
+        np.testing.assert_allclose(
+            outcome.scores, reference.forward(artifact, inputs), rtol=1e-5, atol=1e-6
+        )
+
+
+class CountingSessions:
+    """Real sessions of the artifact, opened per thread count; each run recorded as
+    (threads, items) while it waits at the gate."""
+
+    def __init__(self, artifact, cores):
+        self.gate, self.runs, self.lock = threading.Event(), [], threading.Lock()
+        sessions, _ = open_runs(artifact, "cpu", 1, embeddings="fused", runs=cores)
+        self.sessions = sessions
+
+    def runner(self, **kwargs) -> Runner:
+        runner = Runner(self.sessions, **kwargs)
+        real = runner.batcher.run
+
+        def recorded(feeds, threads):
+            with self.lock:
+                self.runs.append((threads, len(feeds[next(k for k in feeds if "_lengths" in k)])))
+            self.gate.wait(30)
+            return real(feeds, threads)
+
+        runner.batcher.run = recorded
+        return runner
+
+
+def test_a_policys_threads_trade_runs_at_once_for_threads_per_run(tiny_zoo):
+    """Two cores: one-thread runs go two at a time; two-thread runs one at a time, on a
+    session opened with two threads; more than the cores is the cores."""
+    artifact = tiny_zoo["rmc1"]
+    counting = CountingSessions(artifact, cores=2)
+    runner = counting.runner(coalesce_max_items=1)  # no merging: one run per sub-batch
+    parts = [_batch(artifact.spec, n, seed) for seed, n in enumerate((1, 2, 3, 4))]
+
+    async def scenario(threads):
+        settings = RunSettings(threads=threads)
+        tasks = [asyncio.ensure_future(runner.run(b, None, settings)) for b, _ in parts]
+        while len(counting.runs) < (2 if threads == 1 else 1) or len(runner.batcher) < 2:
+            await asyncio.sleep(0.001)  # the runs that can start have started
+        started = len(counting.runs)
+        counting.gate.set()
+        outcomes = await asyncio.gather(*tasks)
+        counting.gate.clear()
+        return started, outcomes
+
+    for threads, at_once, ran_with in ((1, 2, 1), (2, 1, 2), (5, 1, 2)):
+        counting.runs.clear()
+        started, outcomes = asyncio.run(scenario(threads))
+        assert started == at_once, counting.runs
+        assert {t for t, _ in counting.runs} == {ran_with}
+        for (_, inputs), outcome in zip(parts, outcomes, strict=True):
+            np.testing.assert_allclose(
+                outcome.scores, reference.forward(artifact, inputs), rtol=1e-5, atol=1e-6
+            )
+    assert counting.sessions.opened == [1, 2]
+    runner.close()
+
+
+def test_a_merge_delay_holds_a_short_run_for_company(tiny_zoo):
+    """A run short of its bound waits (up to the delay) for sub-batches that come after
+    it; without a delay it runs at once with what waits."""
+    artifact = tiny_zoo["rmc1"]
+    parts = [_batch(artifact.spec, n, seed) for seed, n in enumerate((2, 3))]
+
+    async def scenario(delay_us):
+        counting = CountingSessions(artifact, cores=1)
+        counting.gate.set()  # runs go as soon as they start
+        runner = counting.runner(coalesce_max_items=100)
+        settings = RunSettings(merge_up_to=5, merge_delay_us=delay_us)
+        first = asyncio.ensure_future(runner.run(parts[0][0], None, settings))
+        if delay_us:  # its run thread took it, and waits
+            while not (runner.batcher.active and not len(runner.batcher)):
+                await asyncio.sleep(0.001)
+        else:
+            await first  # no delay: it ran alone
+        second = asyncio.ensure_future(runner.run(parts[1][0], None, settings))
+        outcomes = await asyncio.gather(first, second)
+        runner.close()
+        return counting.runs, outcomes
+
+    # 30 s: far longer than the test takes to send the second, so it is never the clock
+    # that decides; the run is full (2 + 3 = B) as soon as the second comes.
+    runs, outcomes = asyncio.run(scenario(30_000_000))
+    assert runs == [(1, 5)] and [o.batched for o in outcomes] == [2, 2]
+    runs, outcomes = asyncio.run(scenario(0))
+    assert runs == [(1, 2), (1, 3)]
     for (_, inputs), outcome in zip(parts, outcomes, strict=True):
         np.testing.assert_allclose(
             outcome.scores, reference.forward(artifact, inputs), rtol=1e-5, atol=1e-6

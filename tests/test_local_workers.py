@@ -21,7 +21,7 @@ from servers import (
 from deeprec.common.features import ModelSignature, encode_features, validate
 from deeprec.common.policy import Policy
 from deeprec.execution.runner import Runner, warm_up_batch
-from deeprec.execution.sessions import open_model
+from deeprec.execution.sessions import open_runs
 from deeprec.frontend import main as frontend_main
 from deeprec.frontend.local import LocalConfig, LocalWorker
 from deeprec.models import reference, zoo
@@ -78,6 +78,34 @@ def test_local_and_remote_workers_share_the_sub_batches_of_queries(tiny_zoo):
         assert local.runner.answered + remote.answered == 4 * N_ITEMS
 
 
+@pytest.mark.parametrize("name", ["rmc1", "din"])
+def test_the_policy_sets_each_runs_threads_and_merge_delay_on_every_kind_of_worker(tiny_zoo, name):
+    """The policy's threads and merge delay reach the in-process pool with each sub-batch
+    and a worker process in its PredictRequest; every run, whatever its threads, still
+    gives the reference scores."""
+    artifact = tiny_zoo[name]
+    with InProcessCluster(
+        artifact.path, workers=1, local_workers=2, worker_threads=2, batch_size=4
+    ) as cluster:
+        (local,) = _local(cluster)
+        remote = cluster.worker_servicers[0].runner
+        table = cluster.frontend.policies
+        model = cluster.frontend.deployments.currents()[0].signature.name
+        for version, (threads, delay_us) in enumerate(((2, 0), (1, 500), (8, 0), (0, 0)), 1):
+            table.apply(Policy(model, 4, 0, version, threads=threads, merge_delay_us=delay_us))
+            for seed in range(3):
+                inputs = random_inputs(artifact.spec, N_ITEMS, np.random.default_rng(seed))
+                reply = cluster.stub.Recommend(request_for(artifact.spec, inputs), timeout=30)
+                np.testing.assert_allclose(
+                    scores_of(reply), reference.forward(artifact, inputs), rtol=1e-5, atol=1e-6
+                )
+        # Each pool opened a session for every count asked, up to its cores (8 -> 2):
+        # the in-process pool has 2 cores of 1-thread runs, the worker one 2-thread run.
+        assert local.runner.sessions.opened == [1, 2]
+        assert remote.sessions.opened == [1, 2]
+        assert local.runner.answered > 0 and remote.answered > 0
+
+
 def test_a_run_that_breaks_fails_its_query_as_unavailable_and_is_not_replayed(tiny_zoo):
     artifact = tiny_zoo["rmc1"]
     inputs = random_inputs(artifact.spec, 4, np.random.default_rng(0))
@@ -87,7 +115,7 @@ def test_a_run_that_breaks_fails_its_query_as_unavailable_and_is_not_replayed(ti
         balancer = cluster.frontend.deployments.currents()[0].cpu.balancer
         balancer.eject_seconds = 3600  # once ejected, out for the whole test
 
-        def crash(feeds):  # where a bug in native code would strike, short of a segfault
+        def crash(feeds, threads):  # where a bug in native code would strike, short of a segfault
             raise RuntimeError("bad kernel")
 
         broken.runner.batcher.run = crash
@@ -115,10 +143,10 @@ def test_a_sub_batch_whose_deadline_passes_in_the_queue_is_deadline_exceeded(tin
         (worker,) = _local(cluster)
         real_run, gate, started = worker.runner.batcher.run, threading.Event(), threading.Event()
 
-        def gated(feeds):  # the real run, once the test lets it go
+        def gated(feeds, threads):  # the real run, once the test lets it go
             started.set()
             gate.wait(30)
-            return real_run(feeds)
+            return real_run(feeds, threads)
 
         worker.runner.batcher.run = gated
         first = cluster.stub.Recommend.future(request_for(artifact.spec, inputs), timeout=30)
@@ -209,8 +237,8 @@ def test_the_warm_up_batch_is_valid_input_that_every_model_runs(tiny_zoo, name):
     encode_features(features, batch.dense, batch.ids, batch.lengths)
     assert validate(signature, features).n == 8  # what the servers would accept
     for embeddings in ("fused", "graph"):
-        session, _ = open_model(artifact, "cpu", 1, embeddings=embeddings)
-        runner = Runner(session)
+        sessions, _ = open_runs(artifact, "cpu", 1, embeddings=embeddings)
+        runner = Runner(sessions)
         assert runner.warm_up(signature) > 0
         runner.close()
 

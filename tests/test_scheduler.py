@@ -41,6 +41,9 @@ def test_service_model_fits_overhead_and_per_item_cost():
     assert ServiceModel.fit({16: (16.0, 1.8, 100)}) is None  # one size: no slope
 
 
+B_AND_T_ONLY = {"threads": (), "merge_delays_us": ()}  # tests of B and T alone
+
+
 def _tune(server, config, start: Policy, rate, seconds_per_trial=10, max_steps=60, seed=100):
     tuner, policy = Tuner(config), start
     for step in range(max_steps):
@@ -51,6 +54,8 @@ def _tune(server, config, start: Policy, rate, seconds_per_trial=10, max_steps=6
             rate,
             seconds_per_trial,
             seed=seed + step,
+            threads=policy.threads,
+            merge_delay_us=policy.merge_delay_us,
         )
         decision = tuner.step(policy, obs)
         if decision.policy is not None:
@@ -63,7 +68,7 @@ def _tune(server, config, start: Policy, rate, seconds_per_trial=10, max_steps=6
 @pytest.mark.parametrize("rate", [20, 60, 100])
 @pytest.mark.parametrize("start", [4, 1024])
 def test_batch_size_converges_to_the_best_candidate(rate, start):
-    server, config = ServerModel(), TunerConfig(min_queries=200)
+    server, config = ServerModel(), TunerConfig(min_queries=200, **B_AND_T_ONLY)
     sweep = {b: simulate(server, b, 0, rate, 30, seed=1).latency_ms for b in config.batch_sizes}
     best = min(sweep.values())
     tuner, policy = _tune(server, config, Policy("m", start, 0), rate)
@@ -74,10 +79,35 @@ def test_batch_size_converges_to_the_best_candidate(rate, start):
         assert sweep[start] > 5 * best  # the start really was bad
 
 
+@pytest.mark.parametrize(("rate", "threads"), [(10, 2), (95, 1)])
+def test_threads_per_run_follow_the_load(rate, threads):
+    """Light load: one run on both cores ends a query soonest. Heavy load: two one-thread
+    runs at once serve more (a second thread makes a run only 1.8x faster here)."""
+    server = ServerModel(overhead_ms=5.0, thread_efficiency=0.8)
+    config = TunerConfig(min_queries=200, merge_delays_us=())
+    tuner, policy = _tune(server, config, Policy("m", 1024, 0), rate, seconds_per_trial=25)
+
+    def p95(b, k):
+        return simulate(server, b, 0, rate, 30, seed=1, threads=k).latency_ms
+
+    assert [h for h in tuner.history if h[0] == "threads"], tuner.history  # it tried them
+    assert (policy.threads or 1) == threads, (policy, tuner.history)
+    # At the B it chose, the threads it chose are the better ones (a 30-s sweep).
+    other = 3 - threads
+    assert p95(policy.batch_size, threads) < p95(policy.batch_size, other), tuner.history
+
+
+def test_a_merge_delay_that_does_not_pay_is_tried_and_dropped():
+    server = ServerModel()
+    tuner, policy = _tune(server, TunerConfig(min_queries=200), Policy("m", 256, 0), 40)
+    assert [h for h in tuner.history if h[0] == "delay" and h[1] == 1000], tuner.history
+    assert policy.merge_delay_us == 0, tuner.history
+
+
 @pytest.mark.parametrize("rate", [40, 100])
 def test_offload_threshold_converges_with_a_gpu_pool(rate):
     server = ServerModel(gpu_workers=1, gpu_overhead_ms=6, gpu_per_item_ms=0.01)
-    config = TunerConfig(gpu=True)
+    config = TunerConfig(gpu=True, **B_AND_T_ONLY)
     tuner, policy = _tune(server, config, Policy("m", 1024, 0), rate)
     sweep = {
         (b, t): simulate(server, b, t, rate, 30, seed=1).latency_ms

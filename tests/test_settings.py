@@ -73,6 +73,8 @@ def another(setting: settings.Setting, service: str, than=None) -> str:
         options = ["true", "false"]
     elif setting.kind in (int, float):
         options = ["3", "5", "7"]
+    elif setting.kind == "ints":
+        options = ["1,3", "2,5", "3"]
     else:
         options = ["a", "b", "c"]
     return next(o for o in options if o not in taken)
@@ -152,6 +154,14 @@ BAD = [
     ("scheduler", "DEEPREC_PERCENTILE", "90", "--percentile", "not one of 95, 99"),
     ("scheduler", "DEEPREC_SLA_MS", "fast", "--sla-ms", "not a number"),
     ("scheduler", "DEEPREC_NO_TUNE", "perhaps", "--no-tune", "not true or false"),
+    ("scheduler", "DEEPREC_TUNE_THREADS", "1,0", "--tune-threads", "each value must be at least"),
+    (
+        "scheduler",
+        "DEEPREC_TUNE_MERGE_DELAYS_US",
+        "0,x",
+        "--tune-merge-delays-us",
+        "not a comma-separated",
+    ),
 ]
 
 

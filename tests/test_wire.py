@@ -25,10 +25,15 @@ def test_sub_batches_serialize_byte_for_byte_like_protobuf(tiny_zoo, name, ids_d
         {f.name: inputs[f"{f.name}_lengths"] for f in spec.features},
     )
     batch = validate(ModelSignature.from_spec(spec, "1"), query.features)
-    for part in split(batch, 4):
-        expected = inference_pb2.PredictRequest(model=name)
+    run_settings = [(0, 0, 0), (4, 2, 500), (2**31 - 1, 256, 10**6)]
+    for part, (merge_up_to, threads, delay_us) in zip(split(batch, 4), run_settings, strict=True):
+        expected = inference_pb2.PredictRequest(
+            model=name, merge_up_to=merge_up_to, threads=threads, merge_delay_us=delay_us
+        )
         encode_features(expected.features, part.dense, part.ids, part.lengths, ids_dtype)
-        got = predict_request(name, part.dense, part.ids, part.lengths, ids_dtype)
+        got = predict_request(
+            name, part.dense, part.ids, part.lengths, ids_dtype, merge_up_to, threads, delay_us
+        )
         assert got == expected.SerializeToString()
         assert inference_pb2.PredictRequest.FromString(got) == expected
 

@@ -77,6 +77,27 @@ def test_the_frontends_own_sub_batch_bytes_read_like_protobuf(tiny_zoo):
     assert as_plain(view) == as_plain(inference_pb2.PredictRequest.FromString(data))
 
 
+def test_a_predict_requests_run_settings_read_like_protobuf(tiny_zoo):
+    spec = tiny_zoo["rmc1"].spec
+    features = random_request(spec, 3, 0).features
+    for merge_up_to, threads, delay_us in ((5, 2, 300), (2**31 - 1, 0, 1), (2**31, -1, 7)):
+        message = inference_pb2.PredictRequest(
+            model="m",
+            features=features,
+            merge_up_to=merge_up_to,
+            threads=threads,
+            merge_delay_us=delay_us,
+        )
+        parsed = request_reader(inference_pb2.PredictRequest)(message.SerializeToString())
+        got = (parsed.merge_up_to, parsed.threads, parsed.merge_delay_us)
+        assert got == (merge_up_to, threads, delay_us)
+        # Wider or negative values are protobuf's to convert: the view leaves them.
+        wide = merge_up_to > 2**31 - 1 or threads < 0
+        assert isinstance(parsed, inference_pb2.PredictRequest) == wide
+    # A RecommendRequest has no such fields: a varint field 4 is not read as one.
+    assert read_request(b"\x20\x02", versioned=True) is None
+
+
 def test_tensors_read_as_aligned_views_without_a_copy_when_aligned():
     data = np.arange(12, dtype=np.float32).tobytes()
     for offset in (0, 1, 3):  # where the field happens to start in the request

@@ -9,6 +9,7 @@ import time
 import grpc
 
 from deeprec.common.config import env
+from deeprec.common.policy import describe
 from deeprec.common.server import sync_channel
 from deeprec.v1 import scheduler_pb2, scheduler_pb2_grpc
 
@@ -19,11 +20,7 @@ def _stub(address: str):
 
 def _print(policy) -> None:
     pinned = " pinned" if policy.pinned else ""
-    threshold = policy.offload_threshold or "never"
-    print(
-        f"{policy.model}: B={policy.batch_size or 'no split'} T={threshold} "
-        f"(version {policy.version}{pinned})"
-    )
+    print(f"{policy.model}: {describe(policy)} (version {policy.version}{pinned})")
 
 
 def show(args) -> int:
@@ -52,7 +49,7 @@ def history_line(change) -> str:
     """One change, as `deeprec policy history` prints it."""
     policy = change.policy
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(change.unix_time))
-    knobs = f"B={policy.batch_size or 'no split'} T={policy.offload_threshold or 'never'}"
+    knobs = describe(policy)
     why = change.reason + (f" ({change.phase})" if change.phase else "")
     pinned = " pinned" if policy.pinned else ""
     line = f"{when} {policy.model} v{policy.version} {knobs}{pinned}: {why}"
@@ -76,7 +73,11 @@ def history(args) -> int:
 def set_policy(args) -> int:
     request = scheduler_pb2.SetPolicyRequest(
         policy=scheduler_pb2.Policy(
-            model=args.model, batch_size=args.batch_size, offload_threshold=args.offload_threshold
+            model=args.model,
+            batch_size=args.batch_size,
+            offload_threshold=args.offload_threshold,
+            threads=args.threads,
+            merge_delay_us=args.merge_delay_us,
         ),
         pin=args.pin,
     )
@@ -90,7 +91,9 @@ def set_policy(args) -> int:
 
 
 def add_parser(subparsers) -> None:
-    policy = subparsers.add_parser("policy", help="show or set serving policies (B, T)")
+    policy = subparsers.add_parser(
+        "policy", help="show or set serving policies (B, T, threads, merge delay)"
+    )
     sub = policy.add_subparsers(dest="policy_command", required=True)
     p = sub.add_parser("show", help="the policy of one model, or all")
     p.add_argument("--scheduler", default="127.0.0.1:50071")
@@ -110,6 +113,18 @@ def add_parser(subparsers) -> None:
         p.add_argument("--model", required=True)
         p.add_argument("--batch-size", type=int, required=True, help="B (0 = no split)")
         p.add_argument("--offload-threshold", type=int, default=0, help="T (0 = never)")
+        p.add_argument(
+            "--threads",
+            type=int,
+            default=0,
+            help="intra-op threads per CPU run (0 = each pool's configured threads)",
+        )
+        p.add_argument(
+            "--merge-delay-us",
+            type=int,
+            default=0,
+            help="how long a CPU run short of B waits for more sub-batches (0 = none)",
+        )
         p.add_argument(
             "--token",
             default=env("DEEPREC_ADMIN_TOKEN", ""),

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .limits import DEFAULT_MAX_IDS_PER_ITEM, DEFAULT_MAX_ITEMS, HARD_MAX
+from .policy import MAX_MERGE_DELAY_US, MAX_THREADS
 
 SERVICES = ("frontend", "inference", "shard", "scheduler")
 ALL = SERVICES
@@ -60,14 +61,30 @@ def _upper(text: str) -> str:
     return text.strip().upper()
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    """Comma-separated integers, e.g. "1,2"; "" is none."""
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError("not a comma-separated list of integers") from None
+
+
 _PARSERS: dict[object, Callable[[str], object]] = {
     int: _int,
     float: _float,
     bool: _bool,
     str: str,
     "level": _upper,
+    "ints": _ints,
 }
-_TYPE_NAMES = {int: "integer", float: "number", bool: "bool", str: "text", "level": "level"}
+_TYPE_NAMES = {
+    int: "integer",
+    float: "number",
+    bool: "bool",
+    str: "text",
+    "level": "level",
+    "ints": "integers",
+}
 
 
 @dataclass(frozen=True)
@@ -109,16 +126,20 @@ class Setting:
     def parse(self, text: str):
         """The value of ``text``; ValueError saying what is wrong with it."""
         value = _PARSERS[self.kind](text)
+        for each in value if isinstance(value, tuple) else (value,):
+            self._check(each, "each value " if isinstance(value, tuple) else "")
+        return value
+
+    def _check(self, value, what: str) -> None:
         if self.choices is not None and value not in self.choices:
             listing = ", ".join(_show(c) for c in self.choices)
-            raise ValueError(f"not one of {listing}")
+            raise ValueError(f"{what}not one of {listing}")
         if self.positive and not value > 0:
-            raise ValueError("must be greater than 0")
+            raise ValueError(f"{what}must be greater than 0")
         if self.minimum is not None and value < self.minimum:
-            raise ValueError(f"must be at least {_show(self.minimum)}")
+            raise ValueError(f"{what}must be at least {_show(self.minimum)}")
         if self.maximum is not None and value > self.maximum:
-            raise ValueError(f"must be at most {_show(self.maximum)}")
-        return value
+            raise ValueError(f"{what}must be at most {_show(self.maximum)}")
 
     def format(self, value) -> str:
         """``value`` as this setting's variable would spell it."""
@@ -130,6 +151,8 @@ class Setting:
 
 
 def _show(value) -> str:
+    if isinstance(value, tuple):
+        return ",".join(_show(v) for v in value)
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
@@ -514,6 +537,28 @@ SETTINGS: tuple[Setting, ...] = (
         "end a trial after this long under light load",
         ("scheduler",),
         positive=True,
+    ),
+    Setting(
+        "DEEPREC_TUNE_THREADS",
+        "--tune-threads",
+        "ints",
+        (1, 2),
+        "intra-op threads per CPU run the tuner tries, after B and T (fewer than two: "
+        "not tuned; a pool never runs more than its cores)",
+        ("scheduler",),
+        minimum=1,
+        maximum=MAX_THREADS,
+    ),
+    Setting(
+        "DEEPREC_TUNE_MERGE_DELAYS_US",
+        "--tune-merge-delays-us",
+        "ints",
+        (0, 1000),
+        "merge delays (us) the tuner tries last: how long a CPU run short of B waits for "
+        "more sub-batches (fewer than two: not tuned)",
+        ("scheduler",),
+        minimum=0,
+        maximum=MAX_MERGE_DELAY_US,
     ),
     Setting(
         "DEEPREC_NO_TUNE",

@@ -76,8 +76,12 @@ def predict_request(
     ids: dict[str, np.ndarray],
     lengths: dict[str, np.ndarray],
     ids_dtype: np.dtype | None = None,
+    merge_up_to: int = 0,
+    threads: int = 0,
+    merge_delay_us: int = 0,
 ) -> bytes:
-    """Serialized deeprec.v1.PredictRequest; ``ids_dtype`` as in features.encode_features."""
+    """Serialized deeprec.v1.PredictRequest; ``ids_dtype`` as in features.encode_features;
+    the run settings (fields 3-5) are left out when 0, as protobuf leaves them."""
     features = _Parts()
     if dense is not None:
         features.field(1, _tensor(dense))
@@ -92,4 +96,8 @@ def predict_request(
     if model:
         request.field(1, model.encode())
     request.field(2, features)
+    for number, value in ((3, merge_up_to), (4, threads), (5, merge_delay_us)):
+        if value:
+            request.add(_key(number, _VARINT))
+            request.add(varint(value))
     return b"".join(request.pieces)

@@ -115,15 +115,24 @@ class FeaturesView:
 
 class RequestView:
     """A RecommendRequest or PredictRequest (the same fields: model = 1, features = 2;
-    a RecommendRequest also has version = 3)."""
+    a RecommendRequest also has version = 3, a PredictRequest its run settings 3-5)."""
 
-    __slots__ = ("_has_features", "features", "model", "version")
+    __slots__ = (
+        "_has_features",
+        "features",
+        "merge_delay_us",
+        "merge_up_to",
+        "model",
+        "threads",
+        "version",
+    )
 
     def __init__(self):
         self.model = ""
         self.version = ""
         self.features = FeaturesView()
         self._has_features = False
+        self.merge_up_to = self.threads = self.merge_delay_us = 0
 
     def HasField(self, name: str) -> bool:
         if name != "features":
@@ -193,25 +202,34 @@ def _features(walk: _Walk, span: tuple[int, int], view: memoryview) -> FeaturesV
     return out
 
 
-def read_request(data: bytes, versioned: bool = False) -> RequestView | None:
+_RUN_SETTINGS = {3: "merge_up_to", 4: "threads", 5: "merge_delay_us"}  # PredictRequest
+
+
+def read_request(
+    data: bytes, versioned: bool = False, run_settings: bool = False
+) -> RequestView | None:
     """The request's fields, tensors as views of ``data``; None when protobuf must read it.
-    ``versioned``: the message has the version field (3)."""
+    ``versioned``: the message has the version field (3); ``run_settings``: it has a
+    PredictRequest's fields 3-5 (read here only as non-negative int32 values)."""
     if not isinstance(data, bytes):
         return None
     walk, view = _Walk(data, [MAX_FIELDS]), memoryview(data)
     out, seen = RequestView(), set()
-    known = (1, 2, 3) if versioned else (1, 2)
     try:
         for number, wire_type, value in walk.fields(0, len(data)):
-            if wire_type != _LEN or number not in known:
-                raise _NotCanonical
             _once(seen, number)
-            if number == 1:
+            if wire_type == _LEN and number == 1:
                 out.model = walk.text(value)
-            elif number == 3:
-                out.version = walk.text(value)
-            else:
+            elif wire_type == _LEN and number == 2:
                 out.features, out._has_features = _features(walk, value, view), True
+            elif wire_type == _LEN and number == 3 and versioned:
+                out.version = walk.text(value)
+            elif wire_type == _VARINT and run_settings and number in _RUN_SETTINGS:
+                if value > _INT32_MAX:  # negative or wide: protobuf's own conversion
+                    raise _NotCanonical
+                setattr(out, _RUN_SETTINGS[number], value)
+            else:
+                raise _NotCanonical
     except _NotCanonical:
         return None
     return out
@@ -221,9 +239,10 @@ def request_reader(message_class):
     """A deserializer for ``message_class`` (RecommendRequest or PredictRequest): the view
     when the bytes are canonical, else the generated class's own parse."""
 
-    versioned = "version" in message_class.DESCRIPTOR.fields_by_name
+    fields = message_class.DESCRIPTOR.fields_by_name
+    versioned, run_settings = "version" in fields, "merge_up_to" in fields
 
     def read(data: bytes):
-        return read_request(data, versioned) or message_class.FromString(data)
+        return read_request(data, versioned, run_settings) or message_class.FromString(data)
 
     return read

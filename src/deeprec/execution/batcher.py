@@ -10,7 +10,7 @@ merged run costs more per item and delays the sub-batches at its head. So each
 sub-batch may carry its own bound: the frontend's in-process workers merge up to the
 policy's B, the run size the scheduler found best for the model, and at most
 ``DEEPREC_COALESCE_MAX_ITEMS`` (docs/benchmarks.md). At low load nothing waits and
-nothing is merged: no added delay.
+nothing is merged: no added delay, unless the policy sets a merge delay for the model.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from deeprec.common.features import Batch
+
+from .run_settings import DEFAULT, RunSettings
 
 
 def merge(batches: list[Batch]) -> Batch:
@@ -65,52 +67,83 @@ class _Waiting:
     queued: float
     future: asyncio.Future
     max_items: int  # the most items a run that starts with this sub-batch may hold
+    threads: int  # intra-op threads of a run that starts with it
+    delay_s: float  # how long such a run, short of max_items, waits for more
 
 
 class Batcher:
-    """Runs sub-batches on ``run`` (blocking, on ``executor``), merging those that wait.
+    """Runs sub-batches on ``run(feeds, threads)`` (blocking, on ``executor``), merging
+    those that wait.
 
     ``max_items``: the most items one merged run may hold (1 = never merge).
-    ``concurrency``: runs at once (the executor needs as many threads). One queue feeds
-    them all: a sub-batch starts on whichever run thread frees first, as in an M/G/c
-    queue, never behind a long run while another thread idles.
+    ``cores``: the threads the runs may keep busy at once; a run of ``threads`` intra-op
+    threads leaves room for ``cores // threads`` runs at once (the executor needs
+    ``cores`` threads). One queue feeds them all: a sub-batch starts on whichever run
+    thread frees first, as in an M/G/c queue, never behind a long run while another
+    thread idles.
 
     A run thread that ends a run takes the next group itself, without waiting for the
     event loop (which may be busy receiving a large query): the loop only queues
-    sub-batches and hands out the scores. A thread leaves when nothing waits.
+    sub-batches and hands out the scores. A thread leaves when nothing waits, or when
+    the runs now asked for have fewer threads' room than are running.
+
+    A sub-batch's ``RunSettings`` say how it is run: its merge bound, its run's threads,
+    and how long a run that starts with it waits for more sub-batches when it is short
+    of its bound (counted from when it was queued: a sub-batch that already waited that
+    long runs at once, so the delay only acts at low load, as Triton's queue delay).
     """
 
     def __init__(
         self,
-        run: Callable[[dict], list],
+        run: Callable[[dict, int], list],
         executor: Executor,
         max_items: int,
-        concurrency: int = 1,
+        cores: int = 1,
+        threads: int = 1,
     ):
         self.run, self.executor, self.max_items = run, executor, max(1, max_items)
-        self.concurrency = max(1, concurrency)
+        self.cores, self.threads = max(1, cores), max(1, threads)
         self.waiting: deque[_Waiting] = deque()
         self.waiting_items = 0  # items of the sub-batches in ``waiting``
         self.active = 0  # run threads taking work
         self._lock = threading.Lock()  # the queue and counters: the loop and run threads
+        self._arrived = threading.Condition(self._lock)  # a delayed run waits on it
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def __len__(self) -> int:
         return len(self.waiting)
 
+    @property
+    def concurrency(self) -> int:
+        """Runs at once at the configured threads (what admission counts as slots)."""
+        return self._room(self.threads)
+
+    def _room(self, threads: int) -> int:
+        return max(1, self.cores // threads)
+
     async def submit(
-        self, batch: Batch, deadline: float | None, max_items: int | None = None
+        self, batch: Batch, deadline: float | None, settings: RunSettings = DEFAULT
     ) -> Outcome:
-        """``max_items``: this sub-batch's own merge bound (None or 0: the batcher's)."""
+        """``settings.threads`` must already be one the run can get (the runner's)."""
         self._loop = loop = asyncio.get_running_loop()
-        bound = min(self.max_items, max_items) if max_items else self.max_items
-        waiting = _Waiting(batch, deadline, time.perf_counter(), loop.create_future(), bound)
+        bound = min(self.max_items, settings.merge_up_to or self.max_items)
+        threads = settings.threads or self.threads
+        waiting = _Waiting(
+            batch,
+            deadline,
+            time.perf_counter(),
+            loop.create_future(),
+            bound,
+            threads,
+            settings.merge_delay_s,
+        )
         with self._lock:
             self.waiting.append(waiting)
             self.waiting_items += batch.n
-            start = self.active < self.concurrency
+            start = self.active < self._room(threads)
             if start:
                 self.active += 1
+            self._arrived.notify_all()
         if start:
             try:
                 self.executor.submit(self._take_and_run)
@@ -123,21 +156,36 @@ class Batcher:
     def _take(self) -> list[_Waiting]:
         """The first waiting sub-batch and those behind it that fit in one run: at most
         its ``max_items``, and with several run threads about their share of the
-        backlog, so one greedy run does not leave the others idle."""
-        limit = min(self.waiting[0].max_items, -(-self.waiting_items // self.concurrency))
-        group = [self.waiting.popleft()]
-        items = group[0].batch.n
+        backlog, so one greedy run does not leave the others idle. A run short of its
+        bound waits for more, up to the first sub-batch's delay (the lock is let go
+        while it waits)."""
+        head = self.waiting[0]
+        limit = min(head.max_items, -(-self.waiting_items // self._room(head.threads)))
+        group = [self._pop()]
+        items = head.batch.n
         while self.waiting and items + self.waiting[0].batch.n <= limit:
             items += self.waiting[0].batch.n
-            group.append(self.waiting.popleft())
-        self.waiting_items -= items
+            group.append(self._pop())
+        until = head.queued + head.delay_s
+        while head.delay_s and items < head.max_items and not self.waiting:
+            left = until - time.perf_counter()
+            if left <= 0 or not self._arrived.wait(left):
+                break
+            while self.waiting and items + self.waiting[0].batch.n <= head.max_items:
+                items += self.waiting[0].batch.n
+                group.append(self._pop())
         return group
+
+    def _pop(self) -> _Waiting:
+        waiting = self.waiting.popleft()
+        self.waiting_items -= waiting.batch.n
+        return waiting
 
     def _take_and_run(self) -> None:
         """A run thread: run groups while sub-batches wait, then leave."""
         while True:
             with self._lock:
-                if not self.waiting:
+                if not self.waiting or self.active > self._room(self.waiting[0].threads):
                     self.active -= 1
                     return
                 group = [w for w in self._take() if not w.future.done()]  # done: cancelled
@@ -150,7 +198,7 @@ class Batcher:
                 continue
             started = time.perf_counter()
             try:
-                scores = self.run(merge([w.batch for w in live]).feeds())[0]
+                scores = self.run(merge([w.batch for w in live]).feeds(), live[0].threads)[0]
             except Exception as err:  # the run failed: every sub-batch in it fails
                 self._loop.call_soon_threadsafe(self._fail, live, err)
                 continue

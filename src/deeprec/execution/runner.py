@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 
@@ -20,6 +21,8 @@ from deeprec.common.features import Batch, ModelSignature
 from deeprec.common.memory import TRIM_AFTER_BYTES, trim
 
 from .batcher import Batcher, Outcome
+from .run_settings import DEFAULT, RunSettings
+from .sessions import SessionsByThreads
 
 TRIM_DELAY_S = 0.1  # for grpc to send the reply and free the request's buffers
 WARM_UP_ITEMS = 8
@@ -34,19 +37,22 @@ def warm_up_batch(signature: ModelSignature, items: int) -> Batch:
 
 
 class Runner:
-    """``concurrency``: runs at once, each on its own thread, fed by one queue (1 for an
-    inference worker process; a frontend's in-process pool runs one per core)."""
+    """Runs on ``sessions`` (execution.sessions.SessionsByThreads): at the configured
+    threads, ``sessions.cores // sessions.threads`` runs at once, each on its own thread,
+    fed by one queue (one for an inference worker process; a frontend's in-process pool
+    runs one per core); a sub-batch's RunSettings may ask for other threads."""
 
     def __init__(
         self,
-        session,
+        sessions: SessionsByThreads,
         max_queue: int = 1024,
         coalesce_max_items: int = 1024,
-        concurrency: int = 1,
     ):
-        self.session = session
-        self.executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ort")
-        self.batcher = Batcher(session.run, self.executor, coalesce_max_items, concurrency)
+        self.sessions = sessions
+        self.executor = ThreadPoolExecutor(max_workers=sessions.cores, thread_name_prefix="ort")
+        self.batcher = Batcher(
+            self._run, self.executor, coalesce_max_items, sessions.cores, sessions.threads
+        )
         self.max_queue = max_queue
         self.queued = 0  # sub-batches accepted and not finished
         self.answered = 0  # sub-batches whose scores were returned
@@ -56,16 +62,24 @@ class Runner:
         if self.queued >= self.max_queue:
             raise ResourceExhausted(f"worker queue full ({self.queued} sub-batches waiting)")
 
+    def _run(self, feeds: dict, threads: int) -> list:
+        return self.sessions.get(threads).run(feeds)
+
+    @property
+    def provider(self) -> str:
+        return self.sessions.provider
+
     async def run(
-        self, batch: Batch, deadline: float | None, merge_up_to: int | None = None
+        self, batch: Batch, deadline: float | None, settings: RunSettings = DEFAULT
     ) -> Outcome:
         """Scores of ``batch``; ``deadline`` (perf_counter time): DeadlineExceeded if it
-        passes while the batch waits. ``merge_up_to``: the most items a run that starts
-        with it may merge (None: the runner's bound)."""
+        passes while the batch waits. ``settings``: how the run that starts with it is
+        made (its merge bound, threads and merge delay; 0: the runner's own)."""
         self.check_room()
+        settings = replace(settings, threads=self.sessions.threads_for(settings.threads))
         self.queued += 1
         try:
-            outcome = await self.batcher.submit(batch, deadline, merge_up_to)
+            outcome = await self.batcher.submit(batch, deadline, settings)
         finally:
             self.queued -= 1
         if batch.nbytes > TRIM_AFTER_BYTES:
@@ -84,7 +98,7 @@ class Runner:
         and plans; the tables' first pages come in), so the first real query does not pay
         for it and a server reports SERVING only once it ran. Milliseconds it took."""
         start = time.perf_counter()
-        self.session.run(warm_up_batch(signature, items).feeds())
+        self.sessions.default.run(warm_up_batch(signature, items).feeds())
         return (time.perf_counter() - start) * 1e3
 
     def close(self) -> None:

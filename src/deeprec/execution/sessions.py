@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import threading
+from collections.abc import Callable
+
 from deeprec.models.fused import FusedSession
 from deeprec.models.runtime import open_session
 
@@ -17,6 +21,81 @@ def embeddings_for(choice: str, device: str, threads: int | None) -> str:
     if choice == "auto":
         return "fused" if device == "cpu" and threads == 1 else "graph"
     return choice
+
+
+class SessionsByThreads:
+    """One model, opened once per intra-op thread count a policy asks for.
+
+    ONNX Runtime fixes a session's threads when it opens it, so a policy that asks for
+    another count gets another session of the same graph, opened on first use and kept
+    (the memory-mapped tables are shared; the graph's own weights are not: ``threads``
+    other than the configured one cost one more copy of the dense weights, and of the
+    tables in "graph" mode). ``cores``: the threads the pool may keep busy at once;
+    a run never gets more.
+    """
+
+    def __init__(
+        self, open_with: Callable[[int], object], threads: int, cores: int, fixed: bool = False
+    ):
+        self._open_with, self.threads, self.cores = open_with, threads, max(1, cores)
+        self.fixed = fixed
+        self._sessions = {threads: open_with(threads)}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def single(cls, session, threads: int = 1) -> SessionsByThreads:
+        """Runs that always use ``session``, whatever the policy asks (sharded and GPU
+        workers: their cost is not in intra-op threads)."""
+        return cls(lambda _: session, threads, threads, fixed=True)
+
+    @property
+    def opened(self) -> list[int]:
+        """The thread counts opened so far."""
+        return sorted(self._sessions)
+
+    @property
+    def default(self):
+        return self._sessions[self.threads]
+
+    @property
+    def provider(self) -> str:
+        return self.default.provider
+
+    def threads_for(self, asked: int) -> int:
+        """The threads a run asked to get ``asked`` (0: the configured count) really gets."""
+        return self.threads if self.fixed else min(asked or self.threads, self.cores)
+
+    def get(self, threads: int):
+        session = self._sessions.get(threads)
+        if session is None:
+            with self._lock:  # two run threads asking at once open it once
+                session = self._sessions.get(threads)
+                if session is None:
+                    session = self._sessions[threads] = self._open_with(threads)
+        return session
+
+
+def open_runs(
+    artifact,
+    device: str = "cpu",
+    threads: int | None = None,
+    allow_cpu_fallback: bool = False,
+    embeddings: str = "auto",
+    runs: int = 1,
+) -> tuple[SessionsByThreads, str]:
+    """(sessions, mode) for ``runs`` run threads of ``threads`` each (None: every core,
+    one run): the model opened at that count now, at another when a policy asks. The
+    embeddings mode is chosen once, for the configured threads, and kept."""
+    chosen = embeddings_for(embeddings, device, threads)
+    mode = "single" if chosen == "graph" else "fused"
+    threads = threads or os.cpu_count() or 1
+
+    def open_with(count: int):
+        return open_model(artifact, device, count, allow_cpu_fallback, chosen)[0]
+
+    if device != "cpu":  # a GPU run's threads are not the policy's to set
+        return SessionsByThreads.single(open_with(threads), threads), mode
+    return SessionsByThreads(open_with, threads, threads * max(1, runs)), mode
 
 
 def open_model(

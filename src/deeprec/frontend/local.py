@@ -19,8 +19,9 @@ import grpc
 
 from deeprec.common.errors import ServingError
 from deeprec.common.features import Batch, ModelSignature
+from deeprec.execution.run_settings import DEFAULT, RunSettings
 from deeprec.execution.runner import Runner, deadline_after
-from deeprec.execution.sessions import open_model
+from deeprec.execution.sessions import open_runs
 from deeprec.models.artifact import load_artifact
 
 from .admission import Admission
@@ -37,11 +38,13 @@ class LocalWorker:
         self.runner = runner
         self.slots = runner.batcher.concurrency
 
-    async def predict(self, part: SubBatch, timeout: float | None, merge_up_to: int = 0) -> Reply:
-        """``merge_up_to``: the policy's B (0: no split, the runner's own bound)."""
+    async def predict(
+        self, part: SubBatch, timeout: float | None, settings: RunSettings = DEFAULT
+    ) -> Reply:
+        """``settings``: the policy's, for this sub-batch's run."""
         batch = Batch(part.end - part.start, part.dense, part.ids, part.lengths)
         try:
-            outcome = await self.runner.run(batch, deadline_after(timeout), merge_up_to or None)
+            outcome = await self.runner.run(batch, deadline_after(timeout), settings)
         except ServingError as err:  # queue full or deadline passed: it never ran
             raise WorkerFailed(err.code, str(err), accepted=False) from None
         except Exception as err:  # the run broke, like a remote worker dying mid-run: the
@@ -79,11 +82,15 @@ class LocalConfig:
 
     def open(self, artifact) -> dict[str, LocalWorker]:
         """One pool of ``count`` run threads over one session (ONNX Runtime sessions and
-        the mapped tables are safe to run from several threads), fed by one queue."""
+        the mapped tables are safe to run from several threads), fed by one queue. A
+        policy's threads trade run threads for intra-op threads within the same cores
+        (count x threads)."""
         if self.count <= 0:
             return {}
-        session, _ = open_model(artifact, "cpu", self.threads, embeddings=self.embeddings)
-        runner = Runner(session, self.max_queue, self.coalesce_max_items, self.count)
+        sessions, _ = open_runs(
+            artifact, "cpu", self.threads, embeddings=self.embeddings, runs=self.count
+        )
+        runner = Runner(sessions, self.max_queue, self.coalesce_max_items)
         return {LOCAL: LocalWorker(runner)}
 
 

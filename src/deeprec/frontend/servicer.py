@@ -21,6 +21,7 @@ from deeprec.common.policy import PolicyTable
 from deeprec.common.replicas import Failover, Verdict
 from deeprec.common.tasks import all_or_nothing
 from deeprec.common.tensors import encode
+from deeprec.execution.run_settings import RunSettings
 from deeprec.v1 import recommender_pb2, recommender_pb2_grpc
 
 from .balancer import NoWorker
@@ -100,8 +101,9 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         predicted_ms = admission.admit(path, batch.n, pool.slots, deadline_ms)
         observed_ms = None
         try:
+            settings = RunSettings.of(policy, batch_size)
             results = await all_or_nothing(
-                [self._predict(deployment, pool, part, timeout, batch_size) for part in parts]
+                [self._predict(deployment, pool, part, timeout, settings) for part in parts]
             )
             observed_ms = (time.perf_counter() - received) * 1e3
         finally:
@@ -123,7 +125,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         pool: Pool,
         part: SubBatch,
         timeout: float | None,
-        batch_size: int,
+        settings: RunSettings,
     ):
         """Scores of one sub-batch, and its retries: a worker that fails (deeprec.common.
         replicas.classify) is ejected and the sub-batch goes to another, unless the worker
@@ -137,7 +139,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
                     raise self._gave_up(pool, failover, part) from None
                 sent = time.perf_counter()
                 try:
-                    reply = await pool.workers[worker].predict(part, timeout, batch_size)
+                    reply = await pool.workers[worker].predict(part, timeout, settings)
                 except WorkerFailed as err:
                     code, details = err.code, err.details
                     verdict = failover.failed(code, accepted=err.accepted)
@@ -169,7 +171,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
             reply,
             items_run,
             pool.name,
-            batch_size,
+            settings.merge_up_to,
         )
         deployment.admission.observe(pool.name, items_run, reply.service_ms)
         if reply.scores.shape[0] != items_run:

@@ -8,7 +8,7 @@ import random
 
 import grpc
 
-from deeprec.common.policy import PolicyTable, from_proto
+from deeprec.common.policy import PolicyTable, describe, from_proto
 from deeprec.common.server import channel
 from deeprec.v1 import scheduler_pb2, scheduler_pb2_grpc
 
@@ -55,15 +55,18 @@ class PolicyWatcher:
                         self.connected.set()
                         backoff = self.initial_backoff
                         for message in policy_set.policies:
-                            policy = from_proto(message)
+                            try:
+                                policy = from_proto(message)
+                            except ValueError as err:  # keep serving with the last one
+                                log.error("ignored a policy for %s: %s", message.model, err)
+                                continue
                             if self.policies.apply(policy):
                                 self.applied += 1
                                 log.info(
-                                    "policy %s v%d: B=%d T=%d%s",
+                                    "policy %s v%d: %s%s",
                                     policy.model,
                                     policy.version,
-                                    policy.batch_size,
-                                    policy.offload_threshold,
+                                    describe(policy),
                                     " (pinned)" if policy.pinned else "",
                                 )
                     log.warning("scheduler %s ended the policy stream", self.address)

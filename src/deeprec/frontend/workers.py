@@ -1,6 +1,6 @@
 """The workers a frontend sends sub-batches to: remote (gRPC) or in-process (local.py).
 
-Both answer ``predict(part, timeout, merge_up_to)`` with a Reply, or raise WorkerFailed with the
+Both answer ``predict(part, timeout, settings)`` with a Reply, or raise WorkerFailed with the
 status the try ended with and whether the worker had accepted the sub-batch (the poison
 guard, deeprec.common.poison): the servicer's failover logic judges both alike.
 """
@@ -15,6 +15,7 @@ import numpy as np
 from deeprec.common.poison import was_accepted
 from deeprec.common.tensors import decode
 from deeprec.common.wire import predict_request
+from deeprec.execution.run_settings import DEFAULT, RunSettings
 from deeprec.v1 import inference_pb2, inference_pb2_grpc
 
 from .split import SubBatch
@@ -65,10 +66,20 @@ class RemoteWorker:
         (half of a sub-batch's bytes)."""
         return cls(stub, signature.name, np.int32 if signature.ids_fit_int32 else None)
 
-    async def predict(self, part: SubBatch, timeout: float | None, merge_up_to: int = 0) -> Reply:
-        """``merge_up_to`` is not sent: a worker process merges up to its own
-        DEEPREC_COALESCE_MAX_ITEMS."""
-        request = predict_request(self.model, part.dense, part.ids, part.lengths, self.ids_dtype)
+    async def predict(
+        self, part: SubBatch, timeout: float | None, settings: RunSettings = DEFAULT
+    ) -> Reply:
+        """``settings`` travel in the request; the worker applies them to its run."""
+        request = predict_request(
+            self.model,
+            part.dense,
+            part.ids,
+            part.lengths,
+            self.ids_dtype,
+            settings.merge_up_to,
+            settings.threads,
+            settings.merge_delay_us,
+        )
         call = self.stub.Predict(request, timeout=timeout)
         try:
             reply = await call

@@ -12,7 +12,7 @@ from deeprec.common.server import Server, setup_logging
 from deeprec.common.telemetry import Telemetry
 from deeprec.common.telemetry import setup as setup_telemetry
 from deeprec.common.wire_reader import request_reader
-from deeprec.execution.sessions import open_model
+from deeprec.execution.sessions import SessionsByThreads, open_runs
 from deeprec.models.artifact import load_artifact
 from deeprec.v1 import inference_pb2, inference_pb2_grpc
 
@@ -40,17 +40,18 @@ def build_servicer(
     from the local tables (fused.FusedSession) and runs the dense graph."""
     artifact = load_artifact(model_dir)
     if sharding is None:
-        session, mode = open_model(artifact, device, threads, allow_cpu_fallback, embeddings)
+        sessions, mode = open_runs(artifact, device, threads, allow_cpu_fallback, embeddings)
     else:
         mode = "sharded"
         session = sharded.open_sharded_session(
             artifact, sharding, device, threads, allow_cpu_fallback
         )
-    if device == "gpu" and session.provider != "CUDAExecutionProvider":
-        log.warning("GPU worker is running on %s (--allow-cpu-fallback)", session.provider)
+        sessions = SessionsByThreads.single(session, threads or 1)
+    if device == "gpu" and sessions.provider != "CUDAExecutionProvider":
+        log.warning("GPU worker is running on %s (--allow-cpu-fallback)", sessions.provider)
     signature = ModelSignature.from_spec(artifact.spec, artifact.version)
     return InferenceServicer(
-        session, signature, device, mode, max_queue, limits, coalesce_max_items
+        sessions, signature, device, mode, max_queue, limits, coalesce_max_items
     )
 
 

@@ -10,7 +10,7 @@ import logging
 from collections import deque
 from dataclasses import dataclass, field, replace
 
-from deeprec.common.policy import Policy
+from deeprec.common.policy import Policy, describe
 
 from .ingest import IngestResult, ingest
 from .tuner import Tuner, TunerConfig
@@ -57,10 +57,7 @@ class SchedulerCore:
         if self.policies:
             log.info(
                 "restored policies: %s",
-                ", ".join(
-                    f"{p.model} v{p.version} B={p.batch_size} T={p.offload_threshold}"
-                    for p in self.policies.values()
-                ),
+                ", ".join(f"{p.model} v{p.version} {describe(p)}" for p in self.policies.values()),
             )
 
     # -- inputs -------------------------------------------------------------------------------
@@ -68,19 +65,13 @@ class SchedulerCore:
     def ingest(self, request, now: float) -> IngestResult:
         return ingest(request, self.window, now)
 
-    def set_policy(
-        self,
-        model: str,
-        batch_size: int,
-        offload_threshold: int,
-        pin: bool,
-        now: float,
-        who: str = "",
-    ) -> Policy:
-        """An operator's policy: applied at once; pinned ones are left alone by the tuner."""
+    def set_policy(self, knobs: Policy, pin: bool, now: float, who: str = "") -> Policy:
+        """An operator's policy (``knobs``; its version is ignored): applied at once;
+        pinned ones are left alone by the tuner."""
+        model = knobs.model
         current = self.policies.get(model)
         version = self._next_version(model, current)
-        policy = Policy(model, batch_size, offload_threshold, version, pin)
+        policy = replace(knobs, version=version, pinned=pin)
         self._install(
             policy, now, Change(policy, now, "operator", f"{who} {'pin' if pin else 'set'}".strip())
         )
@@ -114,10 +105,9 @@ class SchedulerCore:
                     pinned=False,
                 )
                 log.info(
-                    "%s: B=%d T=%d (phase %s, p%d %.1f ms at %.0f qps)",
+                    "%s: %s (phase %s, p%d %.1f ms at %.0f qps)",
                     model,
-                    new.batch_size,
-                    new.offload_threshold,
+                    describe(new),
                     tuner.phase,
                     round(self.config.percentile * 100),
                     obs.latency_ms,

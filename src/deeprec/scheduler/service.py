@@ -10,7 +10,7 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metric
 
 from deeprec.common.auth import check_admin
 from deeprec.common.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from deeprec.common.policy import to_proto
+from deeprec.common.policy import Policy, check_run_knobs, describe, to_proto
 from deeprec.common.quote import quote
 from deeprec.v1 import scheduler_pb2, scheduler_pb2_grpc
 
@@ -88,20 +88,28 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 raise InvalidArgument(
                     f"policy.{field} {getattr(p, field)} is outside 0..{POLICY_MAX}"
                 )
+        try:
+            check_run_knobs(p.threads, p.merge_delay_us, prefix="policy.")
+        except ValueError as err:
+            raise InvalidArgument(str(err)) from None
         if p.model not in self.core.policies and len(self.core.policies) >= MAX_MODELS:
             raise ResourceExhausted(
                 f"the scheduler already keeps policies for {MAX_MODELS} models; "
                 f"{quote(p.model)} would be one more"
             )
-        policy = self.core.set_policy(
-            p.model, p.batch_size, p.offload_threshold, request.pin, time.monotonic(), who
+        knobs = Policy(
+            p.model,
+            p.batch_size,
+            p.offload_threshold,
+            threads=p.threads,
+            merge_delay_us=p.merge_delay_us,
         )
+        policy = self.core.set_policy(knobs, request.pin, time.monotonic(), who)
         log.info(
-            "%s set %s: B=%d T=%d%s",
+            "%s set %s: %s%s",
             who,
             policy.model,
-            policy.batch_size,
-            policy.offload_threshold,
+            describe(policy),
             " (pinned)" if policy.pinned else "",
         )
         self.broadcaster.publish(policy_set([policy]))
@@ -111,8 +119,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 await self.saver.flush()
             except StoreError as err:
                 raise Unavailable(
-                    f"{policy.model} v{policy.version} (B={policy.batch_size} "
-                    f"T={policy.offload_threshold}) is in force and was sent to the frontends, "
+                    f"{policy.model} v{policy.version} ({describe(policy)}) is in force "
+                    "and was sent to the frontends, "
                     f"but not saved: {err}; the scheduler keeps retrying the save"
                 ) from None
         return to_proto(policy)

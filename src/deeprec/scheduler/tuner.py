@@ -1,4 +1,5 @@
-"""DeepRecSched online: hill-climb B, then T, against the tail-latency SLA at the current load.
+"""DeepRecSched online: hill-climb B, then T, then each CPU run's threads and merge delay,
+against the tail-latency SLA at the current load.
 
 Pure logic: the scheduler feeds one ``Observation`` per tick (what was measured since the
 policy in force took effect) and gets back the next policy to try, if any. The paper
@@ -37,6 +38,11 @@ class TunerConfig:
     sla_ms: float = 50.0
     batch_sizes: tuple[int, ...] = (4, 8, 16, 32, 64, 128, 256, 512, 1024)
     thresholds: tuple[int, ...] = (0, 100, 200, 300, 400, 500, 600, 700, 1024)  # 0 = never
+    # Intra-op threads per CPU run: more finish one run sooner (the light-load tail),
+    # fewer run more at once on the same cores (capacity). () = not tuned.
+    threads: tuple[int, ...] = (1, 2)
+    # How long a run short of B waits to merge more (us; 0 = none). () = not tuned.
+    merge_delays_us: tuple[int, ...] = (0, 1000)
     gpu: bool = False
     min_queries: int = 300  # a trial's sample
     max_trial_s: float = 20.0  # under light load, settle for fewer queries
@@ -94,14 +100,25 @@ class Decision:
     consumed: bool  # the observation window was used up; start a new one
 
 
+# The phases of a round, in order, and the policy field each one tunes.
+PHASE_KNOBS = {
+    "b": "batch_size",
+    "t": "offload_threshold",
+    "threads": "threads",
+    "delay": "merge_delay_us",
+}
+
+
 class Tuner:
-    """One model's tuner: phases ``b`` (batch size), ``t`` (offload threshold), ``hold``."""
+    """One model's tuner: phases ``b`` (batch size), ``t`` (offload threshold, with a GPU
+    pool), ``threads`` and ``delay`` (how CPU runs are made), then ``hold``."""
 
     def __init__(self, config: TunerConfig):
         self.config = config
         self.phase = "idle"
         self.results: dict[int, float] = {}  # knob value -> tail latency, this phase
         self.service: dict = {}  # batch size -> (items, ms, n), across rounds (load-free)
+        self.service_threads = 0  # the threads those sub-batches ran with
         self.incumbent: Policy | None = None
         self.incumbent_ms = INF
         self.base_qps = 0.0
@@ -119,6 +136,8 @@ class Tuner:
             return Decision(None, consumed=True)
         if self.phase == "idle":
             self._start_round(policy)
+        if policy.threads != self.service_threads:  # runs of other threads cost otherwise
+            self.service, self.service_threads = {}, policy.threads
         self.service.update({b: v for b, v in obs.service.items() if v[2] > 0})
         self.max_items = max(self.max_items, obs.max_items)
         knob = self._knob(policy)
@@ -166,7 +185,7 @@ class Tuner:
         return abs(obs.qps - self.round_qps) > self.config.drift * self.round_qps
 
     def _knob(self, policy: Policy) -> int:
-        return policy.offload_threshold if self.phase == "t" else policy.batch_size
+        return getattr(policy, PHASE_KNOBS.get(self.phase, "batch_size"))
 
     def _record(self, knob: int, latency_ms: float) -> None:
         self.results[knob] = latency_ms
@@ -201,26 +220,46 @@ class Tuner:
 
     def _next(self, policy: Policy, obs: Observation) -> Policy | None:
         """The next trial of this phase, or move on; returns a policy to apply or None."""
-        while True:
+        while self.phase != "hold":
             if self.phase == "b":
                 value = self._next_batch_size(obs)
-                if value is not None:
-                    return replace(self.incumbent, batch_size=value)
-                self.phase, self.results = ("t" if self.config.gpu else "hold"), {}
-                if self.phase == "t":
-                    self.results[self.incumbent.offload_threshold] = self.incumbent_ms
-                continue
-            if self.phase == "t":
+            elif self.phase == "t":
                 value = self._next_threshold()
-                if value is not None:
-                    return replace(self.incumbent, offload_threshold=value)
-                self.phase = "hold"
-                continue
-            # hold: settle on the incumbent, remember the load it was tuned for
-            self.base_qps = obs.qps
-            if self._same_knobs(policy, self.incumbent):
-                return None
-            return self.incumbent
+            else:
+                value = self._next_value(self._candidates())
+            if value is not None:
+                return replace(self.incumbent, **{PHASE_KNOBS[self.phase]: value})
+            self._next_phase()
+        # hold: settle on the incumbent, remember the load it was tuned for
+        self.base_qps = obs.qps
+        if self._same_knobs(policy, self.incumbent):
+            return None
+        return self.incumbent
+
+    def _next_phase(self) -> None:
+        """On to the next phase that has something to try; the incumbent, as measured,
+        is its first result."""
+        order = [*PHASE_KNOBS, "hold"]
+        self.phase = order[order.index(self.phase) + 1]
+        self.results = {}
+        if self.phase == "t" and not self.config.gpu:
+            self.phase = "threads"
+        if self.phase == "threads" and len(self.config.threads) < 2:
+            self.phase = "delay"
+        if self.phase == "delay" and len(self.config.merge_delays_us) < 2:
+            self.phase = "hold"
+        if self.phase != "hold":
+            self.results[getattr(self.incumbent, PHASE_KNOBS[self.phase])] = self.incumbent_ms
+
+    def _candidates(self) -> tuple[int, ...]:
+        return self.config.threads if self.phase == "threads" else self.config.merge_delays_us
+
+    def _next_value(self, candidates: tuple[int, ...]) -> int | None:
+        """The next untried value of a small set, nearest the best so far first; None when
+        every value was tried or the best's neighbours are clearly worse."""
+        if all(c in self.results for c in candidates):
+            return None
+        return self._explore(candidates, None, None)
 
     def _next_batch_size(self, obs: Observation) -> int | None:
         candidates = self.config.batch_sizes
@@ -285,7 +324,7 @@ class Tuner:
 
     @staticmethod
     def _same_knobs(a: Policy, b: Policy) -> bool:
-        return (a.batch_size, a.offload_threshold) == (b.batch_size, b.offload_threshold)
+        return all(getattr(a, knob) == getattr(b, knob) for knob in PHASE_KNOBS.values())
 
 
 def _neighbours(candidates: tuple[int, ...], value: int, zero_is_infinite=False) -> list[int]:

@@ -25,23 +25,23 @@ _sym_db = _symbol_database.Default()
 from deeprec.v1 import tensor_pb2 as deeprec_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64\x65\x65prec/v1/inference.proto\x12\ndeeprec.v1\x1a\x17\x64\x65\x65prec/v1/tensor.proto\"G\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12&\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x14.deeprec.v1.Features\"\x87\x01\n\x0fPredictResponse\x12\"\n\x06scores\x18\x01 \x01(\x0b\x32\x12.deeprec.v1.Tensor\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x10\n\x08queue_ms\x18\x03 \x01(\x01\x12\x12\n\nservice_ms\x18\x04 \x01(\x01\x12\x18\n\x10\x62\x61tched_requests\x18\x05 \x01(\x05\"\x11\n\x0f\x44\x65scribeRequest\"s\n\x12\x46\x65\x61tureDescription\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05table\x18\x02 \x01(\t\x12\x0c\n\x04rows\x18\x03 \x01(\x03\x12\x0b\n\x03\x64im\x18\x04 \x01(\x05\x12\x0f\n\x07pooling\x18\x05 \x01(\t\x12\x14\n\x0cmean_lookups\x18\x06 \x01(\x01\"\xd0\x01\n\x10ModelDescription\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x16\n\x0e\x64\x65nse_features\x18\x04 \x01(\x05\x12\r\n\x05heads\x18\x05 \x01(\x05\x12\x30\n\x08\x66\x65\x61tures\x18\x06 \x03(\x0b\x32\x1e.deeprec.v1.FeatureDescription\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\x12\x10\n\x08provider\x18\x08 \x01(\t\x12\x0c\n\x04mode\x18\t \x01(\t2\x96\x01\n\tInference\x12\x42\n\x07Predict\x12\x1a.deeprec.v1.PredictRequest\x1a\x1b.deeprec.v1.PredictResponse\x12\x45\n\x08\x44\x65scribe\x12\x1b.deeprec.v1.DescribeRequest\x1a\x1c.deeprec.v1.ModelDescriptionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64\x65\x65prec/v1/inference.proto\x12\ndeeprec.v1\x1a\x17\x64\x65\x65prec/v1/tensor.proto\"\x85\x01\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12&\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x14.deeprec.v1.Features\x12\x13\n\x0bmerge_up_to\x18\x03 \x01(\x03\x12\x0f\n\x07threads\x18\x04 \x01(\x05\x12\x16\n\x0emerge_delay_us\x18\x05 \x01(\x03\"\x87\x01\n\x0fPredictResponse\x12\"\n\x06scores\x18\x01 \x01(\x0b\x32\x12.deeprec.v1.Tensor\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x10\n\x08queue_ms\x18\x03 \x01(\x01\x12\x12\n\nservice_ms\x18\x04 \x01(\x01\x12\x18\n\x10\x62\x61tched_requests\x18\x05 \x01(\x05\"\x11\n\x0f\x44\x65scribeRequest\"s\n\x12\x46\x65\x61tureDescription\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05table\x18\x02 \x01(\t\x12\x0c\n\x04rows\x18\x03 \x01(\x03\x12\x0b\n\x03\x64im\x18\x04 \x01(\x05\x12\x0f\n\x07pooling\x18\x05 \x01(\t\x12\x14\n\x0cmean_lookups\x18\x06 \x01(\x01\"\xd0\x01\n\x10ModelDescription\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x16\n\x0e\x64\x65nse_features\x18\x04 \x01(\x05\x12\r\n\x05heads\x18\x05 \x01(\x05\x12\x30\n\x08\x66\x65\x61tures\x18\x06 \x03(\x0b\x32\x1e.deeprec.v1.FeatureDescription\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\x12\x10\n\x08provider\x18\x08 \x01(\t\x12\x0c\n\x04mode\x18\t \x01(\t2\x96\x01\n\tInference\x12\x42\n\x07Predict\x12\x1a.deeprec.v1.PredictRequest\x1a\x1b.deeprec.v1.PredictResponse\x12\x45\n\x08\x44\x65scribe\x12\x1b.deeprec.v1.DescribeRequest\x1a\x1c.deeprec.v1.ModelDescriptionb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'deeprec.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PREDICTREQUEST']._serialized_start=67
-  _globals['_PREDICTREQUEST']._serialized_end=138
-  _globals['_PREDICTRESPONSE']._serialized_start=141
-  _globals['_PREDICTRESPONSE']._serialized_end=276
-  _globals['_DESCRIBEREQUEST']._serialized_start=278
-  _globals['_DESCRIBEREQUEST']._serialized_end=295
-  _globals['_FEATUREDESCRIPTION']._serialized_start=297
-  _globals['_FEATUREDESCRIPTION']._serialized_end=412
-  _globals['_MODELDESCRIPTION']._serialized_start=415
-  _globals['_MODELDESCRIPTION']._serialized_end=623
-  _globals['_INFERENCE']._serialized_start=626
-  _globals['_INFERENCE']._serialized_end=776
+  _globals['_PREDICTREQUEST']._serialized_start=68
+  _globals['_PREDICTREQUEST']._serialized_end=201
+  _globals['_PREDICTRESPONSE']._serialized_start=204
+  _globals['_PREDICTRESPONSE']._serialized_end=339
+  _globals['_DESCRIBEREQUEST']._serialized_start=341
+  _globals['_DESCRIBEREQUEST']._serialized_end=358
+  _globals['_FEATUREDESCRIPTION']._serialized_start=360
+  _globals['_FEATUREDESCRIPTION']._serialized_end=475
+  _globals['_MODELDESCRIPTION']._serialized_start=478
+  _globals['_MODELDESCRIPTION']._serialized_end=686
+  _globals['_INFERENCE']._serialized_start=689
+  _globals['_INFERENCE']._serialized_end=839
 # @@protoc_insertion_point(module_scope)

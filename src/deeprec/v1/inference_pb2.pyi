@@ -8,12 +8,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PredictRequest(_message.Message):
-    __slots__ = ("model", "features")
+    __slots__ = ("model", "features", "merge_up_to", "threads", "merge_delay_us")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
+    MERGE_UP_TO_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    MERGE_DELAY_US_FIELD_NUMBER: _ClassVar[int]
     model: str
     features: _tensor_pb2.Features
-    def __init__(self, model: _Optional[str] = ..., features: _Optional[_Union[_tensor_pb2.Features, _Mapping]] = ...) -> None: ...
+    merge_up_to: int
+    threads: int
+    merge_delay_us: int
+    def __init__(self, model: _Optional[str] = ..., features: _Optional[_Union[_tensor_pb2.Features, _Mapping]] = ..., merge_up_to: _Optional[int] = ..., threads: _Optional[int] = ..., merge_delay_us: _Optional[int] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
     __slots__ = ("scores", "provider", "queue_ms", "service_ms", "batched_requests")

@@ -24,29 +24,29 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64\x65\x65prec/v1/scheduler.proto\x12\ndeeprec.v1\"g\n\x06Policy\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nbatch_size\x18\x02 \x01(\x03\x12\x19\n\x11offload_threshold\x18\x03 \x01(\x03\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12\x0e\n\x06pinned\x18\x05 \x01(\x08\"1\n\tPolicySet\x12$\n\x08policies\x18\x01 \x03(\x0b\x32\x12.deeprec.v1.Policy\"(\n\x14WatchPoliciesRequest\x12\x10\n\x08\x66rontend\x18\x01 \x01(\t\"!\n\x10GetPolicyRequest\x12\r\n\x05model\x18\x01 \x01(\t\"C\n\x10SetPolicyRequest\x12\"\n\x06policy\x18\x01 \x01(\x0b\x32\x12.deeprec.v1.Policy\x12\x0b\n\x03pin\x18\x02 \x01(\x08\"4\n\x14PolicyHistoryRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"\xa6\x01\n\x0cPolicyChange\x12\"\n\x06policy\x18\x01 \x01(\x0b\x32\x12.deeprec.v1.Policy\x12\x11\n\tunix_time\x18\x02 \x01(\x01\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\r\n\x05phase\x18\x05 \x01(\t\x12\x12\n\nlatency_ms\x18\x06 \x01(\x01\x12\x0f\n\x07queries\x18\x07 \x01(\x03\x12\x0b\n\x03qps\x18\x08 \x01(\x01\":\n\rPolicyHistory\x12)\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x18.deeprec.v1.PolicyChange2\xa6\x02\n\tScheduler\x12J\n\rWatchPolicies\x12 .deeprec.v1.WatchPoliciesRequest\x1a\x15.deeprec.v1.PolicySet0\x01\x12=\n\tGetPolicy\x12\x1c.deeprec.v1.GetPolicyRequest\x1a\x12.deeprec.v1.Policy\x12=\n\tSetPolicy\x12\x1c.deeprec.v1.SetPolicyRequest\x1a\x12.deeprec.v1.Policy\x12O\n\x10GetPolicyHistory\x12 .deeprec.v1.PolicyHistoryRequest\x1a\x19.deeprec.v1.PolicyHistoryb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64\x65\x65prec/v1/scheduler.proto\x12\ndeeprec.v1\"\x90\x01\n\x06Policy\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nbatch_size\x18\x02 \x01(\x03\x12\x19\n\x11offload_threshold\x18\x03 \x01(\x03\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12\x0e\n\x06pinned\x18\x05 \x01(\x08\x12\x0f\n\x07threads\x18\x06 \x01(\x05\x12\x16\n\x0emerge_delay_us\x18\x07 \x01(\x03\"1\n\tPolicySet\x12$\n\x08policies\x18\x01 \x03(\x0b\x32\x12.deeprec.v1.Policy\"(\n\x14WatchPoliciesRequest\x12\x10\n\x08\x66rontend\x18\x01 \x01(\t\"!\n\x10GetPolicyRequest\x12\r\n\x05model\x18\x01 \x01(\t\"C\n\x10SetPolicyRequest\x12\"\n\x06policy\x18\x01 \x01(\x0b\x32\x12.deeprec.v1.Policy\x12\x0b\n\x03pin\x18\x02 \x01(\x08\"4\n\x14PolicyHistoryRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"\xa6\x01\n\x0cPolicyChange\x12\"\n\x06policy\x18\x01 \x01(\x0b\x32\x12.deeprec.v1.Policy\x12\x11\n\tunix_time\x18\x02 \x01(\x01\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\r\n\x05phase\x18\x05 \x01(\t\x12\x12\n\nlatency_ms\x18\x06 \x01(\x01\x12\x0f\n\x07queries\x18\x07 \x01(\x03\x12\x0b\n\x03qps\x18\x08 \x01(\x01\":\n\rPolicyHistory\x12)\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x18.deeprec.v1.PolicyChange2\xa6\x02\n\tScheduler\x12J\n\rWatchPolicies\x12 .deeprec.v1.WatchPoliciesRequest\x1a\x15.deeprec.v1.PolicySet0\x01\x12=\n\tGetPolicy\x12\x1c.deeprec.v1.GetPolicyRequest\x1a\x12.deeprec.v1.Policy\x12=\n\tSetPolicy\x12\x1c.deeprec.v1.SetPolicyRequest\x1a\x12.deeprec.v1.Policy\x12O\n\x10GetPolicyHistory\x12 .deeprec.v1.PolicyHistoryRequest\x1a\x19.deeprec.v1.PolicyHistoryb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'deeprec.v1.scheduler_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_POLICY']._serialized_start=42
-  _globals['_POLICY']._serialized_end=145
-  _globals['_POLICYSET']._serialized_start=147
-  _globals['_POLICYSET']._serialized_end=196
-  _globals['_WATCHPOLICIESREQUEST']._serialized_start=198
-  _globals['_WATCHPOLICIESREQUEST']._serialized_end=238
-  _globals['_GETPOLICYREQUEST']._serialized_start=240
-  _globals['_GETPOLICYREQUEST']._serialized_end=273
-  _globals['_SETPOLICYREQUEST']._serialized_start=275
-  _globals['_SETPOLICYREQUEST']._serialized_end=342
-  _globals['_POLICYHISTORYREQUEST']._serialized_start=344
-  _globals['_POLICYHISTORYREQUEST']._serialized_end=396
-  _globals['_POLICYCHANGE']._serialized_start=399
-  _globals['_POLICYCHANGE']._serialized_end=565
-  _globals['_POLICYHISTORY']._serialized_start=567
-  _globals['_POLICYHISTORY']._serialized_end=625
-  _globals['_SCHEDULER']._serialized_start=628
-  _globals['_SCHEDULER']._serialized_end=922
+  _globals['_POLICY']._serialized_start=43
+  _globals['_POLICY']._serialized_end=187
+  _globals['_POLICYSET']._serialized_start=189
+  _globals['_POLICYSET']._serialized_end=238
+  _globals['_WATCHPOLICIESREQUEST']._serialized_start=240
+  _globals['_WATCHPOLICIESREQUEST']._serialized_end=280
+  _globals['_GETPOLICYREQUEST']._serialized_start=282
+  _globals['_GETPOLICYREQUEST']._serialized_end=315
+  _globals['_SETPOLICYREQUEST']._serialized_start=317
+  _globals['_SETPOLICYREQUEST']._serialized_end=384
+  _globals['_POLICYHISTORYREQUEST']._serialized_start=386
+  _globals['_POLICYHISTORYREQUEST']._serialized_end=438
+  _globals['_POLICYCHANGE']._serialized_start=441
+  _globals['_POLICYCHANGE']._serialized_end=607
+  _globals['_POLICYHISTORY']._serialized_start=609
+  _globals['_POLICYHISTORY']._serialized_end=667
+  _globals['_SCHEDULER']._serialized_start=670
+  _globals['_SCHEDULER']._serialized_end=964
 # @@protoc_insertion_point(module_scope)

@@ -7,18 +7,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Policy(_message.Message):
-    __slots__ = ("model", "batch_size", "offload_threshold", "version", "pinned")
+    __slots__ = ("model", "batch_size", "offload_threshold", "version", "pinned", "threads", "merge_delay_us")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     OFFLOAD_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PINNED_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    MERGE_DELAY_US_FIELD_NUMBER: _ClassVar[int]
     model: str
     batch_size: int
     offload_threshold: int
     version: int
     pinned: bool
-    def __init__(self, model: _Optional[str] = ..., batch_size: _Optional[int] = ..., offload_threshold: _Optional[int] = ..., version: _Optional[int] = ..., pinned: _Optional[bool] = ...) -> None: ...
+    threads: int
+    merge_delay_us: int
+    def __init__(self, model: _Optional[str] = ..., batch_size: _Optional[int] = ..., offload_threshold: _Optional[int] = ..., version: _Optional[int] = ..., pinned: _Optional[bool] = ..., threads: _Optional[int] = ..., merge_delay_us: _Optional[int] = ...) -> None: ...
 
 class PolicySet(_message.Message):
     __slots__ = ("policies",)

@@ -18,6 +18,8 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
 
 from deeprec.common import metric_names
+from deeprec.common.policy import MAX_MERGE_DELAY_US as MAX_DELAY
+from deeprec.common.policy import MAX_THREADS
 from deeprec.models.inputs import random_inputs
 from deeprec.v1 import (
     inference_pb2,
@@ -505,6 +507,27 @@ def _fk_size(cls, ctx, rng):
     return request, f"{how}: {n} items", "error"
 
 
+RUN_SETTINGS = ("merge_up_to", "threads", "merge_delay_us")  # PredictRequest only
+
+
+def _fk_run_settings(cls, ctx, rng):
+    """A PredictRequest's run settings at their edges (a RecommendRequest has none:
+    it gets a plain good request)."""
+    request, _ = features_request(cls, ctx.spec, rng, rint(rng, 1, 9))
+    if "threads" not in cls.DESCRIPTOR.fields_by_name:
+        return request, "no run settings in this message", "ok"
+    values = {}
+    for field in RUN_SETTINGS:
+        if rng.random() < 0.6:
+            value = pick(rng, INT_EDGES) if rng.random() < 0.5 else rint(rng, 0, 4)
+            values[field] = int32_of(value) if field == "threads" else wrap64(value)
+    for field, value in values.items():
+        setattr(request, field, value)
+    bounds = {"merge_up_to": INT32_MAX, "threads": MAX_THREADS, "merge_delay_us": MAX_DELAY}
+    valid = all(0 <= value <= bounds[field] for field, value in values.items())
+    return request, f"run settings {values}", "ok" if valid else "error"
+
+
 def _fk_unknown_fields(cls, ctx, rng):
     request, _ = features_request(cls, ctx.spec, rng, rint(rng, 1, 9))
     paths = [(), (2,)] + ([(2, 1)] if request.features.HasField("dense") else [])
@@ -523,6 +546,7 @@ FEATURE_KINDS = {  # kind: (weight, builder)
     "batch-mismatch": (1, _fk_batch_mismatch),
     "size": (1, _fk_size),
     "unknown-fields": (1, _fk_unknown_fields),
+    "run-settings": (1, _fk_run_settings),
 }
 
 
@@ -678,16 +702,22 @@ def _set_policy_structured(ctx, rng):
         t = pick(rng, (0, 0, 0, -1, INT64_MIN))
     else:
         b, t = pick(rng, INT_EDGES), pick(rng, INT_EDGES)
+    # Threads and a short merge delay a served model can run with; edges elsewhere.
+    threads = pick(rng, (0, 1, 2) if served else (0, 1, 300, INT32_MAX, -1, INT32_MIN))
+    delay = pick(rng, (0, 0, 200) if served else (0, 1000, MAX_DELAY + 1, INT64_MAX, INT64_MIN))
     policy = scheduler_pb2.Policy(
         model=model,
         batch_size=b,
         offload_threshold=t,
         version=pick(rng, INT_EDGES),
         pinned=bool(rng.random() < 0.5),
+        threads=threads,
+        merge_delay_us=delay,
     )
     data = scheduler_pb2.SetPolicyRequest(policy=policy, pin=bool(rng.random() < 0.5))
-    expect = "error" if not model or b < 0 or t < 0 else "any"
-    note = f"model {model[:12]!r} ({len(model)} chars) B={b} T={t}"
+    bad_knobs = not (0 <= threads <= MAX_THREADS and 0 <= delay <= MAX_DELAY)
+    expect = "error" if not model or b < 0 or t < 0 or bad_knobs else "any"
+    note = f"model {model[:12]!r} ({len(model)} chars) B={b} T={t} threads={threads} delay={delay}"
     return "policy", (data.SerializeToString(),), expect, note
 
 
