@@ -265,3 +265,20 @@ def test_a_merge_delay_holds_a_short_run_for_company(tiny_zoo):
         np.testing.assert_allclose(
             outcome.scores, reference.forward(artifact, inputs), rtol=1e-5, atol=1e-6
         )
+
+
+def test_run_threads_carry_their_name_in_the_kernel(tiny_zoo):
+    """`deeprec bench cost` tells a frontend's run threads from its serving threads by
+    the name /proc shows."""
+    from deeprec.common.threads import RUN_THREAD
+
+    artifact = tiny_zoo["rmc1"]
+    sessions, _ = open_runs(artifact, "cpu", 1, runs=2)
+    runner = Runner(sessions)
+    batch, inputs = _batch(artifact.spec, 3, 0)
+    outcome = asyncio.run(runner.run(batch, None))
+    np.testing.assert_allclose(outcome.scores, reference.forward(artifact, inputs), rtol=1e-5)
+    (thread,) = runner.executor._threads  # the one run so far started one thread
+    with open(f"/proc/self/task/{thread.native_id}/comm") as f:
+        assert f.read().strip() == RUN_THREAD
+    runner.close()

@@ -8,7 +8,13 @@ import sys
 
 import pytest
 
-from deeprec.bench.cost import LOAD_GENERATOR, Snapshot, cost_per_query, role_of
+from deeprec.bench.cost import (
+    LOAD_GENERATOR,
+    RUN_THREADS,
+    Snapshot,
+    cost_per_query,
+    role_of,
+)
 
 
 def test_processes_are_named_by_their_role():
@@ -31,6 +37,12 @@ def test_cost_adds_up_processes_of_a_role_and_skips_those_not_there_throughout()
     assert rows[1]["ms_per_query"] == pytest.approx(5.0)
     with pytest.raises(ValueError, match="no queries"):
         cost_per_query(before, after, queries=0)
+    # A frontend's run threads are split out of it; one started during the run counts whole.
+    before = Snapshot({1: 10.0}, {1: "frontend"}, {1: 4.0})
+    after = Snapshot({1: 13.0}, {1: "frontend"}, {1: 6.5})
+    rows = {r["role"]: r for r in cost_per_query(before, after, queries=10)}
+    assert rows[RUN_THREADS]["ms_per_query"] == pytest.approx(250.0)
+    assert rows["frontend"]["ms_per_query"] == pytest.approx(50.0)
 
 
 @pytest.mark.parametrize("placement", ["in-process", "remote"])
@@ -52,8 +64,9 @@ def test_bench_cost_measures_deeprec_and_the_plain_peer(tiny_zoo, tmp_path, plac
     assert roles["frontend"]["processes"] == 1 and roles["frontend"]["cpu_s"] > 0
     if placement == "remote":
         assert roles["worker"]["processes"] == 2 and roles["worker"]["cpu_s"] > 0
-    else:  # the frontend runs the model itself
+    else:  # the frontend runs the model itself, on threads the kernel knows by name
         assert "worker" not in roles
+        assert roles[RUN_THREADS]["processes"] == 1
     assert {r["role"] for r in plain["processes"]} >= {"plain server", LOAD_GENERATOR}
     for entry in (deeprec, plain):
         assert entry["load"]["answered"] >= 30 and entry["load"]["errors"] == 0

@@ -26,7 +26,15 @@ from deeprec.scheduler.store import (
 
 POLICIES = {
     "rmc1": Policy("rmc1", batch_size=64, offload_threshold=400, version=3),
-    "din": Policy("din", batch_size=128, offload_threshold=0, version=1, pinned=True),
+    "din": Policy(
+        "din",
+        batch_size=128,
+        offload_threshold=0,
+        version=1,
+        pinned=True,
+        threads=2,
+        merge_delay_us=500,
+    ),
 }
 TUNED = {**POLICIES, "rmc1": Policy("rmc1", batch_size=32, offload_threshold=300, version=4)}
 NS, NAME = "serving", "deeprec-policies"
@@ -69,6 +77,12 @@ def test_missing_file_is_empty(tmp_path):
                 {"format": FORMAT, "policies": [{**POLICIES["din"].__dict__, "batch_size": -1}]}
             ),
             "policy #0: batch size and offload threshold must be >= 0",
+        ),
+        (
+            json.dumps(
+                {"format": FORMAT, "policies": [{**POLICIES["din"].__dict__, "threads": -2}]}
+            ),
+            "policy #0: threads -2 is outside 0..256",
         ),
         (
             json.dumps({"format": FORMAT, "policies": [POLICIES["din"].__dict__] * 2}),

@@ -218,11 +218,20 @@ def test_policy_cli_sets_pins_and_shows(tmp_path):
         assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
         bad = cli("set", "--model", "rmc1", "--batch-size", "-3")
         assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr
+        bad = cli("set", "--model", "rmc1", "--batch-size", "8", "--threads", "999")
+        assert bad.returncode == 1 and "policy.threads 999 is outside" in bad.stderr
+        out = cli(
+            "set", "--model", "din", "--batch-size", "0", "--threads", "2",
+            "--merge-delay-us", "500",
+        ).stdout  # fmt: skip
+        assert "din: B=no split T=never threads=2 delay=500us (version 1)" in out
         lines = cli("history").stdout.splitlines()
-        assert len(lines) == 2, lines  # oldest first, the refused change not among them
+        assert len(lines) == 3, lines  # oldest first, the refused changes not among them
         assert lines[0].endswith("rmc1 v1 B=32 T=never: operator: local caller set")
         assert lines[1].endswith("rmc1 v2 B=64 T=300 pinned: operator: local caller pin")
-        assert cli("history", "--limit", "1").stdout.splitlines() == lines[1:]
+        assert lines[2].endswith("din v1 B=no split T=never threads=2 delay=500us: operator: "
+                                 "local caller set")  # fmt: skip
+        assert cli("history", "--limit", "1").stdout.splitlines() == lines[2:]
         assert "no policy changes yet" in cli("history", "--model", "nope").stdout
         refused = cli("history", "--limit", "-1")
         assert refused.returncode == 1 and "INVALID_ARGUMENT" in refused.stderr

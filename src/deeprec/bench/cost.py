@@ -14,12 +14,13 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from deeprec.launcher.cpu import process_seconds
+from deeprec.common.threads import RUN_THREAD
+from deeprec.launcher.cpu import named_threads_seconds, process_seconds
 from deeprec.launcher.loadrun import Workload, prepare, resolve_model, warm_up
 from deeprec.launcher.processes import Interrupted, LaunchError
 from deeprec.models.artifact import ArtifactError, load_artifact
@@ -80,26 +81,36 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+RUN_THREADS = "frontend run threads"  # a frontend's in-process pool: the model's work
+
+
 @dataclass
 class Snapshot:
     seconds: dict[int, float]  # CPU seconds per pid
     roles: dict[int, str]
+    run_seconds: dict[int, float] = field(default_factory=dict)  # of its run threads
 
 
 def snapshot() -> Snapshot:
     me = os.getpid()
     pids = [me, *descendants(me)]
-    seconds, roles = {}, {}
+    seconds, roles, run_seconds = {}, {}, {}
     for pid in pids:
         used = process_seconds(pid)
         if used is not None:
             seconds[pid] = used
             roles[pid] = LOAD_GENERATOR if pid == me else role_of(cmdline(pid))
-    return Snapshot(seconds, roles)
+            ran = named_threads_seconds(pid, RUN_THREAD) if roles[pid] == "frontend" else None
+            if ran is not None:
+                run_seconds[pid] = ran
+    return Snapshot(seconds, roles, run_seconds)
 
 
 def cost_per_query(before: Snapshot, after: Snapshot, queries: int) -> list[dict]:
     """ms of CPU per query, per role (processes of one role added up), largest first.
+    A frontend's in-process run threads are a role of their own (RUN_THREADS): what
+    "frontend" is left with is its serving work (gRPC, the event loop, decoding,
+    validating, splitting, answering).
 
     Only processes alive at both ends count: one that started or ended during the run
     has no whole window to measure.
@@ -107,13 +118,22 @@ def cost_per_query(before: Snapshot, after: Snapshot, queries: int) -> list[dict
     if queries < 1:
         raise ValueError("no queries were answered: nothing to divide by")
     by_role: dict[str, dict] = {}
+
+    def add(role: str, cpu_s: float) -> None:
+        entry = by_role.setdefault(role, {"role": role, "processes": 0, "cpu_s": 0.0})
+        entry["processes"] += 1
+        entry["cpu_s"] += max(cpu_s, 0.0)
+
     for pid, end in after.seconds.items():
         if pid not in before.seconds:
             continue
-        role = after.roles[pid]
-        entry = by_role.setdefault(role, {"role": role, "processes": 0, "cpu_s": 0.0})
-        entry["processes"] += 1
-        entry["cpu_s"] += max(end - before.seconds[pid], 0.0)
+        used = end - before.seconds[pid]
+        # Run threads that started during the run had nothing before it.
+        if pid in after.run_seconds:
+            ran = after.run_seconds[pid] - before.run_seconds.get(pid, 0.0)
+            add(RUN_THREADS, ran)
+            used -= ran
+        add(after.roles[pid], used)
     rows = sorted(by_role.values(), key=lambda e: -e["cpu_s"])
     for row in rows:
         row["ms_per_query"] = row["cpu_s"] / queries * 1e3

@@ -25,37 +25,60 @@ from .search import SLA
 
 @dataclass(frozen=True)
 class DeeprecConfig:
-    """One way to run deeprec: B fixed (0 = no split) or tuned by the scheduler."""
+    """One way to run deeprec: B fixed (0 = no split) or tuned by the scheduler; a fixed
+    one may also fix each CPU run's threads (0: the pools' own) and merge delay."""
 
     batch_size: int | None  # None with tuned: the frontend's default to start from
     tuned: bool = False
+    run_threads: int = 0
+    merge_delay_us: int = 0
 
     @property
     def name(self) -> str:
         if self.tuned:
             return "tuned"
-        return "no split" if self.batch_size == 0 else f"B={self.batch_size}"
+        name = "no split" if self.batch_size == 0 else f"B={self.batch_size}"
+        if self.run_threads:
+            name += f" threads={self.run_threads}"
+        if self.merge_delay_us:
+            name += f" delay={self.merge_delay_us}us"
+        return name
 
 
-CONFIG_CHOICES = "nosplit (B = infinity), a batch size B, or tuned (the scheduler)"
+CONFIG_CHOICES = (
+    "nosplit (B = infinity), a batch size B, or tuned (the scheduler); nosplit or B may "
+    "end in /tN (N intra-op threads per run) and /dUS (a merge delay of US microseconds)"
+)
+
+
+def _knobs(part: str, text: str) -> dict:
+    """``t2`` -> run_threads 2, ``d500`` -> merge_delay_us 500."""
+    names = {"t": "run_threads", "d": "merge_delay_us"}
+    if not text or text[0] not in names or not text[1:].isdigit():
+        raise ValueError(f"configuration {part!r}: expected {CONFIG_CHOICES}")
+    return {names[text[0]]: int(text[1:])}
 
 
 def parse_configs(text: str) -> list[DeeprecConfig]:
-    """``nosplit,64,256,tuned`` -> configurations, in order, without repeats."""
+    """``nosplit,64,256/t2,tuned`` -> configurations, in order, without repeats."""
     out: list[DeeprecConfig] = []
     for part in (p.strip().lower() for p in text.split(",") if p.strip()):
-        if part in ("nosplit", "0", "inf"):
-            config = DeeprecConfig(0)
-        elif part == "tuned":
+        head, *tail = part.split("/")
+        knobs = {}
+        for text in tail:
+            knobs |= _knobs(part, text)
+        if head in ("nosplit", "0", "inf"):
+            config = DeeprecConfig(0, **knobs)
+        elif head == "tuned" and not knobs:
             config = DeeprecConfig(None, tuned=True)
         else:
             try:
-                b = int(part)
+                b = int(head)
             except ValueError:
                 raise ValueError(f"configuration {part!r}: expected {CONFIG_CHOICES}") from None
             if b < 1:
                 raise ValueError(f"configuration {part!r}: a batch size is >= 1")
-            config = DeeprecConfig(b)
+            config = DeeprecConfig(b, **knobs)
         if config not in out:
             out.append(config)
     if not out:
@@ -105,6 +128,8 @@ class DeeprecTarget:
             "kind": self.kind,
             "batch_size": self.config.batch_size,
             "tuned": self.config.tuned,
+            "run_threads": self.config.run_threads,
+            "merge_delay_us": self.config.merge_delay_us,
             "workers": self.common.workers,
             "placement": self.common.placement,
             "threads_per_worker": self.common.threads,
@@ -126,6 +151,8 @@ class DeeprecTarget:
             local_workers=c.workers if in_process else 0,
             threads=c.threads,
             batch_size=self.config.batch_size,
+            run_threads=self.config.run_threads or None,
+            merge_delay_us=self.config.merge_delay_us or None,
             host=c.host,
             log_dir=c.logs(self.name),
             startup_timeout=c.startup_timeout,

@@ -467,6 +467,28 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=0,
     ),
     Setting(
+        "DEEPREC_RUN_THREADS",
+        "--run-threads",
+        int,
+        0,
+        "intra-op threads per CPU run, until the scheduler sends a policy (0: the pools' "
+        "own --threads)",
+        ("frontend",),
+        minimum=0,
+        maximum=MAX_THREADS,
+    ),
+    Setting(
+        "DEEPREC_MERGE_DELAY_US",
+        "--merge-delay-us",
+        int,
+        0,
+        "how long a CPU run short of B waits for more sub-batches, until the scheduler "
+        "sends a policy (0: none; a run merges only what already waits)",
+        ("frontend",),
+        minimum=0,
+        maximum=MAX_MERGE_DELAY_US,
+    ),
+    Setting(
         "DEEPREC_SCHEDULER",
         "--scheduler",
         str,

@@ -19,6 +19,7 @@ import numpy as np
 from deeprec.common.errors import DeadlineExceeded, ResourceExhausted
 from deeprec.common.features import Batch, ModelSignature
 from deeprec.common.memory import TRIM_AFTER_BYTES, trim
+from deeprec.common.threads import RUN_THREAD, name_this_thread
 
 from .batcher import Batcher, Outcome
 from .run_settings import DEFAULT, RunSettings
@@ -49,7 +50,12 @@ class Runner:
         coalesce_max_items: int = 1024,
     ):
         self.sessions = sessions
-        self.executor = ThreadPoolExecutor(max_workers=sessions.cores, thread_name_prefix="ort")
+        self.executor = ThreadPoolExecutor(
+            max_workers=sessions.cores,
+            thread_name_prefix="ort",
+            initializer=name_this_thread,
+            initargs=(RUN_THREAD,),
+        )
         self.batcher = Batcher(
             self._run, self.executor, coalesce_max_items, sessions.cores, sessions.threads
         )

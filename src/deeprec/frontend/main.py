@@ -14,6 +14,7 @@ from deeprec.common import kube, settings
 from deeprec.common.features import DEFAULT_LIMITS, ModelSignature
 from deeprec.common.limits import RequestLimits
 from deeprec.common.policy import Policy, PolicyTable
+from deeprec.common.policy import describe as describe_policy
 from deeprec.common.server import Server, channel, setup_logging
 from deeprec.common.telemetry import Telemetry
 from deeprec.common.telemetry import setup as setup_telemetry
@@ -137,12 +138,20 @@ async def build_servicer(
     new_admission: Callable[[], Admission] = Admission,
     local: LocalConfig | None = None,
     max_models: int = DEFAULT_MAX_MODELS,
+    run_threads: int = 0,
+    merge_delay_us: int = 0,
 ) -> RecommenderServicer:
     """The servicer over the given pools: remote workers, and in-process ones running
-    ``local.model``, an artifact (one model) or a model repository (each of its models)."""
+    ``local.model``, an artifact (one model) or a model repository (each of its models).
+    The policy every model starts with: ``batch_size``, ``offload_threshold``,
+    ``run_threads`` and ``merge_delay_us``, until the scheduler sends one."""
     local = local or LocalConfig()
     telemetry = telemetry or Telemetry()
-    policies = PolicyTable(Policy("", batch_size, offload_threshold))
+    policies = PolicyTable(
+        Policy(
+            "", batch_size, offload_threshold, threads=run_threads, merge_delay_us=merge_delay_us
+        )
+    )
     if local.model and is_repository(local.model):
         if workers or gpu_workers:
             raise StartupError(
@@ -290,7 +299,7 @@ def _describe(servicer, deployment) -> str:
     return (
         f"{deployment.name} v{deployment.version} on {deployment.cpu.slots} cpu / "
         f"{deployment.gpu.slots if deployment.gpu else 0} gpu worker slots, "
-        f"B={policy.batch_size} T={policy.offload_threshold}"
+        f"{describe_policy(policy)}"
     )
 
 
@@ -315,6 +324,8 @@ async def serve(args) -> int:
             functools.partial(Admission, args.max_items_in_flight, args.admission_budget_ms),
             LocalConfig.from_args(args),
             args.max_models,
+            args.run_threads,
+            args.merge_delay_us,
         )
     except StartupError as err:
         log.error("%s", err)

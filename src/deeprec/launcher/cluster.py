@@ -51,6 +51,8 @@ class LocalCluster:
     threads: int = settings.BY_ENV["DEEPREC_THREADS"].default  # per worker, as deployed
     batch_size: int | None = None  # None = the frontend's default
     offload_threshold: int | None = None
+    run_threads: int | None = None  # the starting policy's threads per CPU run
+    merge_delay_us: int | None = None  # and its merge delay
     scheduler: bool = False  # start a tuning scheduler and wire the frontend to it
     sla_ms: float = 50.0
     scheduler_args: tuple[str, ...] = ()  # extra `serve scheduler` flags
@@ -170,7 +172,12 @@ class LocalCluster:
         if self.local_workers:
             frontend |= {"model": model, "threads": self.threads}
         # None: the frontend's default (or the launcher's own DEEPREC_* variable).
-        knobs = {"batch_size": self.batch_size, "offload_threshold": self.offload_threshold}
+        knobs = {
+            "batch_size": self.batch_size,
+            "offload_threshold": self.offload_threshold,
+            "run_threads": self.run_threads,
+            "merge_delay_us": self.merge_delay_us,
+        }
         frontend |= {name: v for name, v in knobs.items() if v is not None}
         started = self._spawn("frontend", "frontend", frontend_env, port=self.port, **frontend)
         self.supervisor.wait_healthy([started], wait)

@@ -23,6 +23,28 @@ def process_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
 
 
+def named_threads_seconds(pid: int, name: str) -> float | None:
+    """User + system CPU seconds of the live threads of ``pid`` the kernel calls ``name``
+    (common/threads.py); None when it has none."""
+    total, found = 0, False
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue  # ended meanwhile
+        comm = text[text.index("(") + 1 : text.rindex(")")]
+        if comm == name:
+            fields = text.rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+            found = True
+    return total / _TICK if found else None
+
+
 def machine_busy_seconds() -> float | None:
     """CPU seconds spent not idle, summed over every core, since boot; None if unknown."""
     try:
