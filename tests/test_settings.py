@@ -154,7 +154,7 @@ BAD = [
     ("scheduler", "DEEPREC_PERCENTILE", "90", "--percentile", "not one of 95, 99"),
     ("scheduler", "DEEPREC_SLA_MS", "fast", "--sla-ms", "not a number"),
     ("scheduler", "DEEPREC_NO_TUNE", "perhaps", "--no-tune", "not true or false"),
-    ("scheduler", "DEEPREC_TUNE_THREADS", "1,0", "--tune-threads", "each value must be at least"),
+    ("scheduler", "DEEPREC_TUNE_THREADS", "2,0", "--tune-threads", "each value must be at least"),
     (
         "scheduler",
         "DEEPREC_TUNE_MERGE_DELAYS_US",

@@ -141,7 +141,14 @@ class PolicySampler:
                 try:
                     p = stub.GetPolicy(request, timeout=2)
                     self.samples.append(
-                        (time.monotonic(), p.batch_size, p.offload_threshold, p.version)
+                        (
+                            time.monotonic(),
+                            p.batch_size,
+                            p.offload_threshold,
+                            p.version,
+                            p.threads,
+                            p.merge_delay_us,
+                        )
                     )
                 except grpc.RpcError:  # NOT_FOUND until the scheduler has the model
                     pass
@@ -208,6 +215,8 @@ def periods(samples: list[dict], due, latencies, seconds: float) -> list[dict]:
                 "to_s": end,
                 "batch_size": p["batch_size"],
                 "offload_threshold": p["offload_threshold"],
+                "threads": p.get("threads", 0),
+                "merge_delay_us": p.get("merge_delay_us", 0),
                 "version": p["version"],
                 "queries": int(mask.sum()),
                 "p95_ms": p95_ms(latencies[mask]),
@@ -445,8 +454,15 @@ def tuning_run(args, model_dir, model, queries, stop) -> tuple[dict, LoadResult,
         _flag_shared("the tuning run", usage)
         log_dir = str(cluster.log_dir)
     samples = [
-        {"t": t - result.start, "batch_size": b, "offload_threshold": threshold, "version": v}
-        for t, b, threshold, v in sampler.samples
+        {
+            "t": t - result.start,
+            "batch_size": b,
+            "offload_threshold": threshold,
+            "version": v,
+            "threads": threads,
+            "merge_delay_us": delay_us,
+        }
+        for t, b, threshold, v, threads, delay_us in sampler.samples
         if t >= result.start
     ]
     tuning = {"policy": samples, "cpu": usage, "scheduler_flags": flags, "logs": log_dir}
@@ -529,8 +545,13 @@ def table(data: dict) -> str:
     )
     static = {r["batch_size"]: r["p95_ms"] for r in data["sweep"]}
     for p in data["tuning"]["periods"]:
+        knobs = ""
+        if p.get("threads"):
+            knobs += f" threads={p['threads']}"
+        if p.get("merge_delay_us"):
+            knobs += f" delay={p['merge_delay_us']}us"
         lines.append(
-            f"    {p['from_s']:6.1f}-{p['to_s']:5.1f} s  B={p['batch_size']:<5} "
+            f"    {p['from_s']:6.1f}-{p['to_s']:5.1f} s  B={p['batch_size']:<5}{knobs} "
             f"{p['queries']:>5} queries  p95 {_ms(p['p95_ms']):>7} ms  "
             f"(static {_ms(static.get(p['batch_size']))} ms)"
         )

@@ -564,9 +564,9 @@ SETTINGS: tuple[Setting, ...] = (
         "DEEPREC_TUNE_THREADS",
         "--tune-threads",
         "ints",
-        (1, 2),
-        "intra-op threads per CPU run the tuner tries, after B and T (fewer than two: "
-        "not tuned; a pool never runs more than its cores)",
+        (2,),
+        "intra-op threads per CPU run the tuner tries after B and T, besides each pool's "
+        "own --threads (empty: not tuned; a pool never runs more than its cores)",
         ("scheduler",),
         minimum=1,
         maximum=MAX_THREADS,
@@ -575,9 +575,9 @@ SETTINGS: tuple[Setting, ...] = (
         "DEEPREC_TUNE_MERGE_DELAYS_US",
         "--tune-merge-delays-us",
         "ints",
-        (0, 1000),
-        "merge delays (us) the tuner tries last: how long a CPU run short of B waits for "
-        "more sub-batches (fewer than two: not tuned)",
+        (1000,),
+        "merge delays (us) the tuner tries last, besides none: how long a CPU run short "
+        "of B waits for more sub-batches (empty: not tuned)",
         ("scheduler",),
         minimum=0,
         maximum=MAX_MERGE_DELAY_US,

@@ -38,11 +38,12 @@ class TunerConfig:
     sla_ms: float = 50.0
     batch_sizes: tuple[int, ...] = (4, 8, 16, 32, 64, 128, 256, 512, 1024)
     thresholds: tuple[int, ...] = (0, 100, 200, 300, 400, 500, 600, 700, 1024)  # 0 = never
-    # Intra-op threads per CPU run: more finish one run sooner (the light-load tail),
-    # fewer run more at once on the same cores (capacity). () = not tuned.
-    threads: tuple[int, ...] = (1, 2)
-    # How long a run short of B waits to merge more (us; 0 = none). () = not tuned.
-    merge_delays_us: tuple[int, ...] = (0, 1000)
+    # Intra-op threads per CPU run to try besides 0 (each pool's own): more finish one
+    # run sooner (the light-load tail), fewer run more at once (capacity). () = not tuned.
+    threads: tuple[int, ...] = (2,)
+    # Merge delays (us) to try besides 0 (none): how long a run short of B waits to merge
+    # more. () = not tuned.
+    merge_delays_us: tuple[int, ...] = (1000,)
     gpu: bool = False
     min_queries: int = 300  # a trial's sample
     max_trial_s: float = 20.0  # under light load, settle for fewer queries
@@ -244,15 +245,18 @@ class Tuner:
         self.results = {}
         if self.phase == "t" and not self.config.gpu:
             self.phase = "threads"
-        if self.phase == "threads" and len(self.config.threads) < 2:
+        if self.phase == "threads" and len(self._candidates()) < 2:
             self.phase = "delay"
-        if self.phase == "delay" and len(self.config.merge_delays_us) < 2:
+        if self.phase == "delay" and len(self._candidates()) < 2:
             self.phase = "hold"
         if self.phase != "hold":
             self.results[getattr(self.incumbent, PHASE_KNOBS[self.phase])] = self.incumbent_ms
 
     def _candidates(self) -> tuple[int, ...]:
-        return self.config.threads if self.phase == "threads" else self.config.merge_delays_us
+        """This phase's values: 0 (the pools' own threads; no delay) and the config's,
+        so that a round can always go back to 0."""
+        chosen = self.config.threads if self.phase == "threads" else self.config.merge_delays_us
+        return tuple(sorted({0, *chosen}))
 
     def _next_value(self, candidates: tuple[int, ...]) -> int | None:
         """The next untried value of a small set, nearest the best so far first; None when
