@@ -224,6 +224,7 @@ def test_a_policys_threads_trade_runs_at_once_for_threads_per_run(tiny_zoo):
         counting.runs.clear()
         started, outcomes = asyncio.run(scenario(threads))
         assert started == at_once, counting.runs
+        assert runner.batcher.concurrency == at_once  # what admission counts as slots
         assert {t for t, _ in counting.runs} == {ran_with}
         for (_, inputs), outcome in zip(parts, outcomes, strict=True):
             np.testing.assert_allclose(

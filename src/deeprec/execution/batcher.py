@@ -103,6 +103,7 @@ class Batcher:
     ):
         self.run, self.executor, self.max_items = run, executor, max(1, max_items)
         self.cores, self.threads = max(1, cores), max(1, threads)
+        self.recent_threads = self.threads  # of the last sub-batch submitted
         self.waiting: deque[_Waiting] = deque()
         self.waiting_items = 0  # items of the sub-batches in ``waiting``
         self.active = 0  # run threads taking work
@@ -115,8 +116,9 @@ class Batcher:
 
     @property
     def concurrency(self) -> int:
-        """Runs at once at the configured threads (what admission counts as slots)."""
-        return self._room(self.threads)
+        """Runs at once at the threads the latest sub-batch asked for (what admission
+        counts as slots: two-thread runs on two cores are one at a time)."""
+        return self._room(self.recent_threads)
 
     def _room(self, threads: int) -> int:
         return max(1, self.cores // threads)
@@ -127,7 +129,7 @@ class Batcher:
         """``settings.threads`` must already be one the run can get (the runner's)."""
         self._loop = loop = asyncio.get_running_loop()
         bound = min(self.max_items, settings.merge_up_to or self.max_items)
-        threads = settings.threads or self.threads
+        threads = self.recent_threads = settings.threads or self.threads
         waiting = _Waiting(
             batch,
             deadline,

@@ -36,7 +36,11 @@ log = logging.getLogger("deeprec")
 class LocalWorker:
     def __init__(self, runner: Runner):
         self.runner = runner
-        self.slots = runner.batcher.concurrency
+
+    @property
+    def slots(self) -> int:
+        """Runs at once, as the policy's threads per run leave room for."""
+        return self.runner.batcher.concurrency
 
     async def predict(
         self, part: SubBatch, timeout: float | None, settings: RunSettings = DEFAULT
