@@ -91,23 +91,17 @@ def open_runs(
     threads = threads or os.cpu_count() or 1
 
     def open_with(count: int):
-        return open_model(artifact, device, count, allow_cpu_fallback, chosen)[0]
+        return _open(artifact, device, count, allow_cpu_fallback, chosen)
 
     if device != "cpu":  # a GPU run's threads are not the policy's to set
         return SessionsByThreads.single(open_with(threads), threads), mode
     return SessionsByThreads(open_with, threads, threads * max(1, runs)), mode
 
 
-def open_model(
-    artifact,
-    device: str = "cpu",
-    threads: int | None = None,
-    allow_cpu_fallback: bool = False,
-    embeddings: str = "auto",
-):
-    """(session, mode): "single" runs the whole graph in ONNX Runtime, "fused" pools from
-    the artifact's tables (models.fused) and runs the dense graph."""
-    if embeddings_for(embeddings, device, threads) == "graph":
-        return open_session(artifact.graph("whole"), device, threads, allow_cpu_fallback), "single"
+def _open(artifact, device: str, threads: int, allow_cpu_fallback: bool, chosen: str):
+    """One session at ``threads``: "graph" runs the whole graph in ONNX Runtime, "fused"
+    pools from the artifact's tables (models.fused) and runs the dense graph."""
+    if chosen == "graph":
+        return open_session(artifact.graph("whole"), device, threads, allow_cpu_fallback)
     dense = open_session(artifact.graph("dense"), device, threads, allow_cpu_fallback)
-    return FusedSession(artifact, dense), "fused"
+    return FusedSession(artifact, dense)
