@@ -146,7 +146,7 @@ def test_frontends_keep_the_last_policy_and_a_restarted_scheduler_restores_it(ti
     loop.run(scheduler.start("127.0.0.1", port))
     request = request_for(artifact.spec, random_inputs(artifact.spec, 9, np.random.default_rng(1)))
     try:
-        with InProcessCluster(artifact.path, workers=1, batch_size=0) as cluster:
+        with InProcessCluster(artifact.path, workers=1, batch_size=0, worker_threads=2) as cluster:
             watcher = PolicyWatcher(
                 f"127.0.0.1:{port}",
                 cluster.frontend.policies,
@@ -157,11 +157,12 @@ def test_frontends_keep_the_last_policy_and_a_restarted_scheduler_restores_it(ti
             loop.run(_start(watcher))
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                 stub = scheduler_pb2_grpc.SchedulerStub(channel)
+                # One-thread runs on the two-thread worker, each waiting up to 300 us.
+                knobs = scheduler_pb2.Policy(
+                    model="rmc1", batch_size=4, threads=1, merge_delay_us=300
+                )
                 set_to = stub.SetPolicy(
-                    scheduler_pb2.SetPolicyRequest(
-                        policy=scheduler_pb2.Policy(model="rmc1", batch_size=4), pin=True
-                    ),
-                    timeout=5,
+                    scheduler_pb2.SetPolicyRequest(policy=knobs, pin=True), timeout=5
                 )
             _wait(
                 lambda: cluster.frontend.policies.get("rmc1").version == set_to.version,
@@ -172,10 +173,14 @@ def test_frontends_keep_the_last_policy_and_a_restarted_scheduler_restores_it(ti
             for _ in range(3):
                 reply = cluster.stub.Recommend(request, timeout=10)
                 assert (reply.info.batch_size, reply.info.sub_batches) == (4, 3)
+            # The policy's threads reached the worker process in its requests.
+            assert cluster.worker_servicers[0].runner.sessions.opened == [1, 2]
             restarted = Scheduler(config, FileStore(state))
             loop.run(restarted.start("127.0.0.1", port))
             scheduler = restarted
-            assert restarted.core.policies["rmc1"] == Policy("rmc1", 4, 0, set_to.version, True)
+            assert restarted.core.policies["rmc1"] == Policy(
+                "rmc1", 4, 0, set_to.version, True, threads=1, merge_delay_us=300
+            )
             _wait(lambda: watcher.connected.is_set(), 10, "the frontend to reconnect")
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                 got = scheduler_pb2_grpc.SchedulerStub(channel).GetPolicy(
