@@ -20,6 +20,7 @@ from deeprec.bench.args import positive as _positive
 from deeprec.common import settings
 from deeprec.common.catalog import signature_of
 from deeprec.common.features import ModelSignature
+from deeprec.common.policy import describe as describe_policy
 from deeprec.common.server import sync_channel
 from deeprec.common.tensors import decode
 from deeprec.models import bench, zoo
@@ -301,10 +302,7 @@ def _tuned_policy(cluster: LocalCluster, model: str) -> str | None:
             )
         except grpc.RpcError as err:
             return f"no policy ({err.code().name}: {err.details()})"
-    return (
-        f"{model} ended at B={p.batch_size} T={p.offload_threshold or 'never'} "
-        f"(policy version {p.version})"
-    )
+    return f"{model} ended at {describe_policy(p)} (policy version {p.version})"
 
 
 def demo(args) -> int:
