@@ -13,5 +13,7 @@ POOL_IN_FLIGHT = "deeprec.pool.in_flight"  # sub-batches sent and not answered (
 POLICY_BATCH_SIZE = "deeprec.policy.batch_size"
 POLICY_THRESHOLD = "deeprec.policy.offload_threshold"
 POLICY_VERSION = "deeprec.policy.version"
+POLICY_THREADS = "deeprec.policy.threads"
+POLICY_MERGE_DELAY = "deeprec.policy.merge_delay"  # in us
 SHARD_LOOKUP_LATENCY = "deeprec.shard.lookup.latency"
 SCHEDULER_CONNECTED = "deeprec.scheduler.connected"  # 1 while a frontend follows the policies

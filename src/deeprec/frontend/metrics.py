@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from deeprec.common.metric_names import (
     POLICY_BATCH_SIZE,
+    POLICY_MERGE_DELAY,
+    POLICY_THREADS,
     POLICY_THRESHOLD,
     POLICY_VERSION,
     POOL_IN_FLIGHT,
@@ -91,6 +93,10 @@ class FrontendMetrics:
             POLICY_THRESHOLD, [policy_value("offload_threshold")], unit="{item}"
         )
         meter.create_observable_gauge(POLICY_VERSION, [policy_value("version")])
+        meter.create_observable_gauge(POLICY_THREADS, [policy_value("threads")], unit="{thread}")
+        meter.create_observable_gauge(
+            POLICY_MERGE_DELAY, [policy_value("merge_delay_us")], unit="us"
+        )
 
     def query(self, latency_ms: float, items: int, path: str, policy) -> None:
         if self.on:
