@@ -69,6 +69,18 @@ def cluster(tmp_path_factory):
         yield running, model
 
 
+def _locust(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """Locust itself, headless, in its own process (a bound for a hung run, not a speed
+    assert)."""
+    return subprocess.run(
+        [sys.executable, "-m", "locust", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
+
+
 def _rows(path: Path) -> list[dict]:
     with path.open(newline="") as f:
         return list(csv.DictReader(f))
@@ -85,13 +97,7 @@ def test_headless_locust_run_writes_csv_and_json_with_no_failures(cluster, tmp_p
         *("--drift-ranks", "10", "--drift-seconds", "2", "--workload-seed", "4"),
         *("--csv", str(prefix), "--json-file", str(prefix), "--only-summary"),
     ]
-    run = subprocess.run(
-        [sys.executable, "-m", "locust", *argv],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
+    run = _locust(argv, tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
     stats = {(r["Type"], r["Name"]): r for r in _rows(Path(f"{prefix}_stats.csv"))}
     queries = stats[("grpc", "Recommend")]
@@ -115,15 +121,12 @@ def test_headless_locust_run_writes_csv_and_json_with_no_failures(cluster, tmp_p
 
 def test_locustfile_says_what_is_wrong(cluster, tmp_path):
     running, _ = cluster
-    run = subprocess.run(
+    run = _locust(
         [
-            *(sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless"),
-            *("-H", running.frontend_address, "--run-time", "1s", "--model", "nosuchmodel"),
+            *("-f", str(LOCUSTFILE), "--headless", "-H", running.frontend_address),
+            *("--run-time", "1s", "--model", "nosuchmodel"),
         ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
+        tmp_path,
     )
     assert run.returncode != 0
     assert "deeprec locustfile:" in run.stderr
@@ -137,16 +140,13 @@ def test_locust_loads_one_model_of_a_frontend_serving_several(tmp_path):
         write_artifact(zoo.preset(name, "tiny"), tmp_path / "repo" / name / "1", seed=3)
     with LocalCluster(tmp_path / "repo", workers=0, local_workers=1) as running:
         prefix = tmp_path / "run"
-        run = subprocess.run(
+        run = _locust(
             [
-                *(sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless"),
-                *("-H", running.frontend_address, "--run-time", "3s", "--rate", "10"),
+                *("-f", str(LOCUSTFILE), "--headless", "-H", running.frontend_address),
+                *("--run-time", "3s", "--rate", "10"),
                 *("--model", "din", "--csv", str(prefix), "--only-summary"),
             ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=tmp_path,
+            tmp_path,
         )
     assert run.returncode == 0, run.stdout + run.stderr
     stats = {(r["Type"], r["Name"]): r for r in _rows(Path(f"{prefix}_stats.csv"))}

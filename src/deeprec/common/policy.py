@@ -25,14 +25,12 @@ class Policy:
         check_run_knobs(self.threads, self.merge_delay_us)
 
 
-def check_run_knobs(threads: int, merge_delay_us: int, prefix: str = "") -> None:
+def check_run_knobs(threads: int, merge_delay_us: int) -> None:
     """ValueError naming the knob when threads or the merge delay is out of range."""
     if not 0 <= threads <= MAX_THREADS:
-        raise ValueError(f"{prefix}threads {threads} is outside 0..{MAX_THREADS}")
+        raise ValueError(f"threads {threads} is outside 0..{MAX_THREADS}")
     if not 0 <= merge_delay_us <= MAX_MERGE_DELAY_US:
-        raise ValueError(
-            f"{prefix}merge_delay_us {merge_delay_us} is outside 0..{MAX_MERGE_DELAY_US}"
-        )
+        raise ValueError(f"merge_delay_us {merge_delay_us} is outside 0..{MAX_MERGE_DELAY_US}")
 
 
 def describe(policy: Policy) -> str:

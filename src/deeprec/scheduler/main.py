@@ -72,8 +72,8 @@ def config_from_args(args) -> SchedulerConfig:
     tuner = TunerConfig(
         min_queries=args.trial_queries,
         max_trial_s=args.max_trial_seconds,
-        threads=tuple(sorted(set(args.tune_threads))),
-        merge_delays_us=tuple(sorted(set(args.tune_merge_delays_us))),
+        threads=args.tune_threads,
+        merge_delays_us=args.tune_merge_delays_us,
     )
     return SchedulerConfig(
         sla_ms=args.sla_ms, percentile=args.percentile / 100.0, tune=not args.no_tune, tuner=tuner

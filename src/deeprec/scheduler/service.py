@@ -10,7 +10,7 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metric
 
 from deeprec.common.auth import check_admin
 from deeprec.common.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from deeprec.common.policy import Policy, check_run_knobs, describe, to_proto
+from deeprec.common.policy import Policy, describe, to_proto
 from deeprec.common.quote import quote
 from deeprec.v1 import scheduler_pb2, scheduler_pb2_grpc
 
@@ -88,22 +88,21 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 raise InvalidArgument(
                     f"policy.{field} {getattr(p, field)} is outside 0..{POLICY_MAX}"
                 )
-        try:
-            check_run_knobs(p.threads, p.merge_delay_us, prefix="policy.")
+        try:  # the policy checks its run knobs itself (B and T were checked above)
+            knobs = Policy(
+                p.model,
+                p.batch_size,
+                p.offload_threshold,
+                threads=p.threads,
+                merge_delay_us=p.merge_delay_us,
+            )
         except ValueError as err:
-            raise InvalidArgument(str(err)) from None
+            raise InvalidArgument(f"policy.{err}") from None
         if p.model not in self.core.policies and len(self.core.policies) >= MAX_MODELS:
             raise ResourceExhausted(
                 f"the scheduler already keeps policies for {MAX_MODELS} models; "
                 f"{quote(p.model)} would be one more"
             )
-        knobs = Policy(
-            p.model,
-            p.batch_size,
-            p.offload_threshold,
-            threads=p.threads,
-            merge_delay_us=p.merge_delay_us,
-        )
         policy = self.core.set_policy(knobs, request.pin, time.monotonic(), who)
         log.info(
             "%s set %s: %s%s",

@@ -227,7 +227,7 @@ class Tuner:
             elif self.phase == "t":
                 value = self._next_threshold()
             else:
-                value = self._next_value(self._candidates())
+                value = self._explore(self._candidates(), None, None)
             if value is not None:
                 return replace(self.incumbent, **{PHASE_KNOBS[self.phase]: value})
             self._next_phase()
@@ -257,13 +257,6 @@ class Tuner:
         so that a round can always go back to 0."""
         chosen = self.config.threads if self.phase == "threads" else self.config.merge_delays_us
         return tuple(sorted({0, *chosen}))
-
-    def _next_value(self, candidates: tuple[int, ...]) -> int | None:
-        """The next untried value of a small set, nearest the best so far first; None when
-        every value was tried or the best's neighbours are clearly worse."""
-        if all(c in self.results for c in candidates):
-            return None
-        return self._explore(candidates, None, None)
 
     def _next_batch_size(self, obs: Observation) -> int | None:
         candidates = self.config.batch_sizes
