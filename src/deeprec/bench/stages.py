@@ -15,6 +15,7 @@ import json
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -82,24 +83,51 @@ def worker_stages(watch: Stopwatch, signature, session: FusedSession, payload: b
     return watch.time("worker: dense graph (ONNX Runtime)", session.dense.run, dense)[0]
 
 
-def run_stages(args) -> int:
-    model_dir = resolve_model(args.model, args.size, args.artifacts)
-    artifact = load_artifact(model_dir)
+@dataclass
+class StageTimes:
+    watch: Stopwatch
+    queries: int
+    items: int
+
+    def per_query(self) -> dict[str, float]:
+        return {stage: s * 1e3 / self.queries for stage, s in self.watch.seconds.items()}
+
+    def per_item(self, side: str, *, excluding: tuple[str, ...] = ()) -> float:
+        """CPU ms per item over one side's stages (``frontend`` or ``worker``)."""
+        seconds = sum(
+            s
+            for stage, s in self.watch.seconds.items()
+            if stage.startswith(side) and not any(word in stage for word in excluding)
+        )
+        return seconds * 1e3 / self.items
+
+
+def measure_stages(artifact, queries, batch_size: int, seconds: float) -> StageTimes:
+    """Every query through the frontend's and a worker's stages, repeatedly, for
+    ``seconds`` (after a few warm ones): CPU per stage."""
     signature = ModelSignature.from_spec(artifact.spec, artifact.version)
     session = FusedSession(artifact, open_session(artifact.graph("dense"), "cpu", 1))
-    queries = prepare(artifact.spec, artifact.version, Workload(parse_sizes(args.sizes), seed=0))
     for query in queries[: min(len(queries), 5)]:  # warm: page the tables in
-        for part in frontend_stages(Stopwatch(), signature, query.payload, args.batch_size):
+        for part in frontend_stages(Stopwatch(), signature, query.payload, batch_size):
             worker_stages(Stopwatch(), signature, session, part)
     watch, items, count = Stopwatch(), 0, 0
-    deadline = time.monotonic() + args.seconds
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         for query in queries:
-            parts = frontend_stages(watch, signature, query.payload, args.batch_size)
+            parts = frontend_stages(watch, signature, query.payload, batch_size)
             scores = [worker_stages(watch, signature, session, part) for part in parts]
             watch.time("frontend: merge", np.concatenate, scores)
             items, count = items + query.items, count + 1
-    per_query = {stage: seconds * 1e3 / count for stage, seconds in watch.seconds.items()}
+    return StageTimes(watch, count, items)
+
+
+def run_stages(args) -> int:
+    model_dir = resolve_model(args.model, args.size, args.artifacts)
+    artifact = load_artifact(model_dir)
+    queries = prepare(artifact.spec, artifact.version, Workload(parse_sizes(args.sizes), seed=0))
+    times = measure_stages(artifact, queries, args.batch_size, args.seconds)
+    items, count = times.items, times.queries
+    per_query = times.per_query()
     print(f"{count} queries (mean {items / count:.0f} items), B={args.batch_size}, ms of CPU:")
     for stage, ms in per_query.items():
         print(f"  {ms:7.3f}  {stage}")
