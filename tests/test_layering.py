@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "deeprec"
 
 SERVICES = ("frontend", "inference", "shard", "scheduler")
 LIBRARIES = ("client", "common", "execution", "models", "sharding", "v1")
-HARNESS = ("launcher", "workload", "bench", "cli")
+HARNESS = ("launcher", "workload", "bench", "sizing", "cli")
 # What each layer may import from deeprec: services their own package and the libraries;
 # libraries each other; the harness anything.
 ALLOWED = {

@@ -1,0 +1,198 @@
+"""Measure a model's ``Costs`` on this machine (``deeprec profile --costs``).
+
+The gRPC hop: real grpc.aio calls over loopback in this process, small and large
+requests with a small reply, the process's CPU time per call (both sides) halved, fitted
+to a fixed part and a part per MB. Workers and shards: real processes (bench/sharding.py's
+``run_config``) at a light open-loop load of queries of 100 and then 500 items, their CPU
+per query read from /proc, less the modelled RPCs, fitted to a part per query and a part
+per item: a worker holding the tables, then a sharded worker and one shard holding every
+table (its per-item part per byte of rows it sums). Then the same 500-item queries with
+the tables on 4 shards: the CPU beyond that of one shard is 3 more Lookups' worth, on the
+worker's side and on the shards'. The
+frontend's own work: its functions run in-process, stage by stage (bench/stages.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+
+from deeprec.bench.sharding import predict_payloads, run_config
+from deeprec.bench.stages import measure_stages
+from deeprec.common.server import CHANNEL_OPTIONS
+from deeprec.launcher.loadrun import Workload, prepare
+from deeprec.sharding.planner import make_plan
+from deeprec.workload.distributions import FixedSizes, parse_sizes
+
+from .costs import Costs
+from .work import ModelShape, Work, shard_lookups
+
+ECHO = "/deeprec.sizing.Echo/Call"
+FIT_SIZES = (100, 500)  # query sizes (items) the per-part and per-item costs are fitted on
+SPREAD_SHARDS = 4  # shards the per-Lookup costs are measured on (against one)
+SMALL_BYTES, LARGE_BYTES = 1_000, 1_000_000
+
+
+async def _cpu_per_call(size: int, calls: int, concurrency: int = 4) -> float:
+    """Process CPU ms per call of ``size`` request bytes over a real loopback server."""
+    reply = b"\0" * 1024
+
+    async def echo(request: bytes, context) -> bytes:
+        return reply
+
+    handler = grpc.method_handlers_generic_handler(
+        "deeprec.sizing.Echo", {"Call": grpc.unary_unary_rpc_method_handler(echo)}
+    )
+    server = grpc.aio.server(options=CHANNEL_OPTIONS)
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", CHANNEL_OPTIONS) as channel:
+            call = channel.unary_unary(ECHO)
+            payload = os.urandom(size)
+            for _ in range(20):  # warm: connection, buffers
+                await call(payload)
+            start = time.process_time()
+
+            async def some(n: int) -> None:
+                for _ in range(n):
+                    await call(payload)
+
+            await asyncio.gather(*(some(calls // concurrency) for _ in range(concurrency)))
+            return (time.process_time() - start) * 1e3 / (calls // concurrency * concurrency)
+    finally:
+        await server.stop(None)
+
+
+def measure_rpc(calls: int = 400) -> tuple[float, float]:
+    """(fixed ms, ms per MB) of one side of one call."""
+    small = asyncio.run(_cpu_per_call(SMALL_BYTES, calls)) / 2
+    large = asyncio.run(_cpu_per_call(LARGE_BYTES, max(40, calls // 8))) / 2
+    per_mb = max(0.0, (large - small) / ((LARGE_BYTES - SMALL_BYTES) / 1e6))
+    return float(max(0.0, small - per_mb * SMALL_BYTES / 1e6)), float(per_mb)
+
+
+def machine() -> str:
+    name = platform.processor() or platform.machine()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        if line.startswith("model name"):
+            name = line.split(":", 1)[1].strip()
+            break
+    return f"{name}, {os.cpu_count()} cores"
+
+
+def _line(sizes: tuple[int, int], ms: list[float]) -> tuple[float, float]:
+    """(fixed ms, ms per item) through two measured points, neither below 0."""
+    (n1, n2), (c1, c2) = sizes, ms
+    per_item = max(0.0, (c2 - c1) / (n2 - n1))
+    return float(max(0.0, c1 - n1 * per_item)), float(per_item)
+
+
+def _cpu_ms_per_query(run: dict) -> dict[str, float]:
+    """A run_config result as CPU ms per answered query: the worker, all shards."""
+    load = run["load"]
+    if not load or load["ok"] == 0:
+        raise RuntimeError(f"the {run['label']} cost run answered no query: {load}")
+    by_process = run["cpu_s_per_query_by_process"]
+    shards = sum(v for k, v in by_process.items() if k.startswith("shard"))
+    return {"worker": by_process["worker"] * 1e3, "shards": shards * 1e3}
+
+
+def measure_costs(
+    artifact,
+    seconds: float = 10.0,
+    rate: float = 25.0,  # a light load, but not so light that every call wakes idle threads
+    work_dir: str | os.PathLike = "results/costs",
+    say: Callable[[str], None] = lambda _msg: None,
+) -> Costs:
+    spec = artifact.spec
+    say(f"measuring the gRPC hop (loopback, {SMALL_BYTES:,} and {LARGE_BYTES:,} bytes)")
+    rpc_ms, rpc_ms_per_mb = measure_rpc()
+    say(f"measuring {spec.name}'s frontend stages in-process")
+    prepared = prepare(spec, artifact.version, Workload(parse_sizes("mlperf"), seed=0))
+    stages = measure_stages(artifact, prepared, 256, min(seconds, 5.0))
+    work_dir = Path(work_dir)
+    rpcs = Costs(spec.name, rpc_ms, rpc_ms_per_mb, *([0.0] * 8))  # the RPCs alone
+    single_work = Work(rpcs, ModelShape.of(spec), 0, False)
+    plans, sharded_work, plan_paths = {}, {}, {}
+    for n, strategy in ((1, "singular"), (SPREAD_SHARDS, "capacity")):
+        plans[n] = make_plan(spec, artifact.version, n, strategy)
+        plan_paths[n] = plans[n].save(work_dir / f"plan-{strategy}-{n}.json")
+        sharded_work[n] = Work(rpcs, ModelShape.of(spec), 0, False, shard_lookups(spec, plans[n]))
+    # CPU beyond the modelled RPCs, per process kind, at each query size.
+    beyond: dict[str, list[float]] = {"worker": [], "sharded": [], "shard": []}
+    for items in FIT_SIZES:
+        queries = predict_payloads(spec, artifact.version, FixedSizes(items), "powerlaw", 1.05, 0)
+        say(f"{items}-item queries, {seconds:g} s at {rate:g} q/s: a worker holding every table")
+        run = run_config(f"single-{items}", artifact, queries, rate, seconds, 0, work_dir)
+        own = _cpu_ms_per_query(run)["worker"] - sum(single_work.worker_phases(items))
+        beyond["worker"].append(own)
+        say(f"{items}-item queries: a sharded worker and one shard holding every table")
+        cpu = _cpu_ms_per_query(
+            run_config(
+                f"singular-{items}",
+                artifact,
+                queries,
+                rate,
+                seconds,
+                0,
+                work_dir,
+                plan_paths[1],
+                1,
+            )
+        )
+        beyond["sharded"].append(cpu["worker"] - sum(sharded_work[1].worker_phases(items)))
+        beyond["shard"].append(cpu["shards"] - sharded_work[1].shard_ms(0, items))
+    worker = _line(FIT_SIZES, beyond["worker"])
+    sharded = _line(FIT_SIZES, beyond["sharded"])
+    shard = _line(FIT_SIZES, beyond["shard"])
+    # What one more Lookup costs each side: the same ids spread over more shards.
+    items = FIT_SIZES[-1]
+    say(f"{items}-item queries: a sharded worker and {SPREAD_SHARDS} shards")
+    queries = predict_payloads(spec, artifact.version, FixedSizes(items), "powerlaw", 1.05, 0)
+    cpu = _cpu_ms_per_query(
+        run_config(
+            f"capacity-{items}",
+            artifact,
+            queries,
+            rate,
+            seconds,
+            0,
+            work_dir,
+            plan_paths[SPREAD_SHARDS],
+            SPREAD_SHARDS,
+        )
+    )
+    spread = sharded_work[SPREAD_SHARDS]
+    more = SPREAD_SHARDS - 1
+    shard_rpcs = sum(spread.shard_ms(k, items) for k in range(SPREAD_SHARDS))
+    worker_extra = cpu["worker"] - sum(spread.worker_phases(items)) - beyond["sharded"][-1]
+    shard_extra = cpu["shards"] - shard_rpcs - beyond["shard"][-1]
+    (lookups,) = sharded_work[1].shards
+    return Costs(
+        model=spec.name,
+        rpc_ms=rpc_ms,
+        rpc_ms_per_mb=rpc_ms_per_mb,
+        frontend_ms_per_item=stages.per_item("frontend"),
+        worker_ms_per_part=worker[0],
+        worker_ms_per_item=worker[1],
+        sharded_worker_ms_per_part=sharded[0],
+        sharded_worker_ms_per_item=sharded[1],
+        sharded_worker_ms_per_lookup=max(0.0, worker_extra / more),
+        shard_ms_per_lookup=max(0.0, shard_extra / more),
+        pool_ns_per_byte=shard[1] * 1e6 / lookups.row_bytes_summed,
+        machine=machine(),
+        measured_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )

@@ -1,0 +1,339 @@
+"""Cluster sizing: costs, a query's work per tier, the discrete-event simulation, the
+search for the smallest cluster, its Helm values against the real chart, the CLI, and the
+cost measurement on real processes."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import helm_python as helm
+import numpy as np
+import pytest
+import yaml
+
+from deeprec import cli
+from deeprec.frontend.split import sub_batch_bounds
+from deeprec.models import zoo
+from deeprec.sharding.planner import make_plan
+from deeprec.sizing.costs import Costs, CostsError, load_costs
+from deeprec.sizing.helm import helm_values, write_values
+from deeprec.sizing.measure import measure_costs
+from deeprec.sizing.simulate import Cluster, simulate
+from deeprec.sizing.size import Pods, SizingError, Target, size_cluster
+from deeprec.sizing.work import ModelShape, Work, shard_lookups
+from deeprec.workload.distributions import FixedSizes, MLPerfSizes
+
+CHART = Path(__file__).resolve().parents[1] / "charts" / "deeprec"
+
+# Round figures of the order this project's machine measures for small RMC1.
+COSTS = Costs(
+    model="rmc1",
+    rpc_ms=0.15,
+    rpc_ms_per_mb=0.6,
+    frontend_ms_per_item=0.0025,
+    worker_ms_per_part=2.5,
+    worker_ms_per_item=0.02,
+    sharded_worker_ms_per_part=3.0,
+    sharded_worker_ms_per_item=0.005,
+    sharded_worker_ms_per_lookup=0.3,
+    shard_ms_per_lookup=1.0,
+    pool_ns_per_byte=0.2,
+)
+ALONE = Costs("m", *([0.0] * 10))  # everything free
+
+
+def rmc1(size: str = "small"):
+    return zoo.preset("rmc1", size)
+
+
+# -- costs --------------------------------------------------------------------------------------
+
+
+def test_costs_round_trip(tmp_path):
+    path = COSTS.save(tmp_path / "costs.json")
+    assert load_costs(path) == COSTS
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"rpc_ms": -1.0}, "rpc_ms must be a finite number >= 0"),
+        ({"pool_ns_per_byte": float("nan")}, "pool_ns_per_byte must be a finite number"),
+        ({"rpc_ms": "fast"}, "rpc_ms must be a number"),
+        ({"rpc_ms": True}, "rpc_ms must be a number"),
+        ({"format": "other/v9"}, "not a deeprec.costs/v1 document"),
+    ],
+)
+def test_costs_refuse_impossible_figures(tmp_path, change, message):
+    data = COSTS.to_json() | change
+    path = tmp_path / "costs.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(CostsError, match=message):
+        load_costs(path)
+
+
+def test_costs_name_what_is_missing(tmp_path):
+    data = COSTS.to_json()
+    del data["shard_ms_per_lookup"]
+    (tmp_path / "c.json").write_text(json.dumps(data))
+    with pytest.raises(CostsError, match="missing shard_ms_per_lookup"):
+        load_costs(tmp_path / "c.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(CostsError, match="cannot read costs"):
+        load_costs(tmp_path / "bad.json")
+
+
+# -- a query's work ------------------------------------------------------------------------------
+
+
+def test_parts_are_the_frontends_split():
+    work = Work(COSTS, ModelShape.of(rmc1()), 256, True)
+    for n in (1, 255, 256, 257, 700):
+        assert work.parts(n) == [e - s for s, e in sub_batch_bounds(n, 256)]
+    assert Work(COSTS, ModelShape.of(rmc1()), 0, True).parts(700) == [700]
+
+
+def test_shards_share_the_models_lookups():
+    spec = rmc1()
+    whole = ModelShape.of(spec).lookups
+    for strategy, shards in (("capacity", 4), ("rowwise", 3), ("singular", 1)):
+        plan = make_plan(spec, "1", shards, strategy)
+        per_shard = shard_lookups(spec, plan)
+        assert len(per_shard) == shards
+        assert sum(k.ids for k in per_shard) == pytest.approx(whole.ids)
+        assert sum(k.row_bytes_summed for k in per_shard) == pytest.approx(whole.row_bytes_summed)
+
+
+def test_fp16_rows_halve_the_bytes_summed():
+    spec = rmc1()
+    fp32 = make_plan(spec, "1", 2, "capacity")
+    fp16 = make_plan(spec, "1", 2, "capacity", row_dtype="float16")
+    a, b = shard_lookups(spec, fp32), shard_lookups(spec, fp16)
+    assert [k.row_bytes_summed / 2 for k in a] == pytest.approx([k.row_bytes_summed for k in b])
+
+
+def test_a_merged_run_pays_its_fixed_cost_once():
+    work = Work(COSTS, ModelShape.of(rmc1()), 256, True)
+    one = sum(work.run_phases([100]))
+    two = sum(work.run_phases([100, 100]))
+    assert two == pytest.approx(2 * one - COSTS.worker_ms_per_part)
+
+
+def test_rows_scale_scales_the_tables_not_the_lookups():
+    spec = rmc1()
+    big = ModelShape.of(spec, rows_scale=10.0)
+    assert big.table_bytes == pytest.approx(10 * spec.table_bytes, rel=1e-6)
+    assert big.lookups == ModelShape.of(spec).lookups
+
+
+# -- the simulation ------------------------------------------------------------------------------
+
+
+def fixed_work(service_ms: float, merge: int = 0) -> Work:
+    """A worker run that costs ``service_ms`` whatever its size, nothing else."""
+    return Work(
+        replace(ALONE, worker_ms_per_part=service_ms),
+        ModelShape.of(rmc1()),
+        0,
+        True,
+        merge_items=merge,
+    )
+
+
+def test_one_worker_is_an_md1_queue():
+    """Poisson arrivals, one server, a fixed service time: the mean latency is
+    Pollaczek-Khinchine's s + rho s / (2 (1 - rho))."""
+    service, rate = 10.0, 60.0
+    rho = rate * service / 1e3
+    outcome = simulate(fixed_work(service), Cluster(1, 1), rate, FixedSizes(100), 40_000, noise=0)
+    expected = service + rho * service / (2 * (1 - rho))
+    assert outcome.mean_ms == pytest.approx(expected, rel=0.05)
+    assert outcome.p50_ms >= service
+    assert outcome.utilization["workers"] == pytest.approx(rho, rel=0.03)
+
+
+def test_more_cores_shorten_the_queue():
+    work, sizes = fixed_work(10.0), FixedSizes(100)
+    one = simulate(work, Cluster(1, 1), 80, sizes, 20_000, noise=0)
+    two = simulate(work, Cluster(1, 2), 80, sizes, 20_000, noise=0)
+    assert two.p99_ms < one.p99_ms / 2
+
+
+def test_shared_cores_slow_every_process():
+    """Two workers on one host core: parts that overlap share it and take longer."""
+    work, sizes = fixed_work(10.0), FixedSizes(100)
+    own = simulate(work, Cluster(0, 2), 50, sizes, 10_000, noise=0)
+    shared = simulate(work, Cluster(0, 2, host_cores=1), 50, sizes, 10_000, noise=0)
+    assert own.p50_ms == pytest.approx(10.0)
+    assert shared.mean_ms > 1.2 * own.mean_ms
+    assert shared.p99_ms > 19.0  # two at once: each at half speed
+    assert shared.utilization["host"] == pytest.approx(0.5, rel=0.05)
+
+
+def test_merging_saves_the_fixed_cost_under_load():
+    work, sizes = fixed_work(8.0), FixedSizes(100)
+    merged = replace(work, merge_items=1024)
+    apart = simulate(work, Cluster(1, 1), 110, sizes, 20_000, noise=0)
+    together = simulate(merged, Cluster(1, 1), 110, sizes, 20_000, noise=0)
+    assert together.utilization["workers"] < 0.8 * apart.utilization["workers"]
+    assert together.p99_ms < apart.p99_ms
+
+
+def test_a_sharded_query_waits_for_its_slowest_shard():
+    spec = rmc1()
+    plan = make_plan(spec, "1", 2, "capacity")
+    work = Work(COSTS, ModelShape.of(spec), 0, False, shard_lookups(spec, plan), 0)
+    n = 200
+    before, after = work.run_phases([n])
+    slowest = max(work.shard_ms(k, n) for k in range(2))
+    outcome = simulate(work, Cluster(1, 1, (1, 1)), 0.5, FixedSizes(n), 500, noise=0)
+    assert outcome.p50_ms == pytest.approx(work.frontend_ms(n) + before + slowest + after)
+    with pytest.raises(ValueError, match="the cluster has 1 shards, the plan 2"):
+        simulate(work, Cluster(1, 1, (1,)), 1, FixedSizes(n), 10)
+
+
+# -- sizing --------------------------------------------------------------------------------------
+
+
+def test_small_tables_are_served_in_process_within_the_sla():
+    target = Target(qps=400, slo_ms=100, percentile=99)
+    sizing = size_cluster(rmc1(), COSTS, target, MLPerfSizes(), queries=4000)
+    assert sizing.topology == "in-process" and sizing.shards == 0
+    assert sizing.outcome.p99_ms <= 100
+    (tier,) = sizing.tiers
+    assert tier.pods * tier.cores_per_pod >= tier.busy_cores
+    double = size_cluster(rmc1(), COSTS, replace(target, qps=800), MLPerfSizes(), queries=4000)
+    assert double.cores > sizing.cores
+
+
+def test_large_tables_go_on_shards_that_hold_them():
+    pods = Pods(table_memory=1 << 30, shard_memory=4 << 30)
+    target = Target(qps=2000, slo_ms=100, percentile=99)
+    sizing = size_cluster(
+        rmc1("paper"), COSTS, target, MLPerfSizes(), pods, rows_scale=5.0, queries=4000
+    )
+    assert sizing.topology == "sharded"
+    tables = 5 * rmc1("paper").table_bytes
+    assert sizing.shards * (4 << 30) >= tables
+    assert all(sizing.plan.shard_bytes(k) <= 4 << 30 for k in range(sizing.shards))
+    assert sizing.outcome.p99_ms <= 100
+    names = [t.name for t in sizing.tiers]
+    assert names == ["frontends", "sharded workers", "shards"]
+    assert sizing.tiers[2].pods == sizing.shards * sizing.shard_replicas
+
+
+def test_an_sla_below_one_querys_service_time_is_refused():
+    with pytest.raises(SizingError, match="service time is too long at B = no split"):
+        size_cluster(rmc1(), COSTS, Target(100, 5, 99), FixedSizes(700), batch_size=0, queries=2000)
+    with pytest.raises(SizingError, match="positive rate"):
+        size_cluster(rmc1(), COSTS, Target(0, 100), MLPerfSizes())
+
+
+def test_helm_values_render_with_the_chart(tmp_path):
+    pods = Pods(table_memory=1 << 30, shard_memory=4 << 30)
+    sharded = size_cluster(
+        rmc1("paper"),
+        COSTS,
+        Target(2000, 100),
+        MLPerfSizes(),
+        pods,
+        rows_scale=5.0,
+        queries=3000,
+    )
+    inproc = size_cluster(rmc1(), COSTS, Target(300, 100), MLPerfSizes(), queries=3000)
+    with helm.Chart.load(CHART) as chart:
+        for sizing in (sharded, inproc):
+            path = write_values(helm_values(sizing, pods), tmp_path / "values.yaml")
+            values = yaml.safe_load(path.read_text())
+            rendered = chart.render(values=values, name="r", namespace="n")
+            docs = [
+                d
+                for path, text in rendered.items()
+                if path.endswith(".yaml")
+                for d in yaml.safe_load_all(text)
+                if d
+            ]
+            replicas = {
+                d["metadata"]["labels"]["app.kubernetes.io/component"]: d["spec"]["replicas"]
+                for d in docs
+                if d["kind"] in ("Deployment", "StatefulSet")
+            }
+            tiers = {t.name: t for t in sizing.tiers}
+            if sizing is inproc:
+                assert replicas["frontend"] == tiers["frontend+workers"].pods
+                continue
+            assert replicas["frontend"] == tiers["frontends"].pods
+            assert replicas["worker-cpu"] == tiers["sharded workers"].pods
+            shard_sets = [
+                d
+                for d in docs
+                if d["kind"] == "StatefulSet"
+                and d["metadata"]["labels"]["app.kubernetes.io/component"] == "shard"
+            ]
+            assert len(shard_sets) == sizing.shards
+            assert {s["spec"]["replicas"] for s in shard_sets} == {sizing.shard_replicas}
+            container = shard_sets[0]["spec"]["template"]["spec"]["containers"][0]
+            memory = container["resources"]["requests"]["memory"]
+            assert int(memory.removesuffix("Mi")) << 20 >= max(
+                sizing.plan.shard_bytes(k) for k in range(sizing.shards)
+            )
+
+
+# -- the command line ----------------------------------------------------------------------------
+
+
+def test_plan_sizes_a_zoo_model_without_building_it(tmp_path, capsys):
+    costs = COSTS.save(tmp_path / "costs.json")
+    values = tmp_path / "values.yaml"
+    code = cli.main(
+        [
+            "plan",
+            "zoo:rmc1:paper",
+            "--qps",
+            "1000",
+            "--costs",
+            str(costs),
+            "--table-bytes",
+            "40G",
+            "--queries",
+            "3000",
+            "--helm-values",
+            str(values),
+            "--json",
+        ]
+    )
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["topology"] == "sharded" and result["predicted"]["p99_ms"] <= 100
+    assert result["memory_bytes"] >= 40 << 30
+    assert yaml.safe_load(values.read_text())["shards"]["count"] == result["shards"]
+
+
+def test_plan_says_what_sizing_and_planning_need(tmp_path, capsys, tiny_zoo):
+    model = str(tiny_zoo["rmc1"].path)
+    assert cli.main(["plan", model]) == 2
+    assert "--shards and --strategy are needed" in capsys.readouterr().err
+    assert cli.main(["plan", model, "--qps", "10"]) == 2
+    assert "give --costs FILE" in capsys.readouterr().err
+    costs = replace(COSTS, model="ncf").save(tmp_path / "costs.json")
+    assert cli.main(["plan", model, "--qps", "10", "--costs", str(costs)]) == 2
+    assert "holds costs of 'ncf', not 'rmc1'" in capsys.readouterr().err
+
+
+# -- measuring on real processes -----------------------------------------------------------------
+
+
+def test_costs_are_measured_on_real_workers_and_shards(tiny_zoo, tmp_path):
+    artifact = tiny_zoo["rmc1"]
+    costs = measure_costs(artifact, seconds=1.5, rate=20, work_dir=tmp_path)
+    assert costs.model == "rmc1" and "cores" in costs.machine
+    assert costs.rpc_ms > 0 and costs.rpc_ms_per_mb > 0
+    assert costs.frontend_ms_per_item > 0
+    # Real processes spent CPU on every query: some fixed or per-item cost shows.
+    assert costs.worker_ms_per_part + 100 * costs.worker_ms_per_item > 0
+    assert costs.shard_ms_per_lookup + costs.pool_ns_per_byte > 0
+    assert all(math.isfinite(v) for v in costs.to_json().values() if isinstance(v, float))
+    assert np.isfinite(costs.sharded_worker_ms_per_part)
