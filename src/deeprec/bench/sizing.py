@@ -1,0 +1,163 @@
+"""`deeprec bench sizing`: the sizing simulation checked against real processes here.
+
+For each shard count and load: the real configuration (one one-thread sharded worker and
+the capacity plan's shards, one replica each, queries sent straight to the worker's
+Predict, as `deeprec bench sharding` runs it) and the simulation of the same cluster on
+this machine's cores (every process and the load generator sharing them), from the costs
+measured first (`deeprec profile --costs`, or --costs FILE). Printed and written to JSON:
+measured and predicted p50, p99 and CPU per query, and the predicted over measured ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from deeprec.models import zoo
+from deeprec.sharding.planner import make_plan
+from deeprec.sizing.costs import load_costs
+from deeprec.sizing.measure import measure_costs
+from deeprec.sizing.simulate import Cluster, simulate
+from deeprec.sizing.work import ModelShape, Work, shard_lookups
+from deeprec.workload.distributions import parse_sizes
+
+from .sharding import _artifact, predict_payloads, run_config
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _point(shards: int, rate: float, run: dict, predicted, cores: int) -> dict:
+    latency = run["load"]["latency"]
+    measured = {
+        "p50_ms": latency.get("p50_ms"),
+        "p99_ms": latency.get("p99_ms"),
+        "cpu_ms_per_query": run["cpu_s_per_query"] * 1e3,
+        "answered": run["load"]["ok"],
+        "errors": run["load"]["errors"],
+    }
+    busy = predicted.utilization
+    servers = busy["workers"] + busy.get("shards", 0.0) * shards  # one core each here
+    prediction = {
+        "p50_ms": predicted.p50_ms,
+        "p99_ms": predicted.p99_ms,
+        "cpu_ms_per_query": servers * 1e3 / rate,
+    }
+    ratios = {
+        key: prediction[key] / measured[key] if measured[key] else None
+        for key in ("p50_ms", "p99_ms", "cpu_ms_per_query")
+    }
+    return {
+        "shards": shards,
+        "rate_qps": rate,
+        "cores": cores,
+        "measured": measured,
+        "predicted": prediction,
+        "predicted_over_measured": ratios,
+    }
+
+
+def table(points: list[dict]) -> str:
+    lines = [
+        f"{'shards':>6} {'q/s':>6} | {'measured p50':>12} {'p99':>7} {'CPU ms':>7} | "
+        f"{'predicted p50':>13} {'p99':>7} {'CPU ms':>7} | {'p99 x':>6} {'CPU x':>6}"
+    ]
+    for p in points:
+        m, s, r = p["measured"], p["predicted"], p["predicted_over_measured"]
+        lines.append(
+            f"{p['shards']:>6} {p['rate_qps']:>6.1f} | {m['p50_ms']:>12.1f} {m['p99_ms']:>7.1f} "
+            f"{m['cpu_ms_per_query']:>7.2f} | {s['p50_ms']:>13.1f} {s['p99_ms']:>7.1f} "
+            f"{s['cpu_ms_per_query']:>7.2f} | {r['p99_ms']:>6.2f} {r['cpu_ms_per_query']:>6.2f}"
+        )
+    return "\n".join(lines)
+
+
+def bench_sizing(args) -> int:
+    artifact = _artifact(args)
+    spec = artifact.spec
+    out = Path(args.json or f"results/bench-sizing-{spec.name}-{spec.size}.json")
+    work_dir = out.with_suffix("")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    if args.costs:
+        costs = load_costs(args.costs)
+    else:
+        costs = measure_costs(artifact, say=say, work_dir=work_dir / "costs")
+        costs.save(work_dir / "costs.json")
+    say(f"costs: {json.dumps(costs.to_json())}")
+    sizes = parse_sizes(args.sizes)
+    queries = predict_payloads(spec, artifact.version, sizes, "powerlaw", 1.05, args.seed)
+    cores = os.cpu_count() or 1
+    points = []
+    for shards in _ints(args.shards):
+        plan = make_plan(spec, artifact.version, shards, "capacity")
+        plan_path = plan.save(work_dir / f"plan-capacity-{shards}.json")
+        work = Work(costs, ModelShape.of(spec), 0, False, shard_lookups(spec, plan))
+        cluster = Cluster(0, 1, (1,) * shards, 1, host_cores=cores)
+        for rate in _floats(args.rates):
+            say(f"{shards} shard(s): {args.seconds:g} s at {rate:g} q/s")
+            label = f"capacity-{shards}-{rate:g}"
+            run = run_config(
+                label,
+                artifact,
+                queries,
+                rate,
+                args.seconds,
+                args.seed,
+                work_dir / "logs",
+                plan_path,
+                shards,
+            )
+            predicted = simulate(work, cluster, rate, sizes, args.queries, args.seed)
+            points.append(_point(shards, rate, run, predicted, cores))
+            say(table(points[-1:]).splitlines()[-1])
+    result = {
+        "kind": "sizing-validation",
+        "model": spec.name,
+        "size": spec.size,
+        "costs": costs.to_json(),
+        "seconds": args.seconds,
+        "points": points,
+        # The issue's bar: every point within 20% (|predicted / measured - 1| <= 0.2).
+        "worst_error": {
+            key: max((abs(p["predicted_over_measured"][key] - 1) for p in points), default=None)
+            for key in ("p50_ms", "p99_ms", "cpu_ms_per_query")
+        },
+        "command": " ".join(["deeprec", *sys.argv[1:]]),
+    }
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(table(points))
+    print(f"wrote {out}")
+    return 0
+
+
+def add_parser(bench) -> None:
+    p = bench.add_parser(
+        "sizing",
+        help="the sizing simulation against real sharded processes on this machine",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", default=zoo.DEFAULT_MODEL, choices=zoo.MODEL_NAMES)
+    p.add_argument("--size", choices=zoo.SIZES, default="small")
+    p.add_argument("--model-dir", help="artifact directory (instead of a zoo model)")
+    p.add_argument("--shards", default="2,4", help="shard counts (capacity plans)")
+    p.add_argument("--rates", default="15,30,45", help="loads, queries/s")
+    p.add_argument("--seconds", type=float, default=20.0, help="load duration per point")
+    p.add_argument("--sizes", default="mlperf", help="query sizes")
+    p.add_argument("--costs", help="costs file (default: measure them first)")
+    p.add_argument("--queries", type=int, default=20_000, help="simulated queries per point")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="result file (default results/bench-sizing-NAME-SIZE.json)")
+    p.set_defaults(func=bench_sizing)
