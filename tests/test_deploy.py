@@ -50,6 +50,7 @@ from servers import InProcessCluster, Loop, WorkerProcess, request_for
 from deeprec import cli
 from deeprec.cli.sharding import ROW_DTYPE_FLAGS
 from deeprec.common import settings, telemetry
+from deeprec.common.policy import Policy
 from deeprec.common.server import Server
 from deeprec.frontend.watch import PolicyWatcher
 from deeprec.inference import main as inference_main
@@ -57,6 +58,8 @@ from deeprec.inference.sharded import ShardedConfig
 from deeprec.models import zoo
 from deeprec.models.inputs import random_inputs
 from deeprec.scheduler import main as scheduler_main
+from deeprec.scheduler.core import SchedulerConfig, SchedulerCore
+from deeprec.scheduler.decisions import DecisionMetrics
 from deeprec.shard import main as shard_main
 from deeprec.sharding.planner import make_plan
 from deeprec.sharding.strategies import STRATEGIES
@@ -1673,6 +1676,10 @@ def export_run(tiny_zoo, tmp_path_factory) -> tuple[dict[str, dict], str]:
         worker.session.close()
         for s in shards:
             loop.run(s.stop(0))
+        # The scheduler's decisions: an operator's policy, on the same meter.
+        core = SchedulerCore(SchedulerConfig())
+        core.observe_changes(DecisionMetrics(meter.meter).record)
+        core.set_policy(Policy(artifact.spec.name, 64, 0), pin=False, now=1.0, who="test")
         assert provider.force_flush(10_000), "the OTLP export did not complete"
         exposition = prometheus_client.generate_latest(registry).decode()
     finally:
@@ -1846,10 +1853,40 @@ def test_sharded_workers_export_per_shard_lookup_latency(export_run):
 
 
 def test_policy_changes_are_marked_over_the_latency_panels():
+    """Two marks: a new policy version as the frontends run it, and each decision as the
+    scheduler made it (with its reason); both checked against the live export above."""
     board = json.loads(DASHBOARD.read_text())
-    (marks,) = board["annotations"]["list"]
-    assert marks["enable"] and "deeprec_policy_version" in marks["expr"]
-    assert marks["expr"] in dashboard_queries()  # checked against the live export above
+    frontends, scheduler = board["annotations"]["list"]
+    assert frontends["enable"] and "deeprec_policy_version" in frontends["expr"]
+    assert scheduler["enable"] and "deeprec_scheduler_policy_changes_total" in scheduler["expr"]
+    assert "{{reason}}" in scheduler["titleFormat"]
+    for mark in (frontends, scheduler):
+        assert mark["expr"] in dashboard_queries()
+
+
+def test_the_dashboard_shows_the_tuners_evidence(export_run):
+    series = exported_series(*export_run)
+    assert series["deeprec_scheduler_policy_changes_total"] >= {"model", "reason", "phase"}
+    assert series["deeprec_scheduler_decision_latency_milliseconds"] >= {"model", "reason"}
+    board = json.loads(DASHBOARD.read_text())
+    (evidence,) = [p for p in board["panels"] if p["title"].startswith("Tuner evidence")]
+    assert any("deeprec_scheduler_decision_latency" in t["expr"] for t in evidence["targets"])
+
+
+def test_the_scheduler_sends_its_decisions_to_the_collector(chart):
+    def scheduler_env(values):
+        manifests = manifests_of(render(chart, values))
+        (scheduler,) = [w for w in workloads(manifests) if component_of(w) == "scheduler"]
+        return env_of(main_container(scheduler))
+
+    env = scheduler_env(None)
+    assert env["OTEL_METRICS_EXPORTER"] == "otlp"
+    assert env["OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"].endswith(":4317")
+    assert "collector" in env["OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"]
+    # No Collector: the frontends' metrics come to the scheduler; nowhere to send its own.
+    env = scheduler_env({"collector": {"enabled": False}})
+    assert env["OTEL_METRICS_EXPORTER"] == "none"
+    assert env["OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"] == ""
 
 
 def test_the_dashboard_shows_what_issue_7_asks_for():

@@ -122,6 +122,13 @@ DEEPREC_SLA_MS: {{ $s.slaMs | quote }}
 DEEPREC_PERCENTILE: {{ $s.percentile | quote }}
 DEEPREC_NO_TUNE: {{ ternary "false" "true" $s.tune | quote }}
 DEEPREC_POLICY_CONFIGMAP: {{ include "deeprec.policyConfigMap" . | quote }}
+{{- /* Its own decisions (deeprec.scheduler.*) go to Prometheus through the Collector;
+without one there is nowhere to send them (the frontends' metrics come to it). */}}
+{{- $collector := .Values.collector.enabled }}
+OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: {{ ternary (include "deeprec.collectorEndpoint" .) "" $collector | quote }}
+OTEL_METRICS_EXPORTER: {{ ternary "otlp" "none" $collector | quote }}
+OTEL_TRACES_EXPORTER: "none"
+OTEL_METRIC_EXPORT_INTERVAL: {{ .Values.collector.exportIntervalMs | quote }}
 {{- end -}}
 
 {{/* ---- the model, the plan ---------------------------------------------------------- */}}

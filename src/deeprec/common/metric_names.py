@@ -17,3 +17,7 @@ POLICY_THREADS = "deeprec.policy.threads"
 POLICY_MERGE_DELAY = "deeprec.policy.merge_delay"  # in us
 SHARD_LOOKUP_LATENCY = "deeprec.shard.lookup.latency"
 SCHEDULER_CONNECTED = "deeprec.scheduler.connected"  # 1 while a frontend follows the policies
+# The scheduler's own decisions (scheduler/decisions.py), beside the policies the frontends run.
+SCHEDULER_POLICY_CHANGES = "deeprec.scheduler.policy_changes"  # by model, reason and phase
+SCHEDULER_DECISION_LATENCY = "deeprec.scheduler.decision.latency"  # tail under the replaced policy
+SCHEDULER_DECISION_QUERIES = "deeprec.scheduler.decision.queries"  # queries that tail rests on

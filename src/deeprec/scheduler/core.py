@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from deeprec.common.policy import Policy, describe
@@ -52,6 +53,7 @@ class SchedulerCore:
         self.tuners: dict[str, Tuner] = {}
         self.trial_start: dict[str, float] = {}  # model -> when its policy took effect
         self.history: deque[Change] = deque(maxlen=HISTORY)
+        self.on_change: list[Callable[[Change], None]] = []  # e.g. DecisionMetrics.record
         for policy in self.policies.values():
             self.history.append(Change(policy, 0.0, "restored", f"from {store}"))
         if self.policies:
@@ -151,6 +153,14 @@ class SchedulerCore:
         self.policies[policy.model] = policy
         self.trial_start[policy.model] = now
         self.history.append(change)
+        for listener in self.on_change:
+            listener(change)
+
+    def observe_changes(self, listener: Callable[[Change], None]) -> None:
+        """Call ``listener`` with every change from now on, after those already made."""
+        for change in self.history:
+            listener(change)
+        self.on_change.append(listener)
 
     def changes(self, model: str = "", limit: int = 50) -> list[Change]:
         """The most recent ``limit`` changes (of ``model``; every model when empty), oldest

@@ -9,9 +9,12 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metric
 
 from deeprec.common import settings
 from deeprec.common.server import Server, setup_logging
+from deeprec.common.telemetry import Telemetry
+from deeprec.common.telemetry import setup as setup_telemetry
 from deeprec.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 from .core import SchedulerConfig, SchedulerCore
+from .decisions import DecisionMetrics
 from .saver import PolicySaver
 from .service import Broadcaster, MetricsReceiver, SchedulerServicer, control_loop
 from .store import StoreError, store_from_settings
@@ -33,8 +36,12 @@ class Scheduler:
         store=None,
         interval: float = 1.0,
         admin_token: str | None = None,
+        telemetry: Telemetry | None = None,
     ):
         self.core = SchedulerCore(config, store)
+        self.telemetry = telemetry or Telemetry()
+        if self.telemetry.meter is not None:
+            self.core.observe_changes(DecisionMetrics(self.telemetry.meter).record)
         self.saver = None if store is None else PolicySaver(store, lambda: self.core.policies)
         self.admin_token = admin_token  # None: DEEPREC_ADMIN_TOKEN
         self.broadcaster = Broadcaster()
@@ -81,11 +88,13 @@ def config_from_args(args) -> SchedulerConfig:
 
 
 async def serve(args) -> int:
+    telemetry = setup_telemetry("scheduler")  # its decisions; it receives everyone's metrics
     try:
         store = store_from_settings(args.state, args.configmap, args.namespace)
-        scheduler = Scheduler(config_from_args(args), store, args.interval)
+        scheduler = Scheduler(config_from_args(args), store, args.interval, telemetry=telemetry)
     except StoreError as err:
         log.error("%s", err)
+        telemetry.shutdown()
         return 1
     port = await scheduler.start(args.host, args.port)
     log.info(
@@ -100,6 +109,7 @@ async def serve(args) -> int:
     scheduler.server.service_names = SERVICES
     await scheduler.server.run_until_signalled()
     await scheduler.stop(0)
+    telemetry.shutdown()
     return 0
 
 
