@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from servers import InProcessCluster, Loop, ShardProcess, request_for, scores_of
 
-from deeprec.common.tensors import encode
+from deeprec.common.tensors import decode, encode
 from deeprec.inference import main as inference_main
 from deeprec.inference.sharded import (
     ShardedConfig,
@@ -57,14 +57,18 @@ def loop():
 class Shards:
     """Every shard (x replicas) of a plan as in-process servers."""
 
-    def __init__(self, loop, artifact, plan, tmp_path, replicas=1, row_dtype=None):
+    def __init__(
+        self, loop, artifact, plan, tmp_path, replicas=1, row_dtype=None, lookup_threads=1
+    ):
         self.loop, self.plan = loop, plan
         self.plan_path = plan.save(tmp_path / f"plan-{plan.strategy}-{row_dtype}.json")
         self.servers, self.servicers, self.addresses = [], [], []
         for k in range(len(plan.shards)):
             addresses = []
             for _ in range(replicas):
-                servicer = shard_main.build_servicer(artifact.path, self.plan_path, k, row_dtype)
+                servicer = shard_main.build_servicer(
+                    artifact.path, self.plan_path, k, row_dtype, lookup_threads=lookup_threads
+                )
                 server = loop.run(shard_main.start(servicer, "127.0.0.1", 0))
                 self.servers.append(server)
                 self.servicers.append(servicer)
@@ -77,6 +81,8 @@ class Shards:
     def close(self):
         for server in self.servers:
             self.loop.run(server.stop(0))
+        for servicer in self.servicers:
+            servicer.close()
 
 
 def _plan(artifact, strategy, shards=3, **kw):
@@ -269,6 +275,47 @@ def test_rowwise_split_across_three_shards_gives_exact_lookups(tiny_zoo, loop, t
         shards.close()
 
 
+def test_a_shard_on_threads_answers_concurrent_lookups_exactly(tiny_zoo, loop, tmp_path):
+    """Lookups side by side on a shard's threads: each answer is its own, exact."""
+    artifact = tiny_zoo["rmc1"]
+    shards = Shards(loop, artifact, _plan(artifact, "singular", shards=1), tmp_path,
+                    lookup_threads=4)  # fmt: skip
+    table = artifact.table("t2")
+    rng = np.random.default_rng(11)
+    asks = []
+    for _ in range(48):
+        lengths = rng.integers(0, 30, size=rng.integers(1, 40))
+        ids = rng.integers(0, len(table), size=int(lengths.sum()))
+        asks.append((ids, lengths))
+    answers: dict[int, np.ndarray] = {}
+
+    def ask(k: int, stub) -> None:
+        ids, lengths = asks[k]
+        reply = stub.Lookup(_lookup_request("t2", ids, lengths), timeout=30)
+        answers[k] = scores_of_tensor(reply.results[0])
+
+    try:
+        assert shards.servicers[0].threads == 4
+        with grpc.insecure_channel(shards.addresses[0][0]) as channel:
+            stub = shard_pb2_grpc.SparseShardStub(channel)
+            callers = [threading.Thread(target=lambda k=k: ask(k, stub)) for k in range(len(asks))]
+            for caller in callers:
+                caller.start()
+            for caller in callers:
+                caller.join(60)
+        assert sorted(answers) == list(range(len(asks)))
+        for k, (ids, lengths) in enumerate(asks):
+            np.testing.assert_allclose(
+                answers[k], reference.pool_sum(table, ids, lengths), rtol=1e-6, atol=1e-6
+            )
+    finally:
+        shards.close()
+
+
+def scores_of_tensor(tensor) -> np.ndarray:
+    return decode(tensor, "result").copy()
+
+
 def _lookup_request(table, ids, lengths, pool=True, ids_dtype=np.int64):
     request = shard_pb2.LookupRequest()
     lookup = request.lookups.add(table=table, pool=pool)
@@ -294,10 +341,12 @@ BAD_LOOKUPS = {
 }
 
 
+@pytest.mark.parametrize("threads", [1, 4])
 @pytest.mark.parametrize("case", sorted(BAD_LOOKUPS))
-def test_bad_lookups_are_invalid_argument_naming_the_field(tiny_zoo, loop, tmp_path, case):
+def test_bad_lookups_are_invalid_argument_naming_the_field(tiny_zoo, loop, tmp_path, case, threads):
     artifact = tiny_zoo["rmc1"]
-    shards = Shards(loop, artifact, _plan(artifact, "rowwise", shards=3), tmp_path)
+    plan = _plan(artifact, "rowwise", shards=3)
+    shards = Shards(loop, artifact, plan, tmp_path, lookup_threads=threads)
     args, message = BAD_LOOKUPS[case]
     try:
         with grpc.insecure_channel(shards.addresses[1][0]) as channel:

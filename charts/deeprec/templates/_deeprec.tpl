@@ -110,9 +110,10 @@ DEEPREC_MODEL_DIR: {{ include "deeprec.modelDir" .root | quote }}
 DEEPREC_PLAN: {{ include "deeprec.planFile" .root | quote }}
 DEEPREC_SHARD_INDEX: {{ .index | quote }}
 DEEPREC_ROW_DTYPE: {{ $v.shards.rowDtype | quote }}
+DEEPREC_LOOKUP_THREADS: {{ $v.shards.lookupThreads | quote }}
 {{- end -}}
 
-{{/* The scheduler exports no telemetry of its own: it is where metrics go. */}}
+{{/* The scheduler receives the services' metrics and exports only its own decisions. */}}
 {{- define "deeprec.env.scheduler" -}}
 {{- $s := .Values.scheduler -}}
 {{ include "deeprec.env.common" . }}

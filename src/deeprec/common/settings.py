@@ -391,6 +391,17 @@ SETTINGS: tuple[Setting, ...] = (
         group={"inference": SHARDED},
     ),
     Setting(
+        "DEEPREC_LOOKUP_THREADS",
+        "--lookup-threads",
+        int,
+        1,
+        "Lookups a shard answers at once, on threads over its one copy of the rows (SciPy's "
+        "sums run without the GIL): one per core of the pod; 1: on its event loop",
+        ("shard",),
+        minimum=1,
+        maximum=256,
+    ),
+    Setting(
         "DEEPREC_SHARD_INDEX",
         "--shard",
         int,

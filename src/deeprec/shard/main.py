@@ -29,12 +29,13 @@ def build_servicer(
     shard: int,
     row_dtype: str | None = None,
     limits: RequestLimits = DEFAULT_LIMITS,
+    lookup_threads: int = 1,
 ):
     """``row_dtype``: "fp32"/"fp16" (or float32/float16); None keeps the plan's."""
     artifact = load_artifact(model_dir)
     plan = load_plan(plan_path)
     dtype = ROW_DTYPE_FLAGS.get(row_dtype, row_dtype)
-    return ShardServicer(ShardStore(artifact, plan, shard, dtype), limits)
+    return ShardServicer(ShardStore(artifact, plan, shard, dtype), limits, lookup_threads)
 
 
 async def start(
@@ -49,13 +50,19 @@ async def start(
 
 async def serve(args) -> int:
     servicer = build_servicer(
-        args.model, args.plan, args.shard, args.row_dtype, RequestLimits.from_args(args)
+        args.model,
+        args.plan,
+        args.shard,
+        args.row_dtype,
+        RequestLimits.from_args(args),
+        args.lookup_threads,
     )
     telemetry = setup_telemetry("shard")
     server = await start(servicer, args.host, args.port, telemetry)
     store = servicer.store
     log.info(
-        "serving on %s:%d: %s v%s shard %d of %d (%s plan %s), %s rows, %.1f MB: %s",
+        "serving on %s:%d: %s v%s shard %d of %d (%s plan %s), %s rows, %.1f MB, "
+        "%d lookup thread(s): %s",
         args.host,
         server.port,
         store.model,
@@ -66,9 +73,11 @@ async def serve(args) -> int:
         store.plan.plan_id,
         store.row_dtype,
         store.nbytes / 1e6,
+        servicer.threads,
         ", ".join(f"{h.table}[{h.start}:{h.stop}]" for h in store.held.values()),
     )
     await server.run_until_signalled()
+    servicer.close()
     telemetry.shutdown()
     return 0
 
