@@ -337,3 +337,23 @@ def test_costs_are_measured_on_real_workers_and_shards(tiny_zoo, tmp_path):
     assert costs.shard_ms_per_lookup + costs.pool_ns_per_byte > 0
     assert all(math.isfinite(v) for v in costs.to_json().values() if isinstance(v, float))
     assert np.isfinite(costs.sharded_worker_ms_per_part)
+
+
+def test_threaded_shards_hold_one_copy_of_the_rows_for_several_cores():
+    """Shard pods with lookup threads: a core per 4 GiB of rows held, fewer replicas, less
+    memory for the same load and SLA."""
+    target = Target(qps=20_000, slo_ms=100, percentile=99)
+    one = Pods(table_memory=1 << 30, shard_memory=16 << 30)
+    many = replace(one, shard_cores=16)
+    spec = rmc1("paper")
+    single = size_cluster(spec, COSTS, target, MLPerfSizes(), one, rows_scale=10, queries=4000)
+    threaded = size_cluster(spec, COSTS, target, MLPerfSizes(), many, rows_scale=10, queries=4000)
+    shards = {t.name: t for t in threaded.tiers}["shards"]
+    held = max(threaded.plan.shard_bytes(k) for k in range(threaded.shards)) / (1 << 30)
+    assert shards.cores_per_pod > 1 and shards.cores_per_pod * 4 >= held
+    assert {t.name: t for t in single.tiers}["shards"].cores_per_pod == 1
+    assert threaded.memory < single.memory
+    assert threaded.outcome.p99_ms <= 100
+    values = helm_values(threaded, many)
+    assert values["shards"]["lookupThreads"] == shards.cores_per_pod
+    assert values["shards"]["resources"]["requests"]["cpu"] == str(shards.cores_per_pod)

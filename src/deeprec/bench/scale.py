@@ -90,6 +90,7 @@ def bench_scale(args) -> int:
             pods = Pods(
                 frontend_cores=args.pod_cores,
                 table_memory=parse_bytes(args.table_memory),
+                shard_cores=args.shard_threads,
                 shard_memory=parse_bytes(args.memory_per_shard),
                 row_dtype=ROW_DTYPES[dtype],
             )
@@ -147,6 +148,13 @@ def add_parser(bench) -> None:
     p.add_argument("--pod-cores", type=int, default=4, help="cores per frontend pod")
     p.add_argument("--table-memory", default="16G", help="tables a frontend pod may hold")
     p.add_argument("--memory-per-shard", default="64G", help="rows one shard pod holds")
+    p.add_argument(
+        "--shard-threads",
+        type=int,
+        default=1,
+        help="most lookup threads (cores) per shard pod (1: the deployed default, one event "
+        "loop); the planner picks as few as give a core per 4 GiB of rows held",
+    )
     p.add_argument("--queries", type=int, default=20_000, help="simulated queries per trial")
     p.add_argument("--json", help="result file (default results/bench-scale-MODEL.json)")
     p.set_defaults(func=bench_scale)

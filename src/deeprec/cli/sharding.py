@@ -89,6 +89,7 @@ def size(args) -> int:
         pods = Pods(
             frontend_cores=args.pod_cores,
             table_memory=parse_bytes(args.table_memory),
+            shard_cores=args.shard_threads,
             shard_memory=parse_bytes(args.memory_per_shard or "64G"),
             strategy=args.strategy or "capacity",
             row_dtype=ROW_DTYPE_FLAGS[args.row_dtype],
@@ -195,6 +196,13 @@ def add_parser(subparsers) -> None:
         "--table-memory", default="16G", help="tables a frontend pod may hold (else shards)"
     )
     sizing.add_argument("--queries", type=int, default=20_000, help="queries per simulation")
+    sizing.add_argument(
+        "--shard-threads",
+        type=int,
+        default=1,
+        help="most lookup threads (cores) per shard pod (1: the deployed default, one event "
+        "loop); the planner picks as few as give a core per 4 GiB of rows held",
+    )
     sizing.add_argument("--seed", type=int, default=0)
     sizing.add_argument("--helm-values", help="write the sizing as Helm values (YAML)")
     p.set_defaults(func=plan)

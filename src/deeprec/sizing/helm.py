@@ -61,6 +61,7 @@ def helm_values(sizing: Sizing, pods: Pods) -> dict:
             "strategy": sizing.plan.strategy,
             "memoryPerShard": f"{pods.shard_memory // (1 << 20)}M",
             "rowDtype": ROW_DTYPE_VALUES[pods.row_dtype],
+            "lookupThreads": shards.cores_per_pod,
             "resources": _resources(shards.cores_per_pod, shards.memory_per_pod),
         },
     }

@@ -17,7 +17,7 @@ cores has no worse a tail), so its figures are those of one cell.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -54,7 +54,10 @@ class Pods:
 
     frontend_cores: int = 4  # in-process: runs + the frontend's own work
     table_memory: int = 16 << 30  # tables a frontend pod may hold (else: shards)
-    # A shard answers Lookups on its event loop (shard/servicer.py): one core per pod.
+    # Most lookup threads (cores) per shard pod; 1, the deployed default, answers Lookups
+    # on the event loop. Above 1 the planner picks the fewest (a power of two) that give
+    # a pod a core per gib_per_core of rows it holds: replicas added for load then copy
+    # fewer rows per core.
     shard_cores: int = 1
     shard_memory: int = 64 << 30  # rows one shard pod may hold
     strategy: str = "capacity"
@@ -199,6 +202,14 @@ def shard_plans(spec: ModelSpec, loads: list[TableLoad], pods: Pods) -> list[Pla
     return [p for n in counts if (p := shard_plan(spec, loads, pods, n)) is not None]
 
 
+def shard_pod_cores(plan: Plan, pods: Pods) -> int:
+    held = max(plan.shard_bytes(k) for k in range(len(plan.shards))) / (1 << 30)
+    cores = 1
+    while cores < pods.shard_cores and cores * pods.gib_per_core < held:
+        cores *= 2
+    return min(cores, pods.shard_cores)
+
+
 def _mean_busy(work: Work, sizes, rate: float, shards: int, rng) -> dict[str, float]:
     """Mean busy cores per tier (per shard for shards) at ``rate``."""
     sample = sizes.sample(2000, rng)
@@ -271,6 +282,8 @@ class _Search:
 
     def size(self, work: Work, plan: Plan | None, table_bytes: int) -> Sizing:
         target, pods = self.target, self.pods
+        if plan is not None:
+            pods = replace(pods, shard_cores=shard_pod_cores(plan, pods))
         cells = max(1, math.ceil(target.qps / self.max_cell_qps))
         rate = target.qps / cells
         busy = _mean_busy(
