@@ -15,6 +15,7 @@ rows held and the resident memory. JSON, plus a PNG (needs matplotlib: the `benc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -125,10 +126,10 @@ def _describe(address: str) -> shard_pb2.ShardDescription:
         )
 
 
-def run_config(
-    label, artifact, queries, rate, seconds, seed, log_dir, plan_path=None, shards=0, cache=None
-) -> dict:
-    """One configuration: start its processes, warm up, load, measure, stop."""
+@contextlib.contextmanager
+def serving(label, artifact, log_dir, plan_path=None, shards=0, cache=None):
+    """A one-thread worker (sharded when given a plan: its shards, one replica each) as
+    real processes: yields (supervisor, worker child, shard addresses); stops them after."""
     with Supervisor(Path(log_dir) / label.replace("+", "-")) as children:
         shard_addresses = []
         argv = ["serve", "inference", "--model", str(artifact.path), "--port", "0"]
@@ -138,6 +139,24 @@ def run_config(
             argv += worker_flags(plan_path, shard_addresses, **(cache or {}))
         worker = children.spawn("worker", argv)
         children.wait_healthy([worker], 120.0)
+        yield children, worker, shard_addresses
+
+
+def drive(address, queries, rate, seconds, seed):
+    """Open-loop load on a worker's Predict: the LoadResult."""
+    return asyncio.run(_drive(address, queries, rate, seconds, seed, warm=False))[2]
+
+
+def warm(address, queries, seed) -> None:
+    asyncio.run(_drive(address, queries, None, 0, seed))
+
+
+def run_config(
+    label, artifact, queries, rate, seconds, seed, log_dir, plan_path=None, shards=0, cache=None
+) -> dict:
+    """One configuration: start its processes, warm up, load, measure, stop."""
+    with serving(label, artifact, log_dir, plan_path, shards, cache) as started:
+        children, worker, shard_addresses = started
         pids = [c.pid for c in children.children]
         pid_of = {c.address: c.pid for c in children.children}
         start = time.perf_counter()
@@ -148,8 +167,7 @@ def run_config(
         result, cpu, by_process = None, 0.0, {}
         if rate is not None:
             before = {c.name: cpu_seconds(c.pid) for c in children.children}
-            load = _drive(worker.address, queries, rate, seconds, seed, warm=False)
-            _, _, result = asyncio.run(load)
+            result = drive(worker.address, queries, rate, seconds, seed)
             by_process = {c.name: cpu_seconds(c.pid) - before[c.name] for c in children.children}
             cpu = sum(by_process.values())
         memory = [

@@ -6,14 +6,18 @@ Predict, as `deeprec bench sharding` runs it) and the simulation of the same clu
 this machine's cores (every process and the load generator sharing them), from the costs
 measured first (`deeprec profile --costs`, or --costs FILE). Printed and written to JSON:
 measured and predicted p50, p99 and CPU per query, and the predicted over measured ratios.
+Then per shard count the capacity (the highest rate whose p99 meets --slo-ms), searched
+the same way on the real processes and on the simulation (bench/search.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
+import time
 from pathlib import Path
 
 from deeprec.models import zoo
@@ -24,7 +28,9 @@ from deeprec.sizing.simulate import Cluster, simulate
 from deeprec.sizing.work import ModelShape, Work, shard_lookups
 from deeprec.workload.distributions import parse_sizes
 
-from .sharding import _artifact, predict_payloads, run_config
+from .measure import trial_of
+from .search import SLA, SearchConfig, Trial, find_capacity
+from .sharding import _artifact, drive, predict_payloads, run_config, serving, warm
 
 
 def say(message: str) -> None:
@@ -84,6 +90,61 @@ def table(points: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _cool_down(address, queries, sla: SLA, seed: int, bound_s: float = 60.0) -> None:
+    """After an overloaded trial: wait until the smallest query is answered within the
+    SLA again (the backlog is gone), bounded."""
+    small = [min(queries, key=lambda q: q.items)]
+    deadline = time.monotonic() + bound_s
+    while time.monotonic() < deadline:
+        result = drive(address, small, 2.0, 0.5, seed)
+        if result.ok and result.latency.get("p99_ms", math.inf) <= sla.ms:
+            return
+
+
+def capacities(shards, artifact, queries, plan_path, work, cluster, sizes, args, log_dir) -> dict:
+    """The capacity of one configuration, searched on the simulation and for real."""
+    sla = SLA(args.slo_ms, 99.0)
+    config = SearchConfig(
+        start=args.start_rate, tolerance=0.1, confirmations=1, max_trials=args.max_trials
+    )
+
+    def simulated(rate: float, attempt: int) -> Trial:
+        outcome = simulate(work, cluster, rate, sizes, args.queries, args.seed + attempt)
+        return Trial(rate, outcome.p99_ms)
+
+    predicted = find_capacity(simulated, sla, config)
+    say(f"{shards} shard(s): capacity search, {args.capacity_seconds:g} s trials")
+    with serving(f"capacity-{shards}", artifact, log_dir, plan_path, shards) as started:
+        worker = started[1]
+        warm(worker.address, queries, args.seed)
+
+        def measured(rate: float, attempt: int) -> Trial:
+            seed = args.seed + 7919 * attempt + int(rate * 100)
+            trial = trial_of(drive(worker.address, queries, rate, args.capacity_seconds, seed), sla)
+            if trial.verdict(sla):
+                _cool_down(worker.address, queries, sla, seed)
+            return trial
+
+        real = find_capacity(measured, sla, config, log=say)
+    ratio = predicted.capacity / real.capacity if real.capacity else None
+    return {
+        "shards": shards,
+        "sla": sla.describe(),
+        "predicted": predicted.to_json(sla),
+        "measured": real.to_json(sla),
+        "predicted_over_measured": ratio,
+    }
+
+
+def _configuration(artifact, shards: int, costs, cores: int, work_dir: Path):
+    """The capacity plan on ``shards`` shards (saved), its Work, and the cluster that
+    simulates it: a one-thread worker, one replica per shard, all on this machine's cores."""
+    plan = make_plan(artifact.spec, artifact.version, shards, "capacity")
+    plan_path = plan.save(work_dir / f"plan-capacity-{shards}.json")
+    work = Work(costs, ModelShape.of(artifact.spec), 0, False, shard_lookups(artifact.spec, plan))
+    return plan_path, work, Cluster(0, 1, (1,) * shards, 1, host_cores=cores)
+
+
 def bench_sizing(args) -> int:
     artifact = _artifact(args)
     spec = artifact.spec
@@ -101,10 +162,7 @@ def bench_sizing(args) -> int:
     cores = os.cpu_count() or 1
     points = []
     for shards in _ints(args.shards):
-        plan = make_plan(spec, artifact.version, shards, "capacity")
-        plan_path = plan.save(work_dir / f"plan-capacity-{shards}.json")
-        work = Work(costs, ModelShape.of(spec), 0, False, shard_lookups(spec, plan))
-        cluster = Cluster(0, 1, (1,) * shards, 1, host_cores=cores)
+        plan_path, work, cluster = _configuration(artifact, shards, costs, cores, work_dir)
         for rate in _floats(args.rates):
             say(f"{shards} shard(s): {args.seconds:g} s at {rate:g} q/s")
             label = f"capacity-{shards}-{rate:g}"
@@ -122,6 +180,19 @@ def bench_sizing(args) -> int:
             predicted = simulate(work, cluster, rate, sizes, args.queries, args.seed)
             points.append(_point(shards, rate, run, predicted, cores))
             say(table(points[-1:]).splitlines()[-1])
+    found = []
+    for shards in [] if args.no_capacity else _ints(args.shards):
+        plan_path, work, cluster = _configuration(artifact, shards, costs, cores, work_dir)
+        found.append(
+            capacities(
+                shards, artifact, queries, plan_path, work, cluster, sizes, args, work_dir / "logs"
+            )
+        )
+        c = found[-1]
+        say(
+            f"{shards} shard(s): capacity predicted {c['predicted']['capacity_qps']:.1f} q/s, "
+            f"measured {c['measured']['capacity_qps']:.1f} q/s"
+        )
     result = {
         "kind": "sizing-validation",
         "model": spec.name,
@@ -129,6 +200,7 @@ def bench_sizing(args) -> int:
         "costs": costs.to_json(),
         "seconds": args.seconds,
         "points": points,
+        "capacities": found,
         # The issue's bar: every point within 20% (|predicted / measured - 1| <= 0.2).
         "worst_error": {
             key: max((abs(p["predicted_over_measured"][key] - 1) for p in points), default=None)
@@ -138,6 +210,15 @@ def bench_sizing(args) -> int:
     }
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(table(points))
+    for c in found:
+        ratio = c["predicted_over_measured"]
+        print(
+            f"{c['shards']} shard(s), {c['sla']}: capacity predicted "
+            f"{c['predicted']['capacity_qps']:.1f} q/s, measured "
+            f"{c['measured']['capacity_qps']:.1f} q/s"
+            + ("" if c["measured"]["confirmed"] else " (unconfirmed)")
+            + (f": {ratio:.2f}x" if ratio else "")
+        )
     print(f"wrote {out}")
     return 0
 
@@ -159,5 +240,10 @@ def add_parser(bench) -> None:
     p.add_argument("--costs", help="costs file (default: measure them first)")
     p.add_argument("--queries", type=int, default=20_000, help="simulated queries per point")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--slo-ms", type=float, default=100.0, help="p99 target of the capacities")
+    p.add_argument("--start-rate", type=float, default=30.0, help="capacity search's first rate")
+    p.add_argument("--max-trials", type=int, default=10, help="trials per capacity search")
+    p.add_argument("--capacity-seconds", type=float, default=10.0, help="seconds per trial")
+    p.add_argument("--no-capacity", action="store_true", help="skip the capacity searches")
     p.add_argument("--json", help="result file (default results/bench-sizing-NAME-SIZE.json)")
     p.set_defaults(func=bench_sizing)
