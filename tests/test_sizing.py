@@ -228,8 +228,13 @@ def test_large_tables_go_on_shards_that_hold_them():
 def test_an_sla_below_one_querys_service_time_is_refused():
     with pytest.raises(SizingError, match="service time is too long at B = no split"):
         size_cluster(rmc1(), COSTS, Target(100, 5, 99), FixedSizes(700), batch_size=0, queries=2000)
-    with pytest.raises(SizingError, match="positive rate"):
-        size_cluster(rmc1(), COSTS, Target(0, 100), MLPerfSizes())
+    for bad in (Target(0, 100), Target(math.inf, 100), Target(10, math.nan)):
+        with pytest.raises(SizingError, match="must be positive and finite"):
+            size_cluster(rmc1(), COSTS, bad, MLPerfSizes())
+    with pytest.raises(SizingError, match="at least one core"):
+        size_cluster(rmc1(), COSTS, Target(10, 100), MLPerfSizes(), Pods(frontend_cores=0))
+    with pytest.raises(SizingError, match="at least 1000 queries"):
+        size_cluster(rmc1(), COSTS, Target(10, 100), MLPerfSizes(), queries=5)
 
 
 def test_helm_values_render_with_the_chart(tmp_path):

@@ -82,11 +82,21 @@ def bench_scale(args) -> int:
     if costs.model != spec.name:
         print(f"deeprec: error: {args.costs} holds costs of {costs.model!r}", file=sys.stderr)
         return 2
-    sizes = parse_sizes(args.sizes)
+    try:
+        sizes = parse_sizes(args.sizes)
+        tables = [(text, parse_bytes(text)) for text in args.tables.split(",")]
+        rates = [float(q) for q in args.qps.split(",")]
+        dtypes = args.row_dtypes.split(",")
+        unknown = [d for d in dtypes if d not in ROW_DTYPES]
+        if unknown:
+            raise ValueError(f"row dtypes {unknown}: expected {', '.join(ROW_DTYPES)}")
+    except ValueError as err:
+        print(f"deeprec: error: --tables, --qps, --row-dtypes or --sizes: {err}", file=sys.stderr)
+        return 2
     rows = []
-    for text in args.tables.split(","):
-        scale = parse_bytes(text) / spec.table_bytes
-        for dtype in args.row_dtypes.split(","):
+    for text, nbytes in tables:
+        scale = nbytes / spec.table_bytes
+        for dtype in dtypes:
             pods = Pods(
                 frontend_cores=args.pod_cores,
                 table_memory=parse_bytes(args.table_memory),
@@ -94,7 +104,7 @@ def bench_scale(args) -> int:
                 shard_memory=parse_bytes(args.memory_per_shard),
                 row_dtype=ROW_DTYPES[dtype],
             )
-            for qps in (float(q) for q in args.qps.split(",")):
+            for qps in rates:
                 print(f"{spec.name} {text} {dtype} at {qps:,.0f} q/s", file=sys.stderr)
                 target = Target(qps, args.slo_ms, args.percentile)
                 try:

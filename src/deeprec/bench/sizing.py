@@ -146,6 +146,12 @@ def _configuration(artifact, shards: int, costs, cores: int, work_dir: Path):
 
 
 def bench_sizing(args) -> int:
+    try:
+        _floats(args.rates), _ints(args.shards)
+    except ValueError as err:
+        print(f"deeprec: error: --rates and --shards are comma-separated numbers: {err}",
+              file=sys.stderr)  # fmt: skip
+        return 2
     artifact = _artifact(args)
     spec = artifact.spec
     out = Path(args.json or f"results/bench-sizing-{spec.name}-{spec.size}.json")

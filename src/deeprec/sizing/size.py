@@ -35,6 +35,7 @@ SHARD_OVERHEAD_BYTES = 512 << 20
 UTILIZATIONS = tuple(round(0.95 - 0.05 * k, 2) for k in range(16))  # 0.95 .. 0.20
 MAX_SHARDS = 256
 MERGE_ITEMS = 1024  # DEEPREC_COALESCE_MAX_ITEMS's default
+MIN_QUERIES = 1000  # per simulated trial: a p99 needs samples beyond the warm-up
 
 
 class SizingError(ValueError):
@@ -236,14 +237,29 @@ def size_cluster(
     queries: int = 20_000,
     seed: int = 0,
 ) -> Sizing:
-    if not (target.qps > 0 and target.slo_ms > 0):
-        raise SizingError(f"the target needs a positive rate and SLA: {target}")
+    if not (0 < target.qps < math.inf and 0 < target.slo_ms < math.inf):
+        raise SizingError(
+            f"--qps and --slo-ms must be positive and finite, got {target.qps:g} and "
+            f"{target.slo_ms:g}"
+        )
     if target.percentile not in (50.0, 95.0, 99.0):
         raise SizingError(f"percentile must be 50, 95 or 99, not {target.percentile:g}")
     if pods.row_dtype not in ROW_DTYPES:
         raise SizingError(f"row dtype {pods.row_dtype!r} is not one of {', '.join(ROW_DTYPES)}")
     if batch_size < 0:
         raise SizingError(f"B must be >= 0 (0: no split), got {batch_size}")
+    if pods.frontend_cores < 1 or pods.shard_cores < 1:
+        raise SizingError(
+            "pods need at least one core: frontend pod cores (--pod-cores) "
+            f"{pods.frontend_cores}, shard pod threads (--shard-threads) {pods.shard_cores}"
+        )
+    if pods.table_memory < 0 or pods.shard_memory <= 0 or not pods.gib_per_core > 0:
+        raise SizingError(
+            f"memory must be positive: --table-memory {pods.table_memory} bytes, "
+            f"--memory-per-shard {pods.shard_memory} bytes"
+        )
+    if queries < MIN_QUERIES or max_cell_qps <= 0:
+        raise SizingError(f"simulate at least {MIN_QUERIES} queries per trial, not {queries}")
     loads = scaled_loads(spec, rows_scale)
     row_bytes = ROW_DTYPES[pods.row_dtype]
     table_bytes = sum(t.nbytes(row_bytes) for t in loads)
