@@ -10,7 +10,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import helm_python as helm
-import numpy as np
 import pytest
 import yaml
 
@@ -341,7 +340,6 @@ def test_costs_are_measured_on_real_workers_and_shards(tiny_zoo, tmp_path):
     assert costs.worker_ms_per_part + 100 * costs.worker_ms_per_item > 0
     assert costs.shard_ms_per_lookup + costs.pool_ns_per_byte > 0
     assert all(math.isfinite(v) for v in costs.to_json().values() if isinstance(v, float))
-    assert np.isfinite(costs.sharded_worker_ms_per_part)
 
 
 def test_threaded_shards_hold_one_copy_of_the_rows_for_several_cores():

@@ -17,7 +17,7 @@ cores has no worse a tail), so its figures are those of one cell.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -87,15 +87,24 @@ class Sizing:
     model: str
     target: Target
     batch_size: int
-    topology: str  # "in-process" or "sharded"
     tiers: list[Tier]
     outcome: Outcome  # one cell's simulation
     cells: int
     utilization_target: float
-    shards: int = 0
     shard_replicas: int = 0  # per shard (the chart's one count)
-    plan: Plan | None = None
-    notes: list[str] = field(default_factory=list)
+    plan: Plan | None = None  # None: in-process, no shards
+
+    @property
+    def topology(self) -> str:
+        return "sharded" if self.plan else "in-process"
+
+    @property
+    def shards(self) -> int:
+        return len(self.plan.shards) if self.plan else 0
+
+    @property
+    def notes(self) -> list[str]:
+        return list(self.plan.notes) if self.plan else []
 
     @property
     def cores(self) -> int:
@@ -192,15 +201,16 @@ def shard_plans(spec: ModelSpec, loads: list[TableLoad], pods: Pods) -> list[Pla
     row_bytes = ROW_DTYPES[pods.row_dtype]
     total = sum(t.nbytes(row_bytes) for t in loads)
     fewest = max(1, math.ceil(total / pods.shard_memory))
-    while fewest <= MAX_SHARDS and shard_plan(spec, loads, pods, fewest) is None:
+    first = None
+    while fewest <= MAX_SHARDS and (first := shard_plan(spec, loads, pods, fewest)) is None:
         fewest += 1
-    if fewest > MAX_SHARDS:
+    if first is None:
         raise SizingError(
             f"no {pods.strategy} plan fits {human_bytes(total)} into at most {MAX_SHARDS} "
             f"shards of {human_bytes(pods.shard_memory)}"
         )
-    counts = sorted({min(MAX_SHARDS, fewest * k) for k in (1, 2, 4, 8)})
-    return [p for n in counts if (p := shard_plan(spec, loads, pods, n)) is not None]
+    more = sorted({min(MAX_SHARDS, fewest * k) for k in (2, 4, 8)} - {fewest})
+    return [first, *(p for n in more if (p := shard_plan(spec, loads, pods, n)) is not None)]
 
 
 def shard_pod_cores(plan: Plan, pods: Pods) -> int:
@@ -349,15 +359,12 @@ class _Search:
             self.model,
             target,
             self.batch_size,
-            "in-process" if plan is None else "sharded",
             _tiers(cluster, cells, busy, plan, pods, table_bytes),
             best,
             cells,
             u,
-            shards=len(cluster.shard_replicas),
             shard_replicas=cluster.shard_replicas[0] * cells if cluster.shard_replicas else 0,
             plan=plan,
-            notes=list(plan.notes) if plan else [],
         )
 
 
