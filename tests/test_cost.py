@@ -21,6 +21,7 @@ def test_processes_are_named_by_their_role():
     assert role_of("/usr/bin/python3 -m deeprec.cli serve frontend --port 0") == "frontend"
     assert role_of("/v/bin/python -m deeprec.cli serve inference --model m") == "worker"
     assert role_of("/v/bin/python -m deeprec.bench.plain --model m") == "plain server"
+    assert role_of("/v/bin/python -m deeprec.bench.plain --model m --floor") == "floor server"
     assert role_of("/x/tritonserver/bin/tritonserver --model-repository r") == "tritonserver"
     assert role_of("/x/backends/python/triton_python_backend_stub m 1") == "triton python stub"
     assert role_of("/usr/bin/sleep 5") == "sleep"
@@ -49,7 +50,8 @@ def test_cost_adds_up_processes_of_a_role_and_skips_those_not_there_throughout()
 def test_bench_cost_measures_deeprec_and_the_plain_peer(tiny_zoo, tmp_path, placement):
     out = tmp_path / "cost.json"
     argv = ["--model", str(tiny_zoo["rmc1"].path), "--sizes", "20", "--rate", "30"]
-    argv += ["--seconds", "3", "--deeprec", "nosplit", "--peers", "plain", "--json", str(out)]
+    peers = "plain,floor" if placement == "in-process" else "plain"
+    argv += ["--seconds", "3", "--deeprec", "nosplit", "--peers", peers, "--json", str(out)]
     argv += ["--placement", placement]
     run = subprocess.run(
         [sys.executable, "-m", "deeprec.cli", "bench", "cost", *argv],
@@ -59,7 +61,7 @@ def test_bench_cost_measures_deeprec_and_the_plain_peer(tiny_zoo, tmp_path, plac
     )
     assert run.returncode == 0, run.stderr[-3000:]
     data = json.loads(out.read_text())
-    deeprec, plain = data["targets"]
+    deeprec, plain, *floor = data["targets"]
     roles = {r["role"]: r for r in deeprec["processes"]}
     assert roles["frontend"]["processes"] == 1 and roles["frontend"]["cpu_s"] > 0
     if placement == "remote":
@@ -68,7 +70,9 @@ def test_bench_cost_measures_deeprec_and_the_plain_peer(tiny_zoo, tmp_path, plac
         assert "worker" not in roles
         assert roles[RUN_THREADS]["processes"] == 1
     assert {r["role"] for r in plain["processes"]} >= {"plain server", LOAD_GENERATOR}
-    for entry in (deeprec, plain):
+    if placement == "in-process":  # the plain server with no model, named apart
+        assert {r["role"] for r in floor[0]["processes"]} == {"floor server", LOAD_GENERATOR}
+    for entry in (deeprec, plain, *floor):
         assert entry["load"]["answered"] >= 30 and entry["load"]["errors"] == 0
         # /proc counts in clock ticks (10 ms): judge roles that do real work over the run.
         servers = [r for r in entry["processes"] if r["role"] != LOAD_GENERATOR]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from deeprec.bench.peers import ratios
-from deeprec.bench.targets import Common, PlainTarget
+from deeprec.bench.targets import Common, FloorTarget, PlainTarget
 from deeprec.bench.triton import TritonServer, TritonUnavailable, find_triton, to_triton
 from deeprec.common.features import ModelSignature, validate
 from deeprec.common.tensors import decode
@@ -105,6 +105,43 @@ def test_plain_server_serves_the_reference_scores(model, tmp_path):
         np.testing.assert_allclose(
             decode(reply.scores, "scores"), expected_scores(artifact, query), rtol=1e-5, atol=1e-6
         )
+    assert target.supervisor.children[0].exit_code == 0
+
+
+def test_floor_server_answers_zeros_of_each_querys_length_and_refuses_a_bad_count(model, tmp_path):
+    """The floor peer runs no model: it costs what the transport costs, and says so."""
+    import grpc
+
+    from deeprec.common.tensors import encode
+
+    path, _, queries = model
+    target = FloorTarget(Common(path, load_artifact(path), workers=2, log_dir=tmp_path))
+    huge = recommender_pb2.RecommendRequest()
+    encode(np.zeros(1, np.int64), huge.features.sparse.add(name="t0").lengths)
+    huge.features.sparse[0].lengths.shape[:] = [2**62]
+
+    async def ask(address):
+        async with RecommenderClient(address) as client:
+            await client.wait_ready()
+            replies = await asyncio.gather(*(client.recommend(q) for q in queries))
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await client.channel.unary_unary(
+                    "/deeprec.v1.Recommender/Recommend",
+                    request_serializer=None,
+                    response_deserializer=recommender_pb2.RecommendResponse.FromString,
+                )(huge.SerializeToString())
+            return replies, refused.value.code()
+
+    running = target.start(queries)
+    try:
+        replies, code = asyncio.run(ask(running.address))
+    finally:
+        target.stop()
+    for query, reply in zip(queries, replies, strict=True):
+        assert reply.info.path == "floor"
+        assert not decode(reply.scores, "scores").any()
+        assert decode(reply.scores, "scores").shape == (query.items,)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert target.supervisor.children[0].exit_code == 0
 
 

@@ -191,7 +191,12 @@ def _bench_cost(bench) -> None:
         default=f"nosplit,{DEMO_BATCH_SIZE}",
         help=f"comma-separated deeprec configurations: {CONFIG_CHOICES} but tuned",
     )
-    p.add_argument("--peers", default="triton,plain", help="comma-separated: triton, plain")
+    p.add_argument(
+        "--peers",
+        default="triton,plain",
+        help="comma-separated: triton, plain, floor (the plain server with no model: what "
+        "a Python gRPC server costs per query before any work)",
+    )
     p.add_argument("--json", help="result file (default results/bench-cost-NAME-SIZE.json)")
     _triton(p)
     p.set_defaults(func=cost)

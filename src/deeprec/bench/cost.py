@@ -29,7 +29,7 @@ from deeprec.workload.openloop import run_open_loop
 from deeprec.workload.queries import QueryCycle
 
 from .capacity import BadArguments, common, cores, save
-from .peers import PEERS, make_peers
+from .peers import FLOOR, PEERS, make_peers
 from .targets import DeeprecTarget, parse_configs
 
 LOAD_GENERATOR = "load generator (this process)"
@@ -40,6 +40,7 @@ ROLES = (
     ("serve inference", "worker"),
     ("serve shard", "shard"),
     ("serve scheduler", "scheduler"),
+    (" --floor", "floor server"),  # the plain server with no model
     ("deeprec.bench.plain", "plain server"),
     ("triton_python_backend_stub", "triton python stub"),
     ("tritonserver", "tritonserver"),
@@ -197,9 +198,10 @@ def run_cost(args, stop: threading.Event, say: Callable[[str], None]) -> int:
     try:
         configs = parse_configs(args.deeprec)
         peers = [p.strip() for p in args.peers.split(",") if p.strip()]
-        unknown = set(peers) - set(PEERS)
+        choices = (*PEERS, FLOOR)
+        unknown = set(peers) - set(choices)
         if unknown:
-            raise BadArguments(f"unknown peer(s) {', '.join(sorted(unknown))}: choose {PEERS}")
+            raise BadArguments(f"unknown peer(s) {', '.join(sorted(unknown))}: choose {choices}")
         if any(c.tuned for c in configs):
             raise BadArguments("tuned is not a fixed configuration: give nosplit or a B")
         model_dir = resolve_model(args.model, args.size, args.artifacts, say)

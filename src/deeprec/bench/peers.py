@@ -24,9 +24,10 @@ from .capacity import (
     table,
     write_outputs,
 )
-from .targets import DeeprecTarget, PlainTarget, TritonTarget, parse_configs
+from .targets import DeeprecTarget, FloorTarget, PlainTarget, TritonTarget, parse_configs
 
 PEERS = ("triton", "plain")
+FLOOR = "floor"  # the plain server with no model: `deeprec bench cost` only
 
 
 def ratios(entries: list[dict]) -> dict[str, float | None]:
@@ -49,6 +50,9 @@ def make_peers(shared, peers: list[str], args, say, skipped: dict | None = None)
     for peer in peers:
         if peer == "plain":
             targets.append(PlainTarget(shared))
+            continue
+        if peer == FLOOR:
+            targets.append(FloorTarget(shared))
             continue
         from .triton import TritonUnavailable
 

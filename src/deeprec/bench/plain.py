@@ -1,6 +1,7 @@
 """The plain peer: a grpcio server around one ONNX Runtime session, as most people write it.
 
     python -m deeprec.bench.plain --model ARTIFACT_DIR [--port 0] [--threads 1] [--concurrency 2]
+                                  [--floor]
 
 It speaks deeprec.v1.Recommender (so the same client and queries load it), runs each query
 whole on the whole-model graph, and has nothing else: no splitting, no routing, no
@@ -8,6 +9,11 @@ admission control. ``--concurrency`` gRPC threads call ``session.run`` at once, 
 on ``--threads`` intra-op threads, so concurrency x threads = the cores deeprec's workers
 get. It prints "serving on HOST:PORT" and answers grpc.health.v1, like deeprec's servers,
 so the same launcher code can start and wait for it.
+
+``--floor`` runs no model: each query is parsed and answered with zero scores of its
+length. What that costs per query is the floor under any Python gRPC server at these
+query sizes (receiving the bytes, the call, the answer), which `deeprec bench cost
+--peers floor` sets beside deeprec's frontend. Its answers are not scores.
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from deeprec.common.features import InvalidFeatures, ModelSignature, validate
+from deeprec.common.features import DEFAULT_LIMITS, InvalidFeatures, ModelSignature, validate
 from deeprec.common.server import SERVER_OPTIONS
 from deeprec.common.tensors import encode
 from deeprec.models.artifact import load_artifact
@@ -30,15 +37,30 @@ from deeprec.models.runtime import open_session
 from deeprec.v1 import recommender_pb2, recommender_pb2_grpc
 
 PATH = "plain"  # what ResponseInfo.path says
+FLOOR_PATH = "floor"  # the same, in --floor mode: the scores are zeros, not the model's
+
+
+def items_of(features) -> int:
+    """A query's item count from its first tensor's shape, without reading any data."""
+    first = features.dense if features.HasField("dense") else None
+    if first is None and features.sparse:
+        first = features.sparse[0].lengths
+    return first.shape[0] if first is not None and first.shape else 0
 
 
 class PlainRecommender(recommender_pb2_grpc.RecommenderServicer):
-    def __init__(self, model_dir: str, threads: int):
+    def __init__(self, model_dir: str, threads: int, floor: bool = False):
         artifact = load_artifact(model_dir)
         self.signature = ModelSignature.from_spec(artifact.spec, artifact.version)
-        self.session = open_session(artifact.graph("whole"), "cpu", threads)
+        self.floor = floor
+        self.session = None if floor else open_session(artifact.graph("whole"), "cpu", threads)
 
     def Recommend(self, request, context):
+        if self.floor:
+            n = items_of(request.features)
+            if not 0 < n <= DEFAULT_LIMITS.max_items:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"a query of {n} items")
+            return self._zeros(n)
         try:
             batch = validate(self.signature, request.features)
         except InvalidFeatures as err:
@@ -51,9 +73,17 @@ class PlainRecommender(recommender_pb2_grpc.RecommenderServicer):
         response.info.model_version = self.signature.version
         return response
 
+    def _zeros(self, n: int):
+        response = recommender_pb2.RecommendResponse()
+        encode(np.zeros(n, np.float32), response.scores)
+        response.info.path = FLOOR_PATH
+        response.info.sub_batches = 1
+        response.info.model_version = self.signature.version
+        return response
+
 
 def serve(args) -> int:
-    servicer = PlainRecommender(args.model, args.threads)
+    servicer = PlainRecommender(args.model, args.threads, args.floor)
     server = grpc.server(ThreadPoolExecutor(max_workers=args.concurrency), options=SERVER_OPTIONS)
     recommender_pb2_grpc.add_RecommenderServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
@@ -61,8 +91,9 @@ def serve(args) -> int:
     port = server.add_insecure_port(f"{args.host}:{args.port}")
     server.start()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    kind = "floor (no model)" if args.floor else "plain ONNX Runtime"
     print(
-        f"plain ONNX Runtime server: serving on {args.host}:{port} "
+        f"{kind} server: serving on {args.host}:{port} "
         f"({args.concurrency} x {args.threads} threads)",
         flush=True,
     )
@@ -88,6 +119,11 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2,
         help="gRPC threads running queries at once (default: the cores)",
+    )
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="run no model: answer zeros, to measure what the transport alone costs",
     )
     return p
 

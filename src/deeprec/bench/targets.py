@@ -174,6 +174,7 @@ class PlainTarget:
     kind = "plain"
     name = "plain grpcio + ORT"
     tuned = False
+    extra_args: tuple[str, ...] = ()
 
     def __init__(self, common: Common):
         self.common = common
@@ -190,13 +191,13 @@ class PlainTarget:
     def start(self, queries: list[Query]) -> Running:
         c = self.common
         self.supervisor = Supervisor(
-            log_dir=c.logs("plain"),
+            log_dir=c.logs(self.kind),
             stop_requested=c.stop,
             say=c.say,
             cli=(sys.executable, "-m", "deeprec.bench.plain"),
         )
         child = self.supervisor.spawn(
-            "plain",
+            self.kind,
             [
                 "--model",
                 str(Path(c.model_dir).resolve()),
@@ -208,6 +209,7 @@ class PlainTarget:
                 str(c.threads),
                 "--concurrency",
                 str(self.concurrency),
+                *self.extra_args,
             ],
         )
         self.supervisor.wait_healthy([child], c.startup_timeout)
@@ -216,6 +218,15 @@ class PlainTarget:
     def stop(self) -> None:
         if self.supervisor is not None:
             self.supervisor.stop()  # idempotent: stops only what still runs
+
+
+class FloorTarget(PlainTarget):
+    """The plain server running no model (``--floor``): what a Python gRPC server costs
+    per query before it does any work. Only `deeprec bench cost` measures it."""
+
+    kind = "floor"
+    name = "grpcio floor (no model)"
+    extra_args = ("--floor",)
 
 
 class TritonTarget:
