@@ -189,7 +189,8 @@ def _bench_cost(bench) -> None:
     p.add_argument(
         "--deeprec",
         default=f"nosplit,{DEMO_BATCH_SIZE}",
-        help=f"comma-separated deeprec configurations: {CONFIG_CHOICES} but tuned",
+        help=f"comma-separated deeprec configurations: {CONFIG_CHOICES} but tuned "
+        '("": the peers alone)',
     )
     p.add_argument(
         "--peers",

@@ -196,8 +196,11 @@ def measure_target(target, queries, rate: float, seconds: float, seed: int) -> d
 
 def run_cost(args, stop: threading.Event, say: Callable[[str], None]) -> int:
     try:
-        configs = parse_configs(args.deeprec)
+        # --deeprec "" measures the peers alone
+        configs = parse_configs(args.deeprec) if args.deeprec.strip() else []
         peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+        if not configs and not peers:
+            raise BadArguments("nothing to measure: give --deeprec or --peers")
         choices = (*PEERS, FLOOR)
         unknown = set(peers) - set(choices)
         if unknown:
