@@ -7,7 +7,7 @@ import sys
 from deeprec.launcher.commands import DEMO_BATCH_SIZE, stop_on_signals
 from deeprec.workload.distributions import ID_CHOICES, SIZE_CHOICES
 
-from . import gpu, scale, sizing, stages
+from . import dedup, gpu, scale, sizing, stages
 from .args import add_model_arguments
 from .args import positive as _positive
 from .targets import CONFIG_CHOICES
@@ -153,6 +153,7 @@ def add_bench_parser(bench) -> None:
     _bench_fuzz(bench)
     gpu.add_parser(bench)
     stages.add_parser(bench)
+    dedup.add_parser(bench)
     sizing.add_parser(bench)
     scale.add_parser(bench)
 
