@@ -34,3 +34,30 @@ def test_the_configurations_cover_cpu_only_gpu_only_and_each_threshold():
         ("offload T=256", 1, 256),
         ("offload T=512", 1, 512),
     ]
+
+
+@pytest.mark.skipif(CUDA in ort.get_available_providers(), reason="this machine has CUDA")
+def test_the_cpu_stand_in_dry_run_routes_by_each_threshold(tiny_zoo, tmp_path):
+    """With --allow-cpu-fallback the figures run on a CPU stand-in for the GPU pool,
+    labelled as a dry run: CPU only, GPU only, and a T that splits the MLPerf sizes."""
+    artifact = tiny_zoo["rmc1"]
+    out = tmp_path / "gpu.json"
+    argv = ["bench", "gpu", "--model", str(artifact.path), "--allow-cpu-fallback"]
+    argv += ["--thresholds", "400", "--rate", "10", "--seconds", "2", "--gpu-threads", "2"]
+    argv += ["--tuned", "2"]  # and a tuning scheduler, started from always-offload
+    assert main([*argv, "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["dry_run_on_cpu"] is True and report["gpu_threads"] == 2
+    *static, tuned = report["runs"]
+    paths = {row["config"]: set(row["paths"]) for row in static}
+    assert paths == {
+        "cpu only": {"cpu"},
+        "gpu only (T=1)": {"gpu"},
+        "offload T=400": {"cpu", "gpu"},  # MLPerf sizes run 100..700 items
+    }
+    assert all(not row["errors"] for row in report["runs"])
+    # The scheduler started where the bench put it (T=1, every query offloaded), and
+    # the row says what it held at the end.
+    assert tuned["config"] == "tuned from T=1 after 2 s"
+    assert any(p["offload_threshold"] == 1 for p in tuned["policy"])
+    assert tuned["T"] == tuned["policy"][-1]["offload_threshold"]

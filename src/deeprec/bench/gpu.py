@@ -7,7 +7,9 @@ what does offloading buy?
    process so its log lines can be read.
 2. Figures, only when CUDA works (or with --allow-cpu-fallback, as a labelled dry run):
    the same open-loop load on CPU workers only, on the GPU pool only (T=1: every query
-   whole to the GPU) and offloaded by each threshold T, with p50/p95/p99 per path.
+   whole to the GPU) and offloaded by each threshold T, with p50/p95/p99 per path. The
+   CPU workers run in the frontend process (as the chart deploys them) unless
+   ``--placement remote``; the GPU pool is one worker process.
 """
 
 from __future__ import annotations
@@ -129,37 +131,100 @@ def run_gpu_check(args, stop: threading.Event, say: Callable[[str], None]) -> in
         if stop.is_set():
             break
         say(f"{label}: {args.rate:g} q/s for {args.seconds:g} s")
-        with LocalCluster(
-            model_dir,
-            workers=args.workers,
-            gpu_workers=gpu_workers,
-            offload_threshold=threshold,
-            batch_size=args.batch_size,
-            stop_requested=stop,
-            say=say,
-        ) as cluster:
+        with _cluster(args, model_dir, gpu_workers, threshold, stop, say) as cluster:
             result = asyncio.run(
                 drive(cluster.frontend_address, queries, args.rate, args.seconds, stop=stop)
             ).to_json()
         rows.append({"config": label, "gpu_workers": gpu_workers, "T": threshold} | result)
-        lat = result["latency"]
-        say(
-            f"  {result['achieved_qps']:.1f} q/s, p50 {lat.get('p50_ms', float('nan')):.1f} "
-            f"p95 {lat.get('p95_ms', float('nan')):.1f} p99 {lat.get('p99_ms', float('nan')):.1f}"
-            f" ms, errors {result['errors'] or 0}; paths "
-            + ", ".join(f"{p} {v['count']}" for p, v in result["paths"].items())
-        )
+        say(_summary(result))
+    if args.tuned and not stop.is_set():
+        rows.append(tuned_run(args, model_dir, artifact.spec.name, queries, stop, say))
     report |= {
         "model": artifact.spec.name,
         "size": artifact.spec.size,
         "rate_qps": args.rate,
         "seconds": args.seconds,
+        "cpu_workers": f"{args.workers} x 1 thread, {args.placement}",
+        "gpu_threads": args.gpu_threads,
         "dry_run_on_cpu": not report["cuda_works"],
         "runs": rows,
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     _save(report, args.json, say)
     return 0
+
+
+def _cluster(args, model_dir, gpu_workers: int, threshold: int, stop, say, **extra):
+    in_process = args.placement == "in-process"
+    return LocalCluster(
+        model_dir,
+        workers=0 if in_process else args.workers,
+        local_workers=args.workers if in_process else 0,
+        gpu_workers=gpu_workers,
+        gpu_threads=args.gpu_threads,
+        offload_threshold=threshold,
+        batch_size=args.batch_size,
+        stop_requested=stop,
+        say=say,
+        **extra,
+    )
+
+
+def _summary(result: dict) -> str:
+    lat = result["latency"]
+    return (
+        f"  {result['achieved_qps']:.1f} q/s, p50 {lat.get('p50_ms', float('nan')):.1f} "
+        f"p95 {lat.get('p95_ms', float('nan')):.1f} p99 {lat.get('p99_ms', float('nan')):.1f}"
+        f" ms, errors {result['errors'] or 0}; paths "
+        + ", ".join(f"{p} {v['count']}" for p, v in result["paths"].items())
+    )
+
+
+def tuned_run(args, model_dir, model: str, queries, stop, say) -> dict:
+    """T tuned end to end: a tuning scheduler starts from always-offload (T=1) at the same
+    rate, tunes for ``args.tuned`` s, then the same measured load as the static rows runs
+    under whatever it chose (it keeps tuning; a settled tuner holds)."""
+    from .tuning import PolicySampler, set_policy, wait_for_version
+
+    label = f"tuned from T=1 after {args.tuned:g} s"
+    say(f"{label}: {args.rate:g} q/s for {args.tuned:g} + {args.seconds:g} s")
+    flags = ("--trial-queries", str(args.trial_queries))
+    with _cluster(
+        args, model_dir, 1, 1, stop, say, scheduler=True, sla_ms=args.sla_ms, scheduler_args=flags
+    ) as cluster:
+        address = cluster.frontend_address
+        sampler = PolicySampler(cluster.scheduler_address, model)
+
+        async def start_bad(client):
+            version = set_policy(cluster.scheduler_address, model, args.batch_size, False, 1)
+            await wait_for_version(client, queries[0], version)
+
+        async def tune_then_measure():
+            from deeprec.workload.client import RecommenderClient
+
+            async with RecommenderClient(address) as client:
+                await client.wait_ready()
+                await start_bad(client)
+            await drive(address, queries, args.rate, args.tuned, seed=1, stop=stop)
+            return await drive(address, queries, args.rate, args.seconds, seed=2, stop=stop)
+
+        with sampler:
+            result = asyncio.run(tune_then_measure()).to_json()
+    policies = [
+        {"t": t, "batch_size": b, "offload_threshold": threshold, "version": v}
+        for t, b, threshold, v, *_ in sampler.samples
+    ]
+    final = policies[-1] if policies else {}
+    say(
+        _summary(result) + f"; final B={final.get('batch_size')} T={final.get('offload_threshold')}"
+    )
+    return {
+        "config": label,
+        "gpu_workers": 1,
+        "T": final.get("offload_threshold"),
+        "final_batch_size": final.get("batch_size"),
+        "policy": policies,
+    } | result
 
 
 def _save(report: dict, path: str, say: Callable[[str], None]) -> None:
@@ -178,6 +243,20 @@ def add_parser(bench) -> None:
     )
     add_model_arguments(p)
     p.add_argument("--workers", type=int, default=2, help="CPU workers (default 2)")
+    p.add_argument(
+        "--placement",
+        choices=("in-process", "remote"),
+        default="in-process",
+        help="the CPU workers inside the frontend process (default, as deployed) or each "
+        "its own process",
+    )
+    p.add_argument(
+        "--gpu-threads",
+        type=int,
+        default=1,
+        help="ONNX Runtime threads per GPU worker (default 1, the chart's gpu.threads; with "
+        "--allow-cpu-fallback, more threads give the CPU stand-in another cost profile)",
+    )
     p.add_argument("--batch-size", type=int, default=256, help="B on the CPU pool")
     p.add_argument("--rate", type=float, default=40.0, help="queries/s (default 40)")
     p.add_argument("--seconds", type=float, default=20.0, help="load per configuration")
@@ -192,6 +271,18 @@ def add_parser(bench) -> None:
         "--allow-cpu-fallback",
         action="store_true",
         help="without CUDA, still run the figures with the GPU pool on the CPU (a dry run)",
+    )
+    p.add_argument(
+        "--tuned",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="also tune T end to end: a scheduler starts from always-offload (T=1), tunes "
+        "for SECONDS at --rate, then --seconds are measured like the static rows (0: off)",
+    )
+    p.add_argument("--sla-ms", type=float, default=100.0, help="the tuning scheduler's SLA")
+    p.add_argument(
+        "--trial-queries", type=int, default=150, help="queries per tuning trial (--tuned)"
     )
     p.add_argument("--json", default="results/gpu-check.json", help="report file")
     p.set_defaults(func=command)

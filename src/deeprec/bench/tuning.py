@@ -106,11 +106,14 @@ async def _drive(address, queries, offsets, seconds, seed, *, warm, stop, before
         )
 
 
-def set_policy(address: str, model: str, batch_size: int, pin: bool) -> int:
-    """Set B on the scheduler (T = never); returns the new policy version."""
-    request = scheduler_pb2.SetPolicyRequest(
-        policy=scheduler_pb2.Policy(model=model, batch_size=batch_size), pin=pin
+def set_policy(
+    address: str, model: str, batch_size: int, pin: bool, offload_threshold: int = 0
+) -> int:
+    """Set B and T (0 = never) on the scheduler; returns the new policy version."""
+    policy = scheduler_pb2.Policy(
+        model=model, batch_size=batch_size, offload_threshold=offload_threshold
     )
+    request = scheduler_pb2.SetPolicyRequest(policy=policy, pin=pin)
     with sync_channel(address) as channel:
         return scheduler_pb2_grpc.SchedulerStub(channel).SetPolicy(request, timeout=10).version
 

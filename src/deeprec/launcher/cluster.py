@@ -49,6 +49,7 @@ class LocalCluster:
     local_workers: int = 0  # CPU workers inside the frontend process (no hop)
     port: int = 0  # the frontend's; 0 = any free port
     threads: int = settings.BY_ENV["DEEPREC_THREADS"].default  # per worker, as deployed
+    gpu_threads: int | None = None  # per GPU worker (None: ``threads``)
     batch_size: int | None = None  # None = the frontend's default
     offload_threshold: int | None = None
     run_threads: int | None = None  # the starting policy's threads per CPU run
@@ -150,7 +151,7 @@ class LocalCluster:
             for i in range(self.workers)
         ]
         if self.gpu_workers:
-            gpu = {**worker, "device": "gpu"}
+            gpu = {**worker, "device": "gpu", "threads": self.gpu_threads or self.threads}
             if not cuda_available():
                 self.gpu_on_cpu = True
                 gpu["allow_cpu_fallback"] = True
