@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from deeprec.bench.peers import ratios
+from deeprec.bench.peers import of_in_process, ratios
 from deeprec.bench.targets import Common, FloorTarget, PlainTarget
 from deeprec.bench.triton import TritonServer, TritonUnavailable, find_triton, to_triton
 from deeprec.common.features import ModelSignature, validate
@@ -145,6 +145,16 @@ def test_floor_server_answers_zeros_of_each_querys_length_and_refuses_a_bad_coun
     assert target.supervisor.children[0].exit_code == 0
 
 
+def test_served_capacity_is_set_against_the_in_process_limit():
+    entries = [
+        {"name": "a", "search": {"capacity_qps": 10.0}},
+        {"name": "b", "error": "did not start"},
+    ]
+    of_in_process(entries, {"best": {"items_per_s": 5000.0}}, mean_items=250.0)
+    assert entries[0]["served_items_per_s"] == 2500.0 and entries[0]["of_in_process"] == 0.5
+    assert entries[1]["of_in_process"] is None
+
+
 def test_ratios_are_deeprecs_capacity_over_each_peers():
     def entry(kind, capacity):
         return {"config": {"kind": kind}, "search": {"capacity_qps": capacity}}
@@ -164,7 +174,7 @@ def test_bench_peers_runs_every_server_and_saves_the_ratios(model, tmp_path):
         *("--model", str(path), "--peers", peers, "--deeprec", "64", "--slo-ms", "2000"),
         *("--start-rate", "8", "--max-rate", "16", "--seconds", "1", "--min-queries", "1"),
         *("--confirmations", "1", "--max-trials", "5", "--json", str(out)),
-        *("--log-dir", str(tmp_path / "logs")),
+        *("--log-dir", str(tmp_path / "logs"), "--in-process-seconds", "0.05"),
     ]
     run = subprocess.run(
         [sys.executable, "-m", "deeprec.cli", "bench", "peers", *argv],
@@ -185,6 +195,16 @@ def test_bench_peers_runs_every_server_and_saves_the_ratios(model, tmp_path):
             assert load["ok"] == load["sent"] > 0 and not load["errors"]
     assert data["ratios"] == {f"deeprec/{p}": 1.0 for p in peers.split(",")}
     assert "deeprec/plain: 1.00x" in run.stdout
+    # Each served capacity is set against ONNX Runtime's in-process best, measured first
+    # over both ways of running the model.
+    in_process = data["in_process"]
+    assert {r["embeddings"] for r in in_process["results"]} == {"graph", "fused"}
+    limit = in_process["best"]["items_per_s"]
+    assert limit == max(r["items_per_s"] for r in in_process["results"])
+    mean = data["workload"]["mean_items"]
+    for config in data["configs"]:
+        assert config["of_in_process"] == pytest.approx(16 * mean / limit)
+    assert "served / in-process: deeprec" in run.stdout
     if "triton" in peers:
         # Triton got deeprec's threads: one model instance per worker, one thread each.
         triton = data["configs"][1]["config"]

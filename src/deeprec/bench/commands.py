@@ -147,6 +147,13 @@ def add_bench_parser(bench) -> None:
         help=f"the deeprec configuration: {CONFIG_CHOICES} (default {DEMO_BATCH_SIZE})",
     )
     p.add_argument("--peers", default="triton,plain", help="comma-separated: triton, plain")
+    p.add_argument(
+        "--in-process-seconds",
+        type=float,
+        default=1.0,
+        help="seconds per point of the in-process ONNX Runtime capacity measured first, "
+        "the limit each served capacity is set against (0: skip it)",
+    )
     _triton(p)
     p.set_defaults(func=peers)
     _bench_cost(bench)

@@ -4,13 +4,17 @@ would pick instead, on the same model graph, queries, SLA and cores.
 Peers: NVIDIA Triton (python backend on ONNX Runtime, dynamic batcher on; the
 ``peers`` extra) and a plain grpcio server around one ONNX Runtime session. Each gets
 the threads deeprec's workers get (workers x threads). The ratios are deeprec's
-capacity over each peer's.
+capacity over each peer's. First, with the cores to itself, it measures ONNX Runtime's
+in-process capacity on the same model (the physical limit), and sets each served
+capacity against it.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+
+from deeprec.models import bench
 
 from .capacity import (
     BadArguments,
@@ -41,6 +45,35 @@ def ratios(entries: list[dict]) -> dict[str, float | None]:
         theirs = capacity_of(entry)
         out[f"deeprec/{kind}"] = ours / theirs if ours is not None and theirs else None
     return out
+
+
+def in_process_capacity(artifact, seconds: float, say) -> dict:
+    """The physical limit on these cores: ONNX Runtime's best items/s in this process,
+    back-to-back runs on one session with every core's thread, over batch sizes and both
+    ways a worker may run the model (the whole graph, the fused embedding stage)."""
+    say(f"in-process ONNX Runtime capacity ({cores()} threads, {seconds:g} s per point)")
+    say(bench.HEADER)
+    result = bench.run(
+        artifact,
+        bench.DEFAULT_BATCH_SIZES,
+        (cores(),),
+        seconds,
+        log=say,
+        embeddings=bench.EMBEDDINGS,
+    )
+    return {"seconds_per_point": seconds, "best": result["best"], "results": result["results"]}
+
+
+def of_in_process(entries: list[dict], in_process: dict, mean_items: float) -> None:
+    """Each entry's served items/s (capacity x mean query size) over the in-process best."""
+    limit = in_process["best"]["items_per_s"]
+    for entry in entries:
+        capacity = capacity_of(entry)
+        if capacity is None or not limit:
+            entry["of_in_process"] = None
+            continue
+        entry["served_items_per_s"] = capacity * mean_items
+        entry["of_in_process"] = capacity * mean_items / limit
 
 
 def make_peers(shared, peers: list[str], args, say, skipped: dict | None = None) -> list:
@@ -92,10 +125,14 @@ def run_peers(args, stop: threading.Event, say: Callable[[str], None]) -> int:
         return 2
     targets = [DeeprecTarget(shared, config, sla), *peer_targets]
     data = header("peers", args, artifact, workload, sla, search)
+    if args.in_process_seconds > 0:  # before any server starts: the cores to itself
+        data["in_process"] = in_process_capacity(artifact, args.in_process_seconds, say)
     searches = Searches(queries, sla, search, plan, tuned_plan, args.seed, stop, say)
     data["configs"] = search_targets(targets, searches, interleave=not args.sequential)
     data["skipped"] = skipped
     data["ratios"] = ratios(data["configs"])
+    if "in_process" in data:
+        of_in_process(data["configs"], data["in_process"], workload.sizes.mean)
     print(
         f"\nlatency-bounded throughput, {sla.describe()}: {artifact.spec.name} "
         f"({artifact.spec.size}), same graph and queries, {cores()} cores, "
@@ -107,6 +144,18 @@ def run_peers(args, stop: threading.Event, say: Callable[[str], None]) -> int:
         print(f"{name}: " + ("-" if value is None else f"{value:.2f}x"))
     for name, why in skipped.items():
         print(f"{name}: skipped ({why})")
+    if "in_process" in data:
+        best = data["in_process"]["best"]
+        print(
+            f"in-process ONNX Runtime capacity: {best['items_per_s']:,.0f} items/s "
+            f"({best['embeddings']}, B = {best['batch_size']}, {best['threads']} threads); "
+            "served / in-process: "
+            + ", ".join(
+                f"{e['name']} "
+                + ("-" if e.get("of_in_process") is None else f"{e['of_in_process']:.2f}")
+                for e in data["configs"]
+            )
+        )
     out = args.json or f"results/bench-peers-{artifact.spec.name}-{artifact.spec.size}.json"
     write_outputs(data, out, args.png, say)
     failed = [e for e in data["configs"] if "search" not in e]
