@@ -115,6 +115,7 @@ def test_tuning_bench_end_to_end_on_the_tiny_model(tiny_model, tmp_path):
     assert data["kind"] == "tuning-bench" and data["model"] == "rmc1"
     assert data["config"]["step_at_s"] == 4.0 and data["config"]["step_factor"] == 2.0
     assert data["config"]["outside_load_cores"] == 0.3
+    assert data["config"]["placement"] == "in-process"  # as the chart deploys the workers
     assert "outside load: 0.3 core(s) busy" in result.stderr + result.stdout
     assert [r["batch_size"] for r in data["sweep"]] == [16, 64]
     assert all(r["latency"]["count"] > 0 and r["p95_ms"] > 0 for r in data["sweep"])

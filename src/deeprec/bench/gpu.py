@@ -30,9 +30,11 @@ from deeprec.launcher.commands import stop_on_signals
 from deeprec.launcher.loadrun import Workload, drive, prepare, resolve_model
 from deeprec.models.artifact import load_artifact
 from deeprec.models.runtime import CUDA
+from deeprec.workload.client import RecommenderClient
 from deeprec.workload.distributions import parse_sizes
 
 from .args import add_model_arguments
+from .tuning import PolicySampler, set_policy, wait_for_version
 
 # Runs in a child: ONNX Runtime writes why CUDA failed to the process's stderr.
 PROBE = """
@@ -184,8 +186,6 @@ def tuned_run(args, model_dir, model: str, queries, stop, say) -> dict:
     """T tuned end to end: a tuning scheduler starts from always-offload (T=1) at the same
     rate, tunes for ``args.tuned`` s, then the same measured load as the static rows runs
     under whatever it chose (it keeps tuning; a settled tuner holds)."""
-    from .tuning import PolicySampler, set_policy, wait_for_version
-
     label = f"tuned from T=1 after {args.tuned:g} s"
     say(f"{label}: {args.rate:g} q/s for {args.tuned:g} + {args.seconds:g} s")
     flags = ("--trial-queries", str(args.trial_queries))
@@ -200,8 +200,6 @@ def tuned_run(args, model_dir, model: str, queries, stop, say) -> dict:
             await wait_for_version(client, queries[0], version)
 
         async def tune_then_measure():
-            from deeprec.workload.client import RecommenderClient
-
             async with RecommenderClient(address) as client:
                 await client.wait_ready()
                 await start_bad(client)
@@ -210,8 +208,9 @@ def tuned_run(args, model_dir, model: str, queries, stop, say) -> dict:
 
         with sampler:
             result = asyncio.run(tune_then_measure()).to_json()
-    policies = [
-        {"t": t, "batch_size": b, "offload_threshold": threshold, "version": v}
+    began = sampler.samples[0][0] if sampler.samples else 0.0
+    policies = [  # t: seconds since the first sample
+        {"t": t - began, "batch_size": b, "offload_threshold": threshold, "version": v}
         for t, b, threshold, v, *_ in sampler.samples
     ]
     final = policies[-1] if policies else {}

@@ -335,9 +335,11 @@ def summarise(tuning: dict, sweep: list, step: float, seconds: float, due, laten
 
 
 def _cluster(args, model_dir, stop, name, scheduler_args, batch_size=None) -> LocalCluster:
+    in_process = args.placement == "in-process"
     return LocalCluster(
         model_dir,
-        workers=args.workers,
+        workers=0 if in_process else args.workers,
+        local_workers=args.workers if in_process else 0,
         threads=args.threads,
         batch_size=batch_size,
         scheduler=True,
@@ -693,6 +695,7 @@ def bench_tuning(args) -> int:
         "size": spec.size,
         "config": {
             "workers": args.workers,
+            "placement": args.placement,
             "threads_per_worker": args.threads,
             "cores": cores(),
             "rate_qps": args.rate,
@@ -741,6 +744,13 @@ def add_bench_parser(bench) -> None:
     p.add_argument("--artifacts", default=DEFAULT_ARTIFACTS, help="where zoo models are built")
     p.add_argument("--workers", type=int, default=2, help="CPU inference workers")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per worker")
+    p.add_argument(
+        "--placement",
+        choices=("in-process", "remote"),
+        default="in-process",
+        help="the CPU workers inside the frontend process (default, as deployed) or each "
+        "its own process behind gRPC (the figures before 2026-12-02 late)",
+    )
     p.add_argument("--rate", type=float, default=RATE, help="queries/s before the step")
     p.add_argument("--factor", type=float, default=2.0, help="rate multiplier at the step")
     p.add_argument(
