@@ -12,6 +12,7 @@ from deeprec.bench.cost import (
     LOAD_GENERATOR,
     RUN_THREADS,
     Snapshot,
+    above_floor,
     cost_per_query,
     role_of,
 )
@@ -46,6 +47,24 @@ def test_cost_adds_up_processes_of_a_role_and_skips_those_not_there_throughout()
     assert rows["frontend"]["ms_per_query"] == pytest.approx(50.0)
 
 
+def test_above_floor_is_each_frontend_less_the_floor_server_of_the_same_run():
+    def entry(name, **roles):
+        rows = [{"role": role.replace("_", " "), "ms_per_query": ms} for role, ms in roles.items()]
+        return {"name": name, "processes": rows}
+
+    entries = [
+        entry("deeprec B=256", frontend=1.9, frontend_run_threads=6.0),
+        entry("deeprec no split", frontend=1.7),
+        entry("plain", plain_server=9.0),
+        entry("floor", floor_server=1.2),
+    ]
+    assert above_floor(entries) == {
+        "deeprec B=256": pytest.approx(0.7),
+        "deeprec no split": pytest.approx(0.5),
+    }
+    assert above_floor(entries[:3]) == {}  # no floor measured: nothing to subtract
+
+
 @pytest.mark.parametrize("placement", ["in-process", "remote"])
 def test_bench_cost_measures_deeprec_and_the_plain_peer(tiny_zoo, tmp_path, placement):
     out = tmp_path / "cost.json"
@@ -72,6 +91,14 @@ def test_bench_cost_measures_deeprec_and_the_plain_peer(tiny_zoo, tmp_path, plac
     assert {r["role"] for r in plain["processes"]} >= {"plain server", LOAD_GENERATOR}
     if placement == "in-process":  # the plain server with no model, named apart
         assert {r["role"] for r in floor[0]["processes"]} == {"floor server", LOAD_GENERATOR}
+        roles_floor = {r["role"]: r for r in floor[0]["processes"]}
+        frontend = roles["frontend"]["ms_per_query"]
+        assert data["above_floor"] == {
+            deeprec["name"]: pytest.approx(frontend - roles_floor["floor server"]["ms_per_query"])
+        }
+        assert "above the floor server" in run.stdout
+    else:
+        assert data["above_floor"] == {}
     for entry in (deeprec, plain, *floor):
         assert entry["load"]["answered"] >= 30 and entry["load"]["errors"] == 0
         # /proc counts in clock ticks (10 ms): judge roles that do real work over the run.

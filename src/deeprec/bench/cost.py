@@ -194,6 +194,25 @@ def measure_target(target, queries, rate: float, seconds: float, seed: int) -> d
     return entry
 
 
+def above_floor(entries: list[dict]) -> dict[str, float]:
+    """Per deeprec target, its frontend's CPU per query less the floor server's (the
+    plain server with no model, measured in the same run): what deeprec's own serving
+    work costs beyond what any Python gRPC server pays. Empty without a floor entry."""
+
+    def ms_of(entry: dict, role: str) -> float | None:
+        rows = [r for r in entry.get("processes", ()) if r["role"] == role]
+        return rows[0]["ms_per_query"] if rows else None
+
+    floors = [ms_of(e, "floor server") for e in entries]
+    floor = next((ms for ms in floors if ms is not None), None)
+    out = {}
+    for entry in entries:
+        frontend = ms_of(entry, "frontend")
+        if floor is not None and frontend is not None:
+            out[entry["name"]] = frontend - floor
+    return out
+
+
 def run_cost(args, stop: threading.Event, say: Callable[[str], None]) -> int:
     try:
         # --deeprec "" measures the peers alone
@@ -246,6 +265,9 @@ def run_cost(args, stop: threading.Event, say: Callable[[str], None]) -> int:
         data["targets"].append(entry)
         for line in table(entry):
             print(line)
+    data["above_floor"] = above_floor(data["targets"])
+    for name, ms in data["above_floor"].items():
+        print(f"{name}: frontend {ms:+.2f} ms/query above the floor server")
     out = args.json or f"results/bench-cost-{artifact.spec.name}-{artifact.spec.size}.json"
     print(f"wrote {save(data, out)}")
     failed = [e for e in data["targets"] if "error" in e]
