@@ -318,3 +318,12 @@ def test_serving_bench_compares_with_in_process_capacity(tiny_model, tmp_path):
     capacity = data["in_process"]["best"]["items_per_s"]
     assert data["ratio"] == pytest.approx(data["served_items_per_s"] / capacity)
     assert "of in-process" in result.stdout
+
+
+def test_a_placement_puts_the_cpu_workers_in_the_frontend_or_in_processes_of_their_own():
+    from deeprec.launcher.cluster import placed
+
+    assert placed("in-process", 3) == {"workers": 0, "local_workers": 3}
+    assert placed("remote", 3) == {"workers": 3, "local_workers": 0}
+    with pytest.raises(ValueError, match="not one of in-process, remote"):
+        placed("elsewhere", 3)

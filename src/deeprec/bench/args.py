@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from deeprec.launcher.cluster import PLACEMENTS
 from deeprec.launcher.loadrun import DEFAULT_ARTIFACTS
 from deeprec.models import zoo
 
@@ -17,6 +18,17 @@ def positive(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
     return value
+
+
+def add_placement_argument(p, note: str = "") -> None:
+    """--placement: where deeprec's CPU workers run (launcher.cluster.placed)."""
+    p.add_argument(
+        "--placement",
+        choices=PLACEMENTS,
+        default="in-process",
+        help="deeprec's CPU workers inside its frontend process (default, as deployed) or "
+        "each its own process behind gRPC" + note,
+    )
 
 
 def add_model_arguments(p, size: str = "small") -> None:

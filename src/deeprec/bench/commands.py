@@ -8,7 +8,7 @@ from deeprec.launcher.commands import DEMO_BATCH_SIZE, stop_on_signals
 from deeprec.workload.distributions import ID_CHOICES, SIZE_CHOICES
 
 from . import dedup, gpu, scale, sizing, stages
-from .args import add_model_arguments
+from .args import add_model_arguments, add_placement_argument
 from .args import positive as _positive
 from .targets import CONFIG_CHOICES
 
@@ -104,13 +104,7 @@ def _servers(p) -> None:
     g = p.add_argument_group("servers")
     g.add_argument("--workers", type=int, default=2, help="deeprec CPU workers (and peer threads)")
     g.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per worker")
-    g.add_argument(
-        "--placement",
-        choices=("in-process", "remote"),
-        default="in-process",
-        help="deeprec's CPU workers inside its frontend process (default, as deployed) or "
-        "each its own process behind gRPC",
-    )
+    add_placement_argument(g)
     g.add_argument("--host", default="127.0.0.1")
     g.add_argument("--log-dir", help="servers' logs (default: temporary directories)")
     g.add_argument("--startup-timeout", type=float, default=120.0)

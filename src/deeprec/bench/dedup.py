@@ -13,15 +13,14 @@ the bytes a Lookup would save and the CPU the sort would cost per query.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
 from deeprec.common.features import ModelSignature, validate
+from deeprec.common.jsonfile import write_json
 from deeprec.frontend.split import split
 from deeprec.launcher.loadrun import Workload, prepare, resolve_model
 from deeprec.models.artifact import load_artifact
@@ -122,10 +121,8 @@ def run_dedup(args) -> int:
         f"  the sort that would de-duplicate them: {result['sort_ms_per_query']:.2f} ms "
         "of worker CPU per query"
     )
-    out = Path(args.json or f"results/bench-dedup-{artifact.spec.name}-{artifact.spec.size}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    say(f"wrote {out}")
+    out = args.json or f"results/bench-dedup-{artifact.spec.name}-{artifact.spec.size}.json"
+    say(f"wrote {write_json(out, result)}")
     return 0
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
 import subprocess
 import sys
@@ -25,7 +24,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from deeprec.launcher.cluster import LocalCluster
+from deeprec.common.jsonfile import write_json
+from deeprec.launcher.cluster import LocalCluster, placed
 from deeprec.launcher.commands import stop_on_signals
 from deeprec.launcher.loadrun import Workload, drive, prepare, resolve_model
 from deeprec.models.artifact import load_artifact
@@ -33,7 +33,7 @@ from deeprec.models.runtime import CUDA
 from deeprec.workload.client import RecommenderClient
 from deeprec.workload.distributions import parse_sizes
 
-from .args import add_model_arguments
+from .args import add_model_arguments, add_placement_argument
 from .tuning import PolicySampler, set_policy, wait_for_version
 
 # Runs in a child: ONNX Runtime writes why CUDA failed to the process's stderr.
@@ -157,11 +157,9 @@ def run_gpu_check(args, stop: threading.Event, say: Callable[[str], None]) -> in
 
 
 def _cluster(args, model_dir, gpu_workers: int, threshold: int, stop, say, **extra):
-    in_process = args.placement == "in-process"
     return LocalCluster(
         model_dir,
-        workers=0 if in_process else args.workers,
-        local_workers=args.workers if in_process else 0,
+        **placed(args.placement, args.workers),
         gpu_workers=gpu_workers,
         gpu_threads=args.gpu_threads,
         offload_threshold=threshold,
@@ -227,10 +225,7 @@ def tuned_run(args, model_dir, model: str, queries, stop, say) -> dict:
 
 
 def _save(report: dict, path: str, say: Callable[[str], None]) -> None:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    say(f"wrote {out}")
+    say(f"wrote {write_json(path, report)}")
 
 
 def add_parser(bench) -> None:
@@ -242,13 +237,7 @@ def add_parser(bench) -> None:
     )
     add_model_arguments(p)
     p.add_argument("--workers", type=int, default=2, help="CPU workers (default 2)")
-    p.add_argument(
-        "--placement",
-        choices=("in-process", "remote"),
-        default="in-process",
-        help="the CPU workers inside the frontend process (default, as deployed) or each "
-        "its own process",
-    )
+    add_placement_argument(p)
     p.add_argument(
         "--gpu-threads",
         type=int,

@@ -48,19 +48,8 @@ def ratios(entries: list[dict]) -> dict[str, float | None]:
 
 
 def in_process_capacity(artifact, seconds: float, say) -> dict:
-    """The physical limit on these cores: ONNX Runtime's best items/s in this process,
-    back-to-back runs on one session with every core's thread, over batch sizes and both
-    ways a worker may run the model (the whole graph, the fused embedding stage)."""
-    say(f"in-process ONNX Runtime capacity ({cores()} threads, {seconds:g} s per point)")
-    say(bench.HEADER)
-    result = bench.run(
-        artifact,
-        bench.DEFAULT_BATCH_SIZES,
-        (cores(),),
-        seconds,
-        log=say,
-        embeddings=bench.EMBEDDINGS,
-    )
+    """ONNX Runtime's in-process capacity on these cores (models/bench.capacity)."""
+    result = bench.capacity(artifact, seconds, cores(), log=say)
     return {"seconds_per_point": seconds, "best": result["best"], "results": result["results"]}
 
 

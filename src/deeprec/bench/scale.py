@@ -10,10 +10,10 @@ size of the same model, which keeps the paper's layer widths and lookups.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from deeprec.common.jsonfile import write_json
 from deeprec.models import zoo
 from deeprec.sharding.plan import parse_bytes
 from deeprec.sizing.costs import load_costs
@@ -122,7 +122,6 @@ def bench_scale(args) -> int:
                 except SizingError as err:
                     rows.append(row(text, dtype, qps, None, str(err), pods))
     out = Path(args.json or f"results/bench-scale-{spec.name}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "kind": "scale",
         "model": spec.name,
@@ -133,7 +132,7 @@ def bench_scale(args) -> int:
         "rows": rows,
         "command": " ".join(["deeprec", *sys.argv[1:]]),
     }
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out, result)
     print(markdown(rows))
     print(f"wrote {out}", file=sys.stderr)
     return 0

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import sys
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from deeprec.common.features import ModelSignature
+from deeprec.common.jsonfile import write_json
 from deeprec.common.server import channel as aio_channel
 from deeprec.common.server import sync_channel
 from deeprec.common.tensors import decode
@@ -368,7 +368,7 @@ def bench_sharding(args) -> int:
         "runs": runs,
         "command": " ".join(["deeprec", *sys.argv[1:]]),
     }
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out, result)
     print(table(result))
     png = None if args.no_plot else plot(result, out.with_suffix(".png"))
     print(f"wrote {out}" + (f" and {png}" if png else ""))

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from deeprec.common.jsonfile import write_json
 from deeprec.models import zoo
 from deeprec.sharding.planner import make_plan
 from deeprec.sizing.costs import load_costs
@@ -214,7 +215,7 @@ def bench_sizing(args) -> int:
         },
         "command": " ".join(["deeprec", *sys.argv[1:]]),
     }
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out, result)
     print(table(points))
     for c in found:
         ratio = c["predicted_over_measured"]

@@ -11,7 +11,6 @@ stages is gRPC and the event loop.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import defaultdict
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from deeprec.common.features import ModelSignature, validate
+from deeprec.common.jsonfile import write_json
 from deeprec.common.wire import predict_request
 from deeprec.frontend.split import split
 from deeprec.launcher.loadrun import Workload, prepare, resolve_model
@@ -135,7 +135,6 @@ def run_stages(args) -> int:
         total = sum(ms for stage, ms in per_query.items() if stage.startswith(side))
         print(f"  {total:7.3f}  {side}: all stages (the rest of its `bench cost` CPU is gRPC)")
     out = Path(args.json or f"results/bench-stages-{artifact.spec.name}-{artifact.spec.size}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "kind": "stages",
         "model": artifact.spec.name,
@@ -145,7 +144,7 @@ def run_stages(args) -> int:
         "mean_items": items / count,
         "ms_per_query": per_query,
     }
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out, result)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from deeprec.common.features import ModelSignature
-from deeprec.launcher.cluster import LocalCluster
+from deeprec.launcher.cluster import LocalCluster, placed
 from deeprec.launcher.processes import Supervisor
 from deeprec.workload.client import RecommenderClient
 from deeprec.workload.queries import Query
@@ -144,11 +144,9 @@ class DeeprecTarget:
                 "sla_ms": self.sla.ms,
                 "scheduler_args": ("--percentile", f"{self.sla.percentile:g}"),
             }
-        in_process = c.placement == "in-process"
         self.cluster = LocalCluster(
             c.model_dir,
-            workers=0 if in_process else c.workers,
-            local_workers=c.workers if in_process else 0,
+            **placed(c.placement, c.workers),
             threads=c.threads,
             batch_size=self.config.batch_size,
             run_threads=self.config.run_threads or None,

@@ -19,7 +19,6 @@ default), the same prepared queries (MLPerf sizes, power-law ids) throughout:
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
 import threading
@@ -29,9 +28,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from deeprec.common.jsonfile import write_json
 from deeprec.common.server import sync_channel
 from deeprec.launcher import cpu
-from deeprec.launcher.cluster import LocalCluster
+from deeprec.launcher.cluster import LocalCluster, placed
 from deeprec.launcher.loadrun import DEFAULT_ARTIFACTS, Workload, prepare, resolve_model, warm_up
 from deeprec.models import zoo
 from deeprec.models.artifact import load_artifact
@@ -41,6 +41,7 @@ from deeprec.workload.distributions import ID_CHOICES, SIZE_CHOICES, parse_sizes
 from deeprec.workload.openloop import LoadResult, latency_summary, run_open_loop
 from deeprec.workload.queries import QueryCycle
 
+from .args import add_placement_argument
 from .burner import CpuBurner
 
 INSTALL_HINT = "pip install -e '.[bench]'  (or: pip install 'matplotlib>=3.8,<4')"
@@ -335,11 +336,9 @@ def summarise(tuning: dict, sweep: list, step: float, seconds: float, due, laten
 
 
 def _cluster(args, model_dir, stop, name, scheduler_args, batch_size=None) -> LocalCluster:
-    in_process = args.placement == "in-process"
     return LocalCluster(
         model_dir,
-        workers=0 if in_process else args.workers,
-        local_workers=args.workers if in_process else 0,
+        **placed(args.placement, args.workers),
         threads=args.threads,
         batch_size=batch_size,
         scheduler=True,
@@ -721,9 +720,7 @@ def bench_tuning(args) -> int:
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     data = _clean(data)
-    out = Path(args.json or f"results/bench-tuning-{model}-{spec.size}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=2) + "\n")
+    out = write_json(args.json or f"results/bench-tuning-{model}-{spec.size}.json", data)
     print(table(data))
     png = None if args.no_plot else plot(data, out.with_suffix(".png"))
     print(f"wrote {out}" + (f" and {png}" if png else ""))
@@ -744,13 +741,7 @@ def add_bench_parser(bench) -> None:
     p.add_argument("--artifacts", default=DEFAULT_ARTIFACTS, help="where zoo models are built")
     p.add_argument("--workers", type=int, default=2, help="CPU inference workers")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per worker")
-    p.add_argument(
-        "--placement",
-        choices=("in-process", "remote"),
-        default="in-process",
-        help="the CPU workers inside the frontend process (default, as deployed) or each "
-        "its own process behind gRPC (the figures before 2026-12-02 late)",
-    )
+    add_placement_argument(p, " (as the figures before 2026-12-02 late)")
     p.add_argument("--rate", type=float, default=RATE, help="queries/s before the step")
     p.add_argument("--factor", type=float, default=2.0, help="rate multiplier at the step")
     p.add_argument(

@@ -41,6 +41,18 @@ def cuda_available() -> bool:
     return CUDA in onnxruntime.get_available_providers()
 
 
+PLACEMENTS = ("in-process", "remote")  # where a cluster's CPU workers run
+
+
+def placed(placement: str, workers: int) -> dict:
+    """LocalCluster's worker counts for ``workers`` CPU workers: inside the frontend
+    process ("in-process", as the chart deploys them) or each its own process."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement {placement!r} is not one of {', '.join(PLACEMENTS)}")
+    in_process = placement == "in-process"
+    return {"workers": 0 if in_process else workers, "local_workers": workers if in_process else 0}
+
+
 @dataclass
 class LocalCluster:
     model_dir: str | os.PathLike

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -20,6 +19,7 @@ from deeprec.bench.args import positive as _positive
 from deeprec.common import settings
 from deeprec.common.catalog import signature_of
 from deeprec.common.features import ModelSignature
+from deeprec.common.jsonfile import write_json
 from deeprec.common.policy import describe as describe_policy
 from deeprec.common.server import sync_channel
 from deeprec.common.tensors import decode
@@ -251,10 +251,7 @@ def _workload(args) -> Workload:
 
 
 def _save(data: dict, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
-    return path
+    return write_json(path, data)
 
 
 def _progress(p) -> None:
@@ -377,13 +374,6 @@ def demo(args) -> int:
 # -- deeprec bench serving ------------------------------------------------------------------
 
 
-def _in_process(artifact, seconds: float) -> dict:
-    n = cores()
-    say(f"in-process ONNX Runtime capacity ({n} threads, {seconds:g} s per batch size)")
-    say(bench.HEADER)
-    return bench.run(artifact, bench.DEFAULT_BATCH_SIZES, (n,), seconds, log=say)
-
-
 # Cores used by processes outside a measurement above which its figures are flagged.
 SHARED_CORES = 0.15
 
@@ -415,7 +405,7 @@ def serving_bench(args) -> int:
     with stop_on_signals() as stop:
         # Before any server starts: the reference must have the machine to itself.
         before, start = cpu.sample([os.getpid()]), time.monotonic()
-        in_process = _in_process(artifact, args.bench_seconds)
+        in_process = bench.capacity(artifact, args.bench_seconds, cores(), log=say)
         in_process["cpu"] = cpu.cores_used(
             before, cpu.sample([os.getpid()]), time.monotonic() - start
         )

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
+
+from deeprec.common.jsonfile import write_json
 
 from .artifact import Artifact
 from .fused import FusedSession
@@ -80,6 +81,16 @@ def run(
     }
 
 
+def capacity(artifact: Artifact, seconds: float, threads: int, log=print) -> dict:
+    """The physical limit on ``threads`` cores that every served capacity is set against:
+    ONNX Runtime's best items/s in this process, back-to-back runs on one session with
+    ``threads`` intra-op threads, over every batch size and both ways a worker may run
+    the model (the whole graph, the fused embedding stage)."""
+    log(f"in-process ONNX Runtime capacity ({threads} threads, {seconds:g} s per point)")
+    log(HEADER)
+    return run(artifact, DEFAULT_BATCH_SIZES, (threads,), seconds, log=log, embeddings=EMBEDDINGS)
+
+
 HEADER = (
     f"{'embeddings':>10} {'threads':>7} {'batch':>6} {'runs':>6} {'p50 ms':>9} {'p99 ms':>9} "
     f"{'items/s':>12}"
@@ -87,7 +98,4 @@ HEADER = (
 
 
 def save(result: dict, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    return path
+    return write_json(path, result)

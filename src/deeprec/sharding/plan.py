@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deeprec.common.jsonfile import write_json
+
 FORMAT = "deeprec.plan/v1"
 ROW_DTYPES = {"float32": 4, "float16": 2}
 # MLPerf DLRM server query mix: its mean size, for "lookups per query" in summaries.
@@ -216,10 +218,7 @@ class Plan:
         return plan
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
-        return path
+        return write_json(path, self.to_json())
 
 
 def load_plan(path: str | os.PathLike) -> Plan:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from deeprec.common.jsonfile import write_json
+
 from .plan import PlanError
 
 FORMAT = "deeprec.profile/v1"
@@ -50,10 +52,7 @@ class Profile:
         }
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json()) + "\n")
-        return path
+        return write_json(path, self.to_json(), indent=None)
 
 
 def load_profile(path: str | os.PathLike) -> Profile:

@@ -12,6 +12,8 @@ import os
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
+from deeprec.common.jsonfile import write_json
+
 FORMAT = "deeprec.costs/v1"
 
 
@@ -77,10 +79,7 @@ class Costs:
             raise CostsError(f"{where}: {err}") from None
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
-        return path
+        return write_json(path, self.to_json())
 
 
 def load_costs(path: str | os.PathLike) -> Costs:

@@ -4,7 +4,6 @@ processes, report; and `deeprec bench fuzz` itself."""
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import shutil
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from deeprec.common.jsonfile import write_json
 from deeprec.launcher.processes import exit_reason
 from deeprec.v1 import scheduler_pb2, shard_pb2, tensor_pb2
 
@@ -880,8 +880,5 @@ def run_fuzz(args, stop: threading.Event, say: Callable[[str], None]) -> int:
     report["stop_exit_codes"] = codes
     for line in table(report):
         print(line)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    print(f"wrote {write_json(args.out, report)}")
     return 0 if report["passed"] else 1
