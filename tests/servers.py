@@ -56,10 +56,13 @@ class InProcessCluster:
         embeddings="auto",
         local_workers=0,
         worker_threads=1,
+        split_min_items=LocalConfig.split_min_items,
     ):
         self.model_dir = model_dir
         self.worker_threads = worker_threads
-        self.local = LocalConfig(local_workers, str(model_dir), 1, embeddings)
+        self.local = LocalConfig(
+            local_workers, str(model_dir), 1, embeddings, split_min_items=split_min_items
+        )
         self.n_workers, self.n_gpu = workers, gpu_workers
         self.batch_size, self.offload_threshold = batch_size, offload_threshold
         self.extra_workers = worker_addresses or []

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from deeprec.common.features import ModelSignature, encode_features, validate
-from deeprec.execution.batcher import Batcher, bounds, merge
+from deeprec.execution.batcher import Batcher, bounds, cut, merge
 from deeprec.execution.run_settings import RunSettings
 from deeprec.execution.runner import Runner
 from deeprec.execution.sessions import SessionsByThreads, open_runs
@@ -283,3 +283,106 @@ def test_run_threads_carry_their_name_in_the_kernel(tiny_zoo):
     with open(f"/proc/self/task/{thread.native_id}/comm") as f:
         assert f.read().strip() == RUN_THREAD
     runner.close()
+
+
+def test_a_cut_is_two_views_that_merge_back_into_the_sub_batch(tiny_zoo):
+    artifact = tiny_zoo["dien"]  # variable-length bags and a sequence: ids cut mid-array
+    batch, _ = _batch(artifact.spec, 9, 3)
+    front, rest = cut(batch, 4)
+    assert (front.n, rest.n) == (4, 5)
+    for name in batch.ids:
+        assert np.shares_memory(front.ids[name], batch.ids[name])  # nothing copied
+        assert len(front.ids[name]) == batch.lengths[name][:4].sum()
+    again = merge([front, rest])
+    for key, value in batch.feeds().items():
+        np.testing.assert_array_equal(again.feeds()[key], value)
+
+
+def _recording(session, hold=lambda n: False):
+    """The real session's run, recording each run's item count; runs ``hold`` picks wait
+    for the returned gate."""
+    gate, runs, lock = threading.Event(), [], threading.Lock()
+
+    def run(feeds, threads):
+        n = len(next(v for k, v in feeds.items() if k.endswith("_lengths")))
+        with lock:
+            runs.append(n)
+        if hold(n):
+            gate.wait(30)
+        return session.run(feeds)
+
+    return run, runs, gate
+
+
+def test_an_idle_thread_takes_half_of_a_big_sub_batch_and_the_scores_come_back_whole(tiny_zoo):
+    artifact = tiny_zoo["mtwnd"]  # three heads: scores are [n, 3]
+    servicer = build_servicer(artifact.path, "cpu", 1)
+    run, runs, gate = _recording(servicer.session, hold=lambda n: True)
+
+    async def scenario():
+        batcher = Batcher(run, ThreadPoolExecutor(2), max_items=100, cores=2, split_min_items=2)
+        batch, inputs = _batch(artifact.spec, 9, 1)
+        outcome = asyncio.ensure_future(batcher.submit(batch, None))
+        while len(runs) < 2:  # both halves run at once, on the two threads
+            await asyncio.sleep(0.001)
+        gate.set()
+        return inputs, await outcome, batcher
+
+    inputs, outcome, batcher = asyncio.run(scenario())
+    assert sorted(runs) == [4, 5]
+    np.testing.assert_allclose(
+        outcome.scores, reference.forward(artifact, inputs), rtol=1e-5, atol=1e-6
+    )
+    assert batcher.running_items == 0 and batcher.waiting_items == 0
+
+
+def test_a_sub_batch_is_cut_only_to_even_out_the_work_of_the_threads(tiny_zoo):
+    """Behind a 3-item run on one thread, an 8-item sub-batch is cut to even the threads'
+    work out (6 of the 11 items), and what is left runs after; a sub-batch whose pieces
+    would be smaller than the bound is never cut."""
+    artifact = tiny_zoo["rmc1"]
+    servicer = build_servicer(artifact.path, "cpu", 1)
+    run, runs, gate = _recording(servicer.session, hold=lambda n: n == 3)
+
+    async def scenario():
+        batcher = Batcher(run, ThreadPoolExecutor(2), max_items=100, cores=2, split_min_items=2)
+        parts = [_batch(artifact.spec, n, seed) for seed, n in enumerate((3, 8))]
+        held = asyncio.ensure_future(batcher.submit(parts[0][0], None))
+        while not runs:
+            await asyncio.sleep(0.001)
+        cut_up = await batcher.submit(parts[1][0], None)  # runs while the 3 items wait
+        gate.set()
+        return parts, [await held, cut_up]
+
+    parts, outcomes = asyncio.run(scenario())
+    assert runs == [3, 6, 2]
+    for (_, inputs), outcome in zip(parts, outcomes, strict=True):
+        np.testing.assert_allclose(
+            outcome.scores, reference.forward(artifact, inputs), rtol=1e-5, atol=1e-6
+        )
+
+
+def test_a_cut_sub_batch_past_its_deadline_or_whose_run_fails_is_answered_once(tiny_zoo):
+    artifact = tiny_zoo["rmc1"]
+    servicer = build_servicer(artifact.path, "cpu", 1)
+    run, runs, _ = _recording(servicer.session)
+
+    def broken_run(feeds, threads):
+        raise RuntimeError("the session failed")
+
+    async def scenario():
+        batch, _ = _batch(artifact.spec, 10, 0)
+        batcher = Batcher(run, ThreadPoolExecutor(2), max_items=100, cores=2, split_min_items=2)
+        expired = await batcher.submit(batch, deadline=0.0)  # long past: no piece runs
+        while batcher.active:  # the other thread drops the rest without running it
+            await asyncio.sleep(0.001)
+        broken = Batcher(
+            broken_run, ThreadPoolExecutor(2), max_items=100, cores=2, split_min_items=2
+        )
+        with pytest.raises(RuntimeError, match="the session failed"):
+            await broken.submit(batch, None)
+        return expired, batcher
+
+    expired, batcher = asyncio.run(scenario())
+    assert expired.scores is None and runs == []
+    assert batcher.waiting_items == 0 and not len(batcher)

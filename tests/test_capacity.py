@@ -120,7 +120,11 @@ def test_configurations_parse():
         DeeprecConfig(None, tuned=True),
     ]
     assert [c.name for c in parse_configs("inf,8,tuned")] == ["no split", "B=8", "tuned"]
-    for bad in ("", "fast", "-3"):
+    cut, never = parse_configs("nosplit/c256,256/t2/c0")
+    assert cut == DeeprecConfig(0, split_min_items=256) and cut.name == "no split cut>=256"
+    assert never == DeeprecConfig(256, run_threads=2, split_min_items=0)
+    assert never.name == "B=256 threads=2 no cut"
+    for bad in ("", "fast", "-3", "nosplit/c", "tuned/c0"):
         with pytest.raises(ValueError):
             parse_configs(bad)
 

@@ -62,6 +62,32 @@ def test_in_process_workers_answer_the_reference_scores_for_any_split(tiny_zoo, 
         assert pool.runner.answered == N_ITEMS + 3 + 1
 
 
+@pytest.mark.parametrize("name", ["rmc1", "dien", "mtwnd"])
+def test_an_unsplit_query_cut_across_idle_run_threads_answers_the_reference_scores(tiny_zoo, name):
+    """Not split by the frontend (B = infinity), a query arriving at an idle pool is cut
+    by the run thread that takes it, so both threads run part of it."""
+    artifact = tiny_zoo[name]
+    with InProcessCluster(artifact.path, workers=0, local_workers=2, split_min_items=3) as cluster:
+        (pool,) = _local(cluster)
+        real, runs = pool.runner.batcher.run, []
+
+        def counted(feeds, threads):  # the real run, counted
+            runs.append(len(next(v for k, v in feeds.items() if k.endswith("_lengths"))))
+            return real(feeds, threads)
+
+        pool.runner.batcher.run = counted
+        for seed in range(3):
+            inputs = random_inputs(artifact.spec, N_ITEMS, np.random.default_rng(seed))
+            reply = cluster.stub.Recommend(request_for(artifact.spec, inputs), timeout=30)
+            assert reply.info.sub_batches == 1
+            np.testing.assert_allclose(
+                scores_of(reply), reference.forward(artifact, inputs), rtol=1e-5, atol=1e-6
+            )
+        # The first thread always cuts (the other idles); what is left may be cut again
+        # when that thread is already done: every item ran once, none in a whole run.
+        assert sum(runs) == 3 * N_ITEMS and max(runs) == N_ITEMS // 2
+
+
 def test_local_and_remote_workers_share_the_sub_batches_of_queries(tiny_zoo):
     artifact = tiny_zoo["rmc1"]
     with InProcessCluster(artifact.path, workers=1, local_workers=1, batch_size=1) as cluster:

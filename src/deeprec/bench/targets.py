@@ -32,6 +32,7 @@ class DeeprecConfig:
     tuned: bool = False
     run_threads: int = 0
     merge_delay_us: int = 0
+    split_min_items: int | None = None  # None: the frontend's default
 
     @property
     def name(self) -> str:
@@ -42,18 +43,22 @@ class DeeprecConfig:
             name += f" threads={self.run_threads}"
         if self.merge_delay_us:
             name += f" delay={self.merge_delay_us}us"
+        if self.split_min_items is not None:
+            name += f" cut>={self.split_min_items}" if self.split_min_items else " no cut"
         return name
 
 
 CONFIG_CHOICES = (
     "nosplit (B = infinity), a batch size B, or tuned (the scheduler); nosplit or B may "
-    "end in /tN (N intra-op threads per run) and /dUS (a merge delay of US microseconds)"
+    "end in /tN (N intra-op threads per run), /dUS (a merge delay of US microseconds) and "
+    "/cN (in-process runs cut sub-batches for idle threads into pieces of at least N "
+    "items; /c0: never)"
 )
 
 
 def _knobs(part: str, text: str) -> dict:
-    """``t2`` -> run_threads 2, ``d500`` -> merge_delay_us 500."""
-    names = {"t": "run_threads", "d": "merge_delay_us"}
+    """``t2`` -> run_threads 2, ``d500`` -> merge_delay_us 500, ``c0`` -> split_min_items 0."""
+    names = {"t": "run_threads", "d": "merge_delay_us", "c": "split_min_items"}
     if not text or text[0] not in names or not text[1:].isdigit():
         raise ValueError(f"configuration {part!r}: expected {CONFIG_CHOICES}")
     return {names[text[0]]: int(text[1:])}
@@ -130,6 +135,7 @@ class DeeprecTarget:
             "tuned": self.config.tuned,
             "run_threads": self.config.run_threads,
             "merge_delay_us": self.config.merge_delay_us,
+            "split_min_items": self.config.split_min_items,
             "workers": self.common.workers,
             "placement": self.common.placement,
             "threads_per_worker": self.common.threads,
@@ -151,6 +157,7 @@ class DeeprecTarget:
             batch_size=self.config.batch_size,
             run_threads=self.config.run_threads or None,
             merge_delay_us=self.config.merge_delay_us or None,
+            split_min_items=self.config.split_min_items,
             host=c.host,
             log_dir=c.logs(self.name),
             startup_timeout=c.startup_timeout,

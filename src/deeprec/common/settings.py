@@ -310,6 +310,16 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=1,
     ),
     Setting(
+        "DEEPREC_SPLIT_MIN_ITEMS",
+        "--split-min-items",
+        int,
+        128,
+        "in-process runs: a run thread that would leave another idle takes only its share "
+        "of a big sub-batch, cut in pieces of at least this many items (0: never cut)",
+        ("frontend",),
+        minimum=0,
+    ),
+    Setting(
         "DEEPREC_EMBEDDINGS",
         "--embeddings",
         str,

@@ -11,6 +11,13 @@ sub-batch may carry its own bound: the frontend's in-process workers merge up to
 policy's B, the run size the scheduler found best for the model, and at most
 ``DEEPREC_COALESCE_MAX_ITEMS`` (docs/benchmarks.md). At low load nothing waits and
 nothing is merged: no added delay, unless the policy sets a merge delay for the model.
+
+The other way round, with several run threads, a sub-batch too big for its share of the
+work is cut: when a run thread would take a 700-item sub-batch while the other idles,
+it takes half and leaves the rest for the other (``split_min_items``: no piece smaller).
+The cut is made when a run starts, not when the query arrives, so it happens only while
+threads would otherwise idle: at light load one query runs on every core, under load
+each query runs whole on one (the frontend's own split, B, is fixed per policy instead).
 """
 
 from __future__ import annotations
@@ -41,6 +48,17 @@ def merge(batches: list[Batch]) -> Batch:
     return Batch(sum(b.n for b in batches), dense, ids, lengths)
 
 
+def cut(batch: Batch, k: int) -> tuple[Batch, Batch]:
+    """Its first ``k`` items and the rest, as views (nothing is copied)."""
+    ids, rest_ids, lengths, rest_lengths = {}, {}, {}, {}
+    for name, feature_lengths in batch.lengths.items():
+        split_at = int(feature_lengths[:k].sum())  # where item k's ids start
+        ids[name], rest_ids[name] = batch.ids[name][:split_at], batch.ids[name][split_at:]
+        lengths[name], rest_lengths[name] = feature_lengths[:k], feature_lengths[k:]
+    dense, rest_dense = (None, None) if batch.dense is None else (batch.dense[:k], batch.dense[k:])
+    return Batch(k, dense, ids, lengths), Batch(batch.n - k, rest_dense, rest_ids, rest_lengths)
+
+
 def bounds(counts: list[int]) -> list[tuple[int, int]]:
     """[start, end) of each merged batch's rows in the merged scores."""
     out, start = [], 0
@@ -62,13 +80,52 @@ class Outcome:
 
 @dataclass
 class _Waiting:
-    batch: Batch
+    batch: Batch  # its items no run has taken yet (all of them until a run cuts it)
     deadline: float | None  # perf_counter time
     queued: float
     future: asyncio.Future
     max_items: int  # the most items a run that starts with this sub-batch may hold
     threads: int  # intra-op threads of a run that starts with it
     delay_s: float  # how long such a run, short of max_items, waits for more
+    n: int = 0  # its items in all
+    taken: int = 0  # items runs took from its front (under the batcher's lock)
+    # Run in pieces (on the event loop): the scores so far and what they cost.
+    scores: np.ndarray | None = None
+    received: int = 0
+    queue_ms: float = float("inf")
+    service_ms: float = 0.0
+    batched: int = 0
+
+    def __post_init__(self):
+        self.n = self.batch.n
+
+    def receive(self, start: int, scores, queue_ms: float, service_ms: float, batched: int):
+        """A run's scores for items [start, start + len(scores)); the answer once all came."""
+        if self.future.done():
+            return
+        if len(scores) == self.n:  # run whole: no copy
+            self.future.set_result(Outcome(scores, queue_ms, service_ms, batched))
+            return
+        if self.scores is None:
+            self.scores = np.empty((self.n, *scores.shape[1:]), scores.dtype)
+        self.scores[start : start + len(scores)] = scores
+        self.received += len(scores)
+        self.queue_ms = min(self.queue_ms, queue_ms)  # until its first piece started
+        self.service_ms += service_ms  # the pieces' run time in all (CPU, not latency)
+        self.batched = max(self.batched, batched)
+        if self.received == self.n:
+            self.future.set_result(
+                Outcome(self.scores, self.queue_ms, self.service_ms, self.batched)
+            )
+
+
+@dataclass
+class _Piece:
+    """What one run takes of a waiting sub-batch: all of it, or a cut from its front."""
+
+    waiting: _Waiting
+    batch: Batch
+    start: int  # where it begins in the waiting sub-batch
 
 
 class Batcher:
@@ -76,6 +133,8 @@ class Batcher:
     those that wait.
 
     ``max_items``: the most items one merged run may hold (1 = never merge).
+    ``split_min_items``: the smallest piece a sub-batch is cut into when a run thread
+    would otherwise idle (0 = never cut).
     ``cores``: the threads the runs may keep busy at once; a run of ``threads`` intra-op
     threads leaves room for ``cores // threads`` runs at once (the executor needs
     ``cores`` threads). One queue feeds them all: a sub-batch starts on whichever run
@@ -100,13 +159,16 @@ class Batcher:
         max_items: int,
         cores: int = 1,
         threads: int = 1,
+        split_min_items: int = 0,
     ):
         self.run, self.executor, self.max_items = run, executor, max(1, max_items)
+        self.split_min_items = max(0, split_min_items)
         self.cores, self.threads = max(1, cores), max(1, threads)
         self.recent_threads = self.threads  # of the last sub-batch submitted
         self.waiting: deque[_Waiting] = deque()
         self.waiting_items = 0  # items of the sub-batches in ``waiting``
         self.active = 0  # run threads taking work
+        self.running_items = 0  # items in the runs under way
         self._lock = threading.Lock()  # the queue and counters: the loop and run threads
         self._arrived = threading.Condition(self._lock)  # a delayed run waits on it
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -155,14 +217,20 @@ class Batcher:
                 raise
         return await waiting.future
 
-    def _take(self) -> list[_Waiting]:
+    def _take(self) -> list[_Piece]:
         """The first waiting sub-batch and those behind it that fit in one run: at most
         its ``max_items``, and with several run threads about their share of the
-        backlog, so one greedy run does not leave the others idle. A run short of its
-        bound waits for more, up to the first sub-batch's delay (the lock is let go
+        backlog, so one greedy run does not leave the others idle. A first sub-batch
+        bigger than its share of all the work (waiting and running) is cut to that share
+        instead, when neither piece would be under ``split_min_items``. A run short of
+        its bound waits for more, up to the first sub-batch's delay (the lock is let go
         while it waits)."""
         head = self.waiting[0]
-        limit = min(head.max_items, -(-self.waiting_items // self._room(head.threads)))
+        room = self._room(head.threads)
+        share = min(head.max_items, -(-(self.waiting_items + self.running_items) // room))
+        if self.split_min_items and min(share, head.batch.n - share) >= self.split_min_items:
+            return [self._cut_head(share)]
+        limit = min(head.max_items, -(-self.waiting_items // room))
         group = [self._pop()]
         items = head.batch.n
         while self.waiting and items + self.waiting[0].batch.n <= limit:
@@ -178,10 +246,20 @@ class Batcher:
                 group.append(self._pop())
         return group
 
-    def _pop(self) -> _Waiting:
+    def _cut_head(self, k: int) -> _Piece:
+        head = self.waiting[0]
+        front, head.batch = cut(head.batch, k)
+        piece = _Piece(head, front, head.taken)
+        head.taken += k
+        self.waiting_items -= k
+        return piece
+
+    def _pop(self) -> _Piece:
         waiting = self.waiting.popleft()
         self.waiting_items -= waiting.batch.n
-        return waiting
+        piece = _Piece(waiting, waiting.batch, waiting.taken)
+        waiting.taken = waiting.n
+        return piece
 
     def _take_and_run(self) -> None:
         """A run thread: run groups while sub-batches wait, then leave."""
@@ -190,46 +268,66 @@ class Batcher:
                 if not self.waiting or self.active > self._room(self.waiting[0].threads):
                     self.active -= 1
                     return
-                group = [w for w in self._take() if not w.future.done()]  # done: cancelled
-            now = time.perf_counter()
-            expired = [w for w in group if w.deadline is not None and now > w.deadline]
-            live = [w for w in group if w not in expired]
-            if expired:  # nobody waits for these answers any more: skip the work
-                self._loop.call_soon_threadsafe(self._expire, expired, now)
-            if not live:
-                continue
-            started = time.perf_counter()
+                group = [p for p in self._take() if not p.waiting.future.done()]  # cancelled
+                items = sum(p.batch.n for p in group)
+                self.running_items += items
+                # Work left behind (a cut's rest) and an idle thread's room: wake one.
+                another = bool(self.waiting) and self.active < self._room(self.waiting[0].threads)
+                if another:
+                    self.active += 1
+            if another:
+                self._start_another()
             try:
-                scores = self.run(merge([w.batch for w in live]).feeds(), live[0].threads)[0]
-            except Exception as err:  # the run failed: every sub-batch in it fails
-                self._loop.call_soon_threadsafe(self._fail, live, err)
-                continue
-            finished = time.perf_counter()
-            self._loop.call_soon_threadsafe(self._deliver, live, scores, started, finished)
+                self._run_group(group)
+            finally:
+                with self._lock:
+                    self.running_items -= items
+
+    def _start_another(self) -> None:
+        try:
+            self.executor.submit(self._take_and_run)
+        except RuntimeError:  # shutting down: this thread finishes the queue alone
+            with self._lock:
+                self.active -= 1
+
+    def _run_group(self, group: list[_Piece]) -> None:
+        now = time.perf_counter()
+        expired = [p for p in group if p.waiting.deadline is not None and now > p.waiting.deadline]
+        live = [p for p in group if p not in expired]
+        if expired:  # nobody waits for these answers any more: skip the work
+            self._loop.call_soon_threadsafe(self._expire, expired, now)
+        if not live:
+            return
+        started = time.perf_counter()
+        try:
+            scores = self.run(merge([p.batch for p in live]).feeds(), live[0].waiting.threads)[0]
+        except Exception as err:  # the run failed: every sub-batch in it fails
+            self._loop.call_soon_threadsafe(self._fail, live, err)
+            return
+        finished = time.perf_counter()
+        self._loop.call_soon_threadsafe(self._deliver, live, scores, started, finished)
 
     @staticmethod
-    def _expire(expired: list[_Waiting], now: float) -> None:
-        for w in expired:
-            if not w.future.done():
-                w.future.set_result(Outcome(None, (now - w.queued) * 1e3, 0.0, 0))
+    def _expire(expired: list[_Piece], now: float) -> None:
+        for p in expired:
+            if not p.waiting.future.done():
+                p.waiting.future.set_result(Outcome(None, (now - p.waiting.queued) * 1e3, 0.0, 0))
 
     @staticmethod
-    def _fail(live: list[_Waiting], err: Exception) -> None:
-        for w in live:
-            if not w.future.done():
-                w.future.set_exception(err)
+    def _fail(live: list[_Piece], err: Exception) -> None:
+        for p in live:
+            if not p.waiting.future.done():
+                p.waiting.future.set_exception(err)
 
     @staticmethod
-    def _deliver(live: list[_Waiting], scores, started: float, finished: float) -> None:
-        total = sum(w.batch.n for w in live)
+    def _deliver(live: list[_Piece], scores, started: float, finished: float) -> None:
+        total = sum(p.batch.n for p in live)
         run_ms = (finished - started) * 1e3
-        for w, (start, end) in zip(live, bounds([w.batch.n for w in live]), strict=True):
-            if not w.future.done():
-                w.future.set_result(
-                    Outcome(
-                        scores[start:end],
-                        (started - w.queued) * 1e3,
-                        run_ms * w.batch.n / total,
-                        len(live),
-                    )
-                )
+        for p, (start, end) in zip(live, bounds([p.batch.n for p in live]), strict=True):
+            p.waiting.receive(
+                p.start,
+                scores[start:end],
+                (started - p.waiting.queued) * 1e3,
+                run_ms * p.batch.n / total,
+                len(live),
+            )

@@ -48,6 +48,7 @@ class Runner:
         sessions: SessionsByThreads,
         max_queue: int = 1024,
         coalesce_max_items: int = 1024,
+        split_min_items: int = 0,
     ):
         self.sessions = sessions
         self.executor = ThreadPoolExecutor(
@@ -57,7 +58,12 @@ class Runner:
             initargs=(RUN_THREAD,),
         )
         self.batcher = Batcher(
-            self._run, self.executor, coalesce_max_items, sessions.cores, sessions.threads
+            self._run,
+            self.executor,
+            coalesce_max_items,
+            sessions.cores,
+            sessions.threads,
+            split_min_items,
         )
         self.max_queue = max_queue
         self.queued = 0  # sub-batches accepted and not finished

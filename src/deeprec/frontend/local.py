@@ -72,6 +72,7 @@ class LocalConfig:
     embeddings: str = "auto"
     max_queue: int = 1024
     coalesce_max_items: int = 1024
+    split_min_items: int = 128
 
     @classmethod
     def from_args(cls, args) -> LocalConfig:
@@ -82,6 +83,7 @@ class LocalConfig:
             args.embeddings,
             args.max_queue,
             args.coalesce_max_items,
+            args.split_min_items,
         )
 
     def open(self, artifact) -> dict[str, LocalWorker]:
@@ -94,7 +96,7 @@ class LocalConfig:
         sessions, _ = open_runs(
             artifact, "cpu", self.threads, embeddings=self.embeddings, runs=self.count
         )
-        runner = Runner(sessions, self.max_queue, self.coalesce_max_items)
+        runner = Runner(sessions, self.max_queue, self.coalesce_max_items, self.split_min_items)
         return {LOCAL: LocalWorker(runner)}
 
 

@@ -66,6 +66,7 @@ class LocalCluster:
     offload_threshold: int | None = None
     run_threads: int | None = None  # the starting policy's threads per CPU run
     merge_delay_us: int | None = None  # and its merge delay
+    split_min_items: int | None = None  # in-process runs: the smallest cut (0: never cut)
     scheduler: bool = False  # start a tuning scheduler and wire the frontend to it
     sla_ms: float = 50.0
     scheduler_args: tuple[str, ...] = ()  # extra `serve scheduler` flags
@@ -184,6 +185,8 @@ class LocalCluster:
         }
         if self.local_workers:
             frontend |= {"model": model, "threads": self.threads}
+            if self.split_min_items is not None:
+                frontend["split_min_items"] = self.split_min_items
         # None: the frontend's default (or the launcher's own DEEPREC_* variable).
         knobs = {
             "batch_size": self.batch_size,
