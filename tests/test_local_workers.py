@@ -20,6 +20,7 @@ from servers import (
 
 from deeprec.common.features import ModelSignature, encode_features, validate
 from deeprec.common.policy import Policy
+from deeprec.execution import merge_fit
 from deeprec.execution.runner import Runner, warm_up_batch
 from deeprec.execution.sessions import open_runs
 from deeprec.frontend import main as frontend_main
@@ -54,6 +55,7 @@ def test_in_process_workers_answer_the_reference_scores_for_any_split(tiny_zoo, 
         assert list(cluster.frontend.deployments.currents()[0].cpu.workers) == ["local"]
         (pool,) = _local(cluster)
         assert pool.runner.batcher.concurrency == 2  # two run threads, one queue
+        assert pool.runner.batcher.max_items in merge_fit.LADDER  # timed before serving
         for batch_size, sub_batches in ((1, N_ITEMS), (5, 3), (0, 1)):
             _set_batch_size(cluster, batch_size)
             reply = cluster.stub.Recommend(request_for(artifact.spec, inputs), timeout=30)

@@ -310,6 +310,15 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=1,
     ),
     Setting(
+        "DEEPREC_MERGE_FIT",
+        "--merge-fit",
+        bool,
+        True,
+        "in-process runs: time the model's runs at 16-1024 items before serving and merge "
+        "queued sub-batches only up to the smallest size within a tenth of the cheapest per item",
+        ("frontend",),
+    ),
+    Setting(
         "DEEPREC_SPLIT_MIN_ITEMS",
         "--split-min-items",
         int,

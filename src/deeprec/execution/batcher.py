@@ -227,7 +227,8 @@ class Batcher:
         while it waits)."""
         head = self.waiting[0]
         room = self._room(head.threads)
-        share = min(head.max_items, -(-(self.waiting_items + self.running_items) // room))
+        # A merge bound, not a split one: a piece is the thread's share of the work.
+        share = -(-(self.waiting_items + self.running_items) // room)
         if self.split_min_items and min(share, head.batch.n - share) >= self.split_min_items:
             return [self._cut_head(share)]
         limit = min(head.max_items, -(-self.waiting_items // room))

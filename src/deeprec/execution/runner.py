@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
@@ -21,6 +22,7 @@ from deeprec.common.features import Batch, ModelSignature
 from deeprec.common.memory import TRIM_AFTER_BYTES, trim
 from deeprec.common.threads import RUN_THREAD, name_this_thread
 
+from . import merge_fit
 from .batcher import Batcher, Outcome
 from .run_settings import DEFAULT, RunSettings
 from .sessions import SessionsByThreads
@@ -112,6 +114,17 @@ class Runner:
         start = time.perf_counter()
         self.sessions.default.run(warm_up_batch(signature, items).feeds())
         return (time.perf_counter() - start) * 1e3
+
+    def fit_merge_bound(self, feeds_of: Callable[[int], dict]) -> dict[int, float]:
+        """Merge only up to the run size past which the model's runs get no cheaper per
+        item (merge_fit.py), timed now on ``feeds_of(items)``; blocking, before serving.
+        Seconds per item at each size timed (none: the bound is already that small)."""
+        sizes = [n for n in merge_fit.LADDER if n <= self.batcher.max_items]
+        if len(sizes) < 2:
+            return {}
+        costs = merge_fit.time_runs(self.sessions.default.run, feeds_of, sizes)
+        self.batcher.max_items = merge_fit.smallest_near_best(costs)
+        return costs
 
     def close(self) -> None:
         """Finish what is queued on the run thread."""

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
+import numpy as np
 
 from deeprec.common.errors import ServingError
 from deeprec.common.features import Batch, ModelSignature
@@ -23,6 +24,7 @@ from deeprec.execution.run_settings import DEFAULT, RunSettings
 from deeprec.execution.runner import Runner, deadline_after
 from deeprec.execution.sessions import open_runs
 from deeprec.models.artifact import load_artifact
+from deeprec.models.inputs import random_inputs
 
 from .admission import Admission
 from .deployments import Deployment, Pool
@@ -73,6 +75,7 @@ class LocalConfig:
     max_queue: int = 1024
     coalesce_max_items: int = 1024
     split_min_items: int = 128
+    merge_fit: bool = True  # merge only as far as the model's runs get cheaper
 
     @classmethod
     def from_args(cls, args) -> LocalConfig:
@@ -84,6 +87,7 @@ class LocalConfig:
             args.max_queue,
             args.coalesce_max_items,
             args.split_min_items,
+            args.merge_fit,
         )
 
     def open(self, artifact) -> dict[str, LocalWorker]:
@@ -120,4 +124,15 @@ def load_deployment(
     for worker in workers.values():  # before it takes queries, as a worker process does
         took = worker.runner.warm_up(signature)
         log.info("%s v%s in-process: warm-up run %.0f ms", signature.name, signature.version, took)
+        if config.merge_fit:
+            costs = worker.runner.fit_merge_bound(
+                lambda n: random_inputs(artifact.spec, n, np.random.default_rng(n))
+            )
+            log.info(
+                "%s v%s in-process: merging up to %d items (us per item by run size: %s)",
+                signature.name,
+                signature.version,
+                worker.runner.batcher.max_items,
+                ", ".join(f"{n}: {c * 1e6:.1f}" for n, c in costs.items()) or "not timed",
+            )
     return Deployment(signature, Pool.of("cpu", workers), None, new_admission(), source)
