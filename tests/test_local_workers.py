@@ -56,6 +56,7 @@ def test_in_process_workers_answer_the_reference_scores_for_any_split(tiny_zoo, 
         (pool,) = _local(cluster)
         assert pool.runner.batcher.concurrency == 2  # two run threads, one queue
         assert pool.runner.batcher.max_items in merge_fit.LADDER  # timed before serving
+        # (1024, the largest size timed, is also LocalConfig's bound: kept as it is)
         for batch_size, sub_batches in ((1, N_ITEMS), (5, 3), (0, 1)):
             _set_batch_size(cluster, batch_size)
             reply = cluster.stub.Recommend(request_for(artifact.spec, inputs), timeout=30)

@@ -37,7 +37,9 @@ def test_a_runner_times_the_real_session_and_bounds_its_merges(tiny_zoo):
         runner.close()
     assert sorted(costs) == sizes_run == [16, 64, 256]  # none above the configured bound
     assert all(cost > 0 for cost in costs.values())
-    assert runner.batcher.max_items == merge_fit.smallest_near_best(costs)
+    # The configured bound (300) stays when runs got cheaper up to the largest size timed.
+    bound = merge_fit.smallest_near_best(costs)
+    assert runner.batcher.max_items == (300 if bound == 256 else bound)
 
 
 def test_a_bound_already_below_the_ladder_is_left_alone(tiny_zoo):

@@ -5,7 +5,8 @@ items. Where a model's runs cost the same per item at any size (RMC3, whose dens
 most of the work), a merged run saves nothing: it copies its members' features into one
 new buffer and makes the first wait for the last (docs/benchmarks.md). So a pool times a
 few run sizes once, before it serves, and merges up to the smallest size that is within
-``TOLERANCE`` of the cheapest per item.
+``TOLERANCE`` of the cheapest per item (Runner.fit_merge_bound; a model still getting
+cheaper at the largest size timed keeps its configured bound).
 """
 
 from __future__ import annotations

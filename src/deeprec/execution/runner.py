@@ -123,7 +123,9 @@ class Runner:
         if len(sizes) < 2:
             return {}
         costs = merge_fit.time_runs(self.sessions.default.run, feeds_of, sizes)
-        self.batcher.max_items = merge_fit.smallest_near_best(costs)
+        bound = merge_fit.smallest_near_best(costs)
+        if bound < sizes[-1]:  # cheaper up to the largest size timed: it may pay further
+            self.batcher.max_items = bound
         return costs
 
     def close(self) -> None:
