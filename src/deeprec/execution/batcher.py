@@ -9,8 +9,10 @@ grow (RMC1), the more loaded a worker is, the cheaper each item gets; where they
 merged run costs more per item and delays the sub-batches at its head. So each
 sub-batch may carry its own bound: the frontend's in-process workers merge up to the
 policy's B, the run size the scheduler found best for the model, and at most
-``DEEPREC_COALESCE_MAX_ITEMS`` (docs/benchmarks.md). At low load nothing waits and
-nothing is merged: no added delay, unless the policy sets a merge delay for the model.
+``max_items``: ``DEEPREC_COALESCE_MAX_ITEMS``, or in the frontend's in-process pool the
+size past which the model's runs get no cheaper (merge_fit.py; docs/benchmarks.md). At
+low load nothing waits and nothing is merged: no added delay, unless the policy sets a
+merge delay for the model.
 
 The other way round, with several run threads, a sub-batch too big for its share of the
 work is cut: when a run thread would take a 700-item sub-batch while the other idles,
@@ -227,7 +229,7 @@ class Batcher:
         while it waits)."""
         head = self.waiting[0]
         room = self._room(head.threads)
-        # A merge bound, not a split one: a piece is the thread's share of the work.
+        # max_items bounds merging, not cutting: a piece is this thread's share of it all.
         share = -(-(self.waiting_items + self.running_items) // room)
         if self.split_min_items and min(share, head.batch.n - share) >= self.split_min_items:
             return [self._cut_head(share)]
