@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from deeprec.common.features import ModelSignature, encode_features, validate
-from deeprec.execution.batcher import Batcher, bounds, cut, merge
+from deeprec.execution.batcher import Batcher, bounds, merge
 from deeprec.execution.run_settings import RunSettings
 from deeprec.execution.runner import Runner
 from deeprec.execution.sessions import SessionsByThreads, open_runs
@@ -288,7 +288,7 @@ def test_run_threads_carry_their_name_in_the_kernel(tiny_zoo):
 def test_a_cut_is_two_views_that_merge_back_into_the_sub_batch(tiny_zoo):
     artifact = tiny_zoo["dien"]  # variable-length bags and a sequence: ids cut mid-array
     batch, _ = _batch(artifact.spec, 9, 3)
-    front, rest = cut(batch, 4)
+    front, rest = batch.items(0, 4), batch.items(4, 9)
     assert (front.n, rest.n) == (4, 5)
     for name in batch.ids:
         assert np.shares_memory(front.ids[name], batch.ids[name])  # nothing copied

@@ -93,6 +93,22 @@ class Batch:
         dense = 0 if self.dense is None else self.dense.nbytes
         return dense + sum(a.nbytes for a in (*self.ids.values(), *self.lengths.values()))
 
+    def id_offsets(self) -> dict[str, np.ndarray]:
+        """Where each item's ids start, per feature: N + 1 offsets."""
+        return {
+            name: np.concatenate(([0], np.cumsum(lengths)))
+            for name, lengths in self.lengths.items()
+        }
+
+    def items(self, start: int, end: int, offsets: dict[str, np.ndarray] | None = None) -> Batch:
+        """Items [start, end) as views into its arrays: nothing is copied. ``offsets``
+        (``id_offsets()``) once for many slices of one batch."""
+        offsets = self.id_offsets() if offsets is None else offsets
+        dense = None if self.dense is None else self.dense[start:end]
+        ids = {name: self.ids[name][offsets[name][start] : offsets[name][end]] for name in self.ids}
+        lengths = {name: self.lengths[name][start:end] for name in self.lengths}
+        return Batch(end - start, dense, ids, lengths)
+
     def feeds(self) -> dict[str, np.ndarray]:
         """Inputs of the whole-model graph (ids as sent: runtime.Session widens int32)."""
         out = {} if self.dense is None else {"dense": self.dense}

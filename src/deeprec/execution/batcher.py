@@ -50,17 +50,6 @@ def merge(batches: list[Batch]) -> Batch:
     return Batch(sum(b.n for b in batches), dense, ids, lengths)
 
 
-def cut(batch: Batch, k: int) -> tuple[Batch, Batch]:
-    """Its first ``k`` items and the rest, as views (nothing is copied)."""
-    ids, rest_ids, lengths, rest_lengths = {}, {}, {}, {}
-    for name, feature_lengths in batch.lengths.items():
-        split_at = int(feature_lengths[:k].sum())  # where item k's ids start
-        ids[name], rest_ids[name] = batch.ids[name][:split_at], batch.ids[name][split_at:]
-        lengths[name], rest_lengths[name] = feature_lengths[:k], feature_lengths[k:]
-    dense, rest_dense = (None, None) if batch.dense is None else (batch.dense[:k], batch.dense[k:])
-    return Batch(k, dense, ids, lengths), Batch(batch.n - k, rest_dense, rest_ids, rest_lengths)
-
-
 def bounds(counts: list[int]) -> list[tuple[int, int]]:
     """[start, end) of each merged batch's rows in the merged scores."""
     out, start = [], 0
@@ -251,7 +240,9 @@ class Batcher:
 
     def _cut_head(self, k: int) -> _Piece:
         head = self.waiting[0]
-        front, head.batch = cut(head.batch, k)
+        offsets = head.batch.id_offsets()
+        front = head.batch.items(0, k, offsets)
+        head.batch = head.batch.items(k, head.batch.n, offsets)
         piece = _Piece(head, front, head.taken)
         head.taken += k
         self.waiting_items -= k

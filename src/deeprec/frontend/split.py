@@ -37,17 +37,9 @@ class SubBatch:
 
 def split(batch: Batch, batch_size: int) -> list[SubBatch]:
     """Views into the query's arrays: slicing copies nothing."""
-    bounds = sub_batch_bounds(batch.n, batch_size)
-    # Where each item's ids start, per feature: N + 1 offsets.
-    offsets = {
-        name: np.concatenate(([0], np.cumsum(lengths))) for name, lengths in batch.lengths.items()
-    }
+    offsets = batch.id_offsets()
     parts = []
-    for start, end in bounds:
-        dense = None if batch.dense is None else batch.dense[start:end]
-        ids = {
-            name: batch.ids[name][offsets[name][start] : offsets[name][end]] for name in batch.ids
-        }
-        lengths = {name: batch.lengths[name][start:end] for name in batch.lengths}
-        parts.append(SubBatch(start, end, dense, ids, lengths))
+    for start, end in sub_batch_bounds(batch.n, batch_size):
+        part = batch.items(start, end, offsets)
+        parts.append(SubBatch(start, end, part.dense, part.ids, part.lengths))
     return parts
