@@ -14,7 +14,13 @@ import pytest
 
 from deeprec.bench.peers import of_in_process, ratios
 from deeprec.bench.targets import Common, FloorTarget, PlainTarget
-from deeprec.bench.triton import TritonServer, TritonUnavailable, find_triton, to_triton
+from deeprec.bench.triton import (
+    TritonConfig,
+    TritonServer,
+    TritonUnavailable,
+    find_triton,
+    to_triton,
+)
 from deeprec.common.features import ModelSignature, validate
 from deeprec.common.tensors import decode
 from deeprec.launcher.loadrun import Workload, prepare
@@ -60,7 +66,10 @@ def expected_scores(artifact, query) -> np.ndarray:
 def test_triton_serves_the_reference_scores_with_queries_batched(model, tmp_path):
     _, artifact, queries = model
     signature = ModelSignature.from_spec(artifact.spec, artifact.version)
-    server = TritonServer(TRITON, artifact, tmp_path / "triton", startup_timeout=120)
+    # The batcher may hold a query 200 ms for more: the 32 sent at once are merged even on
+    # a busy machine (with no delay, merging needs queries to queue behind a running one).
+    config = TritonConfig(queue_delay_us=200_000)
+    server = TritonServer(TRITON, artifact, tmp_path / "triton", config, startup_timeout=120)
     triton_queries = to_triton(queries, signature)
 
     async def load():
@@ -215,6 +224,7 @@ def test_missing_triton_is_skipped_or_required_with_a_clear_message(monkeypatch,
     import deeprec.bench.triton as triton
 
     monkeypatch.setattr(triton.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.delenv("DEEPREC_TRITON_DIR", raising=False)
     with pytest.raises(TritonUnavailable, match=r"pip install -e '\.\[peers\]'"):
         triton.find_triton()
     from deeprec.bench import commands
