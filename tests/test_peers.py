@@ -220,6 +220,42 @@ def test_bench_peers_runs_every_server_and_saves_the_ratios(model, tmp_path):
         assert triton["instances"] == 2 and triton["threads_per_instance"] == 1
 
 
+def test_bench_peers_sweeps_every_server_over_the_same_rates(model, tmp_path):
+    path, _, _ = model
+    out = tmp_path / "sweep.json"
+    argv = [
+        *("--model", str(path), "--peers", "plain", "--deeprec", "nosplit", "--slo-ms", "2000"),
+        *("--sweep", "4,8", "--rounds", "2", "--seconds", "1", "--min-queries", "1"),
+        *("--json", str(out), "--log-dir", str(tmp_path / "logs"), "--in-process-seconds", "0"),
+    ]
+    run = subprocess.run(
+        [sys.executable, "-m", "deeprec.cli", "bench", "peers", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    data = json.loads(out.read_text())
+    assert data["sweep"] == {"rates": [4.0, 8.0], "rounds": 2}
+    for config in data["configs"]:
+        sweep = config["sweep"]
+        # Both rates, both rounds, every query answered well inside a 2-s SLA.
+        assert [m["rate"] for m in sweep["medians"]] == [4.0, 8.0]
+        assert sorted(t["rate"] for t in sweep["trials"]) == [4.0, 4.0, 8.0, 8.0]
+        assert all(t["meets_sla"] for t in sweep["trials"])
+        assert sweep["capacity_qps"] == 8.0 and "every rate" in sweep["note"]
+        assert len(config["loads"]) == 4
+    assert data["ratios"] == {"deeprec/plain": 1.0}
+    assert "median p95 ms" in run.stdout and "deeprec/plain: 1.00x" in run.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "deeprec.cli", "bench", "peers", "--sweep", "9,3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "ascending" in bad.stderr + bad.stdout
+
+
 def test_missing_triton_is_skipped_or_required_with_a_clear_message(monkeypatch, model):
     import deeprec.bench.triton as triton
 

@@ -26,6 +26,7 @@ from deeprec.workload.queries import Query
 from . import plot
 from .measure import Runner, TrialPlan
 from .search import SLA, SearchConfig, find_capacity
+from .sweep import run_sweep
 from .targets import Common, DeeprecTarget, parse_configs
 from .turns import Turns
 
@@ -43,14 +44,21 @@ class Searches:
     stop: threading.Event | None
     say: Callable[[str], None]
 
+    def teller(self, name: str) -> Callable[[str], None]:
+        """``say`` with the target's name in front."""
+        return lambda message: self.say(f"{name}: {message.strip()}")
+
+    def runner(self, target, running) -> Runner:
+        """Trials against one started target (a tuned one settles at each new rate)."""
+        plan = self.tuned_plan if target.tuned else self.plan
+        return Runner(
+            running, self.sla, plan, self.seed, stop=self.stop, say=self.teller(target.name)
+        )
+
     def one(self, target, running, entry: dict, turns: Turns | None = None) -> None:
         """Search one started target into ``entry`` (taking turns when given)."""
-        plan = self.tuned_plan if target.tuned else self.plan
-
-        def say(message: str) -> None:
-            self.say(f"{target.name}: {message.strip()}")
-
-        runner = Runner(running, self.sla, plan, self.seed, stop=self.stop, say=say)
+        say = self.teller(target.name)
+        runner = self.runner(target, running)
         measure = runner.measure
         if turns is not None:
 
@@ -82,19 +90,8 @@ def search_targets(targets: list, shared: Searches, interleave: bool = True) -> 
     try:
         started = []
         for target, entry in zip(targets, entries, strict=True):
-            if shared.stop is not None and shared.stop.is_set():
-                entry["error"] = "stopped"
-                continue
-            say(f"{target.name}: starting")
-            try:
-                running = target.start(shared.queries)
-            except (Interrupted, KeyboardInterrupt):
-                entry["error"] = "stopped"
-                continue
-            except LaunchError as err:
-                entry["error"] = str(err)
-                say(f"{target.name}: could not start: {err}")
-                target.stop()
+            running = _start(target, entry, shared)
+            if running is None:
                 continue
             if interleave:
                 started.append((target, running, entry))
@@ -127,13 +124,95 @@ def search_targets(targets: list, shared: Searches, interleave: bool = True) -> 
     return entries
 
 
+def _start(target, entry: dict, shared: Searches):
+    """Start one target: its Running, or None with the reason in ``entry``."""
+    if shared.stop is not None and shared.stop.is_set():
+        entry["error"] = "stopped"
+        return None
+    shared.say(f"{target.name}: starting")
+    try:
+        return target.start(shared.queries)
+    except (Interrupted, KeyboardInterrupt):
+        entry["error"] = "stopped"
+    except LaunchError as err:
+        entry["error"] = str(err)
+        shared.say(f"{target.name}: could not start: {err}")
+        target.stop()
+    return None
+
+
+def sweep_targets(targets: list, shared: Searches, rates: list[float], rounds: int) -> list[dict]:
+    """One entry per target with its sweep (sweep.py): every target started, then the
+    ladder of rates run in rounds, one target under load at a time."""
+    entries = [{"name": t.name, "config": t.describe()} for t in targets]
+    try:
+        measures, runners = {}, {}
+        for target, entry in zip(targets, entries, strict=True):
+            running = _start(target, entry, shared)
+            if running is None:
+                continue
+            runner = shared.runner(target, running)
+            measures[target.name], runners[target.name] = runner.measure, runner
+        shared.say(
+            f"sweeping {len(measures)} targets over {len(rates)} rates x {rounds} rounds, "
+            f"{shared.sla.describe()}"
+        )
+        try:
+            results, errors = run_sweep(
+                measures,
+                rates,
+                rounds,
+                shared.sla,
+                log=lambda name, message: shared.teller(name)(message),
+            )
+        except KeyboardInterrupt:
+            results, errors = {}, {}
+        for entry in entries:
+            name = entry["name"]
+            if name not in runners:
+                continue
+            entry["loads"] = runners[name].results  # every measured run, kept even when stopped
+            if name in errors:
+                entry["error"] = errors[name]
+            elif name in results:
+                entry["sweep"] = sweep = results[name].to_json(shared.sla)
+                shared.say(f"{name}: {sweep['capacity_qps']:.2f} queries/s" + _suffix(sweep))
+            else:
+                entry["error"] = "stopped"
+    finally:
+        for target in targets:
+            target.stop()
+    return entries
+
+
+def sweep_table(result: dict) -> list[str]:
+    """Median tail per rate (rows) and target (columns), then each target's capacity."""
+    entries = [e for e in result["configs"] if "sweep" in e]
+    if not entries:
+        return []
+    key = f"median p{result['sla']['percentile']:g} ms"
+    width = max(12, *(len(e["name"]) for e in entries))
+    lines = [f"{key:<12} " + " ".join(f"{e['name']:>{width}}" for e in entries)]
+    rates = [m["rate"] for m in entries[0]["sweep"]["medians"]]
+    for i, rate in enumerate(rates):
+        cells = []
+        for entry in entries:
+            tail = entry["sweep"]["medians"][i]["median_tail_ms"]
+            cells.append(f"{'failed' if tail is None else f'{tail:.1f}':>{width}}")
+        lines.append(f"{f'{rate:g} q/s':<12} " + " ".join(cells))
+    return lines
+
+
 def _suffix(search: dict) -> str:
-    return "" if search["confirmed"] else f" (not confirmed: {search['note']})"
+    if not search["confirmed"]:
+        return f" (not confirmed: {search['note']})"
+    return f" ({search['note']})" if "medians" in search and search["note"] else ""
 
 
 def capacity_of(entry: dict) -> float | None:
-    search = entry.get("search")
-    return None if search is None else search["capacity_qps"]
+    """The capacity its search or its sweep found (None: neither finished)."""
+    found = entry.get("search") or entry.get("sweep")
+    return None if found is None else found["capacity_qps"]
 
 
 def table(result: dict) -> list[str]:
@@ -150,14 +229,24 @@ def table(result: dict) -> list[str]:
                 f"{entry.get('error', '')[:60]}"
             )
             continue
-        search = entry["search"]
-        at = [t["tail_ms"] for t in search["trials"] if t["rate"] == capacity and t["meets_sla"]]
-        tail = f"{max(at):.1f}" if at else "-"
+        search = entry.get("search") or entry["sweep"]
+        tail = _tail_at(search, capacity)
+        tail = "-" if tail is None else f"{tail:.1f}"
         lines.append(
             f"{entry['name']:<30} {capacity:>10.2f} {capacity * mean:>10,.0f} {tail:>9} "
             f"{len(search['trials']):>6}" + _suffix(search)
         )
     return lines
+
+
+def _tail_at(found: dict, capacity: float) -> float | None:
+    """A search's worst passing tail at its capacity; a sweep's median at the last rate
+    at or below it."""
+    if "medians" in found:
+        at = [m["median_tail_ms"] for m in found["medians"] if m["rate"] <= capacity]
+        return at[-1] if at else None
+    at = [t["tail_ms"] for t in found["trials"] if t["rate"] == capacity and t["meets_sla"]]
+    return max(at) if at else None
 
 
 def save(data: dict, path: str | Path) -> Path:

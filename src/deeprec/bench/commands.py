@@ -148,6 +148,16 @@ def add_bench_parser(bench) -> None:
         help="seconds per point of the in-process ONNX Runtime capacity measured first, "
         "the limit each served capacity is set against (0: skip it)",
     )
+    p.add_argument(
+        "--sweep",
+        metavar="RATES",
+        help="instead of searching, run every server at these rates (LO:HI:N: N rates "
+        "spaced geometrically; or R1,R2,...) for --rounds rounds, servers back to back at "
+        "each rate; the capacity is where each one's median tail crosses the SLA",
+    )
+    p.add_argument(
+        "--rounds", type=int, default=3, help="--sweep: times the ladder of rates is run"
+    )
     _triton(p)
     p.set_defaults(func=peers)
     _bench_cost(bench)

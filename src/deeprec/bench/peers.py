@@ -25,9 +25,12 @@ from .capacity import (
     header,
     search_targets,
     setup,
+    sweep_table,
+    sweep_targets,
     table,
     write_outputs,
 )
+from .sweep import parse_rates
 from .targets import DeeprecTarget, FloorTarget, PlainTarget, TritonTarget, parse_configs
 
 PEERS = ("triton", "plain")
@@ -101,6 +104,9 @@ def run_peers(args, stop: threading.Event, say: Callable[[str], None]) -> int:
         unknown = set(peers) - set(PEERS)
         if unknown:
             raise BadArguments(f"unknown peer(s) {', '.join(sorted(unknown))}: choose {PEERS}")
+        rates = parse_rates(args.sweep) if args.sweep else None
+        if args.rounds < 1:
+            raise BadArguments(f"--rounds must be >= 1, got {args.rounds}")
         model_dir, artifact, workload, queries, sla, search, plan, tuned_plan = setup(args, say)
     except (BadArguments, ValueError) as err:
         say(f"deeprec: error: {err}")
@@ -117,7 +123,11 @@ def run_peers(args, stop: threading.Event, say: Callable[[str], None]) -> int:
     if args.in_process_seconds > 0:  # before any server starts: the cores to itself
         data["in_process"] = in_process_capacity(artifact, args.in_process_seconds, say)
     searches = Searches(queries, sla, search, plan, tuned_plan, args.seed, stop, say)
-    data["configs"] = search_targets(targets, searches, interleave=not args.sequential)
+    if rates:
+        data["sweep"] = {"rates": rates, "rounds": args.rounds}
+        data["configs"] = sweep_targets(targets, searches, rates, args.rounds)
+    else:
+        data["configs"] = search_targets(targets, searches, interleave=not args.sequential)
     data["skipped"] = skipped
     data["ratios"] = ratios(data["configs"])
     if "in_process" in data:
@@ -127,7 +137,7 @@ def run_peers(args, stop: threading.Event, say: Callable[[str], None]) -> int:
         f"({artifact.spec.size}), same graph and queries, {cores()} cores, "
         f"{args.workers} x {args.threads} thread(s) each"
     )
-    for line in table(data):
+    for line in sweep_table(data) + table(data):
         print(line)
     for name, value in data["ratios"].items():
         print(f"{name}: " + ("-" if value is None else f"{value:.2f}x"))
@@ -147,5 +157,5 @@ def run_peers(args, stop: threading.Event, say: Callable[[str], None]) -> int:
         )
     out = args.json or f"results/bench-peers-{artifact.spec.name}-{artifact.spec.size}.json"
     write_outputs(data, out, args.png, say)
-    failed = [e for e in data["configs"] if "search" not in e]
+    failed = [e for e in data["configs"] if capacity_of(e) is None]
     return 1 if failed or len(data["configs"]) < len(targets) else 0

@@ -37,10 +37,14 @@ def plot(result: dict, path: Path, say: Callable[[str], None]) -> Path | None:
     fig, ax = plt.subplots(figsize=(8, 5))
     top = 4 * sla["ms"]
     for config in result["configs"]:
-        search = config.get("search")
+        search = config.get("search") or config.get("sweep")
         if not search or not search["trials"]:
             continue
-        rates, tails = curve(search["trials"])
+        if "medians" in search:  # a sweep: the median over its rounds at each rate
+            rates = [m["rate"] for m in search["medians"]]
+            tails = [m["median_tail_ms"] for m in search["medians"]]
+        else:
+            rates, tails = curve(search["trials"])
         shown = [top if t is None or t > top else t for t in tails]
         (line,) = ax.plot(rates, shown, marker="o", label=config["name"])
         if search["capacity_qps"]:
