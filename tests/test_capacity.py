@@ -205,3 +205,18 @@ def test_searches_take_turns_one_trial_at_a_time_round_robin():
     assert not any(thread.is_alive() for thread in threads)
     assert log == ["a", "b", "c", "a", "c", "a", "c"]
     assert max(overlap) == 1  # never two trials at once
+
+
+@pytest.mark.parametrize(
+    "argv, why",
+    [(["--sweep", "9,3"], "ascending"), (["--sweep", "3,9", "--rounds", "0"], "rounds")],
+)
+def test_bench_capacity_refuses_a_sweep_it_cannot_run_before_starting_anything(argv, why):
+    run = subprocess.run(
+        [sys.executable, "-m", "deeprec.cli", "bench", "capacity", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2 and why in run.stdout + run.stderr
+    assert "preparing queries" not in run.stdout + run.stderr

@@ -3,7 +3,8 @@
 Every target's latency-bounded throughput is searched with the same queries, SLA and
 trial plan, on the same cores, and only one target is under load at any moment: by
 default all are started and their trials take turns (turns.py); ``--sequential`` starts,
-searches and stops them one after another.
+searches and stops them one after another. With ``--sweep`` every target runs one ladder
+of rates instead, in rounds (sweep.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from deeprec.workload.queries import Query
 from . import plot
 from .measure import Runner, TrialPlan
 from .search import SLA, SearchConfig, find_capacity
-from .sweep import run_sweep
+from .sweep import parse_rates, run_sweep
 from .targets import Common, DeeprecTarget, parse_configs
 from .turns import Turns
 
@@ -183,6 +184,24 @@ def sweep_targets(targets: list, shared: Searches, rates: list[float], rounds: i
         for target in targets:
             target.stop()
     return entries
+
+
+def measure_targets(targets: list, shared: Searches, args, data: dict) -> list[dict]:
+    """The targets' sweep when ``args.sweep`` names rates (recorded in ``data``), else
+    their searches."""
+    if args.sweep:
+        rates = parse_rates(args.sweep)
+        data["sweep"] = {"rates": rates, "rounds": args.rounds}
+        return sweep_targets(targets, shared, rates, args.rounds)
+    return search_targets(targets, shared, interleave=not args.sequential)
+
+
+def check_sweep_arguments(args) -> None:
+    """BadArguments for a --sweep or --rounds that cannot run, before anything starts."""
+    if args.sweep:
+        parse_rates(args.sweep)
+    if args.rounds < 1:
+        raise BadArguments(f"--rounds must be >= 1, got {args.rounds}")
 
 
 def sweep_table(result: dict) -> list[str]:
@@ -355,6 +374,7 @@ def write_outputs(data: dict, json_path: str, png_path: str | None, say) -> None
 def run_capacity(args, stop: threading.Event, say: Callable[[str], None]) -> int:
     try:
         configs = parse_configs(args.configs)
+        check_sweep_arguments(args)
         model_dir, artifact, workload, queries, sla, search, plan, tuned_plan = setup(args, say)
     except (BadArguments, ValueError) as err:
         say(f"deeprec: error: {err}")
@@ -363,15 +383,15 @@ def run_capacity(args, stop: threading.Event, say: Callable[[str], None]) -> int
     targets = [DeeprecTarget(shared, c, sla) for c in configs]
     data = header("capacity", args, artifact, workload, sla, search)
     searches = Searches(queries, sla, search, plan, tuned_plan, args.seed, stop, say)
-    data["configs"] = search_targets(targets, searches, interleave=not args.sequential)
+    data["configs"] = measure_targets(targets, searches, args, data)
     print(
         f"\nlatency-bounded throughput, {sla.describe()}: {artifact.spec.name} "
         f"({artifact.spec.size}), {args.workers} workers x {args.threads} thread(s), "
         f"{cores()} cores"
     )
-    for line in table(data):
+    for line in sweep_table(data) + table(data):
         print(line)
     out = args.json or f"results/bench-capacity-{artifact.spec.name}-{artifact.spec.size}.json"
     write_outputs(data, out, args.png, say)
-    failed = [e for e in data["configs"] if "search" not in e]
+    failed = [e for e in data["configs"] if capacity_of(e) is None]
     return 1 if failed or len(data["configs"]) < len(targets) else 0

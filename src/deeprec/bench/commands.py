@@ -93,6 +93,16 @@ def _search(p) -> None:
         help="tuned configuration: unmeasured load at each new rate before measuring",
     )
     g.add_argument(
+        "--sweep",
+        metavar="RATES",
+        help="instead of searching, run every target at these rates (LO:HI:N: N rates "
+        "spaced geometrically; or R1,R2,...) for --rounds rounds, targets back to back at "
+        "each rate; the capacity is where each one's median tail crosses the SLA",
+    )
+    g.add_argument(
+        "--rounds", type=int, default=3, help="--sweep: times the ladder of rates is run"
+    )
+    g.add_argument(
         "--sequential",
         action="store_true",
         help="search one target after another (default: all started, trials taking turns, "
@@ -147,16 +157,6 @@ def add_bench_parser(bench) -> None:
         default=1.0,
         help="seconds per point of the in-process ONNX Runtime capacity measured first, "
         "the limit each served capacity is set against (0: skip it)",
-    )
-    p.add_argument(
-        "--sweep",
-        metavar="RATES",
-        help="instead of searching, run every server at these rates (LO:HI:N: N rates "
-        "spaced geometrically; or R1,R2,...) for --rounds rounds, servers back to back at "
-        "each rate; the capacity is where each one's median tail crosses the SLA",
-    )
-    p.add_argument(
-        "--rounds", type=int, default=3, help="--sweep: times the ladder of rates is run"
     )
     _triton(p)
     p.set_defaults(func=peers)

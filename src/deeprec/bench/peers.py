@@ -20,17 +20,16 @@ from .capacity import (
     BadArguments,
     Searches,
     capacity_of,
+    check_sweep_arguments,
     common,
     cores,
     header,
-    search_targets,
+    measure_targets,
     setup,
     sweep_table,
-    sweep_targets,
     table,
     write_outputs,
 )
-from .sweep import parse_rates
 from .targets import DeeprecTarget, FloorTarget, PlainTarget, TritonTarget, parse_configs
 
 PEERS = ("triton", "plain")
@@ -104,9 +103,7 @@ def run_peers(args, stop: threading.Event, say: Callable[[str], None]) -> int:
         unknown = set(peers) - set(PEERS)
         if unknown:
             raise BadArguments(f"unknown peer(s) {', '.join(sorted(unknown))}: choose {PEERS}")
-        rates = parse_rates(args.sweep) if args.sweep else None
-        if args.rounds < 1:
-            raise BadArguments(f"--rounds must be >= 1, got {args.rounds}")
+        check_sweep_arguments(args)
         model_dir, artifact, workload, queries, sla, search, plan, tuned_plan = setup(args, say)
     except (BadArguments, ValueError) as err:
         say(f"deeprec: error: {err}")
@@ -123,11 +120,7 @@ def run_peers(args, stop: threading.Event, say: Callable[[str], None]) -> int:
     if args.in_process_seconds > 0:  # before any server starts: the cores to itself
         data["in_process"] = in_process_capacity(artifact, args.in_process_seconds, say)
     searches = Searches(queries, sla, search, plan, tuned_plan, args.seed, stop, say)
-    if rates:
-        data["sweep"] = {"rates": rates, "rounds": args.rounds}
-        data["configs"] = sweep_targets(targets, searches, rates, args.rounds)
-    else:
-        data["configs"] = search_targets(targets, searches, interleave=not args.sequential)
+    data["configs"] = measure_targets(targets, searches, args, data)
     data["skipped"] = skipped
     data["ratios"] = ratios(data["configs"])
     if "in_process" in data:
