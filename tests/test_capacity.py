@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from servers import deeprec_cli
 
 from deeprec.bench.search import SLA, SearchConfig, Trial, find_capacity
 from deeprec.bench.targets import DeeprecConfig, parse_configs
@@ -149,12 +148,7 @@ def test_bench_capacity_searches_each_configuration_on_a_real_cluster(tiny_model
         *("--min-queries", "1", "--confirmations", "1", "--max-trials", "6"),
         *("--json", str(out), "--log-dir", str(tmp_path / "logs")),
     ]
-    run = subprocess.run(
-        [sys.executable, "-m", "deeprec.cli", "bench", "capacity", *argv],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    run = deeprec_cli("bench", "capacity", *argv, timeout=240)
     assert run.returncode == 0, run.stdout + run.stderr
     data = json.loads(out.read_text())
     assert data["sla"] == {"ms": 2000.0, "percentile": 99.0}
@@ -212,11 +206,6 @@ def test_searches_take_turns_one_trial_at_a_time_round_robin():
     [(["--sweep", "9,3"], "ascending"), (["--sweep", "3,9", "--rounds", "0"], "rounds")],
 )
 def test_bench_capacity_refuses_a_sweep_it_cannot_run_before_starting_anything(argv, why):
-    run = subprocess.run(
-        [sys.executable, "-m", "deeprec.cli", "bench", "capacity", *argv],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = deeprec_cli("bench", "capacity", *argv, timeout=60)
     assert run.returncode == 2 and why in run.stdout + run.stderr
     assert "preparing queries" not in run.stdout + run.stderr

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from servers import deeprec_cli
 
 from deeprec.bench.peers import of_in_process, ratios
 from deeprec.bench.targets import Common, FloorTarget, PlainTarget
@@ -185,12 +184,7 @@ def test_bench_peers_runs_every_server_and_saves_the_ratios(model, tmp_path):
         *("--confirmations", "1", "--max-trials", "5", "--json", str(out)),
         *("--log-dir", str(tmp_path / "logs"), "--in-process-seconds", "0.05"),
     ]
-    run = subprocess.run(
-        [sys.executable, "-m", "deeprec.cli", "bench", "peers", *argv],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = deeprec_cli("bench", "peers", *argv, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     data = json.loads(out.read_text())
     kinds = [c["config"]["kind"] for c in data["configs"]]
@@ -228,12 +222,7 @@ def test_bench_peers_sweeps_every_server_over_the_same_rates(model, tmp_path):
         *("--sweep", "4,8", "--rounds", "2", "--seconds", "1", "--min-queries", "1"),
         *("--json", str(out), "--log-dir", str(tmp_path / "logs"), "--in-process-seconds", "0"),
     ]
-    run = subprocess.run(
-        [sys.executable, "-m", "deeprec.cli", "bench", "peers", *argv],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = deeprec_cli("bench", "peers", *argv, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     data = json.loads(out.read_text())
     assert data["sweep"] == {"rates": [4.0, 8.0], "rounds": 2}
@@ -247,12 +236,7 @@ def test_bench_peers_sweeps_every_server_over_the_same_rates(model, tmp_path):
         assert len(config["loads"]) == 4
     assert data["ratios"] == {"deeprec/plain": 1.0}
     assert "median p95 ms" in run.stdout and "deeprec/plain: 1.00x" in run.stdout
-    bad = subprocess.run(
-        [sys.executable, "-m", "deeprec.cli", "bench", "peers", "--sweep", "9,3"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    bad = deeprec_cli("bench", "peers", "--sweep", "9,3", timeout=60)
     assert bad.returncode == 2 and "ascending" in bad.stderr + bad.stdout
 
 
