@@ -75,7 +75,7 @@ def test_large_queries_go_whole_to_the_gpu_pool(tiny_zoo):
         assert (described.device, described.provider) == ("gpu", "CPUExecutionProvider")
 
 
-def test_embeddings_choice_follows_the_device():
+def test_embeddings_choice_follows_the_device_and_the_features():
     from deeprec.execution.sessions import embeddings_for
 
     assert embeddings_for("auto", "cpu", 1) == "fused"
@@ -83,6 +83,9 @@ def test_embeddings_choice_follows_the_device():
     assert embeddings_for("auto", "cpu", None) == "graph"  # None: all cores
     assert embeddings_for("auto", "gpu", 1) == "graph"  # gathers stay on the device
     assert embeddings_for("fused", "cpu", 2) == "fused"
+    # A model with sequence features: the fused stage would only gather (holding the GIL).
+    assert embeddings_for("auto", "cpu", 1, sequences=True) == "graph"
+    assert embeddings_for("fused", "cpu", 1, sequences=True) == "fused"  # asked for
     with pytest.raises(ValueError, match="auto, fused, graph"):
         embeddings_for("onnx", "cpu", 1)
 

@@ -8,19 +8,29 @@ from collections.abc import Callable
 
 from deeprec.models.fused import FusedSession
 from deeprec.models.runtime import open_session
+from deeprec.models.spec import POOLING_SUM
 
 EMBEDDINGS = ("auto", "fused", "graph")
 
 
-def embeddings_for(choice: str, device: str, threads: int | None) -> str:
-    """auto: fused for a one-thread CPU worker; the whole graph otherwise. SciPy pools on
-    one thread, while ONNX Runtime spreads its gathers over its threads (and keeps them on
-    the GPU): `deeprec model bench` measures both."""
+def embeddings_for(choice: str, device: str, threads: int | None, sequences: bool = False) -> str:
+    """auto: fused for a one-thread CPU worker of a model whose features are all bags;
+    the whole graph otherwise. SciPy pools on one thread, while ONNX Runtime spreads its
+    gathers over its threads (and keeps them on the GPU): `deeprec model bench` measures
+    both. A sequence feature (``sequences``) gains nothing from the fused stage, which
+    only gathers its rows, and that gather in NumPy holds the GIL that the frontend's
+    event loop and the other run threads need: DIN's p95 at 119 q/s was 1.4-3x the plain
+    server's fused and 0.86-0.89x with the whole graph (docs/benchmarks.md)."""
     if choice not in EMBEDDINGS:
         raise ValueError(f"embeddings must be one of {', '.join(EMBEDDINGS)}, not {choice!r}")
     if choice == "auto":
-        return "fused" if device == "cpu" and threads == 1 else "graph"
+        return "fused" if device == "cpu" and threads == 1 and not sequences else "graph"
     return choice
+
+
+def has_sequences(spec) -> bool:
+    """Whether any feature of the model is a sequence (its rows, not their sum)."""
+    return any(f.pooling != POOLING_SUM for f in spec.features)
 
 
 class SessionsByThreads:
@@ -86,7 +96,7 @@ def open_runs(
     """(sessions, mode) for ``runs`` run threads of ``threads`` each (None: every core,
     one run): the model opened at that count now, at another when a policy asks. The
     embeddings mode is chosen once, for the configured threads, and kept."""
-    chosen = embeddings_for(embeddings, device, threads)
+    chosen = embeddings_for(embeddings, device, threads, has_sequences(artifact.spec))
     mode = "single" if chosen == "graph" else "fused"
     threads = threads or os.cpu_count() or 1
 
