@@ -18,9 +18,9 @@ def embeddings_for(choice: str, device: str, threads: int | None, sequences: boo
     the whole graph otherwise. SciPy pools on one thread, while ONNX Runtime spreads its
     gathers over its threads (and keeps them on the GPU): `deeprec model bench` measures
     both. A sequence feature (``sequences``) gains nothing from the fused stage, which
-    only gathers its rows, and that gather in NumPy holds the GIL that the frontend's
-    event loop and the other run threads need: DIN's p95 at 119 q/s was 1.4-3x the plain
-    server's fused and 0.86-0.89x with the whole graph (docs/benchmarks.md)."""
+    only gathers its rows out of ONNX Runtime and hands them back in: DIN's p95 at 119
+    q/s was 1.4-3x the plain server's fused and 0.86-0.89x with the whole graph
+    (docs/benchmarks.md)."""
     if choice not in EMBEDDINGS:
         raise ValueError(f"embeddings must be one of {', '.join(EMBEDDINGS)}, not {choice!r}")
     if choice == "auto":
