@@ -16,6 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from servers import ShardProcess, WorkerProcess, request_for, scores_of
 
+from deeprec.bench.fuzz.wire import nest, wire_varint
 from deeprec.common.features import (
     InvalidFeatures,
     ModelSignature,
@@ -147,6 +148,39 @@ def test_undecodable_requests_get_invalid_argument_at_every_rpc(worker, what):
         assert code == grpc.StatusCode.INVALID_ARGUMENT, (method, code, details)
         assert "is not a valid" in details and len(details) < 300
     assert worker.alive()
+
+
+def test_a_dense_tensor_sent_to_a_model_without_dense_features_is_refused(tiny_zoo):
+    """DIN takes no dense features: a dense field, even empty or with a 64-bit varint in
+    its dtype, is refused over the wire (both decoders) rather than silently ignored."""
+    spec = tiny_zoo["din"].spec
+    good = _features(spec, 3, np.random.default_rng(2))
+    assert not good.HasField("dense")
+    empty = tensor_pb2.Features()
+    empty.CopyFrom(good)
+    empty.dense.SetInParent()  # present, no shape, no data
+    with pytest.raises(InvalidFeatures, match="takes no dense features"):
+        validate(ModelSignature.from_spec(spec, "1"), empty)
+    # request.features (2) .dense (1) .dtype (1) = 2**32 + 1, merged into the request.
+    odd_dtype = inference_pb2.PredictRequest(features=good).SerializeToString()
+    odd_dtype += nest((2, 1), wire_varint(1, 2**32 + 1))
+    running = WorkerProcess(tiny_zoo["din"].path).wait_healthy()
+    try:
+        channel, call = _raw(running.address, "/deeprec.v1.Inference/Predict")
+        with channel:
+            for payload in (
+                inference_pb2.PredictRequest(features=empty).SerializeToString(),
+                odd_dtype,
+            ):
+                code, details = _code(lambda p=payload: call(p, timeout=10))
+                assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+                assert "takes no dense features" in details
+            ok = call(inference_pb2.PredictRequest(features=good).SerializeToString(), timeout=10)
+            reply = inference_pb2.PredictResponse.FromString(ok)
+            assert scores_of(reply).shape[0] == 3
+        assert running.alive()
+    finally:
+        assert running.terminate() == 0
 
 
 def test_a_request_that_once_killed_workers_is_refused_and_they_keep_serving(tiny_zoo, worker):

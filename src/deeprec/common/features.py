@@ -192,7 +192,7 @@ def validate(
         check_items(n, limits)
         if not np.isfinite(dense).all():
             raise InvalidFeatures("features.dense: contains NaN or infinite values")
-    elif features.HasField("dense") and len(features.dense.data):
+    elif features.HasField("dense"):  # even empty: it would be silently ignored
         raise InvalidFeatures(f"features.dense: model {signature.name} takes no dense features")
 
     expected = {f.name: f for f in signature.features}
