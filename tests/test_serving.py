@@ -83,11 +83,25 @@ def test_embeddings_choice_follows_the_device_and_the_features():
     assert embeddings_for("auto", "cpu", None) == "graph"  # None: all cores
     assert embeddings_for("auto", "gpu", 1) == "graph"  # gathers stay on the device
     assert embeddings_for("fused", "cpu", 2) == "fused"
-    # A model with sequence features: the fused stage would only gather (holding the GIL).
+    # A model with sequence features: the fused stage would only gather their rows.
     assert embeddings_for("auto", "cpu", 1, sequences=True) == "graph"
     assert embeddings_for("fused", "cpu", 1, sequences=True) == "fused"  # asked for
     with pytest.raises(ValueError, match="auto, fused, graph"):
         embeddings_for("onnx", "cpu", 1)
+
+
+@pytest.mark.parametrize("name, mode", [("rmc1", "fused"), ("din", "single"), ("dien", "single")])
+def test_one_thread_cpu_runs_open_each_model_kind_in_its_mode_and_score_it_exactly(
+    tiny_zoo, name, mode
+):
+    from deeprec.execution.sessions import open_runs
+
+    artifact = tiny_zoo[name]
+    sessions, opened = open_runs(artifact, "cpu", 1)  # embeddings "auto", as deployed
+    assert opened == mode
+    inputs = random_inputs(artifact.spec, 33, np.random.default_rng(3))
+    (scores,) = sessions.default.run(inputs)[:1]
+    np.testing.assert_allclose(scores, reference.forward(artifact, inputs), rtol=1e-5, atol=1e-6)
 
 
 def test_gpu_worker_refuses_to_start_without_cuda(tiny_zoo):

@@ -8,7 +8,6 @@ from collections.abc import Callable
 
 from deeprec.models.fused import FusedSession
 from deeprec.models.runtime import open_session
-from deeprec.models.spec import POOLING_SUM
 
 EMBEDDINGS = ("auto", "fused", "graph")
 
@@ -26,11 +25,6 @@ def embeddings_for(choice: str, device: str, threads: int | None, sequences: boo
     if choice == "auto":
         return "fused" if device == "cpu" and threads == 1 and not sequences else "graph"
     return choice
-
-
-def has_sequences(spec) -> bool:
-    """Whether any feature of the model is a sequence (its rows, not their sum)."""
-    return any(f.pooling != POOLING_SUM for f in spec.features)
 
 
 class SessionsByThreads:
@@ -96,7 +90,7 @@ def open_runs(
     """(sessions, mode) for ``runs`` run threads of ``threads`` each (None: every core,
     one run): the model opened at that count now, at another when a policy asks. The
     embeddings mode is chosen once, for the configured threads, and kept."""
-    chosen = embeddings_for(embeddings, device, threads, has_sequences(artifact.spec))
+    chosen = embeddings_for(embeddings, device, threads, artifact.spec.has_sequences)
     mode = "single" if chosen == "graph" else "fused"
     threads = threads or os.cpu_count() or 1
 

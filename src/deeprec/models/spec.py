@@ -72,6 +72,11 @@ class ModelSpec:
         return dims.pop()
 
     @property
+    def has_sequences(self) -> bool:
+        """Whether any feature is a sequence (its rows reach the graph, not their sum)."""
+        return any(f.pooling != POOLING_SUM for f in self.features)
+
+    @property
     def table_bytes(self) -> int:
         return sum(t.nbytes for t in self.tables)
 
