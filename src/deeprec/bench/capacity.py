@@ -186,26 +186,27 @@ def sweep_targets(targets: list, shared: Searches, rates: list[float], rounds: i
     return entries
 
 
-def measure_targets(targets: list, shared: Searches, args, data: dict) -> list[dict]:
-    """The targets' sweep when ``args.sweep`` names rates (recorded in ``data``), else
-    their searches."""
-    if args.sweep:
-        rates = parse_rates(args.sweep)
+def measure_targets(
+    targets: list, shared: Searches, args, rates: list[float] | None, data: dict
+) -> list[dict]:
+    """The targets' sweep over ``rates`` (recorded in ``data``), or with none their
+    searches."""
+    if rates:
         data["sweep"] = {"rates": rates, "rounds": args.rounds}
         return sweep_targets(targets, shared, rates, args.rounds)
     return search_targets(targets, shared, interleave=not args.sequential)
 
 
-def check_sweep_arguments(args) -> None:
-    """BadArguments for a --sweep or --rounds that cannot run, before anything starts."""
-    if args.sweep:
-        parse_rates(args.sweep)
+def sweep_rates(args) -> list[float] | None:
+    """The --sweep ladder (None: search instead); BadArguments or ValueError for a
+    ladder or --rounds that cannot run, before anything starts."""
     if args.rounds < 1:
         raise BadArguments(f"--rounds must be >= 1, got {args.rounds}")
+    return parse_rates(args.sweep) if args.sweep else None
 
 
 def sweep_table(result: dict) -> list[str]:
-    """Median tail per rate (rows) and target (columns), then each target's capacity."""
+    """Median tail per rate (rows) and target (columns) of the sweep's entries."""
     entries = [e for e in result["configs"] if "sweep" in e]
     if not entries:
         return []
@@ -374,7 +375,7 @@ def write_outputs(data: dict, json_path: str, png_path: str | None, say) -> None
 def run_capacity(args, stop: threading.Event, say: Callable[[str], None]) -> int:
     try:
         configs = parse_configs(args.configs)
-        check_sweep_arguments(args)
+        rates = sweep_rates(args)
         model_dir, artifact, workload, queries, sla, search, plan, tuned_plan = setup(args, say)
     except (BadArguments, ValueError) as err:
         say(f"deeprec: error: {err}")
@@ -383,7 +384,7 @@ def run_capacity(args, stop: threading.Event, say: Callable[[str], None]) -> int
     targets = [DeeprecTarget(shared, c, sla) for c in configs]
     data = header("capacity", args, artifact, workload, sla, search)
     searches = Searches(queries, sla, search, plan, tuned_plan, args.seed, stop, say)
-    data["configs"] = measure_targets(targets, searches, args, data)
+    data["configs"] = measure_targets(targets, searches, args, rates, data)
     print(
         f"\nlatency-bounded throughput, {sla.describe()}: {artifact.spec.name} "
         f"({artifact.spec.size}), {args.workers} workers x {args.threads} thread(s), "

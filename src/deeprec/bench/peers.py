@@ -20,12 +20,12 @@ from .capacity import (
     BadArguments,
     Searches,
     capacity_of,
-    check_sweep_arguments,
     common,
     cores,
     header,
     measure_targets,
     setup,
+    sweep_rates,
     sweep_table,
     table,
     write_outputs,
@@ -103,7 +103,7 @@ def run_peers(args, stop: threading.Event, say: Callable[[str], None]) -> int:
         unknown = set(peers) - set(PEERS)
         if unknown:
             raise BadArguments(f"unknown peer(s) {', '.join(sorted(unknown))}: choose {PEERS}")
-        check_sweep_arguments(args)
+        rates = sweep_rates(args)
         model_dir, artifact, workload, queries, sla, search, plan, tuned_plan = setup(args, say)
     except (BadArguments, ValueError) as err:
         say(f"deeprec: error: {err}")
@@ -120,7 +120,7 @@ def run_peers(args, stop: threading.Event, say: Callable[[str], None]) -> int:
     if args.in_process_seconds > 0:  # before any server starts: the cores to itself
         data["in_process"] = in_process_capacity(artifact, args.in_process_seconds, say)
     searches = Searches(queries, sla, search, plan, tuned_plan, args.seed, stop, say)
-    data["configs"] = measure_targets(targets, searches, args, data)
+    data["configs"] = measure_targets(targets, searches, args, rates, data)
     data["skipped"] = skipped
     data["ratios"] = ratios(data["configs"])
     if "in_process" in data:
