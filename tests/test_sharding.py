@@ -18,7 +18,7 @@ from deeprec.shard.store import ShardStore
 from deeprec.sharding.plan import Plan, PlanError, RowRange, load_plan, parse_bytes, summary
 from deeprec.sharding.planner import make_plan
 from deeprec.sharding.profile import count, load_profile
-from deeprec.sharding.router import Want, assemble, route, wants_of
+from deeprec.sharding.router import Want, assemble, range_index, route, wants_of
 from deeprec.sharding.strategies import STRATEGIES
 
 KB = 1024
@@ -233,16 +233,21 @@ def test_bag_sum_refuses_ids_outside_the_table(bad, lengths):
         bag_sum(table, np.array([0, bad]), np.array(lengths))
 
 
-def test_routed_lookups_over_real_shard_stores_equal_the_reference(tiny_zoo):
-    """Rows split over 3 shards, a sequence feature, some ids from a cache: same answer."""
+@pytest.mark.parametrize(
+    "shards, id_dtype",
+    [(3, np.int64), (3, np.int32), (12, np.int32)],  # 12: more ranges than compare passes
+)
+def test_routed_lookups_over_real_shard_stores_equal_the_reference(tiny_zoo, shards, id_dtype):
+    """Rows split over shards, a sequence feature, some ids from a cache: same answer."""
     artifact = tiny_zoo["din"]  # items table used by a sum and a sequence feature
     spec = artifact.spec
-    plan = make_plan(spec, artifact.version, 3, "rowwise")
-    stores = [ShardStore(artifact, plan, k) for k in range(3)]
+    plan = make_plan(spec, artifact.version, shards, "rowwise")
+    stores = [ShardStore(artifact, plan, k) for k in range(shards)]
     rng = np.random.default_rng(3)
     from deeprec.models.inputs import random_inputs
 
     feeds = random_inputs(spec, 20, rng)
+    feeds = {k: v.astype(id_dtype) if k.endswith("_ids") else v for k, v in feeds.items()}
     cache = HotRowCache(1 << 20, {t.name: t.dim for t in spec.tables})
     hot = np.arange(0, 500, 3)
     cache.install({"items": (hot, np.asarray(artifact.table("items")[hot]))})
@@ -258,8 +263,21 @@ def test_routed_lookups_over_real_shard_stores_equal_the_reference(tiny_zoo):
             np.testing.assert_allclose(looked_up[name], expected, rtol=1e-6, atol=1e-7)
         assert np.array_equal(looked_up["history"], sequences["history"][0].astype(np.float32))
         assert (routed.cached > 0) == (use_cache is not None)
-    with pytest.raises(InvalidFeatures, match=r"x.ids: id 0 is out of range for rows 166..332"):
+    start = plan.ranges_of("items")[1][1].start
+    with pytest.raises(InvalidFeatures, match=rf"x.ids: id 0 is out of range for rows {start}\.\."):
         stores[1].lookup("items", np.array([0]), np.array([1]), True, "x")
+
+
+@pytest.mark.parametrize("boundaries", [1, 3, 8, 9, 40])
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_range_index_agrees_with_a_binary_search(boundaries, dtype):
+    """Both ways of finding an id's range (compare passes for few, search for many)."""
+    rng = np.random.default_rng(boundaries)
+    starts = np.sort(rng.choice(np.arange(1, 10_000), boundaries, replace=False))
+    ids = np.concatenate([rng.integers(0, 10_000, 5000), starts, starts - 1, [0, 9_999]])
+    which = range_index(ids.astype(dtype), starts.astype(np.int64))
+    assert which.dtype.itemsize <= 2  # numpy sorts it by radix
+    assert np.array_equal(which, np.searchsorted(starts, ids, side="right"))
 
 
 def test_choose_rows_takes_most_reads_per_byte_within_the_budget():

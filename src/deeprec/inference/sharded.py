@@ -161,7 +161,7 @@ def lookup_request(parts, plan: Plan, plan_id: str) -> shard_pb2.LookupRequest:
         # Ids were validated against the table's rows: int32 holds them when it has fewer
         # than 2^31, and halves the bytes both sides serialize.
         small = plan.tables[part.table].rows <= 2**31
-        encode(part.ids.astype(np.int32) if small else part.ids, lookup.ids)
+        encode(part.ids.astype(np.int32, copy=False) if small else part.ids, lookup.ids)
         encode(part.lengths, lookup.lengths)
     return request
 

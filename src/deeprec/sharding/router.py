@@ -53,12 +53,13 @@ class Routed:
 
 
 def wants_of(spec, feeds: dict) -> list[Want]:
-    """The lookups a batch of whole-model inputs needs: one per sparse feature."""
+    """The lookups a batch of whole-model inputs needs: one per sparse feature. Ids keep
+    the integer type they came in (the frontend sends int32): widening them is a copy."""
     return [
         Want(
             f.name,
             f.table,
-            np.asarray(feeds[f"{f.name}_ids"], dtype=np.int64),
+            _integers(feeds[f"{f.name}_ids"]),
             np.asarray(feeds[f"{f.name}_lengths"], dtype=np.int64),
             f.pooling == "sum",
         )
@@ -66,8 +67,31 @@ def wants_of(spec, feeds: dict) -> list[Want]:
     ]
 
 
+def _integers(ids) -> np.ndarray:
+    ids = np.asarray(ids)
+    return ids if ids.dtype in (np.int32, np.int64) else ids.astype(np.int64)
+
+
 def _sub_lengths(mask: np.ndarray, samples: np.ndarray, n: int) -> np.ndarray:
     return np.bincount(samples[mask], minlength=n).astype(np.int64)
+
+
+# Up to this many range boundaries, one compare pass per boundary finds each id's range
+# faster than a binary search per id (about 5x at 3 boundaries on 8k int32 ids).
+_COMPARE_BOUNDARIES = 8
+
+
+def range_index(ids: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Which range each id falls in, given the sorted starts of ranges 1.. (range 0 starts
+    below every id). Small integer types: numpy sorts them by radix."""
+    if len(starts) <= _COMPARE_BOUNDARIES:
+        which = np.zeros(len(ids), dtype=np.int8)
+        # Python ints: an int32 array compared with an np.int64 would be widened first.
+        for start in starts.tolist():
+            np.add(which, ids >= start, out=which, casting="unsafe")
+        return which
+    # int16 holds up to 32k ranges.
+    return np.searchsorted(starts, ids, side="right").astype(np.int16)
 
 
 def route(plan: Plan, wants: list[Want], cache=None) -> Routed:
@@ -97,30 +121,26 @@ def route(plan: Plan, wants: list[Want], cache=None) -> Routed:
             continue
         # Which range each id falls in (-1: answered by the cache), then one stable sort
         # groups the ids by range while keeping each sample's ids in order.
-        starts = np.array([r.start for _, r in ranges[1:]], dtype=np.int64)
-        # int16: numpy sorts it by radix, several times faster than int64 (up to 32k ranges).
-        which = np.searchsorted(starts, ids, side="right").astype(np.int16)
+        which = range_index(ids, np.array([r.start for _, r in ranges[1:]], dtype=np.int64))
         if remote is not None:
             which[~remote] = -1
         if samples is None:
             samples = sample_of(lengths)
-        keep = which >= 0
-        counts = np.bincount(
-            which[keep].astype(np.int64) * n + samples[keep], minlength=len(ranges) * n
-        ).reshape(len(ranges), n)
         order = np.argsort(which, kind="stable")
-        edges = np.searchsorted(which[order], np.arange(-1, len(ranges)), side="right")
+        # Range j is grouped[edges[j]:edges[j + 1]] (cached ids, -1, sort first).
+        edges = np.searchsorted(which[order], np.arange(len(ranges) + 1), side="left")
+        grouped_ids, grouped_samples = ids[order], samples[order]
         for j, (shard, _) in enumerate(ranges):
-            positions = order[edges[j] : edges[j + 1]]
-            if not len(positions):
+            begin, end = edges[j], edges[j + 1]
+            if begin == end:
                 continue  # nothing to ask this shard: its partial sum would be zeros
             part = Part(
                 want.key,
                 want.table,
-                ids[positions],
-                counts[j].astype(np.int64),
+                grouped_ids[begin:end],
+                np.bincount(grouped_samples[begin:end], minlength=n),
                 want.pool,
-                None if want.pool else positions,
+                None if want.pool else order[begin:end],
             )
             routed.parts.setdefault(shard, []).append(part)
     return routed
