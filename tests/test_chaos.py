@@ -47,8 +47,9 @@ def test_kills_and_restarts_under_load_lose_no_query_and_corrupt_no_answer(tiny_
                 cluster,
                 queries,
                 rate=15,
-                seconds=14,
+                seconds=120,  # a cap: the load ends 6 s after the last restart
                 faults=FAULTS,
+                after_faults=6.0,
                 timeout=5,
                 memory_every=1.0,
                 expected=expected,

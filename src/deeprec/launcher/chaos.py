@@ -127,9 +127,12 @@ async def run_chaos(
     memory_every: float = 5.0,
     rtol: float = 1e-5,
     expected: dict[int, np.ndarray] | None = None,
+    after_faults: float | None = None,
 ) -> ChaosReport:
     """``expected``: each query's right scores by ``id(query)``; default: the NumPy
-    reference's for the cluster's model (``reference_scores``)."""
+    reference's for the cluster's model (``reference_scores``). ``after_faults``: keep
+    the load on for this many seconds after the last fault took effect, however long
+    the restarts took (``seconds`` then only caps the load)."""
     if expected is None:
         expected = reference_scores(load_artifact(cluster.model_dir), queries)
     events: list[tuple[float, str]] = []
@@ -165,6 +168,9 @@ async def run_chaos(
                 action = cluster.kill if fault.action == "kill" else cluster.restart
                 await asyncio.to_thread(action, fault.target)
                 events.append((time.monotonic() - start, f"{fault.action} {fault.target}"))
+            if after_faults is not None:
+                await asyncio.sleep(after_faults)
+                stop.set()
 
         async def sample_memory() -> None:
             while True:
@@ -174,6 +180,7 @@ async def run_chaos(
                 )
                 await asyncio.sleep(memory_every)
 
+        stop = asyncio.Event()
         injector = asyncio.create_task(inject())
         sampler = asyncio.create_task(sample_memory())
         try:
@@ -184,6 +191,7 @@ async def run_chaos(
                 seconds,
                 np.random.default_rng([seed, 1]),
                 drain_timeout=timeout,
+                stop=stop,
             )
             await injector  # faults scheduled after the load still happen (restarts)
         finally:
