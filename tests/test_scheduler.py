@@ -207,6 +207,28 @@ def test_an_overloaded_start_is_left_at_the_first_sample_not_after_a_whole_trial
     assert tuner.step(Policy("m", 4, 0), slow).consumed is False
 
 
+def test_under_overload_the_cheapest_policy_is_kept_though_it_inherits_the_backlog():
+    """Issue 17 (bad start, busy machine): B=1 left a backlog; the jump to the largest B
+    inherited it and measured a worse tail (1837 against 1563 ms, both far over the SLA),
+    so the tuner cut the trial as clearly worse and went back to B=1, the policy that
+    built the backlog (test_self_tuning under outside load). A tail far over the SLA is
+    a backlog, not a measure of the policy: a cheaper policy per item is kept."""
+    config = TunerConfig(sla_ms=100, min_queries=60, min_trial_queries=20)
+    tuner = Tuner(config)
+    start = Policy("m", 1, 0)
+    first = Observation(60, 5.0, 1563.0, 12, 64, 2, 64, {1: (1.0, 3.0, 3840)})
+    jump = tuner.step(start, first).policy
+    assert jump is not None and jump.batch_size == max(config.batch_sizes)
+    trial = replace(jump, version=1)
+    behind = Observation(20, 1.5, 1837.0, 12, 64, 2, 64, {})
+    assert tuner.step(trial, behind).consumed is False  # not cut at its first sample
+    measured = Observation(60, 5.0, 1837.0, 12, 64, 2, 64, {1024: (64.0, 9.0, 60)})
+    decision = tuner.step(trial, measured)
+    assert decision.consumed
+    assert tuner.incumbent.batch_size == max(config.batch_sizes), tuner.history
+    assert decision.policy is None or decision.policy.batch_size != 1, tuner.history
+
+
 def test_trials_at_different_loads_are_not_ranked_against_each_other():
     """Issue 17: a load step inside a round made a trial at the new load look worse than
     one at the old load, and the tuner went back to the old B. Results of one round are

@@ -117,8 +117,11 @@ def test_scheduler_moves_a_bad_batch_size_and_the_tail_drops(tiny_zoo, monkeypat
             assert final.batch_size > 1, core.tuners["rmc1"].history
             assert before.count and after.count
             assert after.quantile(0.95) < before.quantile(0.95), core.tuners["rmc1"].history
-            # The bad start may overload the workers: shedding is the only failure allowed.
-            assert set(load.failed) <= {grpc.StatusCode.RESOURCE_EXHAUSTED}, load.failed
+            # The bad start may overload the workers: shedding, or a query whose 10-s
+            # deadline passed in the queues (on a busy 2-core machine), are the only
+            # failures allowed.
+            overload = {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
+            assert set(load.failed) <= overload, load.failed
             # Every change is on record with its evidence, the last one being in force.
             changes = core.changes("rmc1", limit=1000)
             assert changes[0].reason == "adopted" and changes[-1].policy == final

@@ -153,7 +153,7 @@ class Tuner:
             else:
                 self._record(knob, INF)
             return Decision(self._next(policy, obs), consumed=True)
-        if trial and self._clearly_worse(obs):
+        if trial and self._clearly_worse(obs) and not self._escapes_overload(policy):
             self._record(knob, obs.latency_ms)
             return Decision(self._next(policy, obs), consumed=True)
         enough = obs.queries >= self.config.min_queries or (
@@ -169,7 +169,12 @@ class Tuner:
             self._start_round(policy)
         self.round_qps = self.round_qps or obs.qps
         self._record(knob, obs.latency_ms)
-        if obs.latency_ms < self.incumbent_ms * (1 - noise_margin(obs.queries)):
+        if self._escapes_overload(policy):
+            # The incumbent could not keep up: its tail is the backlog this trial
+            # inherited, not a measure to rank it against.
+            self.results[self._knob(self.incumbent)] = INF
+            self.incumbent, self.incumbent_ms = policy, obs.latency_ms
+        elif obs.latency_ms < self.incumbent_ms * (1 - noise_margin(obs.queries)):
             self.incumbent, self.incumbent_ms = policy, obs.latency_ms
         return Decision(self._next(policy, obs), consumed=True)
 
@@ -197,6 +202,16 @@ class Tuner:
         """Every batch size tried this round was far over the SLA (or cut short)."""
         limit = self.config.guard_factor * self.config.sla_ms
         return bool(self.results) and min(self.results.values()) > limit
+
+    def _escapes_overload(self, policy: Policy) -> bool:
+        """A larger B (cheaper per item) tried while the incumbent is far over the SLA:
+        kept whatever its tail, which is the incumbent's backlog as much as its own."""
+        return (
+            self.phase == "b"
+            and self.incumbent_ms < INF
+            and self.incumbent_ms > self.config.guard_factor * self.config.sla_ms
+            and _split_size(policy) > _split_size(self.incumbent)
+        )
 
     def _breaks_sla_badly(self, obs: Observation) -> bool:
         """Far over the SLA and over the incumbent (the SLA alone while the incumbent is
@@ -322,6 +337,10 @@ class Tuner:
     @staticmethod
     def _same_knobs(a: Policy, b: Policy) -> bool:
         return all(getattr(a, knob) == getattr(b, knob) for knob in PHASE_KNOBS.values())
+
+
+def _split_size(policy: Policy) -> float:
+    return policy.batch_size or INF  # 0: no split, the fewest sub-batches of all
 
 
 def _neighbours(candidates: tuple[int, ...], value: int, zero_is_infinite=False) -> list[int]:
