@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 
+import grpc
 import numpy as np
 
 from deeprec.launcher.cluster import LocalCluster
@@ -49,3 +51,32 @@ def test_shedding_happens_and_admitted_queries_are_answered(tiny_zoo, tmp_path):
     assert result.ok + sum(result.errors.values()) == result.sent
     # Once the overload is over, queries are served again.
     assert after.ok > 0 and set(after.errors) <= {"DEADLINE_EXCEEDED"}, after.errors
+
+
+async def _one_at_a_time(address, queries, count):
+    outcomes = []
+    async with RecommenderClient(address, 30) as client:
+        await client.wait_ready()
+        for query in queries[:count]:
+            try:
+                await client.recommend(query)
+                outcomes.append(("OK", ""))
+            except grpc.aio.AioRpcError as err:
+                outcomes.append((err.code().name, err.details()))
+    return outcomes
+
+
+def test_calls_gRPC_sheds_unread_reach_the_client_as_overload(tiny_zoo, tmp_path, monkeypatch):
+    """A worker's gRPC core sheds calls its event loop has not read once more than
+    DEEPREC_MAX_WAITING_CALLS wait, and answers them CANCELLED. A query whose sub-batch
+    every worker shed is overload (RESOURCE_EXHAUSTED: back off), not a worker failure."""
+    monkeypatch.setenv("DEEPREC_MAX_WAITING_CALLS", "1")  # shed past 1 waiting, all past 3
+    artifact = tiny_zoo["rmc1"]
+    queries = prepare(artifact.spec, artifact.version, Workload(FixedSizes(400), seed=2))
+    # B=1: each query arrives at the workers as 400 calls at once.
+    with LocalCluster(artifact.path, workers=2, batch_size=1, log_dir=tmp_path) as cluster:
+        outcomes = asyncio.run(_one_at_a_time(cluster.frontend_address, queries, 4))
+    codes = Counter(code for code, _ in outcomes)
+    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, outcomes
+    assert codes["RESOURCE_EXHAUSTED"] > 0, outcomes
+    assert all("overloaded" in details for code, details in outcomes if code != "OK"), outcomes

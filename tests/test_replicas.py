@@ -17,6 +17,7 @@ from deeprec.common.replicas import (
     Verdict,
     classify,
     marked_accepted,
+    shed,
 )
 
 Code = grpc.StatusCode
@@ -268,3 +269,32 @@ def test_threads_share_a_pool_without_losing_count():
     assert set(pool.outstanding.values()) == {0}
     assert sum(picks.values()) > 8 * 2000
     assert min(picks.values()) > 0.1 * sum(picks.values())  # every replica took its share
+
+
+# -- overload ----------------------------------------------------------------------------------
+
+
+def test_a_full_queue_or_a_call_dropped_unread_is_overload_and_a_broken_run_is_not():
+    assert shed(Code.RESOURCE_EXHAUSTED)
+    assert shed(Code.CANCELLED)  # gRPC dropped it before the service read it
+    assert not shed(Code.CANCELLED, accepted=True)  # the replica broke while running it
+    assert not shed(Code.UNAVAILABLE)
+    assert not shed(Code.INVALID_ARGUMENT)
+
+
+def test_every_try_shed_is_overload_but_one_replica_down_is_not():
+    pool, _ = pool_of("ab")
+    failover = pool.failover()
+    for code in (Code.CANCELLED, Code.RESOURCE_EXHAUSTED):
+        failover.pick()
+        assert failover.failed(code) is Verdict.RETRY
+    assert failover.all_shed()
+
+    failover = pool.failover()
+    failover.pick()
+    failover.failed(Code.CANCELLED)
+    assert failover.all_shed()
+    failover.pick()  # in flight: not every try has failed yet
+    assert not failover.all_shed()
+    failover.failed(Code.UNAVAILABLE)
+    assert not failover.all_shed()

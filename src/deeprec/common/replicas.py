@@ -42,10 +42,12 @@ Code = grpc.StatusCode
 #                       frontend turns "every replica tried was full" into
 #                       RESOURCE_EXHAUSTED for the client, so it backs off.
 #   ABORTED             the replica gave up on the call for its own reasons.
-#   CANCELLED           cancelled by the server (a shutdown, or gRPC dropping a call it
-#                       never dispatched). A call the caller cancels itself never comes
-#                       back as an error: asyncio raises CancelledError, and a sync future
-#                       raises FutureCancelledError.
+#   CANCELLED           cancelled by the server before the service read it: gRPC's core
+#                       sheds calls that wait unread past DEEPREC_MAX_WAITING_CALLS
+#                       (overload; see ``shed``), and drops those still waiting at a
+#                       shutdown. A call the caller cancels itself never comes back as an
+#                       error: asyncio raises CancelledError, and a sync future raises
+#                       FutureCancelledError.
 # Not retried, on purpose:
 #   INTERNAL, UNKNOWN   our servers answer INTERNAL for an unexpected exception (a bug),
 #                       and gRPC answers UNKNOWN for a handler that raised one. Every
@@ -97,6 +99,14 @@ def classify(code: Code, *, accepted: bool = False, per_try_deadline: bool = Fal
     if not replica_failed:
         return Verdict.STOP
     return Verdict.NO_REPLAY if accepted else Verdict.RETRY
+
+
+def shed(code: Code, *, accepted: bool = False) -> bool:
+    """Whether a try failed because its replica was overloaded, so the caller should back
+    off (RESOURCE_EXHAUSTED) rather than hear the replica is down: its queue was full, or
+    gRPC's core shed the call unread (CANCELLED, never accepted) because more calls were
+    waiting than the service could read."""
+    return code == Code.RESOURCE_EXHAUSTED or (code == Code.CANCELLED and not accepted)
 
 
 def marked_accepted(metadata) -> bool:
@@ -213,6 +223,7 @@ class Failover:
         self.pool = pool
         self.tried: list[str] = []  # in order; the last may be in flight
         self.failures: list[tuple[str, Code]] = []
+        self._shed: list[bool] = []  # per failure: ``shed``
         self.current: str | None = None  # the replica of the try in flight
 
     def __enter__(self) -> Failover:
@@ -246,6 +257,7 @@ class Failover:
         ``Verdict.RETRY``: ``pick`` again (it raises NoReplica when the tries are spent)."""
         verdict = classify(code, accepted=accepted, per_try_deadline=per_try_deadline)
         self.failures.append((self.current, code))
+        self._shed.append(shed(code, accepted=accepted))
         self._end(failed=verdict.ejects)
         return verdict
 
@@ -261,6 +273,10 @@ class Failover:
             and len(self.failures) == len(self.tried)
             and all(c == code for _, c in self.failures)
         )
+
+    def all_shed(self) -> bool:
+        """Whether every try so far failed because its replica was overloaded (``shed``)."""
+        return bool(self.failures) and len(self.failures) == len(self.tried) and all(self._shed)
 
     def _end(self, failed: bool) -> None:
         if self.current is None:

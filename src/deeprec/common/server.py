@@ -34,7 +34,16 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
-SERVER_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)]
+# gRPC's core holds calls the service has not read yet (its event loop is busy) in a
+# pending queue; past the soft limit it sheds new ones at random, past the hard limit all
+# of them, and answers them CANCELLED (deeprec.common.replicas.shed reads that as overload).
+WAITING_CALLS = value("DEEPREC_MAX_WAITING_CALLS")
+SERVER_OPTIONS = [
+    *CHANNEL_OPTIONS,
+    ("grpc.so_reuseport", 0),
+    ("grpc.server.max_pending_requests", WAITING_CALLS),
+    ("grpc.server.max_pending_requests_hard_limit", 3 * WAITING_CALLS),  # gRPC's own ratio
+]
 
 
 def rebalancing_options(max_age_s: float) -> list:

@@ -183,6 +183,17 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=1,
     ),
     Setting(
+        "DEEPREC_MAX_WAITING_CALLS",
+        None,
+        int,
+        1000,
+        "calls a server's gRPC core may hold before the service has read them; past it, "
+        "gRPC sheds new calls at random (all of them past 3x) and callers count them as "
+        "overload",
+        ALL,
+        minimum=1,
+    ),
+    Setting(
         "DEEPREC_SHUTDOWN_GRACE_S",
         None,
         float,

@@ -157,9 +157,12 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
                             f"({code.name}: {details}); not replayed on another worker, in "
                             "case the query is what broke it"
                         ) from None
-                    log.warning(
-                        "%s worker %s failed (%s: %s)", pool.name, worker, code.name, details
+                    reason = (
+                        "dropped the call unread: overloaded or stopping"
+                        if code == grpc.StatusCode.CANCELLED
+                        else f"{code.name}: {details}"
                     )
+                    log.warning("%s worker %s failed (%s)", pool.name, worker, reason)
                     continue
                 failover.succeeded()
                 pool.served[worker] += 1
@@ -187,10 +190,11 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         tried = failover.tried
         if not tried:
             return Unavailable(f"no {pool.name} worker available for {items}")
-        if failover.all_failed_with(grpc.StatusCode.RESOURCE_EXHAUSTED):
+        if failover.all_shed():
             # Overload, not failure: tell the client to back off.
             return ResourceExhausted(
-                f"{items}: every {pool.name} worker tried ({', '.join(tried)}) has a full queue"
+                f"{items}: every {pool.name} worker tried ({', '.join(tried)}) is overloaded "
+                "(a full queue, or more calls waiting than it can read)"
             )
         return Unavailable(
             f"{items} failed on {pool.name} worker(s) {', '.join(tried)} and "

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from deeprec.common.errors import ServingError, Unavailable
+from deeprec.common.errors import ResourceExhausted, ServingError, Unavailable
 from deeprec.common.metric_names import SHARD_LOOKUP_LATENCY
 from deeprec.common.replicas import (
     DEFAULT_EJECT_SECONDS,
@@ -120,6 +120,10 @@ async def lookup_with_failover(
             try:
                 address = failover.pick()
             except NoReplica:
+                if failover.all_shed():  # overload: the caller should back off
+                    raise ResourceExhausted(
+                        f"shard {shard}: every replica tried is overloaded ({'; '.join(errors)})"
+                    ) from None
                 raise Unavailable(
                     f"shard {shard}: no replica answered ({'; '.join(errors)})"
                 ) from None
