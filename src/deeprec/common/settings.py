@@ -192,6 +192,7 @@ SETTINGS: tuple[Setting, ...] = (
         "overload",
         ALL,
         minimum=1,
+        maximum=1_000_000,  # 3x must fit gRPC's int channel argument
     ),
     Setting(
         "DEEPREC_SHUTDOWN_GRACE_S",
