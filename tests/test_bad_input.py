@@ -21,6 +21,7 @@ from deeprec.common.features import (
     InvalidFeatures,
     ModelSignature,
     check_bags,
+    check_ids,
     encode_features,
     validate,
 )
@@ -67,6 +68,25 @@ def test_lengths_whose_int64_sum_wraps_are_refused_before_summing():
     with pytest.raises(InvalidFeatures, match="negative length"):
         check_bags(np.array([-(2**63), 2**63 - 1, 9], dtype=np.int64), 8, "f", 4096)
     check_bags(np.array([3, 0, 5], dtype=np.int64), 8, "f", 4096)  # exact: accepted
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.int16])
+def test_ids_out_of_range_on_either_side_are_refused_with_the_offending_id(dtype):
+    rows = 100
+    check_ids(np.array([0, 99, 5], dtype=dtype), 0, rows, "f", "t")  # the edges: accepted
+    for bad in (-1, 100, np.iinfo(dtype).min, np.iinfo(dtype).max):
+        with pytest.raises(InvalidFeatures, match=f"id {bad} is out of range"):
+            check_ids(np.array([3, bad, 7], dtype=dtype), 0, rows, "f", "t")
+    with pytest.raises(InvalidFeatures, match="id 9 is out of range"):
+        check_ids(np.array([10, 9], dtype=dtype), 10, rows, "f", "t")  # a shard's rows
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_a_negative_or_too_long_bag_is_refused_whatever_the_dtype(dtype):
+    with pytest.raises(InvalidFeatures, match="negative length -1"):
+        check_bags(np.array([2, -1, 7], dtype=dtype), 8, "f", 4096)
+    with pytest.raises(InvalidFeatures, match="a sample has 4097 ids"):
+        check_bags(np.array([0, 4097], dtype=dtype), 4097, "f", 4096)
 
 
 @pytest.mark.parametrize(

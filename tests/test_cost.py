@@ -131,6 +131,12 @@ def test_stages_time_the_deployed_code_and_the_worker_stages_give_the_reference(
     watch = Stopwatch()
     parts = frontend_stages(watch, signature, query.payload, 4)
     assert len(parts) == 3  # 10 items at B=4
+    # Decoded as the servers decode: the wire reader's views, not the generated classes.
+    from deeprec.bench.stages import READ_PREDICT, READ_RECOMMEND
+    from deeprec.common.wire_reader import RequestView
+
+    assert isinstance(READ_RECOMMEND(query.payload), RequestView)
+    assert isinstance(READ_PREDICT(parts[0]), RequestView)
     scores = np.concatenate([worker_stages(watch, signature, session, p) for p in parts])
     request = recommender_pb2.RecommendRequest.FromString(query.payload)
     feeds = validate(signature, request.features).feeds()
