@@ -19,7 +19,7 @@ from deeprec.models import zoo
 from deeprec.sharding.planner import make_plan
 from deeprec.sizing.costs import Costs, CostsError, load_costs
 from deeprec.sizing.helm import helm_values, write_values
-from deeprec.sizing.measure import measure_costs
+from deeprec.sizing.measure import measure_costs, unloaded_wait
 from deeprec.sizing.simulate import Cluster, simulate
 from deeprec.sizing.size import Pods, SizingError, Target, size_cluster
 from deeprec.sizing.work import ModelShape, Work, shard_lookups
@@ -83,6 +83,13 @@ def test_costs_name_what_is_missing(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(CostsError, match="cannot read costs"):
         load_costs(tmp_path / "bad.json")
+
+
+def test_costs_measured_before_the_round_trip_wait_read_as_no_wait(tmp_path):
+    data = COSTS.to_json()
+    del data["hop_ms"]
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    assert load_costs(tmp_path / "old.json").hop_ms == 0.0
 
 
 # -- a query's work ------------------------------------------------------------------------------
@@ -192,6 +199,38 @@ def test_a_sharded_query_waits_for_its_slowest_shard():
     assert outcome.p50_ms == pytest.approx(work.frontend_ms(n) + before + slowest + after)
     with pytest.raises(ValueError, match="the cluster has 1 shards, the plan 2"):
         simulate(work, Cluster(1, 1, (1,)), 1, FixedSizes(n), 10)
+
+
+def test_each_round_trip_on_a_querys_path_waits_the_hop_once():
+    """Client to frontend, frontend to a remote worker, worker to its shards (in
+    parallel): three round trips, each a wait that holds no core."""
+    spec = rmc1()
+    plan = make_plan(spec, "1", 2, "capacity")
+    sizes, n = FixedSizes(200), 200
+    for in_process, hops in ((False, 3), (True, 2)):
+        work = Work(COSTS, ModelShape.of(spec), 0, in_process, shard_lookups(spec, plan), 0)
+        waiting = replace(work, costs=replace(COSTS, hop_ms=1.5))
+        cluster = Cluster(1, 1, (1, 1))
+        plain = simulate(work, cluster, 0.5, sizes, 200, noise=0)
+        slower = simulate(waiting, cluster, 0.5, sizes, 200, noise=0)
+        assert slower.p50_ms == pytest.approx(plain.p50_ms + hops * 1.5)
+        assert slower.utilization == pytest.approx(plain.utilization, rel=0.01)  # no CPU
+    alone = simulate(fixed_work(10.0), Cluster(0, 1), 1, FixedSizes(n), 50, noise=0)
+    hopped = replace(fixed_work(10.0), costs=replace(ALONE, worker_ms_per_part=10.0, hop_ms=2))
+    assert simulate(hopped, Cluster(0, 1), 1, FixedSizes(n), 50, noise=0).p50_ms == pytest.approx(
+        alone.p50_ms + 2.0
+    )
+
+
+@pytest.mark.parametrize("shards", [0, 2])
+def test_the_wait_per_round_trip_is_what_an_unloaded_query_took_beyond_its_cpu(shards):
+    spec = rmc1()
+    lookups = shard_lookups(spec, make_plan(spec, "1", shards, "capacity")) if shards else ()
+    work = Work(COSTS, ModelShape.of(spec), 0, False, lookups)
+    cluster = Cluster(0, 1, (1,) * shards, 1, host_cores=2)
+    waited = replace(work, costs=replace(COSTS, hop_ms=1.25))
+    measured = simulate(waited, cluster, 1.0, FixedSizes(300), 20, noise=0, warmup=0).p50_ms
+    assert unloaded_wait(work, cluster, 300, measured) == pytest.approx(1.25)
 
 
 # -- sizing --------------------------------------------------------------------------------------

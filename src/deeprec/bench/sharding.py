@@ -152,9 +152,20 @@ def warm(address, queries, seed) -> None:
 
 
 def run_config(
-    label, artifact, queries, rate, seconds, seed, log_dir, plan_path=None, shards=0, cache=None
+    label,
+    artifact,
+    queries,
+    rate,
+    seconds,
+    seed,
+    log_dir,
+    plan_path=None,
+    shards=0,
+    cache=None,
+    unloaded=False,
 ) -> dict:
-    """One configuration: start its processes, warm up, load, measure, stop."""
+    """One configuration: start its processes, warm up, load, measure, stop.
+    ``unloaded``: also each query's latency alone, warm (a second pass, one at a time)."""
     with serving(label, artifact, log_dir, plan_path, shards, cache) as started:
         children, worker, shard_addresses = started
         pids = [c.pid for c in children.children]
@@ -164,6 +175,7 @@ def run_config(
         # Warm-up: every query once, in turn (pages tables in; gives the service time).
         service, first, _ = asyncio.run(_drive(worker.address, queries, None, 0, seed))
         warm_cpu = sum(cpu_seconds(p) for p in pids) - before
+        alone = asyncio.run(_drive(worker.address, queries, None, 0, seed))[0] if unloaded else []
         result, cpu, by_process = None, 0.0, {}
         if rate is not None:
             before = {c.name: cpu_seconds(c.pid) for c in children.children}
@@ -184,6 +196,7 @@ def run_config(
         "label": label,
         "shards": len(shard_addresses),
         "service_ms_mean": float(np.mean(service) * 1e3),
+        "unloaded_ms_p50": float(np.median(alone) * 1e3) if alone else None,
         "warmup_cpu_s_per_query": warm_cpu / len(queries),
         "load": None if result is None else result.to_json(),
         "cpu_s_per_query": cpu / max(1, result.ok) if result else None,

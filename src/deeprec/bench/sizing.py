@@ -79,14 +79,16 @@ def _point(shards: int, rate: float, run: dict, predicted, cores: int) -> dict:
 def table(points: list[dict]) -> str:
     lines = [
         f"{'shards':>6} {'q/s':>6} | {'measured p50':>12} {'p99':>7} {'CPU ms':>7} | "
-        f"{'predicted p50':>13} {'p99':>7} {'CPU ms':>7} | {'p99 x':>6} {'CPU x':>6}"
+        f"{'predicted p50':>13} {'p99':>7} {'CPU ms':>7} | {'p50 x':>6} {'p99 x':>6} "
+        f"{'CPU x':>6}"
     ]
     for p in points:
         m, s, r = p["measured"], p["predicted"], p["predicted_over_measured"]
         lines.append(
             f"{p['shards']:>6} {p['rate_qps']:>6.1f} | {m['p50_ms']:>12.1f} {m['p99_ms']:>7.1f} "
             f"{m['cpu_ms_per_query']:>7.2f} | {s['p50_ms']:>13.1f} {s['p99_ms']:>7.1f} "
-            f"{s['cpu_ms_per_query']:>7.2f} | {r['p99_ms']:>6.2f} {r['cpu_ms_per_query']:>6.2f}"
+            f"{s['cpu_ms_per_query']:>7.2f} | {r['p50_ms']:>6.2f} {r['p99_ms']:>6.2f} "
+            f"{r['cpu_ms_per_query']:>6.2f}"
         )
     return "\n".join(lines)
 

@@ -10,6 +10,9 @@ table (its per-item part per byte of rows it sums). Then the same 500-item queri
 the tables on 4 shards: the CPU beyond that of one shard is 3 more Lookups' worth, on the
 worker's side and on the shards'. The
 frontend's own work: its functions run in-process, stage by stage (bench/stages.py).
+The wait per round trip (``hop_ms``): in each of those five runs, each query once more,
+alone and warm; its median latency less the simulated one without waits (the CPU on its
+path), per round trip on that path, the median over the runs.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
+import numpy as np
 
 from deeprec.bench.sharding import predict_payloads, run_config
 from deeprec.bench.stages import measure_stages
@@ -32,6 +37,7 @@ from deeprec.sharding.planner import make_plan
 from deeprec.workload.distributions import FixedSizes, parse_sizes
 
 from .costs import Costs
+from .simulate import Cluster, simulate
 from .work import ModelShape, Work, shard_lookups
 
 ECHO = "/deeprec.sizing.Echo/Call"
@@ -133,26 +139,31 @@ def measure_costs(
         sharded_work[n] = Work(rpcs, ModelShape.of(spec), 0, False, shard_lookups(spec, plans[n]))
     # CPU beyond the modelled RPCs, per process kind, at each query size.
     beyond: dict[str, list[float]] = {"worker": [], "sharded": [], "shard": []}
+    alone: list[tuple[int, int, float]] = []  # (items, shards, unloaded p50 ms) per run
     for items in FIT_SIZES:
         queries = predict_payloads(spec, artifact.version, FixedSizes(items), "powerlaw", 1.05, 0)
         say(f"{items}-item queries, {seconds:g} s at {rate:g} q/s: a worker holding every table")
-        run = run_config(f"single-{items}", artifact, queries, rate, seconds, 0, work_dir)
+        run = run_config(
+            f"single-{items}", artifact, queries, rate, seconds, 0, work_dir, unloaded=True
+        )
+        alone.append((items, 0, run["unloaded_ms_p50"]))
         own = _cpu_ms_per_query(run)["worker"] - sum(single_work.worker_phases(items))
         beyond["worker"].append(own)
         say(f"{items}-item queries: a sharded worker and one shard holding every table")
-        cpu = _cpu_ms_per_query(
-            run_config(
-                f"singular-{items}",
-                artifact,
-                queries,
-                rate,
-                seconds,
-                0,
-                work_dir,
-                plan_paths[1],
-                1,
-            )
+        run = run_config(
+            f"singular-{items}",
+            artifact,
+            queries,
+            rate,
+            seconds,
+            0,
+            work_dir,
+            plan_paths[1],
+            1,
+            unloaded=True,
         )
+        alone.append((items, 1, run["unloaded_ms_p50"]))
+        cpu = _cpu_ms_per_query(run)
         beyond["sharded"].append(cpu["worker"] - sum(sharded_work[1].worker_phases(items)))
         beyond["shard"].append(cpu["shards"] - sharded_work[1].shard_ms(0, items))
     worker = _line(FIT_SIZES, beyond["worker"])
@@ -162,26 +173,27 @@ def measure_costs(
     items = FIT_SIZES[-1]
     say(f"{items}-item queries: a sharded worker and {SPREAD_SHARDS} shards")
     queries = predict_payloads(spec, artifact.version, FixedSizes(items), "powerlaw", 1.05, 0)
-    cpu = _cpu_ms_per_query(
-        run_config(
-            f"capacity-{items}",
-            artifact,
-            queries,
-            rate,
-            seconds,
-            0,
-            work_dir,
-            plan_paths[SPREAD_SHARDS],
-            SPREAD_SHARDS,
-        )
+    run = run_config(
+        f"capacity-{items}",
+        artifact,
+        queries,
+        rate,
+        seconds,
+        0,
+        work_dir,
+        plan_paths[SPREAD_SHARDS],
+        SPREAD_SHARDS,
+        unloaded=True,
     )
+    alone.append((items, SPREAD_SHARDS, run["unloaded_ms_p50"]))
+    cpu = _cpu_ms_per_query(run)
     spread = sharded_work[SPREAD_SHARDS]
     more = SPREAD_SHARDS - 1
     shard_rpcs = sum(spread.shard_ms(k, items) for k in range(SPREAD_SHARDS))
     worker_extra = cpu["worker"] - sum(spread.worker_phases(items)) - beyond["sharded"][-1]
     shard_extra = cpu["shards"] - shard_rpcs - beyond["shard"][-1]
     (lookups,) = sharded_work[1].shards
-    return Costs(
+    cpu_costs = Costs(
         model=spec.name,
         rpc_ms=rpc_ms,
         rpc_ms_per_mb=rpc_ms_per_mb,
@@ -196,3 +208,22 @@ def measure_costs(
         machine=machine(),
         measured_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
+    shape, cores = ModelShape.of(spec), os.cpu_count() or 1
+    waits = [
+        unloaded_wait(
+            Work(cpu_costs, shape, 0, False, shard_lookups(spec, plans[n]) if n else ()),
+            Cluster(0, 1, (1,) * n, 1, host_cores=cores),
+            items,
+            measured_ms,
+        )
+        for items, n, measured_ms in alone
+    ]
+    return replace(cpu_costs, hop_ms=float(max(0.0, np.median(waits))))
+
+
+def unloaded_wait(work: Work, cluster: Cluster, items: int, measured_ms: float) -> float:
+    """Wall ms per round trip that one query alone took beyond the simulated CPU on its
+    path (with no wait per hop): the client's call to the worker, and its Lookups."""
+    simulated = simulate(work, cluster, 1.0, FixedSizes(items), queries=20, noise=0, warmup=0)
+    round_trips = 2 if work.shards else 1
+    return (measured_ms - simulated.p50_ms) / round_trips

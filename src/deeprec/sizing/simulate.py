@@ -10,8 +10,10 @@ replica of its shard with the fewest outstanding calls, served in order by that
 replica's cores. With ``host_cores`` every process shares those cores (processor
 sharing): one machine, or the pods of in-process frontends, whose event loop and runs
 share the pod's cores. A query's latency runs from its arrival until its last part is
-answered. Service times are the ``Work``'s CPU ms times log-normal noise; the network and
-the final merge are taken as free.
+answered. Service times are the ``Work``'s CPU ms times log-normal noise; each RPC round
+trip on a query's path (client to frontend or worker, frontend to a remote worker, worker
+to its shards) also waits the costs' ``hop_ms``, a delay that holds no core; the final
+merge is taken as free.
 """
 
 from __future__ import annotations
@@ -194,6 +196,15 @@ def simulate(
         for r in cluster.shard_replicas
     ]
     client_ms = [0.0]  # the load generator's CPU, on the host's cores
+    hop = work.costs.hop_ms
+
+    def after_hop(action: Callable[[], None]) -> None:
+        """``action`` once a round trip's wait (not CPU) has passed."""
+        if hop > 0:
+            clock.at(clock.now + hop, action)
+        else:
+            action()
+
     done_at = np.full(queries, np.nan)
     left = np.zeros(queries, dtype=np.int64)
 
@@ -251,17 +262,24 @@ def simulate(
 
             for k, ms in calls:
                 replica = min(replicas[k], key=lambda s: s.outstanding)
-                replica.serve(ms * next(factor), answered)
+                served = ms * next(factor)
+                after_hop(lambda r=replica, served=served: r.serve(served, answered))
 
         workers.compute(before * next(factor), send_lookups)
 
-    def dispatch(q: int) -> None:
-        parts = work.parts(int(items[q])) if frontend else [int(items[q])]
-        left[q] = len(parts)
+    def enqueue(q: int, parts: list[int]) -> None:
         for m in parts:
             waiting.append((q, m))
             waiting_items[0] += m
         start_runs()
+
+    def dispatch(q: int) -> None:
+        parts = work.parts(int(items[q])) if frontend else [int(items[q])]
+        left[q] = len(parts)
+        if frontend is not None and not work.in_process:  # each part is a call
+            after_hop(lambda: enqueue(q, parts))
+        else:
+            enqueue(q, parts)
 
     def arrive(q: int) -> None:
         if host is not None:  # the client sends and reads on the same cores
@@ -269,9 +287,10 @@ def simulate(
             client_ms[0] += ms
             host.run(ms, lambda: None)
         if frontend is None:
-            dispatch(q)
+            after_hop(lambda: dispatch(q))
         else:
-            frontend.serve(work.frontend_ms(int(items[q])) * next(factor), lambda: dispatch(q))
+            ms = work.frontend_ms(int(items[q])) * next(factor)
+            after_hop(lambda: frontend.serve(ms, lambda: dispatch(q)))
 
     for q, when in enumerate(arrivals):
         clock.at(float(when), lambda q=q: arrive(q))
