@@ -18,6 +18,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from deeprec.common.jsonfile import write_json
@@ -188,6 +189,13 @@ def bench_sizing(args) -> int:
             )
             predicted = simulate(work, cluster, rate, sizes, args.queries, args.seed)
             points.append(_point(shards, rate, run, predicted, cores))
+            # The same simulation without the wait per round trip, to show what it adds.
+            no_wait = replace(work, costs=replace(costs, hop_ms=0.0))
+            unwaited = simulate(no_wait, cluster, rate, sizes, args.queries, args.seed)
+            points[-1]["predicted_without_wait_over_measured"] = {
+                key: value / points[-1]["measured"][key] if points[-1]["measured"][key] else None
+                for key, value in (("p50_ms", unwaited.p50_ms), ("p99_ms", unwaited.p99_ms))
+            }
             say(table(points[-1:]).splitlines()[-1])
     found = []
     for shards in [] if args.no_capacity else _ints(args.shards):
@@ -219,6 +227,12 @@ def bench_sizing(args) -> int:
     }
     write_json(out, result)
     print(table(points))
+    unwaited = ", ".join(
+        f"{p['shards']} shards {p['rate_qps']:g} q/s {r['p50_ms']:.2f}/{r['p99_ms']:.2f}"
+        for p in points
+        if None not in (r := p["predicted_without_wait_over_measured"]).values()
+    )
+    print(f"without the {costs.hop_ms:.2f} ms wait per round trip, p50/p99 x: {unwaited}")
     for c in found:
         ratio = c["predicted_over_measured"]
         print(
