@@ -18,12 +18,12 @@ from deeprec.workload.queries import QueryCycle
 DEADLINE_S = 0.1
 
 
-async def _overload(address, queries, rate, seconds):
+async def _overload(address, queries, rate, seconds, deadline_s=DEADLINE_S):
     async with RecommenderClient(address, 30) as warm:  # unmeasured, no tight deadline
         await warm.wait_ready()
         for query in queries[:5]:
             await warm.send(query)
-    async with RecommenderClient(address, DEADLINE_S) as client:  # every query: 100 ms
+    async with RecommenderClient(address, deadline_s) as client:
         await client.wait_ready()
         return await run_open_loop(
             client.send,
@@ -40,8 +40,10 @@ def test_shedding_happens_and_admitted_queries_are_answered(tiny_zoo, tmp_path):
     queries = prepare(artifact.spec, artifact.version, Workload(FixedSizes(2000), seed=1))
     with LocalCluster(artifact.path, workers=1, batch_size=0, log_dir=tmp_path) as cluster:
         # Several times what one worker serves (about 100 of these queries/s here).
-        result = asyncio.run(_overload(cluster.frontend_address, queries, 500, 4))
-        after = asyncio.run(_overload(cluster.frontend_address, queries, 5, 1))
+        result = asyncio.run(_overload(cluster.frontend_address, queries, 500, 4))  # 100 ms each
+        # Once the overload is over (the warm-up queries before it were answered), queries
+        # are served again; a generous deadline, so a slow moment of the machine is no failure.
+        after = asyncio.run(_overload(cluster.frontend_address, queries, 5, 1, deadline_s=30))
     errors = dict(result.errors)
     assert errors.pop("RESOURCE_EXHAUSTED", 0) > 0, result.errors  # shed early
     # Nothing else goes wrong: admitted queries are answered, or (rarely, when a
@@ -49,8 +51,7 @@ def test_shedding_happens_and_admitted_queries_are_answered(tiny_zoo, tmp_path):
     assert set(errors) <= {"DEADLINE_EXCEEDED"}, result.errors
     assert result.ok > 0
     assert result.ok + sum(result.errors.values()) == result.sent
-    # Once the overload is over, queries are served again.
-    assert after.ok > 0 and set(after.errors) <= {"DEADLINE_EXCEEDED"}, after.errors
+    assert after.ok == after.sent > 0, after.errors
 
 
 async def _one_at_a_time(address, queries, count):
