@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from kubernetes import client as k8s
-from kubernetes import config as k8s_config
+if TYPE_CHECKING:
+    from kubernetes import client as k8s
 
 NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
@@ -18,6 +19,11 @@ class NotInCluster(Exception):
 
 def in_cluster_client() -> k8s.ApiClient:
     """An API client with the pod's ServiceAccount token and CA."""
+    # Imported here: kubernetes takes about 0.4 s to import, which only pods that talk to
+    # the API server should pay (not every frontend start, not the CLI).
+    from kubernetes import client as k8s
+    from kubernetes import config as k8s_config
+
     configuration = k8s.Configuration()
     try:
         k8s_config.load_incluster_config(client_configuration=configuration)

@@ -19,10 +19,13 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
-from kubernetes import client as k8s
-from kubernetes import watch as k8s_watch
-from kubernetes.client.exceptions import ApiException
+# kubernetes is imported where a watch starts: it takes about 0.4 s, which a frontend
+# that does not discover its workers (and the CLI) should not pay.
+if TYPE_CHECKING:
+    from kubernetes import client as k8s
+    from kubernetes import watch as k8s_watch
 
 log = logging.getLogger("deeprec")
 
@@ -93,6 +96,8 @@ class EndpointSliceWatch:
         on_change: Callable[[list[str]], None],
         watch_seconds: int = WATCH_SECONDS,
     ):
+        from kubernetes import client as k8s
+
         self.api = k8s.DiscoveryV1Api(api_client)
         self.namespace, self.service, self.port = namespace, service, port
         self.on_change, self.watch_seconds = on_change, watch_seconds
@@ -158,6 +163,8 @@ class EndpointSliceWatch:
     def _follow(self) -> None:
         """Apply watch events until the watch ends (then it is resumed from the last
         resourceVersion) or says the version is too old (then the caller lists again)."""
+        from kubernetes import watch as k8s_watch
+
         self._watch = k8s_watch.Watch()
         stream = self._watch.stream(
             self.api.list_namespaced_endpoint_slice,
@@ -189,6 +196,8 @@ class EndpointSliceWatch:
 
 
 def _reason(err: Exception) -> str:
+    from kubernetes.client.exceptions import ApiException
+
     if isinstance(err, ApiException):
         return f"HTTP {err.status} {err.reason}"
     return f"{type(err).__name__}: {err}"
