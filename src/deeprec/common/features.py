@@ -134,23 +134,10 @@ def _decode(tensor: tensor_pb2.Tensor, field: str, dtypes: tuple, ndim: int) -> 
     return array
 
 
-_UNSIGNED = {np.dtype("<i4"): np.dtype("<u4"), np.dtype("<i8"): np.dtype("<u8")}
-
-
-def _unsigned_max(array: np.ndarray) -> int | None:
-    """The largest value of a non-empty int32 or int64 array read as unsigned, where a
-    negative one is huge: one pass bounds it on both sides. None for other dtypes."""
-    unsigned = _UNSIGNED.get(array.dtype)
-    return None if unsigned is None else int(array.view(unsigned).max())
-
-
 def check_bags(lengths: np.ndarray, n_ids: int, where: str, max_ids_per_item: int) -> None:
     """Lengths of one feature's bags against the ids sent, bounded before they are summed
     (with each length <= max_ids_per_item < 2^31, the int64 sum cannot wrap around)."""
-    # One pass checks both bounds; only a batch that fails it pays for the passes that
-    # say how.
-    bound = _unsigned_max(lengths) if len(lengths) else 0
-    if bound is None or bound > max_ids_per_item:
+    if len(lengths):
         low, high = int(lengths.min()), int(lengths.max())
         if low < 0:
             raise InvalidFeatures(f"{where}.lengths: negative length {low}")
@@ -166,15 +153,11 @@ def check_bags(lengths: np.ndarray, n_ids: int, where: str, max_ids_per_item: in
 
 def check_ids(ids: np.ndarray, start: int, stop: int, where: str, what: str) -> None:
     """Every id in [start, stop); ``what`` names the rows for the message."""
-    if not len(ids):
-        return
-    bound = _unsigned_max(ids) if start == 0 else None
-    if bound is not None and bound < stop:
-        return  # one pass bounds both sides
-    low, high = int(ids.min()), int(ids.max())
-    if low < start or high >= stop:
-        bad = low if low < start else high
-        raise InvalidFeatures(f"{where}.ids: id {bad} is out of range for {what}")
+    if len(ids):
+        low, high = int(ids.min()), int(ids.max())
+        if low < start or high >= stop:
+            bad = low if low < start else high
+            raise InvalidFeatures(f"{where}.ids: id {bad} is out of range for {what}")
 
 
 def check_items(n: int, limits: RequestLimits) -> None:

@@ -222,8 +222,7 @@ class Failover:
     def __init__(self, pool: ReplicaPool):
         self.pool = pool
         self.tried: list[str] = []  # in order; the last may be in flight
-        self.failures: list[tuple[str, Code]] = []
-        self._shed: list[bool] = []  # per failure: ``shed``
+        self.failures: list[tuple[str, Code, bool]] = []  # replica, code, accepted
         self.current: str | None = None  # the replica of the try in flight
 
     def __enter__(self) -> Failover:
@@ -256,8 +255,7 @@ class Failover:
         """The try in flight failed with ``code``: eject its replica if that is to blame.
         ``Verdict.RETRY``: ``pick`` again (it raises NoReplica when the tries are spent)."""
         verdict = classify(code, accepted=accepted, per_try_deadline=per_try_deadline)
-        self.failures.append((self.current, code))
-        self._shed.append(shed(code, accepted=accepted))
+        self.failures.append((self.current, code, accepted))
         self._end(failed=verdict.ejects)
         return verdict
 
@@ -266,17 +264,13 @@ class Failover:
         if self.current is not None:
             self._end(failed=False)
 
-    def all_failed_with(self, code: Code) -> bool:
-        """Whether every try so far failed, and with ``code``."""
+    def all_shed(self) -> bool:
+        """Whether every try so far failed because its replica was overloaded (``shed``)."""
         return (
             bool(self.failures)
             and len(self.failures) == len(self.tried)
-            and all(c == code for _, c in self.failures)
+            and all(shed(code, accepted=accepted) for _, code, accepted in self.failures)
         )
-
-    def all_shed(self) -> bool:
-        """Whether every try so far failed because its replica was overloaded (``shed``)."""
-        return bool(self.failures) and len(self.failures) == len(self.tried) and all(self._shed)
 
     def _end(self, failed: bool) -> None:
         if self.current is None:
