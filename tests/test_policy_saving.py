@@ -14,9 +14,10 @@ from fake_kube import FakeKube, status
 from kubernetes import client as k8s
 from servers import Loop
 
+from deeprec.scheduler.configmap_store import ConfigMapStore
 from deeprec.scheduler.core import SchedulerConfig
 from deeprec.scheduler.main import Scheduler
-from deeprec.scheduler.store import ConfigMapStore, decode
+from deeprec.scheduler.store import decode
 from deeprec.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 NS, NAME = "serving", "deeprec-policies"

@@ -12,11 +12,9 @@ from fake_kube import FakeKube, status
 from kubernetes import client as k8s
 
 from deeprec.common.policy import Policy
+from deeprec.scheduler.configmap_store import CONFIGMAP_KEY, LABELS, ConfigMapStore
 from deeprec.scheduler.store import (
-    CONFIGMAP_KEY,
     FORMAT,
-    LABELS,
-    ConfigMapStore,
     FileStore,
     StoreError,
     decode,
