@@ -2,22 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
-
 from deeprec.launcher.cluster import PLACEMENTS
 from deeprec.launcher.loadrun import DEFAULT_ARTIFACTS
 from deeprec.models import zoo
-
-
-def positive(text: str) -> float:
-    """argparse type: a number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
 
 
 def add_placement_argument(p, note: str = "") -> None:

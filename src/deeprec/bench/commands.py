@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import sys
 
+from deeprec.common import argtypes
 from deeprec.launcher.commands import DEMO_BATCH_SIZE, stop_on_signals
 from deeprec.workload.distributions import ID_CHOICES, SIZE_CHOICES
 
 from . import dedup, gpu, scale, sizing, stages
 from .args import add_model_arguments, add_placement_argument
-from .args import positive as _positive
 from .targets import CONFIG_CHOICES
 
 DEFAULT_CONFIGS = f"nosplit,64,{DEMO_BATCH_SIZE},tuned"
@@ -61,34 +61,43 @@ def _workload(p) -> None:
     g.add_argument("--sizes", default="mlperf", help=f"query sizes: {SIZE_CHOICES}")
     g.add_argument("--ids", choices=ID_CHOICES, default="powerlaw", help="embedding id law")
     g.add_argument("--exponent", default="1.05", help="Zipf exponent S, or S,TABLE=S2,...")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=argtypes.seed, default=0)
 
 
 def _search(p) -> None:
     g = p.add_argument_group("SLA and search")
     g.add_argument(
-        "--slo-ms", type=_positive, default=100.0, help="tail-latency target (default 100)"
+        "--slo-ms", type=argtypes.positive, default=100.0, help="tail-latency target (default 100)"
     )
     g.add_argument(
         "--percentile", type=float, choices=(95.0, 99.0), default=95.0, help="which tail"
     )
-    g.add_argument("--start-rate", type=_positive, default=10.0, help="first rate (queries/s)")
-    g.add_argument("--max-rate", type=_positive, default=1e4, help="highest rate tried")
     g.add_argument(
-        "--tolerance", type=_positive, default=0.05, help="relative width of the final bracket"
+        "--start-rate", type=argtypes.positive, default=10.0, help="first rate (queries/s)"
     )
-    g.add_argument("--confirmations", type=int, default=2, help="extra runs the answer must pass")
-    g.add_argument("--max-trials", type=int, default=20, help="trial budget per configuration")
-    g.add_argument("--seconds", type=_positive, default=10.0, help="seconds per trial")
+    g.add_argument("--max-rate", type=argtypes.positive, default=1e4, help="highest rate tried")
+    g.add_argument(
+        "--tolerance",
+        type=argtypes.positive,
+        default=0.05,
+        help="relative width of the final bracket",
+    )
+    g.add_argument(
+        "--confirmations", type=argtypes.size, default=2, help="extra runs the answer must pass"
+    )
+    g.add_argument(
+        "--max-trials", type=argtypes.count, default=20, help="trial budget per configuration"
+    )
+    g.add_argument("--seconds", type=argtypes.positive, default=10.0, help="seconds per trial")
     g.add_argument(
         "--min-queries",
-        type=int,
+        type=argtypes.count,
         default=400,
         help="queries per trial at least (longer trials at low rates, up to 3x --seconds)",
     )
     g.add_argument(
         "--settle-seconds",
-        type=float,
+        type=argtypes.non_negative,
         default=30.0,
         help="tuned configuration: unmeasured load at each new rate before measuring",
     )
@@ -100,7 +109,7 @@ def _search(p) -> None:
         "each rate; the capacity is where each one's median tail crosses the SLA",
     )
     g.add_argument(
-        "--rounds", type=int, default=3, help="--sweep: times the ladder of rates is run"
+        "--rounds", type=argtypes.count, default=3, help="--sweep: times the ladder of rates is run"
     )
     g.add_argument(
         "--sequential",
@@ -112,12 +121,16 @@ def _search(p) -> None:
 
 def _servers(p) -> None:
     g = p.add_argument_group("servers")
-    g.add_argument("--workers", type=int, default=2, help="deeprec CPU workers (and peer threads)")
-    g.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per worker")
+    g.add_argument(
+        "--workers", type=argtypes.count, default=2, help="deeprec CPU workers (and peer threads)"
+    )
+    g.add_argument(
+        "--threads", type=argtypes.count, default=1, help="ONNX Runtime threads per worker"
+    )
     add_placement_argument(g)
     g.add_argument("--host", default="127.0.0.1")
     g.add_argument("--log-dir", help="servers' logs (default: temporary directories)")
-    g.add_argument("--startup-timeout", type=float, default=120.0)
+    g.add_argument("--startup-timeout", type=argtypes.positive, default=120.0)
 
 
 def add_bench_parser(bench) -> None:
@@ -153,7 +166,7 @@ def add_bench_parser(bench) -> None:
     p.add_argument("--peers", default="triton,plain", help="comma-separated: triton, plain")
     p.add_argument(
         "--in-process-seconds",
-        type=float,
+        type=argtypes.non_negative,
         default=1.0,
         help="seconds per point of the in-process ONNX Runtime capacity measured first, "
         "the limit each served capacity is set against (0: skip it)",
@@ -171,9 +184,14 @@ def add_bench_parser(bench) -> None:
 
 def _triton(p) -> None:
     p.add_argument(
-        "--triton-max-batch", type=int, default=8, help="queries Triton's batcher may merge"
+        "--triton-max-batch",
+        type=argtypes.count,
+        default=8,
+        help="queries Triton's batcher may merge",
     )
-    p.add_argument("--triton-delay-us", type=int, default=0, help="Triton batcher max queue delay")
+    p.add_argument(
+        "--triton-delay-us", type=argtypes.size, default=0, help="Triton batcher max queue delay"
+    )
     p.add_argument(
         "--triton-dir",
         help="a pytriton package directory holding tritonserver/ (default: "
@@ -196,8 +214,8 @@ def _bench_cost(bench) -> None:
     )
     _workload(p)
     _servers(p)
-    p.add_argument("--rate", type=_positive, default=35.0, help="queries/s (default 35)")
-    p.add_argument("--seconds", type=_positive, default=15.0, help="measured seconds")
+    p.add_argument("--rate", type=argtypes.positive, default=35.0, help="queries/s (default 35)")
+    p.add_argument("--seconds", type=argtypes.positive, default=15.0, help="measured seconds")
     p.add_argument(
         "--deeprec",
         default=f"nosplit,{DEMO_BATCH_SIZE}",
@@ -226,11 +244,13 @@ def _bench_fuzz(bench) -> None:
         "on any UNKNOWN/INTERNAL, transport error, empty or over-long message, invalid "
         "request answered OK, dead process or wrong good answer.",
     )
-    p.add_argument("--requests", type=int, default=200, help="requests per RPC (default 200)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--requests", type=argtypes.count, default=200, help="requests per RPC (default 200)"
+    )
+    p.add_argument("--seed", type=argtypes.seed, default=0)
     add_model_arguments(p, size="tiny")
     p.add_argument("--out", "--json", dest="out", default="results/fuzz.json", help="report")
-    p.add_argument("--timeout", type=_positive, default=5.0, help="seconds per request")
+    p.add_argument("--timeout", type=argtypes.positive, default=5.0, help="seconds per request")
     p.add_argument(
         "--rpcs",
         help="only targets whose name contains one of these (comma-separated), e.g. "
@@ -238,11 +258,11 @@ def _bench_fuzz(bench) -> None:
     )
     p.add_argument(
         "--max-restarts",
-        type=int,
+        type=argtypes.size,
         default=3,
         help="restarts of one process that died before the campaign gives up",
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--log-dir", help="servers' logs (default: temporary directories)")
-    p.add_argument("--startup-timeout", type=float, default=120.0)
+    p.add_argument("--startup-timeout", type=argtypes.positive, default=120.0)
     p.set_defaults(func=fuzz)

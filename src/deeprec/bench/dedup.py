@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from deeprec.common import argtypes
 from deeprec.common.features import ModelSignature, validate
 from deeprec.common.jsonfile import write_json
 from deeprec.frontend.split import split
@@ -137,6 +138,6 @@ def add_parser(bench) -> None:
     p.add_argument("--sizes", default="mlperf", help="query sizes (default mlperf)")
     p.add_argument("--ids", choices=("powerlaw", "uniform"), default="powerlaw")
     p.add_argument("--exponent", default="1.05", help="Zipf exponent S, or S,TABLE=S2,...")
-    p.add_argument("--batch-size", type=int, default=256, help="B (default 256)")
+    p.add_argument("--batch-size", type=argtypes.size, default=256, help="B (default 256)")
     p.add_argument("--json", help="result file (default results/bench-dedup-NAME-SIZE.json)")
     p.set_defaults(func=run_dedup)

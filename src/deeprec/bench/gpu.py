@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from deeprec.common import argtypes
 from deeprec.common.jsonfile import write_json
 from deeprec.launcher.cluster import LocalCluster, placed
 from deeprec.launcher.commands import stop_on_signals
@@ -236,18 +237,18 @@ def add_parser(bench) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_arguments(p)
-    p.add_argument("--workers", type=int, default=2, help="CPU workers (default 2)")
+    p.add_argument("--workers", type=argtypes.count, default=2, help="CPU workers (default 2)")
     add_placement_argument(p)
     p.add_argument(
         "--gpu-threads",
-        type=int,
+        type=argtypes.count,
         default=1,
         help="ONNX Runtime threads per GPU worker (default 1, the chart's gpu.threads; with "
         "--allow-cpu-fallback, more threads give the CPU stand-in another cost profile)",
     )
-    p.add_argument("--batch-size", type=int, default=256, help="B on the CPU pool")
-    p.add_argument("--rate", type=float, default=40.0, help="queries/s (default 40)")
-    p.add_argument("--seconds", type=float, default=20.0, help="load per configuration")
+    p.add_argument("--batch-size", type=argtypes.size, default=256, help="B on the CPU pool")
+    p.add_argument("--rate", type=argtypes.positive, default=40.0, help="queries/s (default 40)")
+    p.add_argument("--seconds", type=argtypes.positive, default=20.0, help="load per configuration")
     p.add_argument("--sizes", default="mlperf", help="query sizes (default mlperf)")
     p.add_argument(
         "--thresholds",
@@ -262,15 +263,20 @@ def add_parser(bench) -> None:
     )
     p.add_argument(
         "--tuned",
-        type=float,
+        type=argtypes.non_negative,
         default=0.0,
         metavar="SECONDS",
         help="also tune T end to end: a scheduler starts from always-offload (T=1), tunes "
         "for SECONDS at --rate, then --seconds are measured like the static rows (0: off)",
     )
-    p.add_argument("--sla-ms", type=float, default=100.0, help="the tuning scheduler's SLA")
     p.add_argument(
-        "--trial-queries", type=int, default=150, help="queries per tuning trial (--tuned)"
+        "--sla-ms", type=argtypes.positive, default=100.0, help="the tuning scheduler's SLA"
+    )
+    p.add_argument(
+        "--trial-queries",
+        type=argtypes.count,
+        default=150,
+        help="queries per tuning trial (--tuned)",
     )
     p.add_argument("--json", default="results/gpu-check.json", help="report file")
     p.set_defaults(func=command)

@@ -29,6 +29,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from deeprec.common import argtypes
 from deeprec.common.features import DEFAULT_LIMITS, InvalidFeatures, ModelSignature, validate
 from deeprec.common.server import SERVER_OPTIONS
 from deeprec.common.tensors import encode
@@ -112,11 +113,13 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m deeprec.bench.plain", description=__doc__)
     p.add_argument("--model", required=True, help="model artifact directory")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    p.add_argument("--port", type=argtypes.port, default=0, help="0 picks a free port")
+    p.add_argument(
+        "--threads", type=argtypes.count, default=1, help="ONNX Runtime intra-op threads"
+    )
     p.add_argument(
         "--concurrency",
-        type=int,
+        type=argtypes.count,
         default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2,
         help="gRPC threads running queries at once (default: the cores)",
     )

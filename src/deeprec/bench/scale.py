@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from deeprec.common import argtypes
 from deeprec.common.jsonfile import write_json
 from deeprec.models import zoo
 from deeprec.sharding.plan import parse_bytes
@@ -150,20 +151,22 @@ def add_parser(bench) -> None:
     p.add_argument("--tables", default="50G,500G", help="total table sizes (fp32), comma-separated")
     p.add_argument("--row-dtypes", default="fp32,fp16", help="shard row dtypes")
     p.add_argument("--qps", default="10000,100000,1000000", help="target rates")
-    p.add_argument("--slo-ms", type=float, default=100.0)
+    p.add_argument("--slo-ms", type=argtypes.positive, default=100.0)
     p.add_argument("--percentile", type=float, choices=(50.0, 95.0, 99.0), default=99.0)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=argtypes.size, default=256)
     p.add_argument("--sizes", default="mlperf")
-    p.add_argument("--pod-cores", type=int, default=4, help="cores per frontend pod")
+    p.add_argument("--pod-cores", type=argtypes.count, default=4, help="cores per frontend pod")
     p.add_argument("--table-memory", default="16G", help="tables a frontend pod may hold")
     p.add_argument("--memory-per-shard", default="64G", help="rows one shard pod holds")
     p.add_argument(
         "--shard-threads",
-        type=int,
+        type=argtypes.count,
         default=1,
         help="most lookup threads (cores) per shard pod (1: the deployed default, one event "
         "loop); the planner picks as few as give a core per 4 GiB of rows held",
     )
-    p.add_argument("--queries", type=int, default=20_000, help="simulated queries per trial")
+    p.add_argument(
+        "--queries", type=argtypes.count, default=20_000, help="simulated queries per trial"
+    )
     p.add_argument("--json", help="result file (default results/bench-scale-MODEL.json)")
     p.set_defaults(func=bench_scale)

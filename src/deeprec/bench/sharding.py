@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deeprec.common import argtypes
 from deeprec.common.features import ModelSignature
 from deeprec.common.jsonfile import write_json
 from deeprec.common.server import channel as aio_channel
@@ -417,19 +418,23 @@ def add_arguments(p) -> None:
     p.add_argument("--model", default=zoo.DEFAULT_MODEL, choices=zoo.MODEL_NAMES)
     p.add_argument("--size", choices=zoo.SIZES, default="small")
     p.add_argument("--model-dir", help="artifact directory (instead of a zoo model)")
-    p.add_argument("--shards", type=int, default=4)
+    p.add_argument("--shards", type=argtypes.count, default=4)
     p.add_argument("--strategies", default=",".join(STRATEGIES))
     p.add_argument("--memory-per-shard", help="shard row budget (default: a quarter of the tables)")
     p.add_argument("--cache-with", default="nsbp", help="strategies also run with the cache")
     p.add_argument("--cache-bytes", help="hot-row cache size (default: a quarter of the budget)")
-    p.add_argument("--rate", type=float, help="queries/s (default: --load x single capacity)")
-    p.add_argument("--load", type=float, default=0.4, help="offered load vs one worker")
-    p.add_argument("--seconds", type=float, default=20.0, help="load duration per config")
-    p.add_argument("--queries", type=int, default=60, help="prepared queries (cycled)")
+    p.add_argument(
+        "--rate", type=argtypes.positive, help="queries/s (default: --load x single capacity)"
+    )
+    p.add_argument("--load", type=argtypes.positive, default=0.4, help="offered load vs one worker")
+    p.add_argument(
+        "--seconds", type=argtypes.positive, default=20.0, help="load duration per config"
+    )
+    p.add_argument("--queries", type=argtypes.count, default=60, help="prepared queries (cycled)")
     p.add_argument("--sizes", default="mlperf", help="query sizes: mlperf, lognormal or N")
     p.add_argument("--ids", choices=("powerlaw", "uniform"), default="powerlaw")
-    p.add_argument("--exponent", type=float, default=1.05)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--exponent", type=argtypes.non_negative, default=1.05)
+    p.add_argument("--seed", type=argtypes.seed, default=0)
     p.add_argument("--json", help="result file (default results/bench-sharding-NAME-SIZE.json)")
     p.add_argument("--no-plot", action="store_true", help="JSON only, no PNG")
     p.set_defaults(func=bench_sharding)

@@ -21,6 +21,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from deeprec.common import argtypes
 from deeprec.common.jsonfile import write_json
 from deeprec.models import zoo
 from deeprec.sharding.planner import make_plan
@@ -258,15 +259,27 @@ def add_parser(bench) -> None:
     p.add_argument("--model-dir", help="artifact directory (instead of a zoo model)")
     p.add_argument("--shards", default="2,4", help="shard counts (capacity plans)")
     p.add_argument("--rates", default="15,30,45", help="loads, queries/s")
-    p.add_argument("--seconds", type=float, default=20.0, help="load duration per point")
+    p.add_argument(
+        "--seconds", type=argtypes.positive, default=20.0, help="load duration per point"
+    )
     p.add_argument("--sizes", default="mlperf", help="query sizes")
     p.add_argument("--costs", help="costs file (default: measure them first)")
-    p.add_argument("--queries", type=int, default=20_000, help="simulated queries per point")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--slo-ms", type=float, default=100.0, help="p99 target of the capacities")
-    p.add_argument("--start-rate", type=float, default=30.0, help="capacity search's first rate")
-    p.add_argument("--max-trials", type=int, default=10, help="trials per capacity search")
-    p.add_argument("--capacity-seconds", type=float, default=10.0, help="seconds per trial")
+    p.add_argument(
+        "--queries", type=argtypes.count, default=20_000, help="simulated queries per point"
+    )
+    p.add_argument("--seed", type=argtypes.seed, default=0)
+    p.add_argument(
+        "--slo-ms", type=argtypes.positive, default=100.0, help="p99 target of the capacities"
+    )
+    p.add_argument(
+        "--start-rate", type=argtypes.positive, default=30.0, help="capacity search's first rate"
+    )
+    p.add_argument(
+        "--max-trials", type=argtypes.count, default=10, help="trials per capacity search"
+    )
+    p.add_argument(
+        "--capacity-seconds", type=argtypes.positive, default=10.0, help="seconds per trial"
+    )
     p.add_argument("--no-capacity", action="store_true", help="skip the capacity searches")
     p.add_argument("--json", help="result file (default results/bench-sizing-NAME-SIZE.json)")
     p.set_defaults(func=bench_sizing)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deeprec.common import argtypes
 from deeprec.common.features import ModelSignature, validate
 from deeprec.common.jsonfile import write_json
 from deeprec.common.wire import predict_request
@@ -170,7 +171,7 @@ def add_parser(bench) -> None:
     )
     add_model_arguments(p)
     p.add_argument("--sizes", default="mlperf", help="query sizes (default mlperf)")
-    p.add_argument("--batch-size", type=int, default=256, help="B (default 256)")
-    p.add_argument("--seconds", type=float, default=10.0, help="measuring time")
+    p.add_argument("--batch-size", type=argtypes.size, default=256, help="B (default 256)")
+    p.add_argument("--seconds", type=argtypes.positive, default=10.0, help="measuring time")
     p.add_argument("--json", help="result file (default results/bench-stages-NAME-SIZE.json)")
     p.set_defaults(func=run_stages)

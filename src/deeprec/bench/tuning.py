@@ -28,6 +28,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from deeprec.common import argtypes
 from deeprec.common.jsonfile import write_json
 from deeprec.common.server import sync_channel
 from deeprec.launcher import cpu
@@ -739,13 +740,20 @@ def add_bench_parser(bench) -> None:
     p.add_argument("--model", default=zoo.DEFAULT_MODEL, help="zoo model or artifact directory")
     p.add_argument("--size", choices=zoo.SIZES, default="small", help="zoo model size")
     p.add_argument("--artifacts", default=DEFAULT_ARTIFACTS, help="where zoo models are built")
-    p.add_argument("--workers", type=int, default=2, help="CPU inference workers")
-    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per worker")
-    add_placement_argument(p, " (as the figures before 2026-12-02 late)")
-    p.add_argument("--rate", type=float, default=RATE, help="queries/s before the step")
-    p.add_argument("--factor", type=float, default=2.0, help="rate multiplier at the step")
+    p.add_argument("--workers", type=argtypes.count, default=2, help="CPU inference workers")
     p.add_argument(
-        "--seconds", type=float, default=SECONDS, help="tuning run (the step is halfway)"
+        "--threads", type=argtypes.count, default=1, help="ONNX Runtime threads per worker"
+    )
+    add_placement_argument(p, " (as the figures before 2026-12-02 late)")
+    p.add_argument("--rate", type=argtypes.positive, default=RATE, help="queries/s before the step")
+    p.add_argument(
+        "--factor", type=argtypes.positive, default=2.0, help="rate multiplier at the step"
+    )
+    p.add_argument(
+        "--seconds",
+        type=argtypes.positive,
+        default=SECONDS,
+        help="tuning run (the step is halfway)",
     )
     p.add_argument(
         "--batch-sizes",
@@ -753,28 +761,47 @@ def add_bench_parser(bench) -> None:
         default=SWEEP_BATCH_SIZES,
         help="static B to sweep, comma-separated",
     )
-    p.add_argument("--sweep-seconds", type=float, default=16.0, help="load per swept B")
+    p.add_argument("--sweep-seconds", type=argtypes.positive, default=16.0, help="load per swept B")
     p.add_argument(
-        "--sweep-rounds", type=int, default=SWEEP_ROUNDS, help="slices per swept B (ABBA order)"
+        "--sweep-rounds",
+        type=argtypes.count,
+        default=SWEEP_ROUNDS,
+        help="slices per swept B (ABBA order)",
     )
     p.add_argument("--pre-sweep", action="store_true", help="also sweep at the pre-step rate")
     p.add_argument(
-        "--start-batch-size", type=int, default=START_BATCH_SIZE, help="the bad B to start from"
+        "--start-batch-size",
+        type=argtypes.count,
+        default=START_BATCH_SIZE,
+        help="the bad B to start from",
     )
-    p.add_argument("--sla-ms", type=float, default=100.0, help="the scheduler's p95 target")
-    p.add_argument("--interval", type=float, default=0.5, help="scheduler control period (s)")
     p.add_argument(
-        "--trial-queries", type=int, default=TRIAL_QUERIES, help="queries per tuning trial"
+        "--sla-ms", type=argtypes.positive, default=100.0, help="the scheduler's p95 target"
     )
-    p.add_argument("--max-trial-seconds", type=float, default=20.0, help="trial time limit")
-    p.add_argument("--sample-every", type=float, default=0.5, help="policy sampling (s)")
+    p.add_argument(
+        "--interval", type=argtypes.positive, default=0.5, help="scheduler control period (s)"
+    )
+    p.add_argument(
+        "--trial-queries",
+        type=argtypes.count,
+        default=TRIAL_QUERIES,
+        help="queries per tuning trial",
+    )
+    p.add_argument(
+        "--max-trial-seconds", type=argtypes.positive, default=20.0, help="trial time limit"
+    )
+    p.add_argument(
+        "--sample-every", type=argtypes.positive, default=0.5, help="policy sampling (s)"
+    )
     p.add_argument("--sizes", default="mlperf", help=f"query sizes: {SIZE_CHOICES}")
     p.add_argument("--ids", choices=ID_CHOICES, default="powerlaw", help="embedding id law")
-    p.add_argument("--exponent", type=float, default=1.05, help="power-law exponent")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--exponent", type=argtypes.non_negative, default=1.05, help="power-law exponent"
+    )
+    p.add_argument("--seed", type=argtypes.seed, default=0)
     p.add_argument(
         "--outside-load",
-        type=float,
+        type=argtypes.non_negative,
         default=0.0,
         help="cores kept busy by other processes for the whole run (sweep and tuning "
         "alike), to reproduce a noisy machine (e.g. 0.5)",

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from deeprec.cli import repository
+from deeprec.common import argtypes
 from deeprec.models import bench, info, zoo
 from deeprec.models.artifact import load_artifact, write_artifact
 
@@ -141,7 +142,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("name", choices=zoo.MODEL_NAMES)
     p.add_argument("--size", choices=zoo.SIZES, default="small")
     p.add_argument("--out", required=True, help="artifact directory to write")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=argtypes.seed, default=0)
     p.add_argument("--force", action="store_true", help="overwrite an existing artifact")
     p.set_defaults(func=build)
 
@@ -164,8 +165,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("dir")
     p.add_argument("--batch-sizes", default=",".join(map(str, bench.DEFAULT_BATCH_SIZES)))
     p.add_argument("--threads", default=",".join(str(t) for t in sorted({1, os.cpu_count() or 1})))
-    p.add_argument("--seconds", type=float, default=1.0, help="time per point")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seconds", type=argtypes.positive, default=1.0, help="time per point")
+    p.add_argument("--seed", type=argtypes.seed, default=0)
     p.add_argument(
         "--embeddings",
         default="graph,fused",

@@ -8,6 +8,7 @@ import time
 
 import grpc
 
+from deeprec.common import argtypes
 from deeprec.common.config import env
 from deeprec.common.policy import describe
 from deeprec.common.server import sync_channel
@@ -102,7 +103,9 @@ def add_parser(subparsers) -> None:
     p = sub.add_parser("history", help="recent policy changes and why each was made")
     p.add_argument("--scheduler", default="127.0.0.1:50071")
     p.add_argument("--model", default="", help="one model's changes (default: every model)")
-    p.add_argument("--limit", type=int, default=50, help="the most recent N (at most 1000)")
+    p.add_argument(
+        "--limit", type=argtypes.count, default=50, help="the most recent N (at most 1000)"
+    )
     p.set_defaults(func=history)
     for name, pin, text in (
         ("set", False, "set a policy; the tuner continues from it"),
@@ -111,17 +114,17 @@ def add_parser(subparsers) -> None:
         p = sub.add_parser(name, help=text)
         p.add_argument("--scheduler", default="127.0.0.1:50071")
         p.add_argument("--model", required=True)
-        p.add_argument("--batch-size", type=int, required=True, help="B (0 = no split)")
-        p.add_argument("--offload-threshold", type=int, default=0, help="T (0 = never)")
+        p.add_argument("--batch-size", type=argtypes.size, required=True, help="B (0 = no split)")
+        p.add_argument("--offload-threshold", type=argtypes.size, default=0, help="T (0 = never)")
         p.add_argument(
             "--threads",
-            type=int,
+            type=argtypes.size,
             default=0,
             help="intra-op threads per CPU run (0 = each pool's configured threads)",
         )
         p.add_argument(
             "--merge-delay-us",
-            type=int,
+            type=argtypes.size,
             default=0,
             help="how long a CPU run short of B waits for more sub-batches (0 = none)",
         )

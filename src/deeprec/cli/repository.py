@@ -7,6 +7,7 @@ import sys
 
 import grpc
 
+from deeprec.common import argtypes
 from deeprec.common.config import env
 from deeprec.common.server import sync_channel
 from deeprec.v1 import repository_pb2, repository_pb2_grpc
@@ -87,6 +88,9 @@ def add_commands(sub) -> None:
             p.set_defaults(token="")
         if func is load:
             p.add_argument(
-                "--timeout", type=float, default=300.0, help="seconds to wait for load + warm-up"
+                "--timeout",
+                type=argtypes.positive,
+                default=300.0,
+                help="seconds to wait for load + warm-up",
             )
         p.set_defaults(func=func)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deeprec.common import argtypes
 from deeprec.sharding.plan import ROW_DTYPES, PlanError, parse_bytes, summary
 from deeprec.sharding.planner import make_plan
 from deeprec.sharding.profile import DEFAULT_TOP, load_profile
@@ -165,7 +166,7 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "dir", help="model artifact directory (with --qps also zoo:NAME[:SIZE], no build needed)"
     )
-    p.add_argument("--shards", type=int, help="number of sparse shards")
+    p.add_argument("--shards", type=argtypes.count, help="number of sparse shards")
     p.add_argument("--strategy", choices=list(STRATEGIES))
     p.add_argument(
         "--memory-per-shard", help="row bytes one shard may hold (e.g. 64M, 2G); default no cap"
@@ -182,28 +183,36 @@ def add_parser(subparsers) -> None:
     sizing = p.add_argument_group(
         "sizing (--qps): the smallest cluster whose simulated tail meets the SLA"
     )
-    sizing.add_argument("--qps", type=float, help="target queries/s: size a cluster for it")
+    sizing.add_argument(
+        "--qps", type=argtypes.positive, help="target queries/s: size a cluster for it"
+    )
     sizing.add_argument("--costs", help="measured costs (deeprec profile DIR --costs)")
-    sizing.add_argument("--slo-ms", type=float, default=100.0, help="tail latency target")
+    sizing.add_argument(
+        "--slo-ms", type=argtypes.positive, default=100.0, help="tail latency target"
+    )
     sizing.add_argument("--percentile", type=float, choices=(50.0, 95.0, 99.0), default=99.0)
     sizing.add_argument("--sizes", default="mlperf", help="query sizes (default mlperf)")
-    sizing.add_argument("--batch-size", type=int, default=256, help="B (0: no split)")
+    sizing.add_argument("--batch-size", type=argtypes.size, default=256, help="B (0: no split)")
     sizing.add_argument(
         "--table-bytes", help="scale every table's rows so the tables total this (e.g. 100G)"
     )
-    sizing.add_argument("--pod-cores", type=int, default=4, help="cores per frontend pod")
+    sizing.add_argument(
+        "--pod-cores", type=argtypes.count, default=4, help="cores per frontend pod"
+    )
     sizing.add_argument(
         "--table-memory", default="16G", help="tables a frontend pod may hold (else shards)"
     )
-    sizing.add_argument("--queries", type=int, default=20_000, help="queries per simulation")
+    sizing.add_argument(
+        "--queries", type=argtypes.count, default=20_000, help="queries per simulation"
+    )
     sizing.add_argument(
         "--shard-threads",
-        type=int,
+        type=argtypes.count,
         default=1,
         help="most lookup threads (cores) per shard pod (1: the deployed default, one event "
         "loop); the planner picks as few as give a core per 4 GiB of rows held",
     )
-    sizing.add_argument("--seed", type=int, default=0)
+    sizing.add_argument("--seed", type=argtypes.seed, default=0)
     sizing.add_argument("--helm-values", help="write the sizing as Helm values (YAML)")
     p.set_defaults(func=plan)
 
@@ -217,11 +226,15 @@ def add_parser(subparsers) -> None:
         action="store_true",
         help="measure this machine's serving costs instead (for `deeprec plan --qps`)",
     )
-    p.add_argument("--seconds", type=float, default=10.0, help="--costs: load duration")
-    p.add_argument("--rate", type=float, default=25.0, help="--costs: load, queries/s")
-    p.add_argument("--items", type=int, default=20_000, help="items to draw")
+    p.add_argument("--seconds", type=argtypes.positive, default=10.0, help="--costs: load duration")
+    p.add_argument("--rate", type=argtypes.positive, default=25.0, help="--costs: load, queries/s")
+    p.add_argument("--items", type=argtypes.count, default=20_000, help="items to draw")
     p.add_argument("--ids", choices=("powerlaw", "uniform"), default="powerlaw")
-    p.add_argument("--exponent", type=float, default=None, help="power-law exponent")
-    p.add_argument("--top", type=int, default=DEFAULT_TOP, help="hottest rows kept per table")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--exponent", type=argtypes.non_negative, default=None, help="power-law exponent"
+    )
+    p.add_argument(
+        "--top", type=argtypes.count, default=DEFAULT_TOP, help="hottest rows kept per table"
+    )
+    p.add_argument("--seed", type=argtypes.seed, default=0)
     p.set_defaults(func=profile)

@@ -15,8 +15,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from deeprec.bench.args import positive as _positive
-from deeprec.common import settings
+from deeprec.common import argtypes, settings
 from deeprec.common.catalog import signature_of
 from deeprec.common.features import ModelSignature
 from deeprec.common.jsonfile import write_json
@@ -510,13 +509,13 @@ def _model_args(p) -> None:
 def _cluster_args(p, batch_size: int | None = None, scheduler: bool = True) -> None:
     p.add_argument(
         "--local-workers",
-        type=int,
+        type=argtypes.size,
         help=f"CPU workers inside the frontend process, no hop (default {DEFAULT_CPU_WORKERS} "
         "unless --workers or --shards is given)",
     )
     p.add_argument(
         "--workers",
-        type=int,
+        type=argtypes.size,
         help=f"CPU inference worker processes (default {DEFAULT_CPU_WORKERS} with --shards, "
         "else 0)",
     )
@@ -527,45 +526,56 @@ def _cluster_args(p, batch_size: int | None = None, scheduler: bool = True) -> N
         help="start the tuning scheduler and wire the frontend to it"
         + (" (default on)" if scheduler else " (default off)"),
     )
-    p.add_argument("--sla-ms", type=float, default=50.0, help="the scheduler's tail target")
-    p.add_argument("--shards", type=int, default=0, help="sparse shards (0 = single-server)")
+    p.add_argument(
+        "--sla-ms", type=argtypes.positive, default=50.0, help="the scheduler's tail target"
+    )
+    p.add_argument(
+        "--shards", type=argtypes.size, default=0, help="sparse shards (0 = single-server)"
+    )
     p.add_argument(
         "--strategy",
         choices=sorted(STRATEGIES),
         default="capacity",
         help="how tables are placed on shards",
     )
-    p.add_argument("--replicas", type=int, default=1, help="processes per shard")
+    p.add_argument("--replicas", type=argtypes.count, default=1, help="processes per shard")
     p.add_argument(
         "--memory-per-shard", type=parse_bytes, default=None, help="bytes per shard, e.g. 64M"
     )
-    p.add_argument("--gpu-workers", type=int, default=0, help="GPU inference workers")
-    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per worker")
+    p.add_argument("--gpu-workers", type=argtypes.size, default=0, help="GPU inference workers")
+    p.add_argument(
+        "--threads", type=argtypes.count, default=1, help="ONNX Runtime threads per worker"
+    )
     p.add_argument(
         "--batch-size",
-        type=int,
+        type=argtypes.size,
         default=batch_size,
         help="B, items per sub-batch (default: "
         + (str(batch_size) if batch_size else "the frontend's")
         + ")",
     )
-    p.add_argument("--offload-threshold", type=int, default=None, help="T (GPU offload)")
+    p.add_argument("--offload-threshold", type=argtypes.size, default=None, help="T (GPU offload)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--log-dir", help="children's logs (default: a new temporary directory)")
     p.add_argument(
-        "--startup-timeout", type=float, default=120.0, help="seconds to wait for health"
+        "--startup-timeout",
+        type=argtypes.positive,
+        default=120.0,
+        help="seconds to wait for health",
     )
 
 
 def _load_args(p) -> None:
     p.add_argument("--sizes", default="mlperf", help=f"query sizes: {SIZE_CHOICES}")
     p.add_argument("--ids", choices=ID_CHOICES, default="powerlaw", help="embedding id law")
-    p.add_argument("--exponent", type=float, default=1.05, help="power-law exponent")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--exponent", type=argtypes.non_negative, default=1.05, help="power-law exponent"
+    )
+    p.add_argument("--seed", type=argtypes.seed, default=0)
 
 
 def _rates(text: str) -> list[float]:
-    return [_positive(r) for r in text.split(",")]
+    return [argtypes.positive(r) for r in text.split(",")]
 
 
 def add_parser(subparsers) -> None:
@@ -574,12 +584,12 @@ def add_parser(subparsers) -> None:
     )
     _model_args(p)
     _cluster_args(p)
-    p.add_argument("--port", type=int, default=50051, help="frontend port (0 = any free)")
+    p.add_argument("--port", type=argtypes.port, default=50051, help="frontend port (0 = any free)")
     p.set_defaults(func=up)
 
     p = subparsers.add_parser("query", help="send one production-like query to a frontend")
     p.add_argument("--target", default="127.0.0.1:50051", help="frontend address")
-    p.add_argument("--items", type=int, default=200, help="candidate items in the query")
+    p.add_argument("--items", type=argtypes.count, default=200, help="candidate items in the query")
     p.add_argument(
         "--model",
         default=None,
@@ -590,9 +600,9 @@ def add_parser(subparsers) -> None:
         "--model-dir", help="build the query from this artifact instead of asking the frontend"
     )
     p.add_argument("--ids", choices=ID_CHOICES, default="powerlaw")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--show", type=int, default=5, help="scores to print")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds")
+    p.add_argument("--seed", type=argtypes.seed, default=0)
+    p.add_argument("--show", type=argtypes.size, default=5, help="scores to print")
+    p.add_argument("--timeout", type=argtypes.positive, default=30.0, help="seconds")
     p.set_defaults(func=query)
 
     p = subparsers.add_parser(
@@ -601,9 +611,11 @@ def add_parser(subparsers) -> None:
     _model_args(p)
     _cluster_args(p, DEMO_BATCH_SIZE)
     _load_args(p)
-    p.add_argument("--port", type=int, default=0, help="frontend port (default: any free)")
-    p.add_argument("--seconds", type=_positive, default=DEMO_SECONDS, help="load duration")
-    p.add_argument("--rate", type=_positive, default=DEMO_RATE, help="queries/s (Poisson)")
+    p.add_argument(
+        "--port", type=argtypes.port, default=0, help="frontend port (default: any free)"
+    )
+    p.add_argument("--seconds", type=argtypes.positive, default=DEMO_SECONDS, help="load duration")
+    p.add_argument("--rate", type=argtypes.positive, default=DEMO_RATE, help="queries/s (Poisson)")
     p.add_argument("--json", help="report file (default results/demo-NAME-SIZE.json)")
     p.set_defaults(func=demo)
 
@@ -745,11 +757,13 @@ def add_bench_parser(bench) -> None:
     _cluster_args(p, DEMO_BATCH_SIZE, scheduler=False)
     _load_args(p)
     p.set_defaults(shards=2, replicas=2)
-    p.add_argument("--minutes", type=_positive, default=2.0)
-    p.add_argument("--rate", type=_positive, default=8.0, help="queries/s (Poisson)")
-    p.add_argument("--kill-every", type=_positive, default=15.0, help="seconds between kills")
-    p.add_argument("--down-seconds", type=_positive, default=5.0, help="before the restart")
-    p.add_argument("--memory-every", type=_positive, default=10.0, help="RSS sample period")
+    p.add_argument("--minutes", type=argtypes.positive, default=2.0)
+    p.add_argument("--rate", type=argtypes.positive, default=8.0, help="queries/s (Poisson)")
+    p.add_argument(
+        "--kill-every", type=argtypes.positive, default=15.0, help="seconds between kills"
+    )
+    p.add_argument("--down-seconds", type=argtypes.positive, default=5.0, help="before the restart")
+    p.add_argument("--memory-every", type=argtypes.positive, default=10.0, help="RSS sample period")
     p.add_argument("--json", help="result file (default results/soak-NAME-SIZE.json)")
     p.set_defaults(func=soak)
 
@@ -767,8 +781,10 @@ def add_bench_parser(bench) -> None:
         help="queries/s, comma-separated (default 80,160,320: about half, once "
         "and twice what the small RMC1 model serves on 2 cores)",
     )
-    p.add_argument("--deadline-ms", type=_positive, default=250.0, help="each query's deadline")
-    p.add_argument("--seconds", type=_positive, default=15.0, help="load time per rate")
+    p.add_argument(
+        "--deadline-ms", type=argtypes.positive, default=250.0, help="each query's deadline"
+    )
+    p.add_argument("--seconds", type=argtypes.positive, default=15.0, help="load time per rate")
     p.add_argument("--json", help="result file (default results/bench-overload-NAME-SIZE.json)")
     p.set_defaults(func=overload)
 
@@ -783,12 +799,18 @@ def add_bench_parser(bench) -> None:
         type=_rates,
         help="queries/s, comma-separated (default: 20%%-80%% of in-process capacity)",
     )
-    p.add_argument("--seconds", type=_positive, default=15.0, help="load duration per rate")
+    p.add_argument("--seconds", type=argtypes.positive, default=15.0, help="load duration per rate")
     p.add_argument(
-        "--bench-seconds", type=float, default=1.0, help="in-process bench time per batch size"
+        "--bench-seconds",
+        type=argtypes.positive,
+        default=1.0,
+        help="in-process bench time per batch size",
     )
     p.add_argument(
-        "--p99-ms", type=float, default=100.0, help="tail target for latency-bounded capacity"
+        "--p99-ms",
+        type=argtypes.positive,
+        default=100.0,
+        help="tail target for latency-bounded capacity",
     )
     p.add_argument("--json", help="result file (default results/bench-serving-NAME-SIZE.json)")
     p.set_defaults(func=serving_bench)
