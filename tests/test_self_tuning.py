@@ -224,8 +224,21 @@ def test_policy_cli_sets_pins_and_shows(tmp_path):
         assert "B=64 T=300" in cli("show", "--model", "rmc1").stdout
         missing = cli("show", "--model", "nope")
         assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
-        bad = cli("set", "--model", "rmc1", "--batch-size", "-3")
-        assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr
+        bad = cli("set", "--model", "rmc1", "--batch-size", "-3")  # refused before any RPC
+        assert bad.returncode == 2 and "argument --batch-size: expected" in bad.stderr
+        with grpc.insecure_channel(target) as channel:  # the scheduler refuses it on its own
+            stub = scheduler_pb2_grpc.SchedulerStub(channel)
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.SetPolicy(
+                    scheduler_pb2.SetPolicyRequest(
+                        policy=scheduler_pb2.Policy(model="rmc1", batch_size=-3)
+                    ),
+                    timeout=10,
+                )
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.GetPolicyHistory(scheduler_pb2.PolicyHistoryRequest(limit=-1), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         bad = cli("set", "--model", "rmc1", "--batch-size", "8", "--threads", "999")
         assert bad.returncode == 1 and "policy.threads 999 is outside" in bad.stderr
         out = cli(
@@ -242,7 +255,7 @@ def test_policy_cli_sets_pins_and_shows(tmp_path):
         assert cli("history", "--limit", "1").stdout.splitlines() == lines[2:]
         assert "no policy changes yet" in cli("history", "--model", "nope").stdout
         refused = cli("history", "--limit", "-1")
-        assert refused.returncode == 1 and "INVALID_ARGUMENT" in refused.stderr
+        assert refused.returncode == 2 and "argument --limit: expected" in refused.stderr
     finally:
         loop.run(scheduler.stop(0))
         loop.close()
