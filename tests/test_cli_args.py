@@ -71,3 +71,15 @@ def test_a_bad_value_is_a_usage_error_naming_the_flag(argv, capsys):
         main(argv)
     assert exited.value.code == 2
     assert f"argument {argv[-2]}: expected" in capsys.readouterr().err
+
+
+def test_an_output_path_that_cannot_be_written_is_an_error_not_a_traceback(
+    tiny_zoo, tmp_path, capsys
+):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    out = blocker / "profile.json"  # under a regular file: no directory can be made there
+    model = str(tiny_zoo["rmc1"].path)
+    code = main(["profile", model, "--items", "100", "--out", str(out)])
+    assert code == 1
+    assert str(blocker) in capsys.readouterr().err

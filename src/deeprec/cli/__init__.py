@@ -67,5 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ArtifactError, ProviderUnavailable, PlanError, *launcher_commands.ERRORS) as err:
         print(f"deeprec: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a file the command reads or writes (--out, --json, ...)
+        print(f"deeprec: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
