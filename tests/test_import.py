@@ -337,3 +337,15 @@ def test_the_import_command(tmp_path):
         f"deeprec: cannot import {bad}:" in refused.stderr
         and "not an embedding-bag sum" in refused.stderr
     )
+
+
+def test_a_file_that_is_no_onnx_model_is_refused_by_name(tmp_path):
+    junk = tmp_path / "notes.onnx"
+    junk.write_bytes(b"\xff\xff\xff\xff not protobuf")
+    with pytest.raises(ModelImportError, match=f"{junk} is not an ONNX model"):
+        import_onnx(junk, tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    with pytest.raises(ModelImportError, match=f"{empty} holds no ONNX graph"):
+        import_onnx(empty, tmp_path / "a")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from google.protobuf.message import DecodeError
 from onnx import external_data_helper, numpy_helper
 
 from ..arch.imported import NAME as ARCHITECTURE
@@ -190,7 +191,12 @@ def import_onnx(
 ) -> Path:
     """Write an artifact directory for ``source``; ModelImportError says why one can't be."""
     source, out = Path(source), Path(out)
-    model = onnx.load(source)
+    try:
+        model = onnx.load(source)
+    except DecodeError as err:  # not an ONNX protobuf at all
+        raise ModelImportError(f"{source} is not an ONNX model ({err})") from None
+    if not model.graph.node:  # an empty file parses as an empty model
+        raise ModelImportError(f"{source} holds no ONNX graph")
     surgery.opset(model)
     analysis = analyse(model)
     tables = {n: numpy_helper.to_array(t) for n, t in analysis.tables.items()}
