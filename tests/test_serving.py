@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from servers import (
     InProcessCluster,
+    Loop,
     WorkerProcess,
     assert_stopped_cleanly,
     request_for,
@@ -20,6 +21,7 @@ from servers import (
 )
 
 from deeprec.common.policy import Policy
+from deeprec.common.server import Server
 from deeprec.models import reference, zoo
 from deeprec.models.inputs import random_inputs
 from deeprec.v1 import inference_pb2, inference_pb2_grpc
@@ -332,3 +334,21 @@ def test_stubs_are_not_stale():
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_a_port_already_taken_is_an_os_error_naming_the_address():
+    """grpcio raises a RuntimeError here (older ones returned 0): services report it as a
+    plain OSError, which `deeprec serve` prints as one error line."""
+
+    async def server():  # a grpc.aio server belongs to the loop it is made on
+        return Server(["x"], tls=None)
+
+    loop = Loop()
+    first, second = loop.run(server()), loop.run(server())
+    try:
+        port = loop.run(first.start("127.0.0.1", 0))
+        with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}: the port is taken"):
+            loop.run(second.start("127.0.0.1", port))
+    finally:
+        loop.run(first.stop(0))
+        loop.close()
