@@ -125,7 +125,10 @@ def _servers(p) -> None:
         "--workers", type=argtypes.count, default=2, help="deeprec CPU workers (and peer threads)"
     )
     g.add_argument(
-        "--threads", type=argtypes.count, default=1, help="ONNX Runtime threads per worker"
+        "--threads",
+        type=argtypes.size,
+        default=1,
+        help="ONNX Runtime threads per worker (0: every core)",
     )
     add_placement_argument(g)
     g.add_argument("--host", default="127.0.0.1")

@@ -115,7 +115,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=argtypes.port, default=0, help="0 picks a free port")
     p.add_argument(
-        "--threads", type=argtypes.count, default=1, help="ONNX Runtime intra-op threads"
+        "--threads",
+        type=argtypes.size,
+        default=1,
+        help="ONNX Runtime intra-op threads (0: every core)",
     )
     p.add_argument(
         "--concurrency",

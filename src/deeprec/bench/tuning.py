@@ -742,7 +742,10 @@ def add_bench_parser(bench) -> None:
     p.add_argument("--artifacts", default=DEFAULT_ARTIFACTS, help="where zoo models are built")
     p.add_argument("--workers", type=argtypes.count, default=2, help="CPU inference workers")
     p.add_argument(
-        "--threads", type=argtypes.count, default=1, help="ONNX Runtime threads per worker"
+        "--threads",
+        type=argtypes.size,
+        default=1,
+        help="ONNX Runtime threads per worker (0: every core)",
     )
     add_placement_argument(p, " (as the figures before 2026-12-02 late)")
     p.add_argument("--rate", type=argtypes.positive, default=RATE, help="queries/s before the step")

@@ -544,7 +544,10 @@ def _cluster_args(p, batch_size: int | None = None, scheduler: bool = True) -> N
     )
     p.add_argument("--gpu-workers", type=argtypes.size, default=0, help="GPU inference workers")
     p.add_argument(
-        "--threads", type=argtypes.count, default=1, help="ONNX Runtime threads per worker"
+        "--threads",
+        type=argtypes.size,
+        default=1,
+        help="ONNX Runtime threads per worker (0: every core)",
     )
     p.add_argument(
         "--batch-size",
