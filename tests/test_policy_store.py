@@ -276,9 +276,17 @@ def test_no_settings_no_persistence():
 
 
 def test_state_file_setting(tmp_path):
-    store = store_from_settings(str(tmp_path / "p.json"), None, None)
+    store = store_from_settings(str(tmp_path / "state" / "p.json"), None, None)
     assert isinstance(store, FileStore)
-    assert store.path == tmp_path / "p.json"
+    assert store.path == tmp_path / "state" / "p.json"
+    assert list((tmp_path / "state").iterdir()) == []  # the check left nothing behind
+
+
+def test_a_state_file_that_could_never_be_saved_is_refused_at_start(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(StoreError, match=f"cannot save policies to {blocker}/p.json"):
+        store_from_settings(str(blocker / "p.json"), None, None)
 
 
 @pytest.mark.skipif("KUBERNETES_SERVICE_HOST" in os.environ, reason="runs inside a pod")

@@ -90,14 +90,26 @@ class FileStore:
             # Starting empty would silently throw the tuned policies away: refuse instead.
             raise StoreError(f"cannot load policies from {self.path}: {err}") from err
 
+    def check_writable(self) -> None:
+        """StoreError now if saves could never work (a path under a file, a directory this
+        process may not write): otherwise the scheduler would run on, every change logged
+        as unsaved, with nothing kept across a restart."""
+        try:
+            fd, temp = self._temp_file()
+        except OSError as err:
+            raise StoreError(f"cannot save policies to {self.path}: {err}") from err
+        os.close(fd)
+        os.unlink(temp)
+
+    def _temp_file(self) -> tuple[int, str]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Same directory as the target, so os.replace is a rename within one filesystem.
+        return tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+
     def save(self, policies: dict[str, Policy]) -> None:
         text = encode(policies)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # Same directory as the target, so os.replace is a rename within one filesystem.
-            fd, temp = tempfile.mkstemp(
-                dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
-            )
+            fd, temp = self._temp_file()
             try:
                 with os.fdopen(fd, "w", encoding="utf-8") as out:
                     out.write(text)
@@ -122,5 +134,7 @@ def store_from_settings(
 
         return ConfigMapStore(configmap, namespace or pod_namespace())
     if state_file:
-        return FileStore(state_file)
+        store = FileStore(state_file)
+        store.check_writable()
+        return store
     return None
