@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from deeprec.common import argtypes
-from deeprec.launcher.commands import DEMO_BATCH_SIZE, stop_on_signals
+from deeprec.launcher.commands import DEMO_BATCH_SIZE, add_threads_argument, stop_on_signals
 from deeprec.workload.distributions import ID_CHOICES, SIZE_CHOICES
 
 from . import dedup, gpu, scale, sizing, stages
@@ -124,12 +124,7 @@ def _servers(p) -> None:
     g.add_argument(
         "--workers", type=argtypes.count, default=2, help="deeprec CPU workers (and peer threads)"
     )
-    g.add_argument(
-        "--threads",
-        type=argtypes.size,
-        default=1,
-        help="ONNX Runtime threads per worker (0: every core)",
-    )
+    add_threads_argument(g)
     add_placement_argument(g)
     g.add_argument("--host", default="127.0.0.1")
     g.add_argument("--log-dir", help="servers' logs (default: temporary directories)")

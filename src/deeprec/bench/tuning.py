@@ -33,6 +33,7 @@ from deeprec.common.jsonfile import write_json
 from deeprec.common.server import sync_channel
 from deeprec.launcher import cpu
 from deeprec.launcher.cluster import LocalCluster, placed
+from deeprec.launcher.commands import add_threads_argument, cores, stop_on_signals
 from deeprec.launcher.loadrun import DEFAULT_ARTIFACTS, Workload, prepare, resolve_model, warm_up
 from deeprec.models import zoo
 from deeprec.models.artifact import load_artifact
@@ -640,8 +641,6 @@ def plot(data: dict, path: Path) -> Path | None:
 
 
 def bench_tuning(args) -> int:
-    from deeprec.launcher.commands import cores, stop_on_signals
-
     model_dir = resolve_model(args.model, args.size, args.artifacts, say)
     artifact = load_artifact(model_dir)
     spec, model = artifact.spec, artifact.spec.name
@@ -741,12 +740,7 @@ def add_bench_parser(bench) -> None:
     p.add_argument("--size", choices=zoo.SIZES, default="small", help="zoo model size")
     p.add_argument("--artifacts", default=DEFAULT_ARTIFACTS, help="where zoo models are built")
     p.add_argument("--workers", type=argtypes.count, default=2, help="CPU inference workers")
-    p.add_argument(
-        "--threads",
-        type=argtypes.size,
-        default=1,
-        help="ONNX Runtime threads per worker (0: every core)",
-    )
+    add_threads_argument(p)
     add_placement_argument(p, " (as the figures before 2026-12-02 late)")
     p.add_argument("--rate", type=argtypes.positive, default=RATE, help="queries/s before the step")
     p.add_argument(

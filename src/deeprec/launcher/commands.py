@@ -506,6 +506,16 @@ def _model_args(p) -> None:
     )
 
 
+def add_threads_argument(p) -> None:
+    """--threads, ONNX Runtime's intra-op threads per worker, as the services' own flag."""
+    p.add_argument(
+        "--threads",
+        type=argtypes.size,
+        default=1,
+        help="ONNX Runtime threads per worker (0: every core)",
+    )
+
+
 def _cluster_args(p, batch_size: int | None = None, scheduler: bool = True) -> None:
     p.add_argument(
         "--local-workers",
@@ -543,12 +553,7 @@ def _cluster_args(p, batch_size: int | None = None, scheduler: bool = True) -> N
         "--memory-per-shard", type=parse_bytes, default=None, help="bytes per shard, e.g. 64M"
     )
     p.add_argument("--gpu-workers", type=argtypes.size, default=0, help="GPU inference workers")
-    p.add_argument(
-        "--threads",
-        type=argtypes.size,
-        default=1,
-        help="ONNX Runtime threads per worker (0: every core)",
-    )
+    add_threads_argument(p)
     p.add_argument(
         "--batch-size",
         type=argtypes.size,
