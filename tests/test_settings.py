@@ -417,3 +417,10 @@ def test_what_is_benchmarked_is_what_is_deployed():
         args = parser().parse_args(command)
         batch = getattr(args, "deeprec", None) or getattr(args, "batch_size", None)
         assert str(DEMO_BATCH_SIZE) in str(batch), (command, batch)
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf"])
+def test_a_number_setting_must_be_finite(text):
+    """nan passes no comparison, so it would slip through every range check."""
+    with pytest.raises(ValueError, match="not a finite number"):
+        settings.BY_ENV["DEEPREC_SHARD_TIMEOUT"].parse(text)

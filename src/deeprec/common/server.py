@@ -116,18 +116,16 @@ class Server:
 
     async def start(self, host: str, port: int) -> int:
         address = f"{host}:{port}"
+        why = "the port is taken or the address is not this machine's"
         try:
             if self.tls is None:
                 self.port = self.grpc.add_insecure_port(address)
             else:
                 self.port = self.grpc.add_secure_port(address, self.tls.server_credentials())
-        except RuntimeError:  # grpcio >= 1.60 raises where older ones returned 0
-            self.port = 0
+        except RuntimeError as err:  # grpcio >= 1.60 raises where older ones returned 0
+            raise OSError(f"cannot listen on {address} ({why}): {err}") from None
         if not self.port:
-            raise OSError(
-                f"cannot listen on {address}: the port is taken or the address is not this "
-                "machine's"
-            )
+            raise OSError(f"cannot listen on {address} ({why})")
         await self.grpc.start()
         for name in ["", *self.service_names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

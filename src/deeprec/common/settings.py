@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .argtypes import check_range, show, to_int, to_number
 from .limits import DEFAULT_MAX_IDS_PER_ITEM, DEFAULT_MAX_ITEMS, HARD_MAX
 from .policy import MAX_MERGE_DELAY_US, MAX_THREADS
 
@@ -43,20 +44,6 @@ def _bool(text: str) -> bool:
     raise ValueError("not true or false (1/0, true/false, yes/no, on/off)")
 
 
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError("not an integer") from None
-
-
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError("not a number") from None
-
-
 def _upper(text: str) -> str:
     return text.strip().upper()
 
@@ -70,8 +57,8 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 _PARSERS: dict[object, Callable[[str], object]] = {
-    int: _int,
-    float: _float,
+    int: to_int,
+    float: to_number,
     bool: _bool,
     str: str,
     "level": _upper,
@@ -134,12 +121,10 @@ class Setting:
         if self.choices is not None and value not in self.choices:
             listing = ", ".join(_show(c) for c in self.choices)
             raise ValueError(f"{what}not one of {listing}")
-        if self.positive and not value > 0:
-            raise ValueError(f"{what}must be greater than 0")
-        if self.minimum is not None and value < self.minimum:
-            raise ValueError(f"{what}must be at least {_show(self.minimum)}")
-        if self.maximum is not None and value > self.maximum:
-            raise ValueError(f"{what}must be at most {_show(self.maximum)}")
+        try:
+            check_range(value, self.minimum, self.maximum, self.positive)
+        except ValueError as err:
+            raise ValueError(f"{what}{err}") from None
 
     def format(self, value) -> str:
         """``value`` as this setting's variable would spell it."""
@@ -153,9 +138,7 @@ class Setting:
 def _show(value) -> str:
     if isinstance(value, tuple):
         return ",".join(_show(v) for v in value)
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
+    return show(value)
 
 
 SETTINGS: tuple[Setting, ...] = (
