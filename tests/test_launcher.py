@@ -253,6 +253,36 @@ def test_local_cluster_in_process_serves_both_paths_under_open_loop_load(tiny_mo
     assert [pid for pid in pids if alive(pid)] == []
 
 
+def _allowed_cores(pid: int) -> set[int]:
+    """The cores every thread of ``pid`` may run on (Linux's Cpus_allowed_list)."""
+    cores = set()
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        line = next(x for x in status.read_text().splitlines() if x.startswith("Cpus_allowed_list"))
+        for part in line.split(":")[1].strip().split(","):
+            low, _, high = part.partition("-")
+            cores |= set(range(int(low), int(high or low) + 1))
+    return cores
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to split")
+def test_gpu_workers_can_have_cores_of_their_own(tiny_model, tmp_path):
+    """A CPU stand-in for a GPU on cores the rest of the cluster does not use: every
+    thread of the GPU worker (ONNX Runtime's and gRPC's included) on its cores, every
+    thread of the others on the rest."""
+    first, *_, last = sorted(os.sched_getaffinity(0))
+    with LocalCluster(
+        tiny_model,
+        workers=1,
+        gpu_workers=1,
+        gpu_cpus=(last,),
+        cpus=(first,),
+        log_dir=tmp_path / "logs",
+        say=lambda msg: None,
+    ) as cluster:
+        cores = {child.name: _allowed_cores(child.pid) for child in cluster.children}
+    assert cores == {"worker-0": {first}, "gpu-worker-0": {last}, "frontend": {first}}
+
+
 def test_cluster_refuses_a_pool_without_cpu_workers(tiny_model):
     with pytest.raises(ValueError, match="at least one CPU worker"):
         LocalCluster(tiny_model, workers=0).start()

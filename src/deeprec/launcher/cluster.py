@@ -62,6 +62,10 @@ class LocalCluster:
     port: int = 0  # the frontend's; 0 = any free port
     threads: int = settings.BY_ENV["DEEPREC_THREADS"].default  # per worker, as deployed
     gpu_threads: int | None = None  # per GPU worker (None: ``threads``)
+    # Cores for the GPU workers and for every other child (empty: any). Disjoint sets let
+    # a CPU stand-in for a GPU add compute, as a GPU does, instead of sharing the pool's.
+    gpu_cpus: tuple[int, ...] = ()
+    cpus: tuple[int, ...] = ()
     batch_size: int | None = None  # None = the frontend's default
     offload_threshold: int | None = None
     run_threads: int | None = None  # the starting policy's threads per CPU run
@@ -173,7 +177,8 @@ class LocalCluster:
                     f"{self.gpu_workers} GPU worker(s) run on the CPU (--allow-cpu-fallback)"
                 )
             pending += [
-                self._spawn(f"gpu-worker-{i}", "inference", **gpu) for i in range(self.gpu_workers)
+                self._spawn(f"gpu-worker-{i}", "inference", cpus=self.gpu_cpus, **gpu)
+                for i in range(self.gpu_workers)
             ]
         self.supervisor.wait_healthy(pending, wait)
 
@@ -200,14 +205,18 @@ class LocalCluster:
         if self.supervise:
             self.supervisor.supervise(self.backoff)
 
-    def _spawn(self, name: str, service: str, env=None, port=0, flags=(), **values) -> Child:
+    def _spawn(
+        self, name: str, service: str, env=None, port=0, flags=(), cpus=None, **values
+    ) -> Child:
         """``deeprec serve SERVICE`` configured by DEEPREC_* variables, the contract the Helm
         chart and compose use (deeprec.common.settings), on top of the launcher's own
         environment. Only the port stays a flag: a restarted child gets its address back
-        by it (Supervisor._relaunch). ``flags``: extra flags, which win over variables."""
+        by it (Supervisor._relaunch). ``flags``: extra flags, which win over variables.
+        ``cpus``: its cores (None: the cluster's ``cpus``)."""
         environment = settings.environment(service, host=self.host, **values)
         argv = ["serve", service, "--port", str(port), *flags]
-        return self.supervisor.spawn(name, argv, {**environment, **(env or {})})
+        cores = self.cpus if cpus is None else cpus
+        return self.supervisor.spawn(name, argv, {**environment, **(env or {})}, cores)
 
     def _start_scheduler(self, wait: float) -> None:
         scheduler = self._spawn(

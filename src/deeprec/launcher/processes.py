@@ -133,6 +133,7 @@ class Child:
     env: dict = field(default_factory=dict)  # set on top of the launcher's environment
     restarts: int = 0  # by the supervision thread, after the child exited on its own
     held: bool = False  # down on purpose (a fault's kill): not the supervisor's to restart
+    cpus: tuple[int, ...] = ()  # the cores it may run on (empty: any)
 
     @property
     def pid(self) -> int:
@@ -172,8 +173,12 @@ class Supervisor:
         self.log_dir = Path(self.log_dir or tempfile.mkdtemp(prefix="deeprec-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
 
-    def spawn(self, name: str, argv: list[str], env: dict | None = None) -> Child:
-        child = Child(name, list(argv), self.log_dir / f"{name}.log", env=dict(env or {}))
+    def spawn(
+        self, name: str, argv: list[str], env: dict | None = None, cpus: tuple[int, ...] = ()
+    ) -> Child:
+        child = Child(
+            name, list(argv), self.log_dir / f"{name}.log", env=dict(env or {}), cpus=tuple(cpus)
+        )
         self._launch(child, "wb")
         self.children.append(child)
         return child
@@ -208,7 +213,10 @@ class Supervisor:
         self._launch(child, "ab")
 
     def _launch(self, child: Child, mode: str) -> None:
-        guard = [sys.executable, "-m", "deeprec.launcher.orphan_guard", str(os.getpid())]
+        guard = [sys.executable, "-m", "deeprec.launcher.orphan_guard"]
+        if child.cpus:
+            guard += ["--cpus", ",".join(map(str, child.cpus))]
+        guard.append(str(os.getpid()))
         environment = {**os.environ, "PYTHONUNBUFFERED": "1", **child.env}
         with open(child.log_path, mode) as log:
             child.process = _SPAWNER.submit(
