@@ -4,6 +4,7 @@ why the GPU cannot be used and stops with exit code 1, writing its diagnosis."""
 from __future__ import annotations
 
 import json
+import os
 
 import onnxruntime as ort
 import pytest
@@ -45,9 +46,13 @@ def test_the_cpu_stand_in_dry_run_routes_by_each_threshold(tiny_zoo, tmp_path):
     argv = ["bench", "gpu", "--model", str(artifact.path), "--allow-cpu-fallback"]
     argv += ["--thresholds", "400", "--rate", "10", "--seconds", "2", "--gpu-threads", "2"]
     argv += ["--tuned", "2"]  # and a tuning scheduler, started from always-offload
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) > 1:  # the stand-in on a core of its own
+        argv += ["--standin-cpus", "1"]
     assert main([*argv, "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["dry_run_on_cpu"] is True and report["gpu_threads"] == 2
+    assert report["standin_cpus"] == (cores[-1:] if len(cores) > 1 else [])
     *static, tuned = report["runs"]
     paths = {row["config"]: set(row["paths"]) for row in static}
     assert paths == {
@@ -61,3 +66,14 @@ def test_the_cpu_stand_in_dry_run_routes_by_each_threshold(tiny_zoo, tmp_path):
     assert tuned["config"] == "tuned from T=1 after 2 s"
     assert any(p["offload_threshold"] == 1 for p in tuned["policy"])
     assert tuned["T"] == tuned["policy"][-1]["offload_threshold"]
+    # The scheduler's own account of each change, the bench's start first.
+    assert "B=256 T=1: operator" in tuned["history"][0], tuned["history"]
+
+
+@pytest.mark.skipif(CUDA in ort.get_available_providers(), reason="this machine has CUDA")
+def test_a_stand_in_that_would_take_every_core_is_refused(tiny_zoo, tmp_path, capsys):
+    cores = len(os.sched_getaffinity(0))
+    argv = ["bench", "gpu", "--model", str(tiny_zoo["rmc1"].path), "--allow-cpu-fallback"]
+    argv += ["--standin-cpus", str(cores), "--json", str(tmp_path / "gpu.json")]
+    assert main(argv) == 2
+    assert f"--standin-cpus {cores} leaves no core for the CPU pool" in capsys.readouterr().err

@@ -9,13 +9,17 @@ what does offloading buy?
    the same open-loop load on CPU workers only, on the GPU pool only (T=1: every query
    whole to the GPU) and offloaded by each threshold T, with p50/p95/p99 per path. The
    CPU workers run in the frontend process (as the chart deploys them) unless
-   ``--placement remote``; the GPU pool is one worker process.
+   ``--placement remote``; the GPU pool is one worker process. A CPU stand-in for the
+   GPU shares the pool's cores unless ``--standin-cpus N`` gives it N cores of its own
+   (the last ones; the frontend, the CPU pool, the scheduler and this load generator
+   keep the rest), so that offloading adds compute as a GPU does.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import subprocess
 import sys
@@ -114,6 +118,18 @@ def configurations(thresholds: list[int]) -> list[tuple[str, int, int]]:
     ]
 
 
+def standin_cores(count: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(the stand-in's, everything else's): the last ``count`` of this process's cores
+    and the rest, at least one."""
+    usable = tuple(sorted(os.sched_getaffinity(0)))
+    if count >= len(usable):
+        raise ValueError(
+            f"--standin-cpus {count} leaves no core for the CPU pool: this process may use "
+            f"{len(usable)}"
+        )
+    return usable[-count:], usable[:-count]
+
+
 def run_gpu_check(args, stop: threading.Event, say: Callable[[str], None]) -> int:
     model_dir = resolve_model(args.model, args.size, args.artifacts, say)
     artifact = load_artifact(model_dir)
@@ -128,6 +144,20 @@ def run_gpu_check(args, stop: threading.Event, say: Callable[[str], None]) -> in
             _save(report, args.json, say)
             return 1
         say("--allow-cpu-fallback: the GPU pool runs on the CPU; figures are a dry run")
+    if args.standin_cpus:
+        if report["cuda_works"]:
+            say("--standin-cpus is for a CPU stand-in; CUDA works here, so the GPU pool is real")
+            return 2
+        try:
+            args.gpu_cpus, args.cpus = standin_cores(args.standin_cpus)
+        except ValueError as error:
+            say(f"error: {error}")
+            return 2
+        os.sched_setaffinity(0, args.cpus)  # this load generator too
+        say(
+            f"the CPU stand-in runs on cores {list(args.gpu_cpus)}, everything else on "
+            f"{list(args.cpus)}"
+        )
     queries = prepare(artifact.spec, artifact.version, Workload(parse_sizes(args.sizes), seed=0))
     rows = []
     for label, gpu_workers, threshold in configurations(args.thresholds):
@@ -149,6 +179,7 @@ def run_gpu_check(args, stop: threading.Event, say: Callable[[str], None]) -> in
         "seconds": args.seconds,
         "cpu_workers": f"{args.workers} x 1 thread, {args.placement}",
         "gpu_threads": args.gpu_threads,
+        "standin_cpus": list(getattr(args, "gpu_cpus", ())),
         "dry_run_on_cpu": not report["cuda_works"],
         "runs": rows,
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -163,6 +194,8 @@ def _cluster(args, model_dir, gpu_workers: int, threshold: int, stop, say, **ext
         **placed(args.placement, args.workers),
         gpu_workers=gpu_workers,
         gpu_threads=args.gpu_threads,
+        gpu_cpus=getattr(args, "gpu_cpus", ()),
+        cpus=getattr(args, "cpus", ()),
         offload_threshold=threshold,
         batch_size=args.batch_size,
         stop_requested=stop,
@@ -183,8 +216,9 @@ def _summary(result: dict) -> str:
 
 def tuned_run(args, model_dir, model: str, queries, stop, say) -> dict:
     """T tuned end to end: a tuning scheduler starts from always-offload (T=1) at the same
-    rate, tunes for ``args.tuned`` s, then the same measured load as the static rows runs
-    under whatever it chose (it keeps tuning; a settled tuner holds)."""
+    rate, tunes for ``args.tuned`` s, then the static rows' measured load (the same
+    arrivals and query sizes) runs under whatever it chose (it keeps tuning; a settled
+    tuner holds)."""
     label = f"tuned from T=1 after {args.tuned:g} s"
     say(f"{label}: {args.rate:g} q/s for {args.tuned:g} + {args.seconds:g} s")
     flags = ("--trial-queries", str(args.trial_queries))
@@ -203,10 +237,12 @@ def tuned_run(args, model_dir, model: str, queries, stop, say) -> dict:
                 await client.wait_ready()
                 await start_bad(client)
             await drive(address, queries, args.rate, args.tuned, seed=1, stop=stop)
-            return await drive(address, queries, args.rate, args.seconds, seed=2, stop=stop)
+            # The static rows' arrivals and sizes (seed 0): the same load, to compare with.
+            return await drive(address, queries, args.rate, args.seconds, seed=0, stop=stop)
 
         with sampler:
             result = asyncio.run(tune_then_measure()).to_json()
+        reasons = policy_history(cluster.scheduler_address, model)
     began = sampler.samples[0][0] if sampler.samples else 0.0
     policies = [  # t: seconds since the first sample
         {"t": t - began, "batch_size": b, "offload_threshold": threshold, "version": v}
@@ -222,7 +258,21 @@ def tuned_run(args, model_dir, model: str, queries, stop, say) -> dict:
         "T": final.get("offload_threshold"),
         "final_batch_size": final.get("batch_size"),
         "policy": policies,
+        "history": reasons,  # the scheduler's own account of each change
     } | result
+
+
+def policy_history(address: str, model: str) -> list[str]:
+    """Every policy change the scheduler made, with its reason, as `deeprec policy
+    history` prints them."""
+    from deeprec.cli.policy import history_line
+    from deeprec.common.server import sync_channel
+    from deeprec.v1 import scheduler_pb2, scheduler_pb2_grpc
+
+    request = scheduler_pb2.PolicyHistoryRequest(model=model, limit=1000)
+    with sync_channel(address) as channel:
+        changes = scheduler_pb2_grpc.SchedulerStub(channel).GetPolicyHistory(request, timeout=10)
+    return [history_line(change) for change in changes.changes]
 
 
 def _save(report: dict, path: str, say: Callable[[str], None]) -> None:
@@ -245,6 +295,15 @@ def add_parser(bench) -> None:
         default=1,
         help="ONNX Runtime threads per GPU worker (default 1, the chart's gpu.threads; with "
         "--allow-cpu-fallback, more threads give the CPU stand-in another cost profile)",
+    )
+    p.add_argument(
+        "--standin-cpus",
+        type=argtypes.integer(0, 1024),
+        default=0,
+        metavar="N",
+        help="with --allow-cpu-fallback: give the CPU stand-in the last N cores of its own "
+        "(the rest run everything else), so offloading adds compute as a GPU does "
+        "(default 0: it shares every core)",
     )
     p.add_argument("--batch-size", type=argtypes.size, default=256, help="B on the CPU pool")
     p.add_argument("--rate", type=argtypes.positive, default=40.0, help="queries/s (default 40)")
