@@ -109,5 +109,6 @@ def simulate(
         mean_items=float(np.mean(query_sizes)),
         cpu_workers=runs_at_once,
         max_items=int(query_sizes.max()),
+        min_items=int(query_sizes.min()),
         service=service,
     )

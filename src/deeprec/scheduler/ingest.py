@@ -168,7 +168,9 @@ def _uses(metric, window: MetricsWindow, now: float, gauges: dict, models: set[s
             return False
         model = _model(a, models)
         total, largest = _finite(point.sum, "sum"), _finite(point.max, "max")
-        window.add_sizes(now, model, _whole(a, "policy_version"), point.count, total, largest)
+        smallest = _finite(point.min, "min")
+        version = _whole(a, "policy_version")
+        window.add_sizes(now, model, version, point.count, total, largest, smallest)
         models.add(model)
         return True
 

@@ -1,5 +1,5 @@
-"""DeepRecSched online: hill-climb B, then T, then each CPU run's threads and merge delay,
-against the tail-latency SLA at the current load.
+"""DeepRecSched online: hill-climb B, then sweep T, then try each CPU run's threads and
+merge delay, against the tail-latency SLA at the current load.
 
 Pure logic: the scheduler feeds one ``Observation`` per tick (what was measured since the
 policy in force took effect) and gets back the next policy to try, if any. The paper
@@ -11,13 +11,16 @@ time.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field, replace
 
 from deeprec.common.policy import Policy
 
 INF = math.inf
-DRIFT_WINDOWS = 2  # held windows in a row whose load moved before a new round starts
+# Held windows in a row whose load moved, or whose tail broke the SLA, before a new
+# round starts.
+DRIFT_WINDOWS = 2
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class Observation:
     max_items: int = 0  # largest query seen (0 = unknown)
     # batch size in force -> (mean items per sub-batch, mean service ms, sub-batches)
     service: dict = field(default_factory=dict)
+    min_items: int = 0  # smallest query seen (0 = unknown)
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,9 @@ class Tuner:
         self.base_qps = 0.0
         self.round_qps = 0.0  # the load this round's trials were measured at
         self.drifted = 0  # consecutive held windows whose load moved
+        self.broken = 0  # consecutive held windows over the SLA
         self.max_items = 0
+        self.min_items = 0  # 0 = unknown
         self.trials = 0
         self.history: list[tuple[str, int, float]] = []  # (knob, value, latency) per trial
 
@@ -141,6 +147,8 @@ class Tuner:
             self.service, self.service_threads = {}, policy.threads
         self.service.update({b: v for b, v in obs.service.items() if v[2] > 0})
         self.max_items = max(self.max_items, obs.max_items)
+        if obs.min_items > 0:
+            self.min_items = min(self.min_items or obs.min_items, obs.min_items)
         knob = self._knob(policy)
         trial = self.phase != "hold" and knob not in self.results
         if trial and self._breaks_sla_badly(obs):
@@ -296,11 +304,32 @@ class Tuner:
         return self._explore(candidates, model, obs)
 
     def _next_threshold(self) -> int | None:
-        # A threshold above every query size routes exactly like "never": not worth a trial.
-        useful = tuple(
-            t for t in self.config.thresholds if t == 0 or not self.max_items or t <= self.max_items
+        """Every threshold that routes queries differently, once, nearest the incumbent
+        first. Tail latency against T has long flat stretches (at or below the smallest
+        query every query is offloaded; above the largest none is), on which a climb stops
+        at the first noisy trial; there are few enough thresholds to try them all, and a
+        clearly worse one is cut at its first sample."""
+        useful = self._useful_thresholds()
+        untried = [t for t in useful if t not in self.results]
+        if not untried:
+            return None
+        ordered = sorted(useful, key=_threshold_order)
+        keys = [_threshold_order(t) for t in ordered]
+        here = _threshold_order(self._knob(self.incumbent))
+        # The incumbent's place in that order: between two when it is not one of them.
+        place = bisect.bisect_left(keys, here) - (0 if here in keys else 0.5)
+        return min(untried, key=lambda t: (abs(ordered.index(t) - place), -t))
+
+    def _useful_thresholds(self) -> tuple[int, ...]:
+        """Never (0) and the thresholds between the smallest and the largest query seen:
+        one at or below the smallest routes like always-offload (T = 1), one above the
+        largest like never."""
+        low, high = self.min_items, self.max_items
+        return tuple(
+            t
+            for t in self.config.thresholds
+            if t == 0 or ((not high or t <= high) and (not low or t > low))
         )
-        return self._explore(useful, None, None, zero_is_infinite=True)
 
     def _explore(self, candidates, model, obs, zero_is_infinite=False) -> int | None:
         """An untried neighbour of a good value: the best, or one within the plateau
@@ -325,9 +354,13 @@ class Tuner:
         # One short window's load is noisy: a move counts once two windows in a row show it.
         self.drifted = self.drifted + 1 if load_moved else 0
         load_moved = self.drifted >= DRIFT_WINDOWS
-        slo_broken = obs.latency_ms > self.config.sla_ms >= self.incumbent_ms
+        # So does one window over the SLA, unless far over it: a few slow tail queries.
+        over = obs.latency_ms > self.config.sla_ms >= self.incumbent_ms
+        self.broken = self.broken + 1 if over else 0
+        far_over = obs.latency_ms > self.config.guard_factor * self.config.sla_ms
+        slo_broken = self.broken >= DRIFT_WINDOWS or (over and far_over)
         if load_moved or slo_broken:
-            self.drifted = 0
+            self.drifted = self.broken = 0
             self._start_round(policy)
             self._record(policy.batch_size, obs.latency_ms)
             self.incumbent_ms = obs.latency_ms
@@ -341,6 +374,11 @@ class Tuner:
 
 def _split_size(policy: Policy) -> float:
     return policy.batch_size or INF  # 0: no split, the fewest sub-batches of all
+
+
+def _threshold_order(t: int) -> float:
+    """T sorted by how many queries it keeps on the CPU: never (0) last."""
+    return INF if t == 0 else t
 
 
 def _neighbours(candidates: tuple[int, ...], value: int, zero_is_infinite=False) -> list[int]:

@@ -15,6 +15,7 @@ class _Sizes:
     count: int
     total: float
     largest: float
+    smallest: float
 
 
 @dataclass
@@ -49,8 +50,8 @@ class MetricsWindow:
     def add_latency(self, t, model, version, path, histogram: ExpHistogram) -> None:
         self.latency[model, version].append((t, path, histogram))
 
-    def add_sizes(self, t, model, version, count, total, largest) -> None:
-        self.sizes[model, version].append(_Sizes(t, count, total, largest))
+    def add_sizes(self, t, model, version, count, total, largest, smallest) -> None:
+        self.sizes[model, version].append(_Sizes(t, count, total, largest, smallest))
 
     def add_service(self, t, model, batch_size, field, count, total) -> None:
         """A sub-batch metric's point; each field is averaged over its own counts, as
@@ -109,6 +110,7 @@ class MetricsWindow:
             cpu_workers=self.workers.get((model, "cpu"), 1),
             max_items=int(max((s.largest for s in sizes), default=0)),
             service=service,
+            min_items=max(int(min((s.smallest for s in sizes), default=0)), 0),
         )
 
 
