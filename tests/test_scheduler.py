@@ -389,3 +389,18 @@ def test_a_held_policy_is_retuned_on_an_sla_break_in_two_windows_in_a_row_or_a_f
     tuner, policy = _tune(server, config, Policy("m", 1024, 0), rate=20)
     tuner.step(policy, replace(same, latency_ms=1.01 * config.guard_factor * config.sla_ms))
     assert tuner.phase != "hold"
+
+
+def test_a_windows_load_counts_up_to_its_last_export_not_up_to_now():
+    """A frontend exports once a second: 0.9 s after the third export of 40 queries, the
+    load is 40 q/s (120 over the 3 s the exports cover), not 120 / 3.9 = 31 q/s. Read as
+    a 23% load drop, that started needless rounds on the 2-core VM."""
+    from deeprec.scheduler.window import MetricsWindow
+
+    window, since = MetricsWindow(), 100.0
+    for k in (1, 2, 3):
+        window.add_latency(since + k, "m", 7, "cpu", ExpHistogram.of_values([20.0] * 40, scale=6))
+    obs = window.observation("m", 7, since, since + 3.9, 0.95)
+    assert obs.queries == 120
+    assert obs.qps == pytest.approx(40.0)
+    assert obs.seconds == pytest.approx(3.9)  # the trial's own length is unchanged

@@ -81,6 +81,11 @@ class MetricsWindow:
     ) -> Observation:
         """What was measured under policy ``version`` since it took effect at ``since``."""
         histogram = self.latency_histogram(model, version, since)
+        # Queries answered since the last export are not here yet: the load is what
+        # arrived up to that export, not up to now (at a 1-s export interval that is up to
+        # a third of a 3-s window, and read as a load drop).
+        received = [t for t, _, _ in self.latency.get((model, version), ()) if t >= since]
+        covered = max(received, default=now) - since
         sizes = [s for s in self.sizes.get((model, version), ()) if s.t >= since]
         count = sum(s.count for s in sizes)
         seconds = max(now - since, 1e-9)
@@ -105,7 +110,7 @@ class MetricsWindow:
             queries=histogram.count,
             seconds=seconds,
             latency_ms=histogram.quantile(percentile) if histogram.count else 0.0,
-            qps=histogram.count / seconds,
+            qps=histogram.count / max(covered, 1e-9) if histogram.count else 0.0,
             mean_items=(sum(s.total for s in sizes) / count) if count else 0.0,
             cpu_workers=self.workers.get((model, "cpu"), 1),
             max_items=int(max((s.largest for s in sizes), default=0)),
