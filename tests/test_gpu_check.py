@@ -50,6 +50,7 @@ def test_the_cpu_stand_in_dry_run_routes_by_each_threshold(tiny_zoo, tmp_path):
     if len(cores) > 1:  # the stand-in on a core of its own
         argv += ["--standin-cpus", "1"]
     assert main([*argv, "--json", str(out)]) == 0
+    assert sorted(os.sched_getaffinity(0)) == cores  # the caller's cores given back
     report = json.loads(out.read_text())
     assert report["dry_run_on_cpu"] is True and report["gpu_threads"] == 2
     assert report["standin_cpus"] == (cores[-1:] if len(cores) > 1 else [])

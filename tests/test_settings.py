@@ -332,7 +332,7 @@ class FakeSupervisor:
         self.log_dir = Path(log_dir)
         self.children = []
 
-    def spawn(self, name, argv, env=None):
+    def spawn(self, name, argv, env=None, cpus=()):
         child = mock.Mock(address=f"127.0.0.1:{7000 + len(self.children)}", env=env)
         child.name, child.argv = name, list(argv)
         self.children.append(child)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
@@ -153,25 +154,13 @@ def run_gpu_check(args, stop: threading.Event, say: Callable[[str], None]) -> in
         except ValueError as error:
             say(f"error: {error}")
             return 2
-        os.sched_setaffinity(0, args.cpus)  # this load generator too
         say(
             f"the CPU stand-in runs on cores {list(args.gpu_cpus)}, everything else on "
             f"{list(args.cpus)}"
         )
     queries = prepare(artifact.spec, artifact.version, Workload(parse_sizes(args.sizes), seed=0))
-    rows = []
-    for label, gpu_workers, threshold in configurations(args.thresholds):
-        if stop.is_set():
-            break
-        say(f"{label}: {args.rate:g} q/s for {args.seconds:g} s")
-        with _cluster(args, model_dir, gpu_workers, threshold, stop, say) as cluster:
-            result = asyncio.run(
-                drive(cluster.frontend_address, queries, args.rate, args.seconds, stop=stop)
-            ).to_json()
-        rows.append({"config": label, "gpu_workers": gpu_workers, "T": threshold} | result)
-        say(_summary(result))
-    if args.tuned and not stop.is_set():
-        rows.append(tuned_run(args, model_dir, artifact.spec.name, queries, stop, say))
+    with _pinned(getattr(args, "cpus", ())):  # this load generator beside the CPU pool
+        rows = _measure(args, model_dir, artifact.spec.name, queries, stop, say)
     report |= {
         "model": artifact.spec.name,
         "size": artifact.spec.size,
@@ -186,6 +175,36 @@ def run_gpu_check(args, stop: threading.Event, say: Callable[[str], None]) -> in
     }
     _save(report, args.json, say)
     return 0
+
+
+def _measure(args, model_dir, model: str, queries, stop, say) -> list[dict]:
+    rows = []
+    for label, gpu_workers, threshold in configurations(args.thresholds):
+        if stop.is_set():
+            break
+        say(f"{label}: {args.rate:g} q/s for {args.seconds:g} s")
+        with _cluster(args, model_dir, gpu_workers, threshold, stop, say) as cluster:
+            result = asyncio.run(
+                drive(cluster.frontend_address, queries, args.rate, args.seconds, stop=stop)
+            ).to_json()
+        rows.append({"config": label, "gpu_workers": gpu_workers, "T": threshold} | result)
+        say(_summary(result))
+    if args.tuned and not stop.is_set():
+        rows.append(tuned_run(args, model_dir, model, queries, stop, say))
+    return rows
+
+
+@contextlib.contextmanager
+def _pinned(cores: tuple[int, ...]):
+    """This thread (and the threads it starts) on ``cores`` for the block, then back:
+    the command may run inside a longer-lived process (tests call ``main``)."""
+    before = os.sched_getaffinity(0)
+    if cores:
+        os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def _cluster(args, model_dir, gpu_workers: int, threshold: int, stop, say, **extra):
