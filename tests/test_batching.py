@@ -4,6 +4,7 @@ and each still gets exactly its own scores."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -386,3 +387,22 @@ def test_a_cut_sub_batch_past_its_deadline_or_whose_run_fails_is_answered_once(t
     expired, batcher = asyncio.run(scenario())
     assert expired.scores is None and runs == []
     assert batcher.waiting_items == 0 and not len(batcher)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to take one away")
+def test_a_run_never_gets_more_threads_than_the_cores_the_process_may_use(tiny_zoo):
+    """Pinned to one core (a pod's CPU share, or the GPU stand-in's split), a policy's
+    two threads per run would only make the runs take turns on it: the pool counts the
+    cores it may use, not the host's."""
+    artifact = tiny_zoo["rmc1"]
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before)})
+    try:
+        sessions, _ = open_runs(artifact, "cpu", 1, runs=2)
+        assert sessions.threads_for(2) == 1
+        unset, _ = open_runs(artifact, "cpu", None)  # "every core": the one it may use
+        assert unset.threads == 1
+    finally:
+        os.sched_setaffinity(0, before)
+    sessions, _ = open_runs(artifact, "cpu", 1, runs=2)
+    assert sessions.threads_for(2) == 2

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from deeprec.launcher.commands import cores
+from deeprec.common.threads import usable_cores
 from deeprec.launcher.loadrun import Workload, prepare, resolve_model
 from deeprec.launcher.processes import Interrupted, LaunchError
 from deeprec.models.artifact import ArtifactError, load_artifact
@@ -321,7 +321,7 @@ def header(kind: str, args, artifact, workload, sla: SLA, search: SearchConfig) 
         "kind": kind,
         "model": artifact.spec.name,
         "size": artifact.spec.size,
-        "cores": cores(),
+        "cores": usable_cores(),
         "sla": {"ms": sla.ms, "percentile": sla.percentile},
         "workload": {
             "sizes": args.sizes,
@@ -388,7 +388,7 @@ def run_capacity(args, stop: threading.Event, say: Callable[[str], None]) -> int
     print(
         f"\nlatency-bounded throughput, {sla.describe()}: {artifact.spec.name} "
         f"({artifact.spec.size}), {args.workers} workers x {args.threads} thread(s), "
-        f"{cores()} cores"
+        f"{usable_cores()} cores"
     )
     for line in sweep_table(data) + table(data):
         print(line)

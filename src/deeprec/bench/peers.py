@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from deeprec.common.threads import usable_cores
 from deeprec.models import bench
 
 from .capacity import (
@@ -21,7 +22,6 @@ from .capacity import (
     Searches,
     capacity_of,
     common,
-    cores,
     header,
     measure_targets,
     setup,
@@ -51,7 +51,7 @@ def ratios(entries: list[dict]) -> dict[str, float | None]:
 
 def in_process_capacity(artifact, seconds: float, say) -> dict:
     """ONNX Runtime's in-process capacity on these cores (models/bench.capacity)."""
-    result = bench.capacity(artifact, seconds, cores(), log=say)
+    result = bench.capacity(artifact, seconds, usable_cores(), log=say)
     return {"seconds_per_point": seconds, "best": result["best"], "results": result["results"]}
 
 
@@ -127,7 +127,7 @@ def run_peers(args, stop: threading.Event, say: Callable[[str], None]) -> int:
         of_in_process(data["configs"], data["in_process"], workload.sizes.mean)
     print(
         f"\nlatency-bounded throughput, {sla.describe()}: {artifact.spec.name} "
-        f"({artifact.spec.size}), same graph and queries, {cores()} cores, "
+        f"({artifact.spec.size}), same graph and queries, {usable_cores()} cores, "
         f"{args.workers} x {args.threads} thread(s) each"
     )
     for line in sweep_table(data) + table(data):

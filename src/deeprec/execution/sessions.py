@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 
+from deeprec.common.threads import usable_cores
 from deeprec.models.fused import FusedSession
 from deeprec.models.runtime import open_session
 
@@ -92,14 +92,17 @@ def open_runs(
     embeddings mode is chosen once, for the configured threads, and kept."""
     chosen = embeddings_for(embeddings, device, threads, artifact.spec.has_sequences)
     mode = "single" if chosen == "graph" else "fused"
-    threads = threads or os.cpu_count() or 1
+    threads = threads or usable_cores()
 
     def open_with(count: int):
         return _open(artifact, device, count, allow_cpu_fallback, chosen)
 
     if device != "cpu":  # a GPU run's threads are not the policy's to set
         return SessionsByThreads.single(open_with(threads), threads), mode
-    return SessionsByThreads(open_with, threads, threads * max(1, runs)), mode
+    # A policy's threads per run never pass the cores this process may use (a pod's or a
+    # taskset's share): more only make the runs take turns on the same cores.
+    cores = min(threads * max(1, runs), usable_cores())
+    return SessionsByThreads(open_with, threads, cores), mode
 
 
 def _open(artifact, device: str, threads: int, allow_cpu_fallback: bool, chosen: str):

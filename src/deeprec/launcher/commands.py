@@ -22,6 +22,7 @@ from deeprec.common.jsonfile import write_json
 from deeprec.common.policy import describe as describe_policy
 from deeprec.common.server import sync_channel
 from deeprec.common.tensors import decode
+from deeprec.common.threads import usable_cores
 from deeprec.models import bench, zoo
 from deeprec.models.artifact import ArtifactError, load_artifact
 from deeprec.sharding.plan import parse_bytes
@@ -46,14 +47,6 @@ DEMO_RATE = 30.0
 DEMO_SECONDS = 30.0
 DEMO_BATCH_SIZE = settings.BY_ENV["DEEPREC_BATCH_SIZE"].default  # what is deployed
 PROGRESS_EVERY = 5.0
-
-
-def cores() -> int:
-    """Cores this process may run on (a container's or taskset's share, not the host's)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def say(message: str) -> None:
@@ -271,7 +264,7 @@ def _config(args, cluster: LocalCluster) -> dict:
         "threads_per_worker": args.threads,
         "batch_size": args.batch_size,
         "offload_threshold": args.offload_threshold,
-        "cores": cores(),
+        "cores": usable_cores(),
         "query_sizes": args.sizes,
         "ids": args.ids,
         "exponent": args.exponent,
@@ -338,7 +331,7 @@ def demo(args) -> int:
         finally:
             clean = _stop(cluster)
     print(
-        f"\ndeeprec demo: {artifact.spec.name} ({artifact.spec.size}) on {cores()} "
+        f"\ndeeprec demo: {artifact.spec.name} ({artifact.spec.size}) on {usable_cores()} "
         f"cores, {_workers_text(args)}"
     )
     for line in report.load_report(result):
@@ -404,7 +397,7 @@ def serving_bench(args) -> int:
     with stop_on_signals() as stop:
         # Before any server starts: the reference must have the machine to itself.
         before, start = cpu.sample([os.getpid()]), time.monotonic()
-        in_process = bench.capacity(artifact, args.bench_seconds, cores(), log=say)
+        in_process = bench.capacity(artifact, args.bench_seconds, usable_cores(), log=say)
         in_process["cpu"] = cpu.cores_used(
             before, cpu.sample([os.getpid()]), time.monotonic() - start
         )
@@ -461,7 +454,7 @@ def serving_bench(args) -> int:
     bounded_served = max((r.items_per_s for r in bounded), default=0.0)
     print(
         f"served capacity {served:,.0f} items/s = {served / capacity:.2f} of in-process "
-        f"ONNX Runtime ({capacity:,.0f} items/s, {cores()} threads); with p99 <= "
+        f"ONNX Runtime ({capacity:,.0f} items/s, {usable_cores()} threads); with p99 <= "
         f"{args.p99_ms:g} ms: {bounded_served:,.0f} items/s = {bounded_served / capacity:.2f}"
     )
     out = args.json or f"results/bench-serving-{artifact.spec.name}-{artifact.spec.size}.json"
