@@ -271,8 +271,8 @@ SETTINGS: tuple[Setting, ...] = (
         "--threads",
         int,
         1,
-        "ONNX Runtime intra-op threads (0: every core); one per worker, and more workers "
-        "for more cores, is what the benchmarks measure",
+        "ONNX Runtime intra-op threads (0: every core the process may use); one per worker, "
+        "and more workers for more cores, is what the benchmarks measure",
         ("frontend", "inference"),
         minimum=0,
     ),
