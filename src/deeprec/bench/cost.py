@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deeprec.common.threads import RUN_THREAD
+from deeprec.common.threads import RUN_THREAD, usable_cores
 from deeprec.launcher.cpu import named_threads_seconds, process_seconds
 from deeprec.launcher.loadrun import Workload, prepare, resolve_model, warm_up
 from deeprec.launcher.processes import Interrupted, LaunchError
@@ -28,7 +28,7 @@ from deeprec.workload.distributions import parse_exponents, parse_sizes
 from deeprec.workload.openloop import run_open_loop
 from deeprec.workload.queries import QueryCycle
 
-from .capacity import BadArguments, common, cores, save
+from .capacity import BadArguments, common, save
 from .peers import FLOOR, PEERS, make_peers
 from .targets import DeeprecTarget, parse_configs
 
@@ -243,7 +243,7 @@ def run_cost(args, stop: threading.Event, say: Callable[[str], None]) -> int:
         "kind": "cost",
         "model": artifact.spec.name,
         "size": artifact.spec.size,
-        "cores": cores(),
+        "cores": usable_cores(),
         "workload": {"sizes": args.sizes, "mean_items": workload.sizes.mean, "ids": args.ids},
         "workers": args.workers,
         "threads_per_worker": args.threads,

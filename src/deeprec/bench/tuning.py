@@ -31,9 +31,10 @@ import numpy as np
 from deeprec.common import argtypes
 from deeprec.common.jsonfile import write_json
 from deeprec.common.server import sync_channel
+from deeprec.common.threads import usable_cores
 from deeprec.launcher import cpu
 from deeprec.launcher.cluster import LocalCluster, placed
-from deeprec.launcher.commands import add_threads_argument, cores, stop_on_signals
+from deeprec.launcher.commands import add_threads_argument, stop_on_signals
 from deeprec.launcher.loadrun import DEFAULT_ARTIFACTS, Workload, prepare, resolve_model, warm_up
 from deeprec.models import zoo
 from deeprec.models.artifact import load_artifact
@@ -696,7 +697,7 @@ def bench_tuning(args) -> int:
             "workers": args.workers,
             "placement": args.placement,
             "threads_per_worker": args.threads,
-            "cores": cores(),
+            "cores": usable_cores(),
             "rate_qps": args.rate,
             "outside_load_cores": args.outside_load,
             "step_factor": args.factor,
