@@ -394,7 +394,8 @@ def test_a_held_policy_is_retuned_on_an_sla_break_in_two_windows_in_a_row_or_a_f
 def test_a_windows_load_counts_up_to_its_last_export_not_up_to_now():
     """A frontend exports once a second: 0.9 s after the third export of 40 queries, the
     load is 40 q/s (120 over the 3 s the exports cover), not 120 / 3.9 = 31 q/s. Read as
-    a 23% load drop, that started needless rounds on the 2-core VM."""
+    a 23% load drop, that started needless rounds on the 2-core VM; a held window read
+    high at its other edge (57 q/s of an offered 40)."""
     from deeprec.scheduler.window import MetricsWindow
 
     window, since = MetricsWindow(), 100.0
@@ -404,3 +405,10 @@ def test_a_windows_load_counts_up_to_its_last_export_not_up_to_now():
     assert obs.queries == 120
     assert obs.qps == pytest.approx(40.0)
     assert obs.seconds == pytest.approx(3.9)  # the trial's own length is unchanged
+    # The same policy's next window, from 0.5 s after the third export: its first export
+    # holds the queries of the whole second before it, half of them from before ``since``.
+    for k in (4, 5):
+        window.add_latency(since + k, "m", 7, "cpu", ExpHistogram.of_values([20.0] * 40, scale=6))
+    held = window.observation("m", 7, since + 3.5, since + 5.9, 0.95)
+    assert held.queries == 80
+    assert held.qps == pytest.approx(40.0)  # 80 over 2 s, not over 1.5

@@ -81,11 +81,14 @@ class MetricsWindow:
     ) -> Observation:
         """What was measured under policy ``version`` since it took effect at ``since``."""
         histogram = self.latency_histogram(model, version, since)
-        # Queries answered since the last export are not here yet: the load is what
-        # arrived up to that export, not up to now (at a 1-s export interval that is up to
-        # a third of a 3-s window, and read as a load drop).
-        received = [t for t, _, _ in self.latency.get((model, version), ()) if t >= since]
-        covered = max(received, default=now) - since
+        # The load is what the exports in the window cover: up to the last one, not up to
+        # now (queries answered since are not here yet), and, when the version was in force
+        # before ``since`` (a held policy's next window), from the export before, since
+        # the window's first export holds queries from before ``since`` too. At a 1-s
+        # export interval either edge is up to a third of a 3-s window.
+        times = [t for t, _, _ in self.latency.get((model, version), ())]
+        first = max((t for t in times if t < since), default=since)
+        covered = max((t for t in times if t >= since), default=now) - first
         sizes = [s for s in self.sizes.get((model, version), ()) if s.t >= since]
         count = sum(s.count for s in sizes)
         seconds = max(now - since, 1e-9)
