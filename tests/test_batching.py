@@ -402,6 +402,8 @@ def test_a_run_never_gets_more_threads_than_the_cores_the_process_may_use(tiny_z
         assert sessions.threads_for(2) == 1
         unset, _ = open_runs(artifact, "cpu", None)  # "every core": the one it may use
         assert unset.threads == 1
+        configured, _ = open_runs(artifact, "cpu", 2)  # an operator's count stays
+        assert configured.threads_for(0) == 2
     finally:
         os.sched_setaffinity(0, before)
     sessions, _ = open_runs(artifact, "cpu", 1, runs=2)

@@ -100,8 +100,9 @@ def open_runs(
     if device != "cpu":  # a GPU run's threads are not the policy's to set
         return SessionsByThreads.single(open_with(threads), threads), mode
     # A policy's threads per run never pass the cores this process may use (a pod's or a
-    # taskset's share): more only make the runs take turns on the same cores.
-    cores = min(threads * max(1, runs), usable_cores())
+    # taskset's share): more only make the runs take turns on the same cores. The
+    # configured count is the operator's, and stays.
+    cores = max(threads, min(threads * max(1, runs), usable_cores()))
     return SessionsByThreads(open_with, threads, cores), mode
 
 

@@ -505,7 +505,7 @@ def add_threads_argument(p) -> None:
         "--threads",
         type=argtypes.size,
         default=1,
-        help="ONNX Runtime threads per worker (0: every core)",
+        help="ONNX Runtime threads per worker (0: every core the process may use)",
     )
 
 

@@ -331,10 +331,9 @@ class Tuner:
             if t == 0 or ((not high or t <= high) and (not low or t > low))
         )
 
-    def _explore(self, candidates, model, obs, zero_is_infinite=False) -> int | None:
+    def _explore(self, candidates, model, obs) -> int | None:
         """An untried neighbour of a good value: the best, or one within the plateau
-        tolerance of it (so flat stretches, e.g. thresholds above every query size, are
-        crossed instead of stopping the climb)."""
+        tolerance of it (so flat stretches are crossed instead of stopping the climb)."""
         best_ms = min(self.results.values())
         good = sorted(
             (ms, value)
@@ -342,7 +341,7 @@ class Tuner:
             if ms <= best_ms * (1 + self.config.plateau)
         )
         for _, value in good:
-            for neighbour in _neighbours(candidates, value, zero_is_infinite):
+            for neighbour in _neighbours(candidates, value):
                 if neighbour in self.results:
                     continue
                 if model is None or model.predict_latency(neighbour, obs) < INF:
@@ -381,11 +380,9 @@ def _threshold_order(t: int) -> float:
     return INF if t == 0 else t
 
 
-def _neighbours(candidates: tuple[int, ...], value: int, zero_is_infinite=False) -> list[int]:
+def _neighbours(candidates: tuple[int, ...], value: int) -> list[int]:
     """The candidates next to ``value`` (larger first), or the nearest ones if off-grid."""
-    ordered = sorted(candidates, key=lambda c: INF if zero_is_infinite and c == 0 else c)
-    if zero_is_infinite and value == 0:
-        return ordered[-2:-1] if 0 in ordered else ordered[-1:]
+    ordered = sorted(candidates)
     if value in ordered:
         i = ordered.index(value)
         return [ordered[j] for j in (i + 1, i - 1) if 0 <= j < len(ordered)]
