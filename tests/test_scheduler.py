@@ -146,6 +146,28 @@ def test_from_always_offload_short_noisy_trials_still_find_the_threshold_that_sh
         assert chosen.latency_ms <= 0.9 * min(never, always), (seed, policy, tuner.history)
 
 
+def test_while_every_query_is_offloaded_t_is_tuned_before_the_cpu_knobs():
+    """From always-offload no query reaches the CPU pool, so a trial of B, threads or
+    the merge delay measures nothing: T goes first, and the CPU knobs follow only once
+    T keeps queries on the CPU."""
+    server = ServerModel(cpu_workers=1, gpu_workers=1, gpu_overhead_ms=3.0, gpu_per_item_ms=0.04)
+    config = TunerConfig(gpu=True, min_queries=150, min_trial_queries=50)
+    tuner, policy = _tune(server, config, Policy("m", 256, 1), 62, seconds_per_trial=3)
+    phases = [phase for phase, _, _ in tuner.history]
+    # The round's first window measures the policy in force; the next trials are T's.
+    assert phases[1] == "t", tuner.history
+    assert policy.offload_threshold not in (0, 1), tuner.history  # sharing pays here
+    assert "b" in phases[phases.index("t") :], tuner.history  # then B, with queries on the CPU
+
+
+def test_a_gpu_that_takes_every_query_best_leaves_the_cpu_knobs_untried():
+    server = ServerModel(cpu_workers=1, gpu_workers=1, gpu_overhead_ms=0.5, gpu_per_item_ms=0.002)
+    config = TunerConfig(gpu=True, min_queries=150, min_trial_queries=50)
+    tuner, policy = _tune(server, config, Policy("m", 256, 1), 62, seconds_per_trial=3)
+    assert policy.offload_threshold == 1, tuner.history  # every query offloaded
+    assert {phase for phase, _, _ in tuner.history[1:]} == {"t"}, tuner.history
+
+
 def test_a_trial_that_breaks_the_sla_badly_is_cut_short_and_reverted():
     config = TunerConfig(sla_ms=50, min_queries=300, min_trial_queries=50)
     tuner = Tuner(config)

@@ -121,6 +121,7 @@ class Tuner:
     def __init__(self, config: TunerConfig):
         self.config = config
         self.phase = "idle"
+        self.pending: list[str] = []  # this round's phases still to come, in order
         self.results: dict[int, float] = {}  # knob value -> tail latency, this phase
         self.service: dict = {}  # batch size -> (items, ms, n), across rounds (load-free)
         self.service_threads = 0  # the threads those sub-batches ran with
@@ -190,6 +191,7 @@ class Tuner:
 
     def _start_round(self, policy: Policy) -> None:
         self.phase, self.results = "b", {}
+        self.pending = [phase for phase in PHASE_KNOBS if phase != "b"]
         self.incumbent, self.incumbent_ms = policy, INF
         self.round_qps = 0.0
 
@@ -245,6 +247,14 @@ class Tuner:
     def _next(self, policy: Policy, obs: Observation) -> Policy | None:
         """The next trial of this phase, or move on; returns a policy to apply or None."""
         while self.phase != "hold":
+            if self.phase != "t" and self._offloads_everything():
+                # B, threads and the merge delay shape CPU runs, and no query reaches
+                # the CPU pool: a trial of them measures nothing. Tune T first, then
+                # come back to this phase if T now keeps queries on the CPU.
+                if "t" in self.pending:
+                    self.pending.insert(0, self.phase)
+                self._next_phase()
+                continue
             if self.phase == "b":
                 value = self._next_batch_size(obs)
             elif self.phase == "t":
@@ -262,23 +272,34 @@ class Tuner:
 
     def _next_phase(self) -> None:
         """On to the next phase that has something to try; the incumbent, as measured,
-        is its first result."""
-        order = [*PHASE_KNOBS, "hold"]
-        self.phase = order[order.index(self.phase) + 1]
+        is its first result. While every query is offloaded, T comes first."""
         self.results = {}
-        if self.phase == "t" and not self.config.gpu:
-            self.phase = "threads"
-        if self.phase == "threads" and len(self._candidates()) < 2:
-            self.phase = "delay"
-        if self.phase == "delay" and len(self._candidates()) < 2:
-            self.phase = "hold"
+        if "t" in self.pending and self._offloads_everything():
+            self.pending.remove("t")
+            self.pending.insert(0, "t")
+        self.pending = [phase for phase in self.pending if self._has_choices(phase)]
+        self.phase = self.pending.pop(0) if self.pending else "hold"
         if self.phase != "hold":
             self.results[getattr(self.incumbent, PHASE_KNOBS[self.phase])] = self.incumbent_ms
 
-    def _candidates(self) -> tuple[int, ...]:
-        """This phase's values: 0 (the pools' own threads; no delay) and the config's,
-        so that a round can always go back to 0."""
-        chosen = self.config.threads if self.phase == "threads" else self.config.merge_delays_us
+    def _has_choices(self, phase: str) -> bool:
+        if phase == "t":
+            return self.config.gpu
+        if phase in ("threads", "delay"):
+            return len(self._candidates(phase)) >= 2
+        return True
+
+    def _offloads_everything(self) -> bool:
+        """The incumbent's T sends every query to the GPU pool: T = 1, or at or below
+        the smallest query seen (a query of T items or more is offloaded)."""
+        t = self.incumbent.offload_threshold
+        return self.config.gpu and (t == 1 or 0 < t <= self.min_items)
+
+    def _candidates(self, phase: str = "") -> tuple[int, ...]:
+        """A phase's values (this one's by default): 0 (the pools' own threads; no
+        delay) and the config's, so that a round can always go back to 0."""
+        phase = phase or self.phase
+        chosen = self.config.threads if phase == "threads" else self.config.merge_delays_us
         return tuple(sorted({0, *chosen}))
 
     def _next_batch_size(self, obs: Observation) -> int | None:
