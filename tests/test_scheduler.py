@@ -393,6 +393,26 @@ def test_a_load_move_must_show_in_two_windows_in_a_row_to_retune():
     assert tuner.phase != "hold"
 
 
+def test_a_held_policy_remembers_its_rounds_load_not_its_last_windows():
+    """The round's last trial may be one cut at its first 50 queries, whose load reads a
+    quarter low (the stand-in run 12 of 2026-12-03: 33 q/s of an offered 45). Remembered
+    as the load the policy was tuned for, the true load then read as a 36% move and
+    started a needless round; the round's mean over its windows does not."""
+    config = TunerConfig(batch_sizes=(256, 512), threads=(), merge_delays_us=(), min_queries=150)
+
+    def window(qps, latency_ms, queries=150):
+        return Observation(queries, queries / qps, latency_ms, qps, 270.0, cpu_workers=2)
+
+    tuner, policy = Tuner(config), Policy("m", 256, 0)
+    trial = tuner.step(policy, window(45, 40.0)).policy  # the policy in force, then B=512
+    assert trial is not None and trial.batch_size == 512
+    back = tuner.step(trial, window(33, 60.0, queries=50))  # cut: clearly worse
+    assert back.policy is not None and back.policy.batch_size == 256 and tuner.phase == "hold"
+    for _ in range(3):  # the offered load, unchanged
+        assert tuner.step(back.policy, window(45, 40.0)).policy is None
+        assert tuner.phase == "hold"
+
+
 def test_a_held_policy_is_retuned_on_an_sla_break_in_two_windows_in_a_row_or_a_far_one():
     """One short window over the SLA is the noise of a few tail queries on a busy machine
     (on the 2-core VM a held policy with a 50-ms p95 showed one 111-ms window every half

@@ -129,6 +129,8 @@ class Tuner:
         self.incumbent_ms = INF
         self.base_qps = 0.0
         self.round_qps = 0.0  # the load this round's trials were measured at
+        self.round_queries = 0  # answered in the windows this round ranked, and
+        self.round_seconds = 0.0  # the seconds they span: the round's mean load
         self.drifted = 0  # consecutive held windows whose load moved
         self.broken = 0  # consecutive held windows over the SLA
         self.max_items = 0
@@ -157,13 +159,13 @@ class Tuner:
                 # The round's first trial is the policy in force: its tail is the bar the
                 # next trials must beat (ranked as measured, so that one whose start still
                 # waits behind this one's backlog is not cut and the bad start kept).
-                self._record(knob, obs.latency_ms)
+                self._record(knob, obs.latency_ms, obs)
                 self.incumbent_ms = obs.latency_ms
             else:
-                self._record(knob, INF)
+                self._record(knob, INF, obs)
             return Decision(self._next(policy, obs), consumed=True)
         if trial and self._clearly_worse(obs) and not self._escapes_overload(policy):
-            self._record(knob, obs.latency_ms)
+            self._record(knob, obs.latency_ms, obs)
             return Decision(self._next(policy, obs), consumed=True)
         enough = obs.queries >= self.config.min_queries or (
             obs.seconds >= self.config.max_trial_s and obs.queries >= self.config.min_trial_queries
@@ -177,7 +179,7 @@ class Tuner:
             # again from here, at the load now.
             self._start_round(policy)
         self.round_qps = self.round_qps or obs.qps
-        self._record(knob, obs.latency_ms)
+        self._record(knob, obs.latency_ms, obs)
         if self._escapes_overload(policy):
             # The incumbent could not keep up: its tail is the backlog this trial
             # inherited, not a measure to rank it against.
@@ -194,6 +196,7 @@ class Tuner:
         self.pending = [phase for phase in PHASE_KNOBS if phase != "b"]
         self.incumbent, self.incumbent_ms = policy, INF
         self.round_qps = 0.0
+        self.round_queries, self.round_seconds = 0, 0.0
 
     def _load_moved_since_round_began(self, obs: Observation) -> bool:
         if not self.results or not self.round_qps:
@@ -203,7 +206,10 @@ class Tuner:
     def _knob(self, policy: Policy) -> int:
         return getattr(policy, PHASE_KNOBS.get(self.phase, "batch_size"))
 
-    def _record(self, knob: int, latency_ms: float) -> None:
+    def _record(self, knob: int, latency_ms: float, obs: Observation) -> None:
+        if obs.qps > 0:
+            self.round_queries += obs.queries
+            self.round_seconds += obs.queries / obs.qps
         self.results[knob] = latency_ms
         self.trials += 1
         self.history.append((self.phase, knob, latency_ms))
@@ -264,8 +270,9 @@ class Tuner:
             if value is not None:
                 return replace(self.incumbent, **{PHASE_KNOBS[self.phase]: value})
             self._next_phase()
-        # hold: settle on the incumbent, remember the load it was tuned for
-        self.base_qps = obs.qps
+        # hold: settle on the incumbent, remember the load it was tuned for: the round's
+        # mean, as one short window's load (often a trial cut at 50 queries) is noisy
+        self.base_qps = self.round_queries / self.round_seconds if self.round_seconds else obs.qps
         if self._same_knobs(policy, self.incumbent):
             return None
         return self.incumbent
@@ -382,7 +389,7 @@ class Tuner:
         if load_moved or slo_broken:
             self.drifted = self.broken = 0
             self._start_round(policy)
-            self._record(policy.batch_size, obs.latency_ms)
+            self._record(self._knob(policy), obs.latency_ms, obs)
             self.incumbent_ms = obs.latency_ms
             return Decision(self._next(policy, obs), consumed=True)
         return Decision(None, consumed=True)
