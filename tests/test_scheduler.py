@@ -299,7 +299,7 @@ def test_a_trial_must_beat_the_incumbent_by_more_than_its_noise():
     """Issue 17: one short trial decided, though identical windows differ by 10-25%. A
     trial replaces the incumbent only when its tail is better by more than its sampling
     error (about 1/sqrt(queries))."""
-    config = TunerConfig(min_queries=150)
+    config = TunerConfig(min_queries=150, confirm_within=0)  # the margin alone
     service = {256: (250.0, 11.0, 300), 64: (64.0, 3.6, 900)}  # a cost model to climb with
     incumbent_obs = Observation(150, 5.0, 50.0, 30, 270, 2, 700, service)
     for trial_ms, replaced in ((47.0, False), (38.0, True)):  # 6% (noise) and 24% better
@@ -313,6 +313,61 @@ def test_a_trial_must_beat_the_incumbent_by_more_than_its_noise():
         assert tuner.incumbent.batch_size == expected, (trial_ms, tuner.history)
     assert noise_margin(150) == pytest.approx(1 / 150**0.5)
     assert noise_margin(100_000) == 0.03 and noise_margin(1) == 0.25
+
+
+def test_a_costlier_trial_must_beat_the_incumbent_by_twice_its_noise():
+    """Issue 17, do no harm: on the 2-core VM under outside load a B = 512 trial read 8%
+    below the held B = 1024 (190 queries: noise 7%), replaced it, and the run held at
+    1.21x the best static p95. A candidate that spends more CPU per query (more
+    sub-batches, more threads per run) must now win by twice its noise; a cheaper one
+    still by once."""
+    config = TunerConfig(
+        batch_sizes=(512, 1024), threads=(2,), merge_delays_us=(), min_queries=150, confirm_within=0
+    )
+
+    def window(latency_ms):
+        return Observation(190, 6.0, latency_ms, 32, 270, 2, 700)
+
+    for start, trial_ms, replaced in (
+        (1024, 23.9, False),  # 512 is costlier: 8% is within twice the noise
+        (1024, 21.0, True),  # 19% is not
+        (512, 23.9, True),  # 1024 is cheaper: 8% is past the noise
+    ):
+        tuner = Tuner(config)
+        trial = tuner.step(Policy("m", start, 0), window(26.0)).policy
+        assert trial is not None and trial.batch_size == 1536 - start
+        tuner.step(replace(trial, version=1), window(trial_ms))
+        expected = trial.batch_size if replaced else start
+        assert tuner.incumbent.batch_size == expected, (start, trial_ms, tuner.history)
+    # Two threads per run cost CPU too.
+    tuner = Tuner(replace(config, batch_sizes=(1024,)))
+    trial = tuner.step(Policy("m", 1024, 0), window(26.0)).policy
+    assert trial is not None and trial.threads == 2
+    tuner.step(replace(trial, version=1), window(23.9))
+    assert tuner.incumbent.threads == 0, tuner.history
+
+
+def test_a_narrow_win_is_checked_against_the_incumbent_measured_again():
+    """Issue 17, re-measure the incumbent: the VM's speed moves by more than a trial's
+    margin within a minute (the same B measured 33 ms in a sweep and 65 ms a minute
+    later), so a trial that beats an incumbent measured trials ago by a little may have
+    beaten the machine, not the policy. Such a win is checked against the incumbent
+    measured again at once; a wide win needs no check."""
+    config = TunerConfig(batch_sizes=(256, 512), threads=(), merge_delays_us=(), min_queries=150)
+
+    def window(latency_ms):
+        return Observation(190, 6.0, latency_ms, 32, 270, 2, 700)
+
+    for trial_ms, again_ms, winner in ((27.0, 26.0, 256), (27.0, 31.0, 512), (20.0, None, 512)):
+        tuner = Tuner(config)
+        trial = tuner.step(Policy("m", 256, 0), window(30.0)).policy
+        assert trial is not None and trial.batch_size == 512
+        decision = tuner.step(replace(trial, version=1), window(trial_ms))
+        if again_ms is not None:  # 10% better: within three margins, measure 256 again
+            assert decision.policy is not None and decision.policy.batch_size == 256
+            tuner.step(replace(decision.policy, version=2), window(again_ms))
+        assert tuner.incumbent.batch_size == winner, (trial_ms, again_ms, tuner.history)
+        assert tuner.phase == "hold"
 
 
 def test_a_trial_clearly_worse_than_the_incumbent_is_cut_at_its_first_sample():

@@ -56,6 +56,9 @@ class TunerConfig:
     improvement: float = 0.02  # relative gain the model must predict to jump
     plateau: float = 0.1  # results this close to the best count as equally good
     drift: float = 0.3  # relative load change that starts a new round of tuning
+    # A trial that beats an incumbent meeting the SLA by less than this many times its
+    # margin is checked against the incumbent measured again right after it (0: never).
+    confirm_within: float = 3.0
 
 
 @dataclass
@@ -127,6 +130,7 @@ class Tuner:
         self.service_threads = 0  # the threads those sub-batches ran with
         self.incumbent: Policy | None = None
         self.incumbent_ms = INF
+        self.challenger: tuple[Policy, float] | None = None  # a narrow win, to confirm
         self.base_qps = 0.0
         self.round_qps = 0.0  # the load this round's trials were measured at
         self.round_queries = 0  # answered in the windows this round ranked, and
@@ -180,13 +184,40 @@ class Tuner:
             self._start_round(policy)
         self.round_qps = self.round_qps or obs.qps
         self._record(knob, obs.latency_ms, obs)
+        if self.challenger is not None:
+            return self._settle_challenge(policy, obs)
         if self._escapes_overload(policy):
             # The incumbent could not keep up: its tail is the backlog this trial
             # inherited, not a measure to rank it against.
             self.results[self._knob(self.incumbent)] = INF
             self.incumbent, self.incumbent_ms = policy, obs.latency_ms
-        elif obs.latency_ms < self.incumbent_ms * (1 - noise_margin(obs.queries)):
+        elif obs.latency_ms < self.incumbent_ms * (1 - self._margin_to_replace(policy, obs)):
+            if self._narrow_win(policy, obs):
+                # The incumbent was measured trials ago, and this VM's speed moves by
+                # more than the margin within a minute: measure it again now.
+                self.challenger = (policy, obs.latency_ms)
+                return Decision(self.incumbent, consumed=True)
             self.incumbent, self.incumbent_ms = policy, obs.latency_ms
+        return Decision(self._next(policy, obs), consumed=True)
+
+    def _narrow_win(self, policy: Policy, obs: Observation) -> bool:
+        """A win over an incumbent that meets the SLA by less than ``confirm_within`` times
+        the margin: chance or a machine that sped up between the two windows could
+        make it. (Over the SLA a better policy is taken at once.)"""
+        if self.incumbent_ms > self.config.sla_ms:
+            return False
+        margin = self._margin_to_replace(policy, obs)
+        within = self.config.confirm_within * margin
+        return within > 0 and obs.latency_ms >= self.incumbent_ms * (1 - within)
+
+    def _settle_challenge(self, policy: Policy, obs: Observation) -> Decision:
+        """The incumbent, measured again just after a narrow win: the challenger
+        replaces it only if it also beats this measure by the margin."""
+        challenger, challenger_ms = self.challenger
+        self.challenger = None
+        self.incumbent_ms = obs.latency_ms
+        if challenger_ms < obs.latency_ms * (1 - self._margin_to_replace(challenger, obs)):
+            self.incumbent, self.incumbent_ms = challenger, challenger_ms
         return Decision(self._next(policy, obs), consumed=True)
 
     # -- phases -----------------------------------------------------------------------------
@@ -195,6 +226,7 @@ class Tuner:
         self.phase, self.results = "b", {}
         self.pending = [phase for phase in PHASE_KNOBS if phase != "b"]
         self.incumbent, self.incumbent_ms = policy, INF
+        self.challenger = None
         self.round_qps = 0.0
         self.round_queries, self.round_seconds = 0, 0.0
 
@@ -236,6 +268,23 @@ class Tuner:
         incumbent = self.incumbent_ms if self.incumbent_ms < INF else 0.0
         limit = self.config.guard_factor * max(self.config.sla_ms, incumbent)
         return obs.queries >= self.config.min_trial_queries and obs.latency_ms > limit
+
+    def _margin_to_replace(self, policy: Policy, obs: Observation) -> float:
+        """How much lower a trial's tail must be to replace the incumbent: its sampling
+        error, twice that for a candidate that spends more CPU per query (more
+        sub-batches, more threads per run). Do no harm: that CPU is headroom lost the
+        moment the load grows, while a gain within twice the noise is as likely chance
+        (on the 2-core VM a B = 512 trial read 7% below B = 1024 under outside load,
+        replaced it, and held at 1.21x the best static p95)."""
+        margin = noise_margin(obs.queries)
+        return 2 * margin if self._costlier(policy) else margin
+
+    def _costlier(self, policy: Policy) -> bool:
+        if self.phase == "b":
+            return _split_size(policy) < _split_size(self.incumbent)
+        if self.phase == "threads":  # 0: the pool's own, one thread per run as deployed
+            return (policy.threads or 1) > (self.incumbent.threads or 1)
+        return False
 
     def _clearly_worse(self, obs: Observation) -> bool:
         """A trial whose tail is already worse than the incumbent's by more than its
