@@ -370,6 +370,19 @@ def test_a_narrow_win_is_checked_against_the_incumbent_measured_again():
         assert tuner.phase == "hold"
 
 
+def test_the_cost_model_does_not_jump_far_below_what_was_measured():
+    """A cost model fitted with no overhead predicts the same latency for every B small
+    enough to split a query across the workers, and the jump took the first of them,
+    B = 4 (a stand-in run of 2026-12-03 went from B = 1024 to B = 4 under load). Below
+    the smallest B tried, the model may go one step; ties go to the larger B."""
+    config = TunerConfig(min_queries=150, threads=(), merge_delays_us=())
+    service = {128: (128.0, 5.12, 300), 256: (256.0, 10.24, 200)}  # 0.04 ms/item, no overhead
+    obs = Observation(150, 5.0, 40.0, 30, 270, 2, 700, service)
+    tuner = Tuner(config)
+    trial = tuner.step(Policy("m", 1024, 0), obs).policy
+    assert trial is not None and trial.batch_size == 512, tuner.history
+
+
 def test_a_trial_clearly_worse_than_the_incumbent_is_cut_at_its_first_sample():
     """Issue 17, do no harm: a candidate whose tail is already worse than the incumbent's
     by more than its sampling error cannot replace it, so it runs only until

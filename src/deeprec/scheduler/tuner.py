@@ -372,13 +372,26 @@ class Tuner:
             return max(candidates)
         if model is not None:
             predicted = {b: model.predict_latency(b, obs) for b in candidates}
-            untried = [b for b in candidates if b not in self.results]
+            untried = [b for b in candidates if b not in self.results and self._within_reach(b)]
             if untried:
-                guess = min(untried, key=predicted.get)
+                # Ties go to the larger B: fewer sub-batches, less CPU per query.
+                guess = min(untried, key=lambda b: (predicted[b], -_split_size_of(b)))
                 # Jump to the predicted best if the model expects it to beat what we have.
                 if predicted[guess] < predicted.get(best, INF) * (1 - self.config.improvement):
                     return guess
         return self._explore(candidates, model, obs)
+
+    def _within_reach(self, batch_size: int) -> bool:
+        """The cost model may jump to any larger B, but to a smaller one only one step
+        below the smallest B tried this round: below what was measured it extrapolates
+        (fitted with no overhead, every B small enough to split a query across the
+        workers predicts the same latency), and a jump from B = 1024 to B = 4 on a
+        stand-in run multiplied the sub-batches by 68 under load."""
+        smallest = min(_split_size_of(b) for b in self.results)
+        if _split_size_of(batch_size) >= smallest:
+            return True
+        below = [b for b in self.config.batch_sizes if _split_size_of(b) < smallest]
+        return batch_size == max(below, key=_split_size_of)
 
     def _next_threshold(self) -> int | None:
         """Every threshold that routes queries differently, once, nearest the incumbent
@@ -449,7 +462,11 @@ class Tuner:
 
 
 def _split_size(policy: Policy) -> float:
-    return policy.batch_size or INF  # 0: no split, the fewest sub-batches of all
+    return _split_size_of(policy.batch_size)
+
+
+def _split_size_of(batch_size: int) -> float:
+    return batch_size or INF  # 0: no split, the fewest sub-batches of all
 
 
 def _threshold_order(t: int) -> float:
