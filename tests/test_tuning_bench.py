@@ -22,6 +22,7 @@ from deeprec.bench.tuning import (
     reaction_time,
     settle_time,
     step_arrivals,
+    summarise,
     windows,
 )
 from deeprec.models import zoo
@@ -90,6 +91,32 @@ def test_policy_settle_and_reaction_times():
     assert reaction_time(samples[:1], 9.0) is None
 
 
+def _row(batch_size: int, p95: float) -> dict:
+    """The fields of a sweep or control row that the summary reads."""
+    return {"batch_size": batch_size, "p95_ms": p95, "other_cores": 0.0}
+
+
+def test_the_run_is_held_against_the_control_not_the_sweep_minutes_earlier():
+    # The sweep found B=1024 best at 20 ms; around the tuning run the machine was slower
+    # and the same B measured 30 ms. The tuned run sat at 31 ms from the step on.
+    sweep = [_row(256, 25.0), _row(1024, 20.0)]
+    control = _row(1024, 30.0) | {"before_p95_ms": 29.0, "after_p95_ms": 31.0}
+    due = np.arange(0, 60, 0.05)
+    latencies = np.where(due < 30, 0.05, 0.031)
+    tuning = {"policy": [{"t": 1.0, "batch_size": 1024, "version": 2}], "cpu": {}}
+    held = summarise(tuning, sweep, 30.0, 60.0, due, latencies, control)
+    assert held["reference"] == "control" and held["reference_p95_ms"] == pytest.approx(30.0)
+    assert held["best_static_batch_size"] == 1024 and held["best_static_p95_ms"] == 20.0
+    assert held["met_goal"] and held["settle_s"] == 0.0
+    assert held["final_ratio"] == pytest.approx(31 / 30)
+    # The sweep's own figure is kept beside it, and alone it says "not met".
+    assert not held["vs_sweep"]["met_goal"]
+    assert held["vs_sweep"]["final_ratio"] == pytest.approx(31 / 20)
+    alone = summarise(tuning, sweep, 30.0, 60.0, due, latencies)
+    assert alone["reference"] == "sweep" and not alone["met_goal"]
+    assert alone["final_ratio"] == pytest.approx(31 / 20)
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     out = tmp_path_factory.mktemp("models") / "rmc1-tiny"
@@ -101,7 +128,7 @@ def test_tuning_bench_end_to_end_on_the_tiny_model(tiny_model, tmp_path):
     out = tmp_path / "tuning.json"
     argv = ["--model", str(tiny_model), "--rate", "8", "--seconds", "8", "--sweep-seconds", "2"]
     argv += ["--batch-sizes", "16,64", "--sweep-rounds", "2", "--start-batch-size", "16"]
-    argv += ["--trial-queries", "15"]
+    argv += ["--trial-queries", "15", "--control-seconds", "1.5"]
     argv += ["--max-trial-seconds", "1.5", "--interval", "0.2", "--sample-every", "0.25"]
     argv += ["--json", str(out), "--log-dir", str(tmp_path / "logs"), "--outside-load", "0.3"]
     result = subprocess.run(
@@ -124,13 +151,21 @@ def test_tuning_bench_end_to_end_on_the_tiny_model(tiny_model, tmp_path):
     for key in ("settle_s", "policy_settle_s", "stable_s", "reaction_s", "final_ratio", "looser"):
         assert key in summary
     assert summary["best_static_p95_ms"] == min(r["p95_ms"] for r in data["sweep"])
+    # The control: the sweep's best B once before and once after the tuning run, pooled.
+    control = data["control"]
+    assert control["batch_size"] == summary["best_static_batch_size"]
+    assert len(control["runs"]) == 2 and all(r["ok"] > 0 for r in control["runs"])
+    assert control["before_p95_ms"] > 0 and control["after_p95_ms"] > 0
+    assert summary["reference"] == "control"
+    assert summary["reference_p95_ms"] == control["p95_ms"]
     assert summary["final_ratio"] == pytest.approx(
-        summary["final_p95_ms"] / summary["best_static_p95_ms"]
+        summary["final_p95_ms"] / summary["reference_p95_ms"]
     )
     if summary["post_step_p95_ms"] is not None:
         assert summary["post_step_ratio"] == pytest.approx(
-            summary["post_step_p95_ms"] / summary["best_static_p95_ms"]
+            summary["post_step_p95_ms"] / summary["reference_p95_ms"]
         )
+    assert "control: B=" in result.stdout and "just after the tuning run" in result.stdout
     assert "worst_rolling_ratio" in summary  # null here: the run is shorter than a window
     tuning = data["tuning"]
     # The p95s come from this run's own queries (each kept: due time, latency, null = failed).

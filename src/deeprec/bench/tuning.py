@@ -12,7 +12,10 @@ default), the same prepared queries (MLPerf sizes, power-law ids) throughout:
    starts; rate R for the first half, 2R for the second (one open-loop run of a piecewise
    Poisson process). The scheduler's policy is sampled every 0.5 s; p95 comes from the
    client's own latencies (from each query's due time; a failed query counts as slow).
-3. **Report**: seconds from the step until the tail is within 5% of the best static p95
+3. **Control**: the sweep's best B pinned at 2R on a fresh cluster just before and just
+   after the tuning run; their pooled p95 is the best static p95 the run is held against
+   (the machine's speed can move within minutes; the sweep's figures are kept beside it).
+4. **Report**: seconds from the step until the tail is within 5% of the best static p95
    and stays there, the final p95 ratio, a table, JSON and a PNG of B, T and p95 over time.
 """
 
@@ -71,6 +74,10 @@ ROLLING_S = 10.0  # trailing p95 (the plot's line): ~300 queries at 2R
 HOLD_S = 10.0  # "stays within": judged on at least this much load after the settle time
 FINAL_S = 20.0  # the final p95: the last seconds of the run
 SHARED_CORES = 0.15  # other processes' cores above which figures are flagged
+# The control: the best static B again, just before and just after the tuning run. This
+# VM's speed moves 2-5x within minutes, so a sweep minutes earlier is no fair yardstick.
+CONTROL_SECONDS = 20.0  # ~600 queries at 2R each side
+CONTROL_SEED = 1000  # arrivals apart from the sweep's slices
 
 
 def say(message: str) -> None:
@@ -271,14 +278,30 @@ def reaction_time(samples: list[dict], step: float) -> float | None:
     return None
 
 
-def summarise(tuning: dict, sweep: list, step: float, seconds: float, due, latencies) -> dict:
-    measured = [r for r in sweep if np.isfinite(r["p95_ms"])] or sweep
-    best = min(measured, key=lambda r: r["p95_ms"])
-    target = best["p95_ms"] * (1 + TOLERANCE)
-    good = {r["batch_size"] for r in sweep if r["p95_ms"] <= target}
+def _goal_figures(best_ms: float, step, seconds, due, latencies) -> dict:
+    """The p95 figures of the run held against one measure of the best static p95."""
+    after = latencies[due >= step]
+    final = p95_ms(latencies[due >= seconds - FINAL_S])
+    settle = settle_time(due, latencies, step, seconds, best_ms * (1 + TOLERANCE), HOLD_S)
+    return {
+        "settle_s": settle,
+        "met_goal": settle is not None and settle <= GOAL_S,
+        "post_step_ratio": p95_ms(after) / best_ms,
+        "final_ratio": final / best_ms,
+    }
+
+
+def summarise(
+    tuning: dict, sweep: list, step: float, seconds: float, due, latencies, control=None
+) -> dict:
+    """The run against the best static p95: the control's (measured around the tuning
+    run) when there is one, else the sweep's. Which B is best is always the sweep's."""
+    best = best_static(sweep)
+    by_control = control is not None and np.isfinite(control["p95_ms"])
+    reference = control["p95_ms"] if by_control else best["p95_ms"]
+    goal = _goal_figures(reference, step, seconds, due, latencies)
+    good = {r["batch_size"] for r in sweep if r["p95_ms"] <= best["p95_ms"] * (1 + TOLERANCE)}
     last = due >= seconds - FINAL_S
-    final = p95_ms(latencies[last])
-    settle = settle_time(due, latencies, step, seconds, target, HOLD_S)
     # The final B: the one in force longest over the final seconds.
     last_bs = [p["batch_size"] for p in tuning["policy"] if p["t"] >= seconds - FINAL_S]
     final_b = max(set(last_bs), key=last_bs.count) if last_bs else None
@@ -288,20 +311,25 @@ def summarise(tuning: dict, sweep: list, step: float, seconds: float, due, laten
     # by +-20% between identical windows, so 5% alone can say "never" to a right choice.
     looser = {}
     for tolerance in LOOSER:
-        bound = best["p95_ms"] * (1 + tolerance)
-        near = {r["batch_size"] for r in sweep if r["p95_ms"] <= bound}
+        near = {r["batch_size"] for r in sweep if r["p95_ms"] <= best["p95_ms"] * (1 + tolerance)}
         looser[f"{tolerance:g}"] = {
-            "settle_s": settle_time(due, latencies, step, seconds, bound, HOLD_S),
+            "settle_s": settle_time(
+                due, latencies, step, seconds, reference * (1 + tolerance), HOLD_S
+            ),
             "policy_settle_s": policy_settle_time(tuning["policy"], step, near, seconds, HOLD_S),
         }
     return {
         "best_static_batch_size": best["batch_size"],
         "best_static_p95_ms": best["p95_ms"],
+        "control_p95_ms": None if control is None else control["p95_ms"],
+        "control_before_p95_ms": None if control is None else control["before_p95_ms"],
+        "control_after_p95_ms": None if control is None else control["after_p95_ms"],
+        "reference": "control" if by_control else "sweep",
+        "reference_p95_ms": reference,
         "tolerance": TOLERANCE,
         "good_batch_sizes": sorted(good),
         "goal_s": GOAL_S,
-        "settle_s": settle,
-        "met_goal": settle is not None and settle <= GOAL_S,
+        **goal,
         "policy_settle_s": policy_settle_time(tuning["policy"], step, good, seconds, HOLD_S),
         "looser": looser,
         "reaction_s": reaction_time(tuning["policy"], step),
@@ -309,7 +337,6 @@ def summarise(tuning: dict, sweep: list, step: float, seconds: float, due, laten
         "stable_s": policy_settle_time(tuning["policy"], step, last_b, seconds, HOLD_S),
         "pre_step_p95_ms": p95_ms(latencies[(due >= step - FINAL_S) & (due < step)]),
         "post_step_p95_ms": p95_ms(latencies[due >= step]),
-        "post_step_ratio": p95_ms(latencies[due >= step]) / best["p95_ms"],
         # The worst trailing 10-s p95 wholly after the step: what trials cost at worst.
         "worst_rolling_ratio": max(
             (
@@ -319,16 +346,17 @@ def summarise(tuning: dict, sweep: list, step: float, seconds: float, due, laten
             ),
             default=float("nan"),
         )
-        / best["p95_ms"],
+        / reference,
         "post_step_failed": int(np.isnan(latencies[due >= step]).sum()),
         "final_failed": int(np.isnan(latencies[last]).sum()),
-        "final_p95_ms": final,
-        "final_ratio": final / best["p95_ms"],
+        "final_p95_ms": p95_ms(latencies[last]),
         "final_batch_size": final_b,
         # How good the final choice is by the sweep's own measure (noise-free of this run).
         "final_batch_size_static_ratio": static[final_b] / best["p95_ms"]
         if final_b in static
         else None,
+        # The same goal figures against the sweep's p95, minutes before the tuning run.
+        "vs_sweep": _goal_figures(best["p95_ms"], step, seconds, due, latencies),
         # Cores other processes took (a shared machine): above SHARED_CORES, not clean.
         "sweep_other_cores": float(np.mean([r["other_cores"] for r in sweep])),
         "tuning_other_cores": tuning["cpu"].get("other_cores"),
@@ -365,18 +393,17 @@ def _flag_shared(what: str, usage: dict) -> None:
         )
 
 
-def sweep(args, model_dir, model, queries, rate, stop) -> list[dict]:
-    """p95 at each pinned B, at a steady ``rate``, on one warm cluster.
-
-    Each B runs in ``--sweep-rounds`` slices, in order then in reverse (ABBA), and its
-    latencies are pooled: a burst of load from outside then lands on several B, not one.
-    """
-    runs: dict[int, list] = {b: [] for b in args.batch_sizes}
-    slice_s = args.sweep_seconds / args.sweep_rounds
-    with _cluster(args, model_dir, stop, f"sweep-{rate:g}", ["--no-tune"]) as cluster:
+def pinned_slices(
+    args, model_dir, model, queries, rate, stop, *, name, batch_sizes, slice_s, rounds, seed_at=0
+) -> dict[int, list]:
+    """Open-loop load at ``rate`` on one warm cluster whose scheduler pins each of
+    ``batch_sizes`` in turn, ``rounds`` slices of ``slice_s`` each, in order then in
+    reverse (ABBA); (result, CPU usage) per slice, by B."""
+    runs: dict[int, list] = {b: [] for b in batch_sizes}
+    with _cluster(args, model_dir, stop, name, ["--no-tune"]) as cluster:
         address, pids = cluster.scheduler_address, _pids(cluster)
-        for r in range(args.sweep_rounds):
-            order = args.batch_sizes if r % 2 == 0 else args.batch_sizes[::-1]
+        for r in range(rounds):
+            order = batch_sizes if r % 2 == 0 else batch_sizes[::-1]
             for batch_size in order:
                 if stop.is_set():
                     break
@@ -385,8 +412,10 @@ def sweep(args, model_dir, model, queries, rate, stop) -> list[dict]:
                 async def applied(client, v=version):
                     await wait_for_version(client, queries[0], v)
 
-                i = len(args.batch_sizes) * r + args.batch_sizes.index(batch_size)
-                offsets = poisson_arrivals(rate, slice_s, np.random.default_rng([args.seed, i]))
+                i = len(batch_sizes) * r + batch_sizes.index(batch_size)
+                offsets = poisson_arrivals(
+                    rate, slice_s, np.random.default_rng([args.seed, seed_at + i])
+                )
                 before, start = cpu.sample(pids), time.monotonic()
                 result = asyncio.run(
                     _drive(
@@ -394,7 +423,7 @@ def sweep(args, model_dir, model, queries, rate, stop) -> list[dict]:
                         queries,
                         offsets,
                         slice_s,
-                        args.seed + i,
+                        args.seed + seed_at + i,
                         warm=i == 0,
                         stop=stop,
                         before_load=applied,
@@ -407,7 +436,65 @@ def sweep(args, model_dir, model, queries, rate, stop) -> list[dict]:
                     f"ok, {result.error_count} errors, {result.qps:.1f} queries/s)"
                 )
                 _flag_shared(f"B={batch_size}", usage)
+    return runs
+
+
+def sweep(args, model_dir, model, queries, rate, stop) -> list[dict]:
+    """p95 at each pinned B, at a steady ``rate``, on one warm cluster.
+
+    Each B runs in ``--sweep-rounds`` slices, in order then in reverse (ABBA), and its
+    latencies are pooled: a burst of load from outside then lands on several B, not one.
+    """
+    runs = pinned_slices(
+        args,
+        model_dir,
+        model,
+        queries,
+        rate,
+        stop,
+        name=f"sweep-{rate:g}",
+        batch_sizes=tuple(args.batch_sizes),
+        slice_s=args.sweep_seconds / args.sweep_rounds,
+        rounds=args.sweep_rounds,
+    )
     return [_sweep_row(b, rate, done) for b, done in runs.items() if done]
+
+
+def control(args, model_dir, model, queries, batch_size, rate, stop, when) -> list:
+    """The sweep's best B alone, pinned on a fresh cluster, for ``--control-seconds``:
+    run just before and just after the tuning run, so that the tuned tail is compared
+    with the best static one as the machine ran then, not minutes earlier. The same
+    arrivals both times (a seed of their own), so the two differ by the machine only."""
+    runs = pinned_slices(
+        args,
+        model_dir,
+        model,
+        queries,
+        rate,
+        stop,
+        name=f"control-{when}",
+        batch_sizes=(batch_size,),
+        slice_s=args.control_seconds,
+        rounds=1,
+        seed_at=CONTROL_SEED,
+    )
+    return runs[batch_size]
+
+
+def best_static(rows: list[dict]) -> dict:
+    """The sweep row with the smallest p95 (rows with every query failed only if all did)."""
+    measured = [r for r in rows if np.isfinite(r["p95_ms"])] or rows
+    return min(measured, key=lambda r: r["p95_ms"])
+
+
+def control_row(batch_size: int, rate: float, before: list, after: list) -> dict | None:
+    """Both control slices pooled, with each one's own p95 (how far the machine moved)."""
+    if not before and not after:
+        return None
+    row = _sweep_row(batch_size, rate, before + after)
+    for when, done in (("before", before), ("after", after)):
+        row[f"{when}_p95_ms"] = _sweep_row(batch_size, rate, done)["p95_ms"] if done else None
+    return row
 
 
 def _sweep_row(batch_size: int, rate: float, done: list) -> dict:
@@ -522,6 +609,18 @@ def table(data: dict) -> str:
             f"{lat.get('count', 0):>8} {sum(r['errors'].values()):>6} "
             f"{_ms(pre.get(r['batch_size'])):>16}{mark}"
         )
+    control = data.get("control")
+    if control:
+        lines.append(
+            f"control: B={control['batch_size']} pinned at {c['rate_qps'] * c['step_factor']:g} "
+            f"queries/s, {c['control_seconds']:g} s just before and just after the tuning run: "
+            f"p95 {_ms(control['before_p95_ms'])} and {_ms(control['after_p95_ms'])} ms, "
+            f"pooled {_ms(control['p95_ms'])} ms"
+        )
+    lines.append(
+        f"best static p95 the run is held against: {_ms(s['reference_p95_ms'])} ms "
+        f"(the {s['reference']}'s, B={s['best_static_batch_size']})"
+    )
     flags = " ".join(data["tuning"]["scheduler_flags"])
     goal = "met" if s["met_goal"] else "not met"
     lines += [
@@ -542,11 +641,18 @@ def table(data: dict) -> str:
         f"{_ms(s['post_step_ratio'], 2)}x best static; worst trailing {ROLLING_S:g}-s p95 "
         f"{_ms(s['worst_rolling_ratio'], 2)}x",
         f"  final p95 (last {FINAL_S:g} s)              {_ms(s['final_p95_ms'])} ms = "
-        f"{_ms(s['final_ratio'], 2)}x best static {_ms(s['best_static_p95_ms'])} ms "
+        f"{_ms(s['final_ratio'], 2)}x best static {_ms(s['reference_p95_ms'])} ms "
         f"(B={s['best_static_batch_size']})",
         f"  final B                              {s['final_batch_size']} (static p95 "
         f"{_ms(s['final_batch_size_static_ratio'], 2)}x best)",
     ]
+    if s["reference"] == "control":
+        v = s["vs_sweep"]
+        lines.append(
+            f"  against the sweep's {_ms(s['best_static_p95_ms'])} ms instead: within 5% "
+            f"{_sec(v['settle_s'])}, after the step {_ms(v['post_step_ratio'], 2)}x, "
+            f"final {_ms(v['final_ratio'], 2)}x"
+        )
     lines.append(
         "  policies in force: p95 of the queries due under each (static: the sweep's, at 2R)"
     )
@@ -614,8 +720,10 @@ def plot(data: dict, path: Path) -> Path | None:
     if failed and w:
         top = max(v for _, v in w)
         ax.scatter(failed, [top] * len(failed), marker="x", color="red", label="failed queries")
-    best = s["best_static_p95_ms"]
-    ax.axhline(best, color="black", linewidth=0.8, label="best static p95 (at 2R)")
+    best = s["reference_p95_ms"]
+    ax.axhline(
+        best, color="black", linewidth=0.8, label=f"best static p95 (at 2R, {s['reference']})"
+    )
     ax.axhspan(best, best * (1 + TOLERANCE), color="green", alpha=0.3, label="+5%")
     ax.axvspan(step, min(step + GOAL_S, end), color="gray", alpha=0.1, label=f"goal: {GOAL_S:g} s")
     if s["settle_s"] is not None:
@@ -672,11 +780,20 @@ def bench_tuning(args) -> int:
             pre = sweep(args, model_dir, model, queries, args.rate, stop)
         if stop.is_set() or not rows:
             return 130
+        best_b = best_static(rows)["batch_size"]
+        before, after = [], []
+        if args.control_seconds:
+            say(f"control before tuning: B={best_b} at {high:g} queries/s")
+            before = control(args, model_dir, model, queries, best_b, high, stop, "before")
         say(
             f"tuning: from B={args.start_batch_size}, {args.rate:g} queries/s for {step:g} s, "
             f"then {high:g} queries/s for {args.seconds - step:g} s"
         )
         tuning, result, due = tuning_run(args, model_dir, model, queries, stop)
+        if args.control_seconds and not stop.is_set():
+            say(f"control after tuning: B={best_b} at {high:g} queries/s")
+            after = control(args, model_dir, model, queries, best_b, high, stop, "after")
+        checked = control_row(best_b, high, before, after)
     latencies = result.latencies
     tuning |= {
         "load": result.to_json(),
@@ -708,6 +825,7 @@ def bench_tuning(args) -> int:
             "sweep_batch_sizes": list(args.batch_sizes),
             "sweep_seconds": args.sweep_seconds,
             "sweep_rounds": args.sweep_rounds,
+            "control_seconds": args.control_seconds,
             "query_sizes": args.sizes,
             "ids": args.ids,
             "exponent": args.exponent,
@@ -715,7 +833,8 @@ def bench_tuning(args) -> int:
         },
         "sweep": rows,
         "pre_sweep": pre,
-        "summary": summarise(tuning, rows, step, args.seconds, due, latencies),
+        "control": checked,
+        "summary": summarise(tuning, rows, step, args.seconds, due, latencies, checked),
         "tuning": tuning,
         "command": " ".join(["deeprec", *sys.argv[1:]]),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -767,6 +886,13 @@ def add_bench_parser(bench) -> None:
         help="slices per swept B (ABBA order)",
     )
     p.add_argument("--pre-sweep", action="store_true", help="also sweep at the pre-step rate")
+    p.add_argument(
+        "--control-seconds",
+        type=argtypes.non_negative,
+        default=CONTROL_SECONDS,
+        help="load on the sweep's best B just before and just after the tuning run, the "
+        "best static p95 the run is held against (0: the sweep's own)",
+    )
     p.add_argument(
         "--start-batch-size",
         type=argtypes.count,
