@@ -365,7 +365,13 @@ def test_a_narrow_win_is_checked_against_the_incumbent_measured_again():
         decision = tuner.step(replace(trial, version=1), window(trial_ms))
         if again_ms is not None:  # 10% better: within three margins, measure 256 again
             assert decision.policy is not None and decision.policy.batch_size == 256
-            tuner.step(replace(decision.policy, version=2), window(again_ms))
+            # The policy history says why the incumbent came back, and how it ended.
+            assert decision.note.startswith("re-measuring the incumbent: the trial's 27.0 ms")
+            settled = tuner.step(replace(decision.policy, version=2), window(again_ms))
+            verdict = "confirmed" if winner == 512 else "not confirmed"
+            assert settled.note.endswith(f"B=512 T=never at 27.0 ms {verdict}"), settled.note
+        else:
+            assert decision.note == ""
         assert tuner.incumbent.batch_size == winner, (trial_ms, again_ms, tuner.history)
         assert tuner.phase == "hold"
 

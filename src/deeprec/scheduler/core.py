@@ -115,12 +115,15 @@ class SchedulerCore:
                     obs.latency_ms,
                     obs.qps,
                 )
+                evidence = (
+                    f"p{round(self.config.percentile * 100)} {obs.latency_ms:.1f} ms over "
+                    f"{obs.queries} queries at {obs.qps:.0f} q/s under v{policy.version}"
+                )
                 measured = Change(
                     new,
                     now,
                     "tuner",
-                    f"p{round(self.config.percentile * 100)} {obs.latency_ms:.1f} ms over "
-                    f"{obs.queries} queries at {obs.qps:.0f} q/s under v{policy.version}",
+                    f"{evidence}; {decision.note}" if decision.note else evidence,
                     tuner.phase,
                     obs.latency_ms,
                     obs.queries,
@@ -130,6 +133,8 @@ class SchedulerCore:
                 changed.append(new)
             elif decision.consumed:
                 self.trial_start[model] = now
+                if decision.note:  # no change to list it under: the log keeps it
+                    log.info("%s: %s", model, decision.note)
         return changed
 
     def _tuner_config(self, model: str) -> TunerConfig:

@@ -15,7 +15,7 @@ import bisect
 import math
 from dataclasses import dataclass, field, replace
 
-from deeprec.common.policy import Policy
+from deeprec.common.policy import Policy, describe
 
 INF = math.inf
 # Held windows in a row whose load moved, or whose tail broke the SLA, before a new
@@ -106,6 +106,7 @@ def noise_margin(queries: int) -> float:
 class Decision:
     policy: Policy | None  # a new policy to apply (None: keep the one in force)
     consumed: bool  # the observation window was used up; start a new one
+    note: str = ""  # why, where the measurement alone does not say (policy history)
 
 
 # The phases of a round, in order, and the policy field each one tunes.
@@ -196,7 +197,12 @@ class Tuner:
                 # The incumbent was measured trials ago, and this VM's speed moves by
                 # more than the margin within a minute: measure it again now.
                 self.challenger = (policy, obs.latency_ms)
-                return Decision(self.incumbent, consumed=True)
+                note = (
+                    f"re-measuring the incumbent: the trial's {obs.latency_ms:.1f} ms beat "
+                    f"its {self.incumbent_ms:.1f} ms by less than "
+                    f"{self.config.confirm_within:g} margins"
+                )
+                return Decision(self.incumbent, consumed=True, note=note)
             self.incumbent, self.incumbent_ms = policy, obs.latency_ms
         return Decision(self._next(policy, obs), consumed=True)
 
@@ -216,9 +222,14 @@ class Tuner:
         challenger, challenger_ms = self.challenger
         self.challenger = None
         self.incumbent_ms = obs.latency_ms
-        if challenger_ms < obs.latency_ms * (1 - self._margin_to_replace(challenger, obs)):
+        confirmed = challenger_ms < obs.latency_ms * (1 - self._margin_to_replace(challenger, obs))
+        if confirmed:
             self.incumbent, self.incumbent_ms = challenger, challenger_ms
-        return Decision(self._next(policy, obs), consumed=True)
+        verdict = "confirmed" if confirmed else "not confirmed"
+        note = (
+            f"the incumbent re-measured: {describe(challenger)} at {challenger_ms:.1f} ms {verdict}"
+        )
+        return Decision(self._next(policy, obs), consumed=True, note=note)
 
     # -- phases -----------------------------------------------------------------------------
 
