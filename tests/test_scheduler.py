@@ -389,6 +389,30 @@ def test_the_cost_model_does_not_jump_far_below_what_was_measured():
     assert trial is not None and trial.batch_size == 512, tuner.history
 
 
+def test_the_cost_model_does_not_go_below_a_smaller_b_that_measured_worse():
+    """Bench tuning run E quiet 3 (2026-12-03): after the step the round went B = 1024,
+    512, 256, 128, 64, 32, 16, each a step below the last, though B = 256 already
+    measured worse than B = 512. A model fitted with no overhead predicts every smaller B
+    a little faster, and each jump was one step below the smallest B tried. Once a
+    smaller B measured worse than the best, smaller still does not pay: its sub-batches
+    only cost more."""
+    config = TunerConfig(batch_sizes=(128, 256, 512, 1024), threads=(), merge_delays_us=())
+    config = replace(config, min_queries=150, confirm_within=0)
+    service = {1024: (270.0, 10.8, 150), 256: (135.0, 5.4, 300)}  # 0.04 ms/item, no overhead
+
+    def window(latency_ms):
+        return Observation(150, 5.0, latency_ms, 30, 270, 2, 700, service)
+
+    tuner, policy = Tuner(config), Policy("m", 1024, 0)
+    for measured in {1024: 21.3, 512: 17.2, 256: 20.9}.values():
+        decision = tuner.step(policy, window(measured))
+        policy = replace(decision.policy or policy, version=policy.version + 1)
+    assert [b for _, b, _ in tuner.history] == [1024, 512, 256], tuner.history
+    assert tuner.incumbent.batch_size == 512
+    # B = 128 is not tried: the round goes on to hold at the best measured.
+    assert tuner.phase == "hold" and policy.batch_size == 512, tuner.history
+
+
 def test_a_trial_clearly_worse_than_the_incumbent_is_cut_at_its_first_sample():
     """Issue 17, do no harm: a candidate whose tail is already worse than the incumbent's
     by more than its sampling error cannot replace it, so it runs only until

@@ -394,14 +394,19 @@ class Tuner:
 
     def _within_reach(self, batch_size: int) -> bool:
         """The cost model may jump to any larger B, but to a smaller one only one step
-        below the smallest B tried this round: below what was measured it extrapolates
-        (fitted with no overhead, every B small enough to split a query across the
-        workers predicts the same latency), and a jump from B = 1024 to B = 4 on a
-        stand-in run multiplied the sub-batches by 68 under load."""
-        smallest = min(_split_size_of(b) for b in self.results)
-        if _split_size_of(batch_size) >= smallest:
+        below the smallest B tried this round, and only while that one measured within
+        the plateau of the best: below what was measured it extrapolates (fitted with no
+        overhead, it predicts every smaller B a little faster), and a jump from B = 1024
+        to B = 4 on a stand-in run multiplied the sub-batches by 68 under load."""
+        smallest = min(self.results, key=_split_size_of)
+        if _split_size_of(batch_size) >= _split_size_of(smallest):
             return True
-        below = [b for b in self.config.batch_sizes if _split_size_of(b) < smallest]
+        if self.results[smallest] > min(self.results.values()) * (1 + self.config.plateau):
+            # The smallest B tried already measured worse than the best: smaller still
+            # only adds sub-batches (run E quiet 3 of 2026-12-03 went on from a losing
+            # B = 256 down to B = 16, a step at a time, each "predicted" faster).
+            return False
+        below = [b for b in self.config.batch_sizes if _split_size_of(b) < _split_size_of(smallest)]
         return batch_size == max(below, key=_split_size_of)
 
     def _next_threshold(self) -> int | None:
