@@ -107,13 +107,14 @@ class SchedulerCore:
                     pinned=False,
                 )
                 log.info(
-                    "%s: %s (phase %s, p%d %.1f ms at %.0f qps)",
+                    "%s: %s (phase %s, p%d %.1f ms at %.0f qps)%s",
                     model,
                     describe(new),
                     tuner.phase,
                     round(self.config.percentile * 100),
                     obs.latency_ms,
                     obs.qps,
+                    f"; {decision.note}" if decision.note else "",
                 )
                 evidence = (
                     f"p{round(self.config.percentile * 100)} {obs.latency_ms:.1f} ms over "
