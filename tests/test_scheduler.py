@@ -280,8 +280,9 @@ def test_under_overload_the_cheapest_policy_is_kept_though_it_inherits_the_backl
 def test_trials_at_different_loads_are_not_ranked_against_each_other():
     """Issue 17: a load step inside a round made a trial at the new load look worse than
     one at the old load, and the tuner went back to the old B. Results of one round are
-    now compared only at the load the round began at; a move beyond ``drift`` starts the
-    round again from the policy in force."""
+    now compared only at the load the round began at; a move beyond ``drift`` during a B
+    trial starts the round again from that trial (the next test: not a trial of the
+    threads or the merge delay)."""
     server, config = ServerModel(), TunerConfig(min_queries=200)
     tuner = Tuner(config)
     start = Policy("m", 256, 0)
@@ -411,6 +412,37 @@ def test_the_cost_model_does_not_go_below_a_smaller_b_that_measured_worse():
     assert tuner.incumbent.batch_size == 512
     # B = 128 is not tried: the round goes on to hold at the best measured.
     assert tuner.phase == "hold" and policy.batch_size == 512, tuner.history
+
+
+def test_a_load_move_mid_round_starts_again_from_the_best_policy_not_the_trial():
+    """Bench tuning run F quiet 2 (2026-12-03): a two-thread trial was in force when
+    the load doubled, the round started again from it, and every B was then tried with
+    two threads per run (20 s of a 2-3x tail). The new round starts from the best
+    policy known, re-applied and measured at the new load."""
+    config = TunerConfig(batch_sizes=(256, 512, 1024), threads=(2,), merge_delays_us=())
+    config = replace(config, min_queries=150, confirm_within=0)
+
+    def window(latency_ms, qps):
+        return Observation(150, 150 / qps, latency_ms, qps, 270, 2, 700)
+
+    tuner, policy = Tuner(config), Policy("m", 1024, 0)
+    for _ in range(10):  # 15 q/s: B = 1024 on one thread is the best
+        if policy.threads:
+            break
+        best = policy.batch_size == 1024 and not policy.threads
+        decision = tuner.step(policy, window(20.0 if best else 30.0, 15))
+        policy = replace(decision.policy or policy, version=policy.version + 1)
+    assert policy.threads == 2 and policy.batch_size == 1024, tuner.history
+    # The load doubles during the two-thread trial.
+    decision = tuner.step(policy, window(45.0, 30))
+    assert decision.policy is not None, tuner.history
+    assert (decision.policy.batch_size, decision.policy.threads) == (1024, 0)
+    assert "load moved" in decision.note and tuner.phase == "b"
+    # Measured again at the new load, it is the bar; the B trials keep one thread.
+    policy = replace(decision.policy, version=policy.version + 1)
+    trial = tuner.step(policy, window(25.0, 30)).policy
+    assert trial is not None and trial.batch_size != 1024 and trial.threads == 0
+    assert tuner.incumbent_ms == 25.0
 
 
 def test_a_trial_clearly_worse_than_the_incumbent_is_cut_at_its_first_sample():

@@ -181,7 +181,15 @@ class Tuner:
             return self._watch_for_drift(policy, obs)
         if self._load_moved_since_round_began(obs):
             # Results at another load do not rank against this one: start the round
-            # again from here, at the load now.
+            # again, at the load now. From a B trial in force, whose measure is this
+            # load's first; from the best policy known if a trial of another knob is in
+            # force: bench tuning runs E quiet 3 and F quiet 2 (2026-12-03) went
+            # through every B with the merge delay, or two threads per run, that were
+            # on trial when the load stepped, and lost 20 s to it.
+            if self.phase != "b" and not self._same_knobs(policy, self.incumbent):
+                base = self.incumbent
+                self._start_round(base)
+                return Decision(base, consumed=True, note="the load moved: a new round")
             self._start_round(policy)
         self.round_qps = self.round_qps or obs.qps
         self._record(knob, obs.latency_ms, obs)
