@@ -394,7 +394,7 @@ def _flag_shared(what: str, usage: dict) -> None:
 
 
 def pinned_slices(
-    args, model_dir, model, queries, rate, stop, *, name, batch_sizes, slice_s, rounds, seed_at=0
+    args, model_dir, model, queries, rate, stop, name, *, batch_sizes, slice_s, rounds, seed_at=0
 ) -> dict[int, list]:
     """Open-loop load at ``rate`` on one warm cluster whose scheduler pins each of
     ``batch_sizes`` in turn, ``rounds`` slices of ``slice_s`` each, in order then in
@@ -445,18 +445,9 @@ def sweep(args, model_dir, model, queries, rate, stop) -> list[dict]:
     Each B runs in ``--sweep-rounds`` slices, in order then in reverse (ABBA), and its
     latencies are pooled: a burst of load from outside then lands on several B, not one.
     """
-    runs = pinned_slices(
-        args,
-        model_dir,
-        model,
-        queries,
-        rate,
-        stop,
-        name=f"sweep-{rate:g}",
-        batch_sizes=tuple(args.batch_sizes),
-        slice_s=args.sweep_seconds / args.sweep_rounds,
-        rounds=args.sweep_rounds,
-    )
+    slices = {"batch_sizes": tuple(args.batch_sizes), "rounds": args.sweep_rounds}
+    slices["slice_s"] = args.sweep_seconds / args.sweep_rounds
+    runs = pinned_slices(args, model_dir, model, queries, rate, stop, f"sweep-{rate:g}", **slices)
     return [_sweep_row(b, rate, done) for b, done in runs.items() if done]
 
 
@@ -465,19 +456,9 @@ def control(args, model_dir, model, queries, batch_size, rate, stop, when) -> li
     run just before and just after the tuning run, so that the tuned tail is compared
     with the best static one as the machine ran then, not minutes earlier. The same
     arrivals both times (a seed of their own), so the two differ by the machine only."""
-    runs = pinned_slices(
-        args,
-        model_dir,
-        model,
-        queries,
-        rate,
-        stop,
-        name=f"control-{when}",
-        batch_sizes=(batch_size,),
-        slice_s=args.control_seconds,
-        rounds=1,
-        seed_at=CONTROL_SEED,
-    )
+    slices = {"batch_sizes": (batch_size,), "slice_s": args.control_seconds, "rounds": 1}
+    slices["seed_at"] = CONTROL_SEED
+    runs = pinned_slices(args, model_dir, model, queries, rate, stop, f"control-{when}", **slices)
     return runs[batch_size]
 
 
