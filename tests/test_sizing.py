@@ -21,6 +21,7 @@ from deeprec.sizing.costs import Costs, CostsError, load_costs
 from deeprec.sizing.helm import helm_values, write_values
 from deeprec.sizing.measure import measure_costs, unloaded_wait
 from deeprec.sizing.simulate import Cluster, simulate
+from deeprec.sizing.speed import SpeedProbe, slowdown
 from deeprec.sizing.size import Pods, SizingError, Target, size_cluster
 from deeprec.sizing.work import ModelShape, Work, shard_lookups
 from deeprec.workload.distributions import FixedSizes, MLPerfSizes
@@ -90,6 +91,35 @@ def test_costs_measured_before_the_round_trip_wait_read_as_no_wait(tmp_path):
     del data["hop_ms"]
     (tmp_path / "old.json").write_text(json.dumps(data))
     assert load_costs(tmp_path / "old.json").hop_ms == 0.0
+
+
+def test_scaled_costs_are_every_cpu_figure_times_the_slowdown_and_keep_the_wait():
+    probed = replace(COSTS, hop_ms=1.5, probe_ms=10.0)
+    slower = probed.scaled(1.5)
+    assert slower.worker_ms_per_part == pytest.approx(2.5 * 1.5)
+    assert slower.pool_ns_per_byte == pytest.approx(0.2 * 1.5)
+    assert slower.rpc_ms == pytest.approx(0.15 * 1.5)
+    # The wait holds no core; the probe stays what the costs were measured at.
+    assert (slower.hop_ms, slower.probe_ms) == (1.5, 10.0)
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(CostsError, match="speed factor"):
+            probed.scaled(bad)
+
+
+def test_the_slowdown_is_the_mean_probe_around_a_run_over_the_costs_probe():
+    assert slowdown([12.0, 18.0], 10.0) == pytest.approx(1.5)
+    assert slowdown([8.0], 10.0) == pytest.approx(0.8)
+    assert slowdown([12.0], 0.0) == 1.0  # costs measured before they carried a probe
+
+
+def test_a_slower_machine_is_predicted_slower_in_proportion():
+    work = Work(COSTS, ModelShape.of(rmc1()), 0, False)
+    cluster = Cluster(0, 1)
+    base = simulate(work, cluster, 1.0, FixedSizes(256), queries=50, noise=0, warmup=0)
+    slow = simulate(
+        replace(work, costs=COSTS.scaled(2.0)), cluster, 1.0, FixedSizes(256), 50, noise=0
+    )
+    assert slow.p50_ms == pytest.approx(2 * base.p50_ms)
 
 
 # -- a query's work ------------------------------------------------------------------------------
@@ -373,12 +403,45 @@ def test_costs_are_measured_on_real_workers_and_shards(tiny_zoo, tmp_path):
     artifact = tiny_zoo["rmc1"]
     costs = measure_costs(artifact, seconds=1.5, rate=20, work_dir=tmp_path)
     assert costs.model == "rmc1" and "cores" in costs.machine
+    assert costs.probe_ms > 0  # the speed they were measured at, to scale them by later
     assert costs.rpc_ms > 0 and costs.rpc_ms_per_mb > 0
     assert costs.frontend_ms_per_item > 0
     # Real processes spent CPU on every query: some fixed or per-item cost shows.
     assert costs.worker_ms_per_part + 100 * costs.worker_ms_per_item > 0
     assert costs.shard_ms_per_lookup + costs.pool_ns_per_byte > 0
     assert all(math.isfinite(v) for v in costs.to_json().values() if isinstance(v, float))
+
+
+def test_the_speed_probe_times_a_real_one_thread_run(tiny_zoo):
+    probe = SpeedProbe(tiny_zoo["rmc1"], seconds=0.2)
+    first, again = probe.ms(), probe.ms()
+    assert 0 < first < 1e3 and 0 < again < 1e3
+
+
+def test_bench_sizing_scales_the_costs_to_the_speed_probed_around_each_point(
+    tiny_zoo, tmp_path, capsys
+):
+    artifact = tiny_zoo["rmc1"]
+    probe_ms = SpeedProbe(artifact, seconds=0.2).ms()
+    # Costs "measured" on a machine whose probe took a tenth as long: about 10x faster.
+    costs = replace(COSTS, hop_ms=0.5, probe_ms=probe_ms / 10).save(tmp_path / "costs.json")
+    out = tmp_path / "sizing.json"
+    common = ["bench", "sizing", "--model-dir", str(artifact.path), "--costs", str(costs)]
+    common += ["--shards", "2", "--rates", "5", "--seconds", "1", "--no-capacity"]
+    common += ["--queries", "500"]
+    assert cli.main([*common, "--json", str(out)]) == 0
+    (point,) = json.loads(out.read_text())["points"]
+    speed = point["speed"]
+    assert len(speed["probe_ms"]) == 2 and speed["costs_probe_ms"] == pytest.approx(probe_ms / 10)
+    assert speed["factor"] == pytest.approx(sum(speed["probe_ms"]) / 2 / (probe_ms / 10))
+    # The prediction is from the scaled costs: its CPU per query moves with the factor.
+    unscaled = point["predicted_from_costs_as_measured_over_measured"]
+    assert point["predicted_over_measured"]["p50_ms"] > unscaled["p50_ms"]
+    assert "speed" in capsys.readouterr().out
+
+    assert cli.main([*common, "--no-probe", "--json", str(out)]) == 0
+    (point,) = json.loads(out.read_text())["points"]
+    assert point["speed"] == {"factor": 1.0}
 
 
 def test_threaded_shards_hold_one_copy_of_the_rows_for_several_cores():

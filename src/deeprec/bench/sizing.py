@@ -8,6 +8,11 @@ measured first (`deeprec profile --costs`, or --costs FILE). Printed and written
 measured and predicted p50, p99 and CPU per query, and the predicted over measured ratios.
 Then per shard count the capacity (the highest rate whose p99 meets --slo-ms), searched
 the same way on the real processes and on the simulation (bench/search.py).
+
+The machine's speed is probed (sizing/speed.py) just before and just after each
+measurement, and the costs are scaled by how much slower or faster it was than while they
+were measured: the simulation is held against the machine the measurement ran on, not the
+one of minutes earlier (--no-probe: the costs as measured). Both predictions are kept.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from deeprec.sharding.planner import make_plan
 from deeprec.sizing.costs import load_costs
 from deeprec.sizing.measure import measure_costs
 from deeprec.sizing.simulate import Cluster, simulate
+from deeprec.sizing.speed import SpeedProbe, slowdown
 from deeprec.sizing.work import ModelShape, Work, shard_lookups
 from deeprec.workload.distributions import parse_sizes
 
@@ -46,6 +52,14 @@ def _floats(text: str) -> list[float]:
 
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _over(outcome, measured: dict) -> dict:
+    """An outcome's p50 and p99 over the measured ones."""
+    return {
+        key: getattr(outcome, key) / measured[key] if measured[key] else None
+        for key in ("p50_ms", "p99_ms")
+    }
 
 
 def _point(shards: int, rate: float, run: dict, predicted, cores: int) -> dict:
@@ -82,15 +96,16 @@ def table(points: list[dict]) -> str:
     lines = [
         f"{'shards':>6} {'q/s':>6} | {'measured p50':>12} {'p99':>7} {'CPU ms':>7} | "
         f"{'predicted p50':>13} {'p99':>7} {'CPU ms':>7} | {'p50 x':>6} {'p99 x':>6} "
-        f"{'CPU x':>6}"
+        f"{'CPU x':>6} | {'speed':>5}"
     ]
     for p in points:
         m, s, r = p["measured"], p["predicted"], p["predicted_over_measured"]
+        factor = p.get("speed", {}).get("factor", 1.0)
         lines.append(
             f"{p['shards']:>6} {p['rate_qps']:>6.1f} | {m['p50_ms']:>12.1f} {m['p99_ms']:>7.1f} "
             f"{m['cpu_ms_per_query']:>7.2f} | {s['p50_ms']:>13.1f} {s['p99_ms']:>7.1f} "
             f"{s['cpu_ms_per_query']:>7.2f} | {r['p50_ms']:>6.2f} {r['p99_ms']:>6.2f} "
-            f"{r['cpu_ms_per_query']:>6.2f}"
+            f"{r['cpu_ms_per_query']:>6.2f} | {factor:>5.2f}"
         )
     return "\n".join(lines)
 
@@ -106,19 +121,71 @@ def _cool_down(address, queries, sla: SLA, seed: int, bound_s: float = 60.0) -> 
             return
 
 
-def capacities(shards, artifact, queries, plan_path, work, cluster, sizes, args, log_dir) -> dict:
-    """The capacity of one configuration, searched on the simulation and for real."""
+class _Speed:
+    """The probe around each measurement, and the costs scaled to what it found."""
+
+    def __init__(self, artifact, costs, enabled: bool):
+        self.costs = costs
+        self.probe = SpeedProbe(artifact) if enabled and costs.probe_ms > 0 else None
+        if enabled and self.probe is None:
+            say(
+                "the costs hold no speed probe (measured before it had one): using them as measured"
+            )
+
+    def around(self, measure, *args):
+        """``measure(*args)``'s result, and the speed record and scaled costs of its time."""
+        before = self.probe.ms() if self.probe else None
+        result = measure(*args)
+        if self.probe is None:
+            return result, {"factor": 1.0}, self.costs
+        after = self.probe.ms()
+        factor = slowdown([before, after], self.costs.probe_ms)
+        record = {
+            "probe_ms": [before, after],
+            "costs_probe_ms": self.costs.probe_ms,
+            "factor": factor,
+        }
+        return result, record, self.costs.scaled(factor)
+
+
+def capacities(
+    shards, artifact, queries, plan_path, work, cluster, sizes, args, log_dir, speed
+) -> dict:
+    """The capacity of one configuration, searched for real and then on the simulation
+    (from the costs scaled to the machine's speed during the real search)."""
     sla = SLA(args.slo_ms, 99.0)
     config = SearchConfig(
         start=args.start_rate, tolerance=0.1, confirmations=1, max_trials=args.max_trials
     )
-
-    def simulated(rate: float, attempt: int) -> Trial:
-        outcome = simulate(work, cluster, rate, sizes, args.queries, args.seed + attempt)
-        return Trial(rate, outcome.p99_ms)
-
-    predicted = find_capacity(simulated, sla, config)
     say(f"{shards} shard(s): capacity search, {args.capacity_seconds:g} s trials")
+    real, record, costs = speed.around(
+        _real_capacity, artifact, queries, plan_path, shards, sla, config, args, log_dir
+    )
+
+    def simulated(work: Work):
+        def trial(rate: float, attempt: int) -> Trial:
+            outcome = simulate(work, cluster, rate, sizes, args.queries, args.seed + attempt)
+            return Trial(rate, outcome.p99_ms)
+
+        return find_capacity(trial, sla, config)
+
+    predicted = simulated(replace(work, costs=costs))
+    as_measured = simulated(work) if costs is not work.costs else predicted
+    ratio = predicted.capacity / real.capacity if real.capacity else None
+    return {
+        "shards": shards,
+        "sla": sla.describe(),
+        "speed": record,
+        "predicted": predicted.to_json(sla),
+        "measured": real.to_json(sla),
+        "predicted_over_measured": ratio,
+        "predicted_from_costs_as_measured_over_measured": (
+            as_measured.capacity / real.capacity if real.capacity else None
+        ),
+    }
+
+
+def _real_capacity(artifact, queries, plan_path, shards, sla, config, args, log_dir):
     with serving(f"capacity-{shards}", artifact, log_dir, plan_path, shards) as started:
         worker = started[1]
         warm(worker.address, queries, args.seed)
@@ -130,15 +197,7 @@ def capacities(shards, artifact, queries, plan_path, work, cluster, sizes, args,
                 _cool_down(worker.address, queries, sla, seed)
             return trial
 
-        real = find_capacity(measured, sla, config, log=say)
-    ratio = predicted.capacity / real.capacity if real.capacity else None
-    return {
-        "shards": shards,
-        "sla": sla.describe(),
-        "predicted": predicted.to_json(sla),
-        "measured": real.to_json(sla),
-        "predicted_over_measured": ratio,
-    }
+        return find_capacity(measured, sla, config, log=say)
 
 
 def _configuration(artifact, shards: int, costs, cores: int, work_dir: Path):
@@ -171,13 +230,15 @@ def bench_sizing(args) -> int:
     sizes = parse_sizes(args.sizes)
     queries = predict_payloads(spec, artifact.version, sizes, "powerlaw", 1.05, args.seed)
     cores = os.cpu_count() or 1
+    speed = _Speed(artifact, costs, not args.no_probe)
     points = []
     for shards in _ints(args.shards):
         plan_path, work, cluster = _configuration(artifact, shards, costs, cores, work_dir)
         for rate in _floats(args.rates):
             say(f"{shards} shard(s): {args.seconds:g} s at {rate:g} q/s")
             label = f"capacity-{shards}-{rate:g}"
-            run = run_config(
+            run, record, now = speed.around(
+                run_config,
                 label,
                 artifact,
                 queries,
@@ -188,22 +249,36 @@ def bench_sizing(args) -> int:
                 plan_path,
                 shards,
             )
-            predicted = simulate(work, cluster, rate, sizes, args.queries, args.seed)
+            point_work = replace(work, costs=now)
+            predicted = simulate(point_work, cluster, rate, sizes, args.queries, args.seed)
             points.append(_point(shards, rate, run, predicted, cores))
-            # The same simulation without the wait per round trip, to show what it adds.
-            no_wait = replace(work, costs=replace(costs, hop_ms=0.0))
+            point = points[-1]
+            point["speed"] = record
+            # The same simulation from the costs as measured, and without the wait per
+            # round trip, to show what each adds.
+            as_measured = simulate(work, cluster, rate, sizes, args.queries, args.seed)
+            point["predicted_from_costs_as_measured_over_measured"] = _over(
+                as_measured, point["measured"]
+            )
+            no_wait = replace(point_work, costs=replace(now, hop_ms=0.0))
             unwaited = simulate(no_wait, cluster, rate, sizes, args.queries, args.seed)
-            points[-1]["predicted_without_wait_over_measured"] = {
-                key: value / points[-1]["measured"][key] if points[-1]["measured"][key] else None
-                for key, value in (("p50_ms", unwaited.p50_ms), ("p99_ms", unwaited.p99_ms))
-            }
+            point["predicted_without_wait_over_measured"] = _over(unwaited, point["measured"])
             say(table(points[-1:]).splitlines()[-1])
     found = []
     for shards in [] if args.no_capacity else _ints(args.shards):
         plan_path, work, cluster = _configuration(artifact, shards, costs, cores, work_dir)
         found.append(
             capacities(
-                shards, artifact, queries, plan_path, work, cluster, sizes, args, work_dir / "logs"
+                shards,
+                artifact,
+                queries,
+                plan_path,
+                work,
+                cluster,
+                sizes,
+                args,
+                work_dir / "logs",
+                speed,
             )
         )
         c = found[-1]
@@ -234,6 +309,16 @@ def bench_sizing(args) -> int:
         if None not in (r := p["predicted_without_wait_over_measured"]).values()
     )
     print(f"without the {costs.hop_ms:.2f} ms wait per round trip, p50/p99 x: {unwaited}")
+    if speed.probe is not None:
+        unscaled = ", ".join(
+            f"{p['shards']} shards {p['rate_qps']:g} q/s {r['p50_ms']:.2f}/{r['p99_ms']:.2f}"
+            for p in points
+            if None not in (r := p["predicted_from_costs_as_measured_over_measured"]).values()
+        )
+        print(
+            "speed: the probe over its value when the costs were measured "
+            f"({costs.probe_ms:.2f} ms); from the costs as measured, p50/p99 x: {unscaled}"
+        )
     for c in found:
         ratio = c["predicted_over_measured"]
         print(
@@ -242,6 +327,12 @@ def bench_sizing(args) -> int:
             f"{c['measured']['capacity_qps']:.1f} q/s"
             + ("" if c["measured"]["confirmed"] else " (unconfirmed)")
             + (f": {ratio:.2f}x" if ratio else "")
+            + (
+                f" (speed {c['speed']['factor']:.2f}; from the costs as measured "
+                f"{c['predicted_from_costs_as_measured_over_measured']:.2f}x)"
+                if speed.probe is not None and c["predicted_from_costs_as_measured_over_measured"]
+                else ""
+            )
         )
     print(f"wrote {out}")
     return 0
@@ -281,5 +372,11 @@ def add_parser(bench) -> None:
         "--capacity-seconds", type=argtypes.positive, default=10.0, help="seconds per trial"
     )
     p.add_argument("--no-capacity", action="store_true", help="skip the capacity searches")
+    p.add_argument(
+        "--no-probe",
+        action="store_true",
+        help="predict from the costs as measured, not scaled to the speed probed around each "
+        "measurement",
+    )
     p.add_argument("--json", help="result file (default results/bench-sizing-NAME-SIZE.json)")
     p.set_defaults(func=bench_sizing)

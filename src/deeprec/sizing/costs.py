@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 
 from deeprec.common.jsonfile import write_json
@@ -38,6 +38,9 @@ class Costs:
     # Wall ms one RPC round trip adds beyond both sides' CPU (thread wake-ups, loopback),
     # measured unloaded; the simulation waits it once per round trip on a query's path.
     hop_ms: float = 0.0
+    # Wall ms of the machine's speed probe (sizing/speed.py) while these were measured;
+    # 0: not probed. A later probe over this one is how much slower the machine is now.
+    probe_ms: float = 0.0
     machine: str = ""  # where they were measured (CPU model, cores)
     measured_at: str = ""
 
@@ -50,6 +53,21 @@ class Costs:
     def rpc(self, nbytes: float) -> float:
         """CPU ms one side spends on one call carrying ``nbytes``."""
         return self.rpc_ms + self.rpc_ms_per_mb * nbytes / 1e6
+
+    def scaled(self, factor: float) -> Costs:
+        """Every CPU figure times ``factor`` (the machine that much slower); the wait per
+        round trip, which holds no core, and the probe it was measured at stay."""
+        if not (math.isfinite(factor) and factor > 0):
+            raise CostsError(f"costs: a speed factor must be a finite number > 0, got {factor}")
+        kept = {"hop_ms", "probe_ms"}
+        return replace(
+            self,
+            **{
+                f.name: getattr(self, f.name) * factor
+                for f in fields(self)
+                if f.type == "float" and f.name not in kept
+            },
+        )
 
     def pooling(self, row_bytes_summed: float) -> float:
         return self.pool_ns_per_byte * row_bytes_summed / 1e6

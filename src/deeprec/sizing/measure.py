@@ -12,7 +12,8 @@ worker's side and on the shards'. The
 frontend's own work: its functions run in-process, stage by stage (bench/stages.py).
 The wait per round trip (``hop_ms``): in each of those five runs, each query once more,
 alone and warm; its median latency less the simulated one without waits (the CPU on its
-path), per round trip on that path, the median over the runs.
+path), per round trip on that path, the median over the runs. The speed probe
+(sizing/speed.py) runs before and after all of it: their mean is ``probe_ms``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from deeprec.workload.distributions import FixedSizes, parse_sizes
 
 from .costs import Costs
 from .simulate import Cluster, simulate
+from .speed import SpeedProbe
 from .work import ModelShape, Work, shard_lookups
 
 ECHO = "/deeprec.sizing.Echo/Call"
@@ -124,6 +126,9 @@ def measure_costs(
     say: Callable[[str], None] = lambda _msg: None,
 ) -> Costs:
     spec = artifact.spec
+    probe = SpeedProbe(artifact)
+    probes = [probe.ms()]
+    say(f"speed probe: {probes[0]:.2f} ms")
     say(f"measuring the gRPC hop (loopback, {SMALL_BYTES:,} and {LARGE_BYTES:,} bytes)")
     rpc_ms, rpc_ms_per_mb = measure_rpc()
     say(f"measuring {spec.name}'s frontend stages in-process")
@@ -218,7 +223,11 @@ def measure_costs(
         )
         for items, n, measured_ms in alone
     ]
-    return replace(cpu_costs, hop_ms=float(max(0.0, np.median(waits))))
+    probes.append(probe.ms())
+    say(f"speed probe: {probes[1]:.2f} ms")
+    return replace(
+        cpu_costs, hop_ms=float(max(0.0, np.median(waits))), probe_ms=float(np.mean(probes))
+    )
 
 
 def unloaded_wait(work: Work, cluster: Cluster, items: int, measured_ms: float) -> float:
