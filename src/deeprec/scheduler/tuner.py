@@ -36,6 +36,14 @@ class Observation:
     service: dict = field(default_factory=dict)
     min_items: int = 0  # smallest query seen (0 = unknown)
 
+    def runs_busy(self) -> float | None:
+        """The share of the time the CPU runs were busy: their sub-batches' service ms
+        over the window's run time (None: no sub-batch measured)."""
+        busy_ms = sum(ms * n for _, ms, n in self.service.values() if n > 0)
+        if busy_ms <= 0 or self.seconds <= 0:
+            return None
+        return busy_ms / (self.seconds * 1000.0 * max(self.cpu_workers, 1))
+
 
 @dataclass(frozen=True)
 class TunerConfig:
@@ -59,6 +67,13 @@ class TunerConfig:
     # A trial that beats an incumbent meeting the SLA by less than this many times its
     # margin is checked against the incumbent measured again right after it (0: never).
     confirm_within: float = 3.0
+    # Runs busy this share of the time or more under the incumbent: more threads per run
+    # are not tried. k threads per run leave the cores 1/k as many runs at once, each
+    # less than k times faster, so the runs' queue grows: in the simulator one thread per
+    # run wins from here up for a second thread up to 1.7x faster (RMC3 and DIN measure
+    # 1.6x, RMC1 none), and under the full load of the 2026-12-03 tuning runs every
+    # two-thread trial lost (37-73 ms against 23-25).
+    busy_for_more_threads: float = 0.5
 
 
 @dataclass
@@ -140,12 +155,23 @@ class Tuner:
         self.broken = 0  # consecutive held windows over the SLA
         self.max_items = 0
         self.min_items = 0  # 0 = unknown
+        self.busy: dict[tuple, float] = {}  # knobs -> runs' busy share, this round
+        self._notes: list[str] = []
         self.trials = 0
         self.history: list[tuple[str, int, float]] = []  # (knob, value, latency) per trial
 
     # -- the loop ---------------------------------------------------------------------------
 
     def step(self, policy: Policy, obs: Observation) -> Decision:
+        self._notes: list[str] = []  # what a phase decided without a trial, for the history
+        decision = self._step(policy, obs)
+        if self._notes:
+            decision.note = "; ".join(
+                [*self._notes, decision.note] if decision.note else self._notes
+            )
+        return decision
+
+    def _step(self, policy: Policy, obs: Observation) -> Decision:
         if policy.pinned:
             self.phase = "idle"
             return Decision(None, consumed=True)
@@ -154,6 +180,8 @@ class Tuner:
         if policy.threads != self.service_threads:  # runs of other threads cost otherwise
             self.service, self.service_threads = {}, policy.threads
         self.service.update({b: v for b, v in obs.service.items() if v[2] > 0})
+        if (busy := obs.runs_busy()) is not None:
+            self.busy[_knobs(policy)] = busy
         self.max_items = max(self.max_items, obs.max_items)
         if obs.min_items > 0:
             self.min_items = min(self.min_items or obs.min_items, obs.min_items)
@@ -246,6 +274,7 @@ class Tuner:
         self.pending = [phase for phase in PHASE_KNOBS if phase != "b"]
         self.incumbent, self.incumbent_ms = policy, INF
         self.challenger = None
+        self.busy = {k: v for k, v in self.busy.items() if k == _knobs(policy)}
         self.round_qps = 0.0
         self.round_queries, self.round_seconds = 0, 0.0
 
@@ -360,6 +389,11 @@ class Tuner:
     def _has_choices(self, phase: str) -> bool:
         if phase == "t":
             return self.config.gpu
+        if phase == "threads" and self._runs_busy() and len(self._candidates(phase)) < 2:
+            busy = self.busy[_knobs(self.incumbent)]
+            self._notes.append(
+                f"more threads per run not tried: the runs were busy {busy:.0%} of the time"
+            )
         if phase in ("threads", "delay"):
             return len(self._candidates(phase)) >= 2
         return True
@@ -375,7 +409,15 @@ class Tuner:
         delay) and the config's, so that a round can always go back to 0."""
         phase = phase or self.phase
         chosen = self.config.threads if phase == "threads" else self.config.merge_delays_us
+        if phase == "threads" and self._runs_busy():
+            # Fewer runs at once would queue: only as many threads as now, or fewer.
+            now = self.incumbent.threads or 1
+            chosen = tuple(k for k in chosen if k <= now)
         return tuple(sorted({0, *chosen}))
+
+    def _runs_busy(self) -> bool:
+        busy = self.busy.get(_knobs(self.incumbent))
+        return busy is not None and busy >= self.config.busy_for_more_threads
 
     def _next_batch_size(self, obs: Observation) -> int | None:
         candidates = self.config.batch_sizes
@@ -482,7 +524,11 @@ class Tuner:
 
     @staticmethod
     def _same_knobs(a: Policy, b: Policy) -> bool:
-        return all(getattr(a, knob) == getattr(b, knob) for knob in PHASE_KNOBS.values())
+        return _knobs(a) == _knobs(b)
+
+
+def _knobs(policy: Policy) -> tuple:
+    return tuple(getattr(policy, knob) for knob in PHASE_KNOBS.values())
 
 
 def _split_size(policy: Policy) -> float:
