@@ -91,7 +91,7 @@ def test_threads_per_run_follow_the_load(rate, threads):
     def p95(b, k):
         return simulate(server, b, 0, rate, 30, seed=1, threads=k).latency_ms
 
-    busy = simulate(server, policy.batch_size, 0, rate, 30, seed=1).runs_busy()
+    busy = simulate(server, policy.batch_size, 0, rate, 30, seed=1).runs_busy
     tried = [h for h in tuner.history if h[0] == "threads"]
     assert bool(tried) == (busy < config.busy_for_more_threads), (busy, tuner.history)
     assert (policy.threads or 1) == threads, (policy, tuner.history)
@@ -111,10 +111,10 @@ def test_wherever_the_runs_are_that_busy_one_thread_per_run_wins(efficiency):
     checked = 0
     for rate in range(20, 130, 10):
         one = simulate(server, 1024, 0, rate, 60, seed=3)
-        if one.runs_busy() < limit or one.runs_busy() > 0.95:
+        if one.runs_busy < limit or one.runs_busy > 0.95:
             continue
         two = simulate(server, 1024, 0, rate, 60, seed=3, threads=2)
-        assert one.latency_ms < two.latency_ms, (rate, one.runs_busy(), one, two)
+        assert one.latency_ms < two.latency_ms, (rate, one.runs_busy, one, two)
         checked += 1
     assert checked >= 2
 
@@ -601,6 +601,29 @@ def test_a_held_policy_is_retuned_on_an_sla_break_in_two_windows_in_a_row_or_a_f
     tuner, policy = _tune(server, config, Policy("m", 1024, 0), rate=20)
     tuner.step(policy, replace(same, latency_ms=1.01 * config.guard_factor * config.sla_ms))
     assert tuner.phase != "hold"
+
+
+def test_the_runs_busy_share_counts_only_the_windows_sub_batches():
+    """The cost model keeps every sub-batch of the horizon; the runs' busy share is this
+    window's alone (counted over the horizon, a bench tuning run read 323% busy at 28 q/s
+    and never tried two threads)."""
+    from deeprec.scheduler.window import MetricsWindow
+
+    window, since = MetricsWindow(), 100.0
+    window.workers["m", "cpu"] = 2
+
+    def sub_batches(t: float, n: int) -> None:  # round trip 9 ms, 3 of them queued
+        for field, each in (("latency", 9.0), ("queue", 3.0), ("items", 64.0)):
+            window.add_service(t, "m", 64, field, n, n * each)
+
+    sub_batches(since - 10, 1000)  # before the window
+    for k in (1, 2, 3):
+        window.add_latency(since + k, "m", 7, "cpu", ExpHistogram.of_values([20.0] * 40, scale=6))
+        sub_batches(since + k, 50)
+    obs = window.observation("m", 7, since, since + 3.9, 0.95)
+    # 150 sub-batches x 6 ms over the 3 s the exports cover, 2 runs at once.
+    assert obs.runs_busy == pytest.approx(150 * 6.0 / (3 * 1000 * 2))
+    assert obs.service[64][2] == 1150  # the cost model still sees them all
 
 
 def test_a_windows_load_counts_up_to_its_last_export_not_up_to_now():

@@ -21,8 +21,8 @@ from deeprec.sizing.costs import Costs, CostsError, load_costs
 from deeprec.sizing.helm import helm_values, write_values
 from deeprec.sizing.measure import measure_costs, unloaded_wait
 from deeprec.sizing.simulate import Cluster, simulate
-from deeprec.sizing.speed import SpeedProbe, slowdown
 from deeprec.sizing.size import Pods, SizingError, Target, size_cluster
+from deeprec.sizing.speed import SpeedProbe, slowdown
 from deeprec.sizing.work import ModelShape, Work, shard_lookups
 from deeprec.workload.distributions import FixedSizes, MLPerfSizes
 

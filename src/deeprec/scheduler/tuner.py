@@ -35,14 +35,9 @@ class Observation:
     # batch size in force -> (mean items per sub-batch, mean service ms, sub-batches)
     service: dict = field(default_factory=dict)
     min_items: int = 0  # smallest query seen (0 = unknown)
-
-    def runs_busy(self) -> float | None:
-        """The share of the time the CPU runs were busy: their sub-batches' service ms
-        over the window's run time (None: no sub-batch measured)."""
-        busy_ms = sum(ms * n for _, ms, n in self.service.values() if n > 0)
-        if busy_ms <= 0 or self.seconds <= 0:
-            return None
-        return busy_ms / (self.seconds * 1000.0 * max(self.cpu_workers, 1))
+    # The share of the window the CPU runs were busy: its sub-batches' service ms over
+    # the window's run time, cpu_workers runs at once (None: not measured).
+    runs_busy: float | None = None
 
 
 @dataclass(frozen=True)
@@ -180,8 +175,8 @@ class Tuner:
         if policy.threads != self.service_threads:  # runs of other threads cost otherwise
             self.service, self.service_threads = {}, policy.threads
         self.service.update({b: v for b, v in obs.service.items() if v[2] > 0})
-        if (busy := obs.runs_busy()) is not None:
-            self.busy[_knobs(policy)] = busy
+        if obs.runs_busy is not None:
+            self.busy[_knobs(policy)] = obs.runs_busy
         self.max_items = max(self.max_items, obs.max_items)
         if obs.min_items > 0:
             self.min_items = min(self.min_items or obs.min_items, obs.min_items)

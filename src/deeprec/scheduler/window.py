@@ -93,6 +93,7 @@ class MetricsWindow:
         count = sum(s.count for s in sizes)
         seconds = max(now - since, 1e-9)
         service = {}
+        busy_ms = 0.0  # this window's sub-batches: round trips less queue waits
         for (m, batch_size), entries in self.service.items():
             if m != model:
                 continue
@@ -100,6 +101,8 @@ class MetricsWindow:
             for e in entries:
                 sums[e.field][0] += e.total
                 sums[e.field][1] += e.count
+                if e.t >= since and e.field in ("latency", "queue"):
+                    busy_ms += e.total if e.field == "latency" else -e.total
             (latency, n), (queue, waited), (items, sized) = (
                 sums["latency"],
                 sums["queue"],
@@ -109,16 +112,22 @@ class MetricsWindow:
                 # End to end: the round trip from the frontend less the queue wait.
                 ms = latency / n - (queue / waited if waited else 0.0)
                 service[batch_size] = (items / sized, max(ms, 0.0), n)
+        cpu_workers = self.workers.get((model, "cpu"), 1)
         return Observation(
             queries=histogram.count,
             seconds=seconds,
             latency_ms=histogram.quantile(percentile) if histogram.count else 0.0,
             qps=histogram.count / max(covered, 1e-9) if histogram.count else 0.0,
             mean_items=(sum(s.total for s in sizes) / count) if count else 0.0,
-            cpu_workers=self.workers.get((model, "cpu"), 1),
+            cpu_workers=cpu_workers,
             max_items=int(max((s.largest for s in sizes), default=0)),
             service=service,
             min_items=max(int(min((s.smallest for s in sizes), default=0)), 0),
+            runs_busy=(
+                max(busy_ms, 0.0) / (covered * 1000.0 * max(cpu_workers, 1))
+                if covered > 0 and busy_ms > 0
+                else None
+            ),
         )
 
 
