@@ -137,6 +137,49 @@ def test_the_history_says_why_more_threads_were_not_tried():
     assert "busy" in note and "%" in note
 
 
+def test_more_threads_that_lost_are_not_tried_again_at_that_load_or_more():
+    """A second thread that adds nothing (RMC1's pooling is single-threaded) loses at
+    any load, though the runs are far from busy; tried once, it is not tried again when
+    the load grows, and is again once the load falls well below where it lost."""
+    import re
+
+    server = ServerModel(overhead_ms=5.0, thread_efficiency=0.0)
+    config = TunerConfig(min_queries=200, merge_delays_us=())
+    tuner, policy = Tuner(config), Policy("m", 1024, 0)
+
+    def serve(rate: float, windows: int, seed: int) -> list[str]:
+        nonlocal policy
+        notes = []
+        for step in range(windows):
+            seconds = max(10.0, 250 / rate)  # every window a whole trial
+            obs = simulate(
+                server,
+                policy.batch_size,
+                0,
+                rate,
+                seconds,
+                seed=seed + step,
+                threads=policy.threads,
+            )
+            decision = tuner.step(policy, obs)
+            notes.append(decision.note)
+            if decision.policy is not None:
+                policy = replace(decision.policy, version=policy.version + 1)
+        return notes
+
+    def threads_trials() -> int:
+        return len([h for h in tuner.history if h[0] == "threads"])
+
+    serve(30, 25, 100)
+    assert tuner.phase == "hold" and threads_trials() == 1 and (policy.threads or 1) == 1
+    notes = serve(45, 25, 500)  # 50% more load: a new round, without the threads trial
+    assert tuner.trials > 3 and threads_trials() == 1, tuner.history
+    assert [n for n in notes if re.search(r"2 threads lost at \d+ q/s and the load is", n)]
+    assert not [n for n in notes if "busy" in n]  # the loss, not busy runs, stopped it
+    serve(10, 25, 900)  # a third of the load it lost at: worth a new trial
+    assert threads_trials() == 2, tuner.history
+
+
 def test_a_merge_delay_that_does_not_pay_is_tried_and_dropped():
     server = ServerModel()
     tuner, policy = _tune(server, TunerConfig(min_queries=200), Policy("m", 256, 0), 40)

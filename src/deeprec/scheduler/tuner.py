@@ -151,6 +151,7 @@ class Tuner:
         self.max_items = 0
         self.min_items = 0  # 0 = unknown
         self.busy: dict[tuple, float] = {}  # knobs -> runs' busy share, this round
+        self.threads_lost_at: dict[int, float] = {}  # threads per run -> lowest q/s lost at
         self._notes: list[str] = []
         self.trials = 0
         self.history: list[tuple[str, int, float]] = []  # (knob, value, latency) per trial
@@ -372,6 +373,8 @@ class Tuner:
     def _next_phase(self) -> None:
         """On to the next phase that has something to try; the incumbent, as measured,
         is its first result. While every query is offloaded, T comes first."""
+        if self.phase == "threads":
+            self._remember_threads_lost()
         self.results = {}
         if "t" in self.pending and self._offloads_everything():
             self.pending.remove("t")
@@ -384,11 +387,12 @@ class Tuner:
     def _has_choices(self, phase: str) -> bool:
         if phase == "t":
             return self.config.gpu
-        if phase == "threads" and self._runs_busy() and len(self._candidates(phase)) < 2:
-            busy = self.busy[_knobs(self.incumbent)]
-            self._notes.append(
-                f"more threads per run not tried: the runs were busy {busy:.0%} of the time"
-            )
+        if phase == "threads" and len(self._candidates(phase)) < 2:
+            now = self.incumbent.threads or 1
+            why = {self._why_not_more_threads(k) for k in self.config.threads if k > now}
+            if why - {None}:
+                reasons = "; ".join(sorted(why - {None}))
+                self._notes.append(f"more threads per run not tried: {reasons}")
         if phase in ("threads", "delay"):
             return len(self._candidates(phase)) >= 2
         return True
@@ -404,15 +408,36 @@ class Tuner:
         delay) and the config's, so that a round can always go back to 0."""
         phase = phase or self.phase
         chosen = self.config.threads if phase == "threads" else self.config.merge_delays_us
-        if phase == "threads" and self._runs_busy():
-            # Fewer runs at once would queue: only as many threads as now, or fewer.
+        if phase == "threads":
             now = self.incumbent.threads or 1
-            chosen = tuple(k for k in chosen if k <= now)
+            chosen = tuple(k for k in chosen if k <= now or not self._why_not_more_threads(k))
         return tuple(sorted({0, *chosen}))
 
-    def _runs_busy(self) -> bool:
+    def _why_not_more_threads(self, threads: int) -> str | None:
+        """Why a trial of ``threads`` per run, more than the incumbent's, would only lose
+        (None: it may win). Busy runs: fewer at once would queue. A loss at this load or
+        a lighter one: more load only takes more of the cores the threads would need
+        (every round of the 2026-12-03 tuning runs tried two threads on RMC1, which a
+        second thread does not speed up, and lost 3-4 s of tail to it each time)."""
         busy = self.busy.get(_knobs(self.incumbent))
-        return busy is not None and busy >= self.config.busy_for_more_threads
+        if busy is not None and busy >= self.config.busy_for_more_threads:
+            return f"the runs were busy {busy:.0%} of the time"
+        lost, load = self.threads_lost_at.get(threads), self._round_load()
+        if lost is not None and load >= lost * (1 - self.config.drift):
+            return f"{threads} threads lost at {lost:.0f} q/s and the load is {load:.0f} q/s"
+        return None
+
+    def _round_load(self) -> float:
+        return self.round_queries / self.round_seconds if self.round_seconds else self.round_qps
+
+    def _remember_threads_lost(self) -> None:
+        """At the end of a threads phase: every count above the incumbent's lost at this
+        load; the incumbent's own count wins here, whatever it lost before."""
+        now, load = self.incumbent.threads or 1, self._round_load()
+        for threads, _ms in self.results.items():
+            if (threads or 1) > now and load > 0:
+                self.threads_lost_at[threads] = min(self.threads_lost_at.get(threads, INF), load)
+        self.threads_lost_at.pop(self.incumbent.threads, None)
 
     def _next_batch_size(self, obs: Observation) -> int | None:
         candidates = self.config.batch_sizes
