@@ -418,7 +418,7 @@ class Tuner:
         (None: it may win). Busy runs: fewer at once would queue. A loss at this load or
         a lighter one: more load only takes more of the cores the threads would need
         (every round of the 2026-12-03 tuning runs tried two threads on RMC1, which a
-        second thread does not speed up, and lost 3-4 s of tail to it each time)."""
+        second thread does not speed up, and lost 2-5 s of tail to it each time)."""
         busy = self.busy.get(_knobs(self.incumbent))
         if busy is not None and busy >= self.config.busy_for_more_threads:
             return f"the runs were busy {busy:.0%} of the time"
