@@ -98,7 +98,7 @@ def simulate(
             )
         latencies.append(done - t)
     histogram = ExpHistogram.of_values(latencies, scale=6)
-    service, busy_ms = {}, service_ms
+    service = {}
     if service_n:
         service[batch_size] = (service_items / service_n, service_ms / service_n, service_n)
     return Observation(
@@ -111,5 +111,5 @@ def simulate(
         max_items=int(query_sizes.max()),
         min_items=int(query_sizes.min()),
         service=service,
-        runs_busy=busy_ms / (seconds * 1000.0 * runs_at_once),
+        runs_busy=service_ms / (seconds * 1000.0 * runs_at_once),
     )

@@ -256,7 +256,11 @@ def bench_sizing(args) -> int:
             point["speed"] = record
             # The same simulation from the costs as measured, and without the wait per
             # round trip, to show what each adds.
-            as_measured = simulate(work, cluster, rate, sizes, args.queries, args.seed)
+            as_measured = (
+                predicted
+                if now is costs
+                else simulate(work, cluster, rate, sizes, args.queries, args.seed)
+            )
             point["predicted_from_costs_as_measured_over_measured"] = _over(
                 as_measured, point["measured"]
             )

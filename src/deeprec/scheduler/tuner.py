@@ -152,14 +152,14 @@ class Tuner:
         self.min_items = 0  # 0 = unknown
         self.busy: dict[tuple, float] = {}  # knobs -> runs' busy share, this round
         self.threads_lost_at: dict[int, float] = {}  # threads per run -> lowest q/s lost at
-        self._notes: list[str] = []
+        self._notes: list[str] = []  # what a step decided without a trial, for the history
         self.trials = 0
         self.history: list[tuple[str, int, float]] = []  # (knob, value, latency) per trial
 
     # -- the loop ---------------------------------------------------------------------------
 
     def step(self, policy: Policy, obs: Observation) -> Decision:
-        self._notes: list[str] = []  # what a phase decided without a trial, for the history
+        self._notes = []
         decision = self._step(policy, obs)
         if self._notes:
             decision.note = "; ".join(
