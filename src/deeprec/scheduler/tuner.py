@@ -209,11 +209,17 @@ class Tuner:
             # load's first; from the best policy known if a trial of another knob is in
             # force: bench tuning runs E quiet 3 and F quiet 2 (2026-12-03) went
             # through every B with the merge delay, or two threads per run, that were
-            # on trial when the load stepped, and lost 20 s to it.
-            if self.phase != "b" and not self._same_knobs(policy, self.incumbent):
-                base = self.incumbent
+            # on trial when the load stepped, and lost 20 s to it. From one B cheaper
+            # than the best known if the load rose and the trial in force is not.
+            base = self._round_start(self.incumbent, self.round_qps, obs.qps)
+            if base is self.incumbent and self.phase == "b":
+                base = policy
+            elif base is not self.incumbent and _split_size(policy) >= _split_size(base):
+                base = policy  # the B on trial is as cheap already
+            if not self._same_knobs(policy, base):
+                note = self._new_round_note(base, self.round_qps, obs.qps)
                 self._start_round(base)
-                return Decision(base, consumed=True, note="the load moved: a new round")
+                return Decision(base, consumed=True, note=note)
             self._start_round(policy)
         self.round_qps = self.round_qps or obs.qps
         self._record(knob, obs.latency_ms, obs)
@@ -273,6 +279,29 @@ class Tuner:
         self.busy = {k: v for k, v in self.busy.items() if k == _knobs(policy)}
         self.round_qps = 0.0
         self.round_queries, self.round_seconds = 0, 0.0
+
+    def _round_start(self, best: Policy, was_qps: float, now_qps: float) -> Policy:
+        """The policy a round at a new load begins from, as its bar: the best known, or
+        one B larger (fewer sub-batches, less CPU per query) if the load rose. A busier
+        server gains from fewer sub-batches, never from more; begun from the B that
+        was best at half the load, the round after the step of bench tuning run H
+        quiet 3 (2026-12-03) held it, as B = 512, 11% faster there, had to beat it by
+        a trial's noise margin (1.13x the best static p95). The old B is then the
+        costlier challenger."""
+        if now_qps <= was_qps or self._offloads_everything():
+            return best
+        larger = [b for b in self.config.batch_sizes if _split_size_of(b) > _split_size(best)]
+        if not larger:
+            return best
+        return replace(best, batch_size=min(larger, key=_split_size_of))
+
+    @staticmethod
+    def _new_round_note(base: Policy, was_qps: float, now_qps: float) -> str:
+        verb = "rose" if now_qps > was_qps else "moved"
+        return (
+            f"the load {verb} from {was_qps:.0f} to {now_qps:.0f} q/s: a new round, from "
+            f"{describe(base)}"
+        )
 
     def _load_moved_since_round_began(self, obs: Observation) -> bool:
         if not self.results or not self.round_qps:
@@ -536,6 +565,11 @@ class Tuner:
         slo_broken = self.broken >= DRIFT_WINDOWS or (over and far_over)
         if load_moved or slo_broken:
             self.drifted = self.broken = 0
+            base = self._round_start(policy, self.base_qps, obs.qps) if load_moved else policy
+            if base is not policy:
+                note = self._new_round_note(base, self.base_qps, obs.qps)
+                self._start_round(base)
+                return Decision(base, consumed=True, note=note)
             self._start_round(policy)
             self._record(self._knob(policy), obs.latency_ms, obs)
             self.incumbent_ms = obs.latency_ms
