@@ -513,23 +513,24 @@ def test_a_load_move_mid_round_starts_again_from_the_best_policy_not_the_trial()
     def window(latency_ms, qps):
         return Observation(150, 150 / qps, latency_ms, qps, 270, 2, 700)
 
-    tuner, policy = Tuner(config), Policy("m", 1024, 0)
-    for _ in range(10):  # 15 q/s: B = 1024 on one thread is the best
+    tuner, policy = Tuner(config), Policy("m", 512, 0)
+    for _ in range(10):  # 15 q/s: B = 512 on one thread is the best
         if policy.threads:
             break
-        best = policy.batch_size == 1024 and not policy.threads
+        best = policy.batch_size == 512 and not policy.threads
         decision = tuner.step(policy, window(20.0 if best else 30.0, 15))
         policy = replace(decision.policy or policy, version=policy.version + 1)
-    assert policy.threads == 2 and policy.batch_size == 1024, tuner.history
-    # The load doubles during the two-thread trial.
+    assert policy.threads == 2 and policy.batch_size == 512, tuner.history
+    # The load doubles during the two-thread trial: the new round starts from the best
+    # policy known, one B larger as the load rose, on one thread.
     decision = tuner.step(policy, window(45.0, 30))
     assert decision.policy is not None, tuner.history
     assert (decision.policy.batch_size, decision.policy.threads) == (1024, 0)
     assert "a new round" in decision.note and tuner.phase == "b"
-    # Measured again at the new load, it is the bar; the B trials keep one thread.
+    # Measured at the new load, it is the bar; the B trials keep one thread.
     policy = replace(decision.policy, version=policy.version + 1)
     trial = tuner.step(policy, window(25.0, 30)).policy
-    assert trial is not None and trial.batch_size != 1024 and trial.threads == 0
+    assert trial is not None and trial.batch_size == 512 and trial.threads == 0
     assert tuner.incumbent_ms == 25.0
 
 
@@ -713,13 +714,13 @@ STEP_CONFIG = TunerConfig(
 )
 
 
-def _step_window(policy: Policy, qps: int) -> Observation:
-    return Observation(150, 150 / qps, STEP_TRUTH[qps][policy.batch_size], qps, 270, 2, 700)
+def _step_window(policy: Policy, qps: int, truth=STEP_TRUTH) -> Observation:
+    return Observation(150, 150 / qps, truth[qps][policy.batch_size], qps, 270, 2, 700)
 
 
-def _run_to_hold(tuner: Tuner, policy: Policy, qps: int, steps: int = 12) -> Policy:
+def _run_to_hold(tuner: Tuner, policy: Policy, qps: int, steps=12, truth=STEP_TRUTH) -> Policy:
     for _ in range(steps):
-        decision = tuner.step(policy, _step_window(policy, qps))
+        decision = tuner.step(policy, _step_window(policy, qps, truth))
         if decision.policy is not None:
             policy = replace(decision.policy, version=policy.version + 1)
         elif tuner.phase == "hold":
@@ -741,10 +742,13 @@ def test_when_the_load_rises_a_new_round_starts_one_b_cheaper():
     assert tuner.step(policy, busier).policy is None  # one window could be noise
     decision = tuner.step(policy, busier)
     assert decision.policy is not None and decision.policy.batch_size == 512, tuner.history
-    assert "load rose" in decision.note
+    assert "load rose" in decision.note and "nothing below B=256" in decision.note
+    before = len(tuner.history)
     policy = _run_to_hold(tuner, replace(decision.policy, version=policy.version + 1), 30)
     best = min(STEP_TRUTH[30].values())
     assert STEP_TRUTH[30][policy.batch_size] <= 1.05 * best, tuner.history
+    # Nor a trial below the old best: B = 128, worse at 15 q/s, only costs more at 30.
+    assert {b for _, b, _ in tuner.history[before:]} == {256, 512, 1024}, tuner.history
 
 
 def test_a_load_rise_mid_round_also_starts_one_b_cheaper_than_the_best_known():
@@ -765,11 +769,35 @@ def test_a_load_rise_mid_round_also_starts_one_b_cheaper_than_the_best_known():
 
 
 def test_when_the_load_falls_the_new_round_starts_from_the_policy_held():
-    """Less load is no reason for fewer sub-batches: the round starts where it was."""
+    """Less load is no reason for fewer sub-batches: the round starts where it was, and
+    may try any B."""
     tuner = Tuner(STEP_CONFIG)
     policy = _run_to_hold(tuner, Policy("m", 512, 0), 30)
     quieter = _step_window(policy, 15)
     tuner.step(policy, quieter)
     decision = tuner.step(policy, quieter)
-    assert tuner.phase == "b" and "load rose" not in decision.note
+    assert tuner.phase == "b" and "load moved" in decision.note
     assert tuner.results == {policy.batch_size: quieter.latency_ms}
+    before = len(tuner.history)
+    _run_to_hold(tuner, replace(decision.policy, version=policy.version + 1), 15)
+    assert 256 in {b for _, b, _ in tuner.history[before:]}, tuner.history
+
+
+def test_when_the_load_rises_on_the_largest_b_no_b_trial_is_made():
+    """H quiet 4 (2026-12-03) held B = 1024 when the load doubled, then spent 13 s of
+    the new load on B = 512, 256 and 128, each worse. Nothing is larger, and nothing
+    smaller can gain from the rise: the round goes on to the other knobs."""
+    config = replace(STEP_CONFIG, merge_delays_us=(1000,))
+    truth = {
+        15: {128: 26.0, 256: 24.0, 512: 22.0, 1024: 20.0},
+        30: {128: 34.0, 256: 31.0, 512: 29.5, 1024: 28.5},
+    }
+    tuner = Tuner(config)
+    policy = _run_to_hold(tuner, Policy("m", 1024, 0), 15, truth=truth)
+    assert policy.batch_size == 1024, tuner.history
+    busier = _step_window(policy, 30, truth)
+    tuner.step(policy, busier)
+    decision = tuner.step(policy, busier)
+    assert "nothing below no split" not in decision.note  # B=1024 is a size, not 0
+    assert decision.policy is not None, tuner.history
+    assert decision.policy.batch_size == 1024 and decision.policy.merge_delay_us == 1000

@@ -144,6 +144,7 @@ class Tuner:
         self.challenger: tuple[Policy, float] | None = None  # a narrow win, to confirm
         self.base_qps = 0.0
         self.round_qps = 0.0  # the load this round's trials were measured at
+        self.least_split = 0.0  # the smallest B this round tries (a load rise sets it)
         self.round_queries = 0  # answered in the windows this round ranked, and
         self.round_seconds = 0.0  # the seconds they span: the round's mean load
         self.drifted = 0  # consecutive held windows whose load moved
@@ -211,16 +212,14 @@ class Tuner:
             # through every B with the merge delay, or two threads per run, that were
             # on trial when the load stepped, and lost 20 s to it. From one B cheaper
             # than the best known if the load rose and the trial in force is not.
-            base = self._round_start(self.incumbent, self.round_qps, obs.qps)
-            if base is self.incumbent and self.phase == "b":
-                base = policy
-            elif base is not self.incumbent and _split_size(policy) >= _split_size(base):
-                base = policy  # the B on trial is as cheap already
+            base, least = self._round_start(self.incumbent, self.round_qps, obs.qps)
+            if self.phase == "b" and _split_size(policy) >= least:
+                base = policy  # a B trial no smaller than the round may try
             if not self._same_knobs(policy, base):
-                note = self._new_round_note(base, self.round_qps, obs.qps)
-                self._start_round(base)
+                note = self._new_round_note(base, least, self.round_qps, obs.qps)
+                self._start_round(base, least)
                 return Decision(base, consumed=True, note=note)
-            self._start_round(policy)
+            self._start_round(policy, least)
         self.round_qps = self.round_qps or obs.qps
         self._record(knob, obs.latency_ms, obs)
         if self.challenger is not None:
@@ -271,8 +270,9 @@ class Tuner:
 
     # -- phases -----------------------------------------------------------------------------
 
-    def _start_round(self, policy: Policy) -> None:
+    def _start_round(self, policy: Policy, least_split: float = 0.0) -> None:
         self.phase, self.results = "b", {}
+        self.least_split = least_split
         self.pending = [phase for phase in PHASE_KNOBS if phase != "b"]
         self.incumbent, self.incumbent_ms = policy, INF
         self.challenger = None
@@ -280,28 +280,33 @@ class Tuner:
         self.round_qps = 0.0
         self.round_queries, self.round_seconds = 0, 0.0
 
-    def _round_start(self, best: Policy, was_qps: float, now_qps: float) -> Policy:
-        """The policy a round at a new load begins from, as its bar: the best known, or
-        one B larger (fewer sub-batches, less CPU per query) if the load rose. A busier
-        server gains from fewer sub-batches, never from more; begun from the B that
+    def _round_start(self, best: Policy, was_qps: float, now_qps: float) -> tuple[Policy, float]:
+        """The policy a round at a new load begins from, as its bar, and the smallest
+        split size (B; no split counts as infinite) it may try. A busier server gains
+        from fewer sub-batches, never from more: if the load rose, the round begins one
+        B larger than the best known, and tries no B below it. Begun from the B that
         was best at half the load, the round after the step of bench tuning run H
-        quiet 3 (2026-12-03) held it, as B = 512, 11% faster there, had to beat it by
-        a trial's noise margin (1.13x the best static p95). The old B is then the
-        costlier challenger."""
+        quiet 3 (2026-12-03) held it, as B = 512, 11% faster there, had to beat it by a
+        trial's noise margin (1.13x the best static p95); in H quiet 4 it spent 13 s of
+        the new load on trials of B = 512, 256 and 128 below the B = 1024 it held."""
         if now_qps <= was_qps or self._offloads_everything():
-            return best
-        larger = [b for b in self.config.batch_sizes if _split_size_of(b) > _split_size(best)]
+            return best, 0.0
+        least = _split_size(best)
+        larger = [b for b in self.config.batch_sizes if _split_size_of(b) > least]
         if not larger:
-            return best
-        return replace(best, batch_size=min(larger, key=_split_size_of))
+            return best, least
+        return replace(best, batch_size=min(larger, key=_split_size_of)), least
 
     @staticmethod
-    def _new_round_note(base: Policy, was_qps: float, now_qps: float) -> str:
-        verb = "rose" if now_qps > was_qps else "moved"
-        return (
-            f"the load {verb} from {was_qps:.0f} to {now_qps:.0f} q/s: a new round, from "
-            f"{describe(base)}"
-        )
+    def _new_round_note(base: Policy, least: float, was_qps: float, now_qps: float) -> str:
+        note = f"the load moved from {was_qps:.0f} to {now_qps:.0f} q/s: a new round"
+        if least:
+            smallest = "no split" if least == INF else f"B={least:.0f}"
+            note = (
+                f"the load rose from {was_qps:.0f} to {now_qps:.0f} q/s: a new round, from "
+                f"{describe(base)}, trying nothing below {smallest}"
+            )
+        return note
 
     def _load_moved_since_round_began(self, obs: Observation) -> bool:
         if not self.results or not self.round_qps:
@@ -469,7 +474,9 @@ class Tuner:
         self.threads_lost_at.pop(self.incumbent.threads, None)
 
     def _next_batch_size(self, obs: Observation) -> int | None:
-        candidates = self.config.batch_sizes
+        candidates = tuple(
+            b for b in self.config.batch_sizes if _split_size_of(b) >= self.least_split
+        )
         best = min(self.results, key=self.results.get) if self.results else None
         model = ServiceModel.fit(self.service)
         if best is None:
@@ -565,15 +572,21 @@ class Tuner:
         slo_broken = self.broken >= DRIFT_WINDOWS or (over and far_over)
         if load_moved or slo_broken:
             self.drifted = self.broken = 0
-            base = self._round_start(policy, self.base_qps, obs.qps) if load_moved else policy
+            base, least = (
+                self._round_start(policy, self.base_qps, obs.qps) if load_moved else (policy, 0.0)
+            )
+            note = (
+                self._new_round_note(base, least, self.base_qps, obs.qps)
+                if load_moved
+                else f"the tail broke the SLA at {obs.latency_ms:.1f} ms: a new round"
+            )
             if base is not policy:
-                note = self._new_round_note(base, self.base_qps, obs.qps)
-                self._start_round(base)
+                self._start_round(base, least)
                 return Decision(base, consumed=True, note=note)
-            self._start_round(policy)
+            self._start_round(policy, least)
             self._record(self._knob(policy), obs.latency_ms, obs)
             self.incumbent_ms = obs.latency_ms
-            return Decision(self._next(policy, obs), consumed=True)
+            return Decision(self._next(policy, obs), consumed=True, note=note)
         return Decision(None, consumed=True)
 
     @staticmethod
