@@ -834,3 +834,22 @@ def test_after_a_load_step_the_held_b_is_the_best_at_the_new_load_more_often():
         assert tuner.phase == "hold", tuner.history
         good += truth[policy.batch_size] <= 1.05 * min(truth.values())
     assert good >= 12, good
+
+
+def test_a_load_rise_that_overloads_no_split_leaves_no_b_to_try_and_moves_on():
+    """No split (B = 0) is above every candidate B: after a load rise that takes it far
+    over the SLA there is nothing larger to start from and nothing smaller to try."""
+    tuner, policy = Tuner(STEP_CONFIG), Policy("m", 0, 0)
+    for _ in range(8):
+        quiet = Observation(150, 10.0, 30.0 if policy.batch_size else 20.0, 15, 270, 2, 700)
+        decision = tuner.step(policy, quiet)
+        policy = replace(decision.policy or policy, version=policy.version + 1)
+        if tuner.phase == "hold":
+            break
+    assert tuner.phase == "hold" and policy.batch_size == 0, tuner.history
+    busier = Observation(150, 5.0, 30.0, 30, 270, 2, 700)
+    assert tuner.step(policy, busier).policy is None  # one window could be noise
+    overloaded = replace(busier, latency_ms=10 * STEP_CONFIG.sla_ms)
+    decision = tuner.step(policy, overloaded)
+    assert "trying nothing below no split" in decision.note
+    assert decision.policy is None and tuner.phase == "hold", tuner.history

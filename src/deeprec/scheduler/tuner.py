@@ -284,11 +284,11 @@ class Tuner:
         """The policy a round at a new load begins from, as its bar, and the smallest
         split size (B; no split counts as infinite) it may try. A busier server gains
         from fewer sub-batches, never from more: if the load rose, the round begins one
-        B larger than the best known, and tries no B below it. Begun from the B that
-        was best at half the load, the round after the step of bench tuning run H
-        quiet 3 (2026-12-03) held it, as B = 512, 11% faster there, had to beat it by a
-        trial's noise margin (1.13x the best static p95); in H quiet 4 it spent 13 s of
-        the new load on trials of B = 512, 256 and 128 below the B = 1024 it held."""
+        B larger than the best known, and tries no B below it. In bench tuning run H
+        quiet 3 (2026-12-03) the round after the step began from the B that was best at
+        half the load and held it (1.13x the best static p95): B = 512, 11% faster at
+        the new load, had to beat it by a trial's noise margin. In H quiet 4 the round
+        spent 13 s of the new load on B = 512, 256 and 128, below the B = 1024 it held."""
         if now_qps <= was_qps or self._offloads_everything():
             return best, 0.0
         least = _split_size(best)
@@ -479,7 +479,7 @@ class Tuner:
         )
         best = min(self.results, key=self.results.get) if self.results else None
         model = ServiceModel.fit(self.service)
-        if best is None:
+        if best is None or not candidates:  # none: a load rise on no split, or a B above all
             return None
         if self._overloaded() and max(candidates) not in self.results:
             # Every result so far far over the SLA: queues are growing, and a climb one
