@@ -299,14 +299,13 @@ class Tuner:
 
     @staticmethod
     def _new_round_note(base: Policy, least: float, was_qps: float, now_qps: float) -> str:
-        note = f"the load moved from {was_qps:.0f} to {now_qps:.0f} q/s: a new round"
-        if least:
-            smallest = "no split" if least == INF else f"B={least:.0f}"
-            note = (
-                f"the load rose from {was_qps:.0f} to {now_qps:.0f} q/s: a new round, from "
-                f"{describe(base)}, trying nothing below {smallest}"
-            )
-        return note
+        if not least:
+            return f"the load moved from {was_qps:.0f} to {now_qps:.0f} q/s: a new round"
+        smallest = "no split" if least == INF else f"B={least:.0f}"
+        return (
+            f"the load rose from {was_qps:.0f} to {now_qps:.0f} q/s: a new round, from "
+            f"{describe(base)}, trying nothing below {smallest}"
+        )
 
     def _load_moved_since_round_began(self, obs: Observation) -> bool:
         if not self.results or not self.round_qps:
