@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from deeprec import cli
+from deeprec.bench.sizing import median_of_rounds
 from deeprec.frontend.split import sub_batch_bounds
 from deeprec.models import zoo
 from deeprec.sharding.planner import make_plan
@@ -431,9 +432,10 @@ def test_bench_sizing_scales_the_costs_to_the_speed_probed_around_each_point(
     common += ["--queries", "500"]
     assert cli.main([*common, "--json", str(out)]) == 0
     (point,) = json.loads(out.read_text())["points"]
-    speed = point["speed"]
+    (speed,) = point["speed"]["rounds"]
     assert len(speed["probe_ms"]) == 2 and speed["costs_probe_ms"] == pytest.approx(probe_ms / 10)
     assert speed["factor"] == pytest.approx(sum(speed["probe_ms"]) / 2 / (probe_ms / 10))
+    assert point["speed"]["factor"] == speed["factor"]
     # The prediction is from the scaled costs: its CPU per query moves with the factor.
     unscaled = point["predicted_from_costs_as_measured_over_measured"]
     assert point["predicted_over_measured"]["p50_ms"] > unscaled["p50_ms"]
@@ -441,7 +443,47 @@ def test_bench_sizing_scales_the_costs_to_the_speed_probed_around_each_point(
 
     assert cli.main([*common, "--no-probe", "--json", str(out)]) == 0
     (point,) = json.loads(out.read_text())["points"]
-    assert point["speed"] == {"factor": 1.0}
+    assert point["speed"] == {"factor": 1.0, "rounds": [{"factor": 1.0}]}
+
+
+def test_bench_sizing_holds_the_prediction_against_the_median_of_repeated_rounds(
+    tiny_zoo, tmp_path
+):
+    artifact = tiny_zoo["rmc1"]
+    costs = replace(COSTS, hop_ms=0.5).save(tmp_path / "costs.json")
+    out = tmp_path / "sizing.json"
+    command = ["bench", "sizing", "--model-dir", str(artifact.path), "--costs", str(costs)]
+    command += ["--shards", "2", "--rates", "5,8", "--seconds", "1", "--no-capacity"]
+    command += ["--queries", "500", "--repeats", "3", "--json", str(out)]
+    assert cli.main(command) == 0
+    points = json.loads(out.read_text())["points"]
+    assert [p["rate_qps"] for p in points] == [5, 8]
+    for point in points:
+        rounds = point["rounds"]
+        assert len(rounds) == 3 and len(point["speed"]["rounds"]) == 3
+        measured = point["measured"]
+        for key in ("p50_ms", "p99_ms", "cpu_ms_per_query"):
+            assert measured[key] == sorted(r[key] for r in rounds)[1]
+            ratio = point["predicted"][key] / measured[key]
+            assert point["predicted_over_measured"][key] == pytest.approx(ratio)
+        assert measured["answered"] == sum(r["answered"] for r in rounds) > 0
+
+
+def test_the_median_of_rounds_leaves_out_a_round_with_no_latency():
+    rounds = [
+        (None, None, 9.0, 0, {"UNAVAILABLE": 4}),
+        (10.0, 30.0, 5.0, 50, {}),
+        (12.0, 50.0, 6.0, 48, {"UNAVAILABLE": 1}),
+    ]
+    keys = ("p50_ms", "p99_ms", "cpu_ms_per_query", "answered", "errors")
+    rounds = [dict(zip(keys, r, strict=True)) for r in rounds]
+    assert median_of_rounds(rounds) == {
+        "p50_ms": 11.0,
+        "p99_ms": 40.0,
+        "cpu_ms_per_query": 6.0,
+        "answered": 98,
+        "errors": {"UNAVAILABLE": 5},
+    }
 
 
 def test_threaded_shards_hold_one_copy_of_the_rows_for_several_cores():

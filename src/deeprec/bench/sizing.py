@@ -6,6 +6,9 @@ Predict, as `deeprec bench sharding` runs it) and the simulation of the same clu
 this machine's cores (every process and the load generator sharing them), from the costs
 measured first (`deeprec profile --costs`, or --costs FILE). Printed and written to JSON:
 measured and predicted p50, p99 and CPU per query, and the predicted over measured ratios.
+With --repeats N every point is measured N times, round after round over all points, and
+the prediction is held against the median of its rounds (each round kept in the JSON):
+one 20-s run's p99 on a shared machine moves by 10-30% between runs.
 Then per shard count the capacity (the highest rate whose p99 meets --slo-ms), searched
 the same way on the real processes and on the simulation (bench/search.py).
 
@@ -21,8 +24,10 @@ import argparse
 import json
 import math
 import os
+import statistics
 import sys
 import time
+from collections import Counter, defaultdict
 from dataclasses import replace
 from pathlib import Path
 
@@ -62,15 +67,36 @@ def _over(outcome, measured: dict) -> dict:
     }
 
 
-def _point(shards: int, rate: float, run: dict, predicted, cores: int) -> dict:
+def _measured(run: dict) -> dict:
+    """What one real run of a point measured."""
     latency = run["load"]["latency"]
-    measured = {
+    return {
         "p50_ms": latency.get("p50_ms"),
         "p99_ms": latency.get("p99_ms"),
         "cpu_ms_per_query": run["cpu_s_per_query"] * 1e3,
         "answered": run["load"]["ok"],
         "errors": run["load"]["errors"],
     }
+
+
+def median_of_rounds(rounds: list[dict]) -> dict:
+    """One point's measurement from its rounds: the median of each figure (a round that
+    measured no latency is left out of it), the queries answered and failed added up."""
+
+    def median(key: str) -> float | None:
+        values = [r[key] for r in rounds if r[key] is not None]
+        return statistics.median(values) if values else None
+
+    return {
+        "p50_ms": median("p50_ms"),
+        "p99_ms": median("p99_ms"),
+        "cpu_ms_per_query": median("cpu_ms_per_query"),
+        "answered": sum(r["answered"] for r in rounds),
+        "errors": dict(sum((Counter(r["errors"]) for r in rounds), Counter())),
+    }
+
+
+def _point(shards: int, rate: float, measured: dict, predicted, cores: int) -> dict:
     busy = predicted.utilization
     servers = busy["workers"] + busy.get("shards", 0.0) * shards  # one core each here
     prediction = {
@@ -147,6 +173,14 @@ class _Speed:
         }
         return result, record, self.costs.scaled(factor)
 
+    def costs_at(self, records: list[dict]):
+        """The costs scaled to the median speed probed around several measurements of one
+        point, and that speed (the costs as measured, 1.0, without a probe)."""
+        if self.probe is None:
+            return self.costs, 1.0
+        factor = statistics.median(r["factor"] for r in records)
+        return self.costs.scaled(factor), factor
+
 
 def capacities(
     shards, artifact, queries, plan_path, work, cluster, sizes, args, log_dir, speed
@@ -209,6 +243,66 @@ def _configuration(artifact, shards: int, costs, cores: int, work_dir: Path):
     return plan_path, work, Cluster(0, 1, (1,) * shards, 1, host_cores=cores)
 
 
+def validation_points(args, artifact, costs, queries, sizes, cores, work_dir, speed) -> list:
+    """Every (shards, rate) point measured ``args.repeats`` times and simulated once from
+    the costs scaled to the median speed of its rounds; the prediction is held against
+    the median of the rounds."""
+    configurations = {
+        shards: _configuration(artifact, shards, costs, cores, work_dir)
+        for shards in _ints(args.shards)
+    }
+    rounds = defaultdict(list)  # (shards, rate) -> [(measured, speed record)]
+    for index in range(args.repeats):
+        # Round after round over every point: a slow minute of the machine falls on one
+        # round of some points, not on every round of one point.
+        of = f", round {index + 1} of {args.repeats}" if args.repeats > 1 else ""
+        for shards, (plan_path, _, _) in configurations.items():
+            for rate in _floats(args.rates):
+                say(f"{shards} shard(s): {args.seconds:g} s at {rate:g} q/s{of}")
+                run, record, _ = speed.around(
+                    run_config,
+                    f"capacity-{shards}-{rate:g}",
+                    artifact,
+                    queries,
+                    rate,
+                    args.seconds,
+                    args.seed + index,  # each round its own arrivals
+                    work_dir / "logs",
+                    plan_path,
+                    shards,
+                )
+                measured = _measured(run)
+                rounds[shards, rate].append((measured, record))
+                say(
+                    f"  measured p50 {measured['p50_ms'] or 0:.1f} ms, p99 "
+                    f"{measured['p99_ms'] or 0:.1f} ms, {measured['cpu_ms_per_query']:.2f} "
+                    f"CPU ms/query, speed {record['factor']:.2f}"
+                )
+    points = []
+    for (shards, rate), measured_rounds in rounds.items():
+        _, work, cluster = configurations[shards]
+        now, factor = speed.costs_at([record for _, record in measured_rounds])
+        point_work = replace(work, costs=now)
+        predicted = simulate(point_work, cluster, rate, sizes, args.queries, args.seed)
+        measured = median_of_rounds([m for m, _ in measured_rounds])
+        point = _point(shards, rate, measured, predicted, cores)
+        point["rounds"] = [m for m, _ in measured_rounds]
+        point["speed"] = {"factor": factor, "rounds": [record for _, record in measured_rounds]}
+        # The same simulation from the costs as measured, and without the wait per round
+        # trip, to show what each adds.
+        as_measured = (
+            predicted
+            if now is costs
+            else simulate(work, cluster, rate, sizes, args.queries, args.seed)
+        )
+        point["predicted_from_costs_as_measured_over_measured"] = _over(as_measured, measured)
+        no_wait = replace(point_work, costs=replace(now, hop_ms=0.0))
+        unwaited = simulate(no_wait, cluster, rate, sizes, args.queries, args.seed)
+        point["predicted_without_wait_over_measured"] = _over(unwaited, measured)
+        points.append(point)
+    return points
+
+
 def bench_sizing(args) -> int:
     try:
         _floats(args.rates), _ints(args.shards)
@@ -231,43 +325,7 @@ def bench_sizing(args) -> int:
     queries = predict_payloads(spec, artifact.version, sizes, "powerlaw", 1.05, args.seed)
     cores = os.cpu_count() or 1
     speed = _Speed(artifact, costs, not args.no_probe)
-    points = []
-    for shards in _ints(args.shards):
-        plan_path, work, cluster = _configuration(artifact, shards, costs, cores, work_dir)
-        for rate in _floats(args.rates):
-            say(f"{shards} shard(s): {args.seconds:g} s at {rate:g} q/s")
-            label = f"capacity-{shards}-{rate:g}"
-            run, record, now = speed.around(
-                run_config,
-                label,
-                artifact,
-                queries,
-                rate,
-                args.seconds,
-                args.seed,
-                work_dir / "logs",
-                plan_path,
-                shards,
-            )
-            point_work = replace(work, costs=now)
-            predicted = simulate(point_work, cluster, rate, sizes, args.queries, args.seed)
-            points.append(_point(shards, rate, run, predicted, cores))
-            point = points[-1]
-            point["speed"] = record
-            # The same simulation from the costs as measured, and without the wait per
-            # round trip, to show what each adds.
-            as_measured = (
-                predicted
-                if now is costs
-                else simulate(work, cluster, rate, sizes, args.queries, args.seed)
-            )
-            point["predicted_from_costs_as_measured_over_measured"] = _over(
-                as_measured, point["measured"]
-            )
-            no_wait = replace(point_work, costs=replace(now, hop_ms=0.0))
-            unwaited = simulate(no_wait, cluster, rate, sizes, args.queries, args.seed)
-            point["predicted_without_wait_over_measured"] = _over(unwaited, point["measured"])
-            say(table(points[-1:]).splitlines()[-1])
+    points = validation_points(args, artifact, costs, queries, sizes, cores, work_dir, speed)
     found = []
     for shards in [] if args.no_capacity else _ints(args.shards):
         plan_path, work, cluster = _configuration(artifact, shards, costs, cores, work_dir)
@@ -358,6 +416,13 @@ def add_parser(bench) -> None:
         "--seconds", type=argtypes.positive, default=20.0, help="load duration per point"
     )
     p.add_argument("--sizes", default="mlperf", help="query sizes")
+    p.add_argument(
+        "--repeats",
+        type=argtypes.count,
+        default=1,
+        help="rounds over every point; each point is held against the median of its rounds "
+        "(one run's p99 on a shared machine moves by 10-30%%)",
+    )
     p.add_argument("--costs", help="costs file (default: measure them first)")
     p.add_argument(
         "--queries", type=argtypes.count, default=20_000, help="simulated queries per point"
