@@ -14,7 +14,9 @@ import pytest
 import yaml
 
 from deeprec import cli
+from deeprec.bench.search import SLA
 from deeprec.bench.sizing import median_of_rounds
+from deeprec.bench.sweep import crossing
 from deeprec.frontend.split import sub_batch_bounds
 from deeprec.models import zoo
 from deeprec.sharding.planner import make_plan
@@ -467,6 +469,37 @@ def test_bench_sizing_holds_the_prediction_against_the_median_of_repeated_rounds
             ratio = point["predicted"][key] / measured[key]
             assert point["predicted_over_measured"][key] == pytest.approx(ratio)
         assert measured["answered"] == sum(r["answered"] for r in rounds) > 0
+
+
+def test_bench_sizing_finds_both_capacities_by_the_same_sweep_of_rounds(tiny_zoo, tmp_path):
+    artifact = tiny_zoo["rmc1"]
+    costs = replace(COSTS, hop_ms=0.5).save(tmp_path / "costs.json")
+    out = tmp_path / "sizing.json"
+    command = ["bench", "sizing", "--model-dir", str(artifact.path), "--costs", str(costs)]
+    command += ["--shards", "2", "--rates", "5", "--seconds", "1", "--queries", "500"]
+    command += ["--capacity-sweep", "4,8", "--capacity-rounds", "2", "--capacity-seconds", "1"]
+    assert cli.main([*command, "--json", str(out)]) == 0
+    (found,) = json.loads(out.read_text())["capacities"]
+    assert found["method"] == "sweep"
+    sla = SLA(100.0, 99.0)
+    for side in ("measured", "predicted"):
+        result = found[side]
+        assert [m["rate"] for m in result["medians"]] == [4, 8]
+        assert len(result["trials"]) == 4  # every rate in both rounds
+        medians = [(m["rate"], m["median_tail_ms"] or math.inf) for m in result["medians"]]
+        assert result["capacity_qps"] == pytest.approx(crossing(medians, sla)[0])
+    measured = found["measured"]["capacity_qps"]
+    if measured:  # 0 only where even 4 q/s missed the SLA on a machine this busy
+        ratio = found["predicted"]["capacity_qps"] / measured
+        assert found["predicted_over_measured"] == pytest.approx(ratio)
+    else:
+        assert found["predicted_over_measured"] is None
+
+
+def test_bench_sizing_refuses_a_capacity_ladder_it_cannot_read(tiny_zoo, capsys):
+    command = ["bench", "sizing", "--model-dir", str(tiny_zoo["rmc1"].path)]
+    assert cli.main([*command, "--capacity-sweep", "8,4"]) == 2
+    assert "--capacity-sweep" in capsys.readouterr().err
 
 
 def test_the_median_of_rounds_leaves_out_a_round_with_no_latency():

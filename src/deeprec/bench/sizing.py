@@ -45,6 +45,7 @@ from deeprec.workload.distributions import parse_sizes
 from .measure import trial_of
 from .search import SLA, SearchConfig, Trial, find_capacity
 from .sharding import _artifact, drive, predict_payloads, run_config, serving, warm
+from .sweep import parse_rates, run_sweep
 
 
 def say(message: str) -> None:
@@ -185,15 +186,14 @@ class _Speed:
 def capacities(
     shards, artifact, queries, plan_path, work, cluster, sizes, args, log_dir, speed
 ) -> dict:
-    """The capacity of one configuration, searched for real and then on the simulation
-    (from the costs scaled to the machine's speed during the real search)."""
+    """The capacity of one configuration, found for real and then on the simulation (from
+    the costs scaled to the machine's speed during the real trials), the same way on both:
+    a search, or with --capacity-sweep a sweep of rounds judged by medians (bench/sweep.py)."""
     sla = SLA(args.slo_ms, 99.0)
-    config = SearchConfig(
-        start=args.start_rate, tolerance=0.1, confirmations=1, max_trials=args.max_trials
-    )
-    say(f"{shards} shard(s): capacity search, {args.capacity_seconds:g} s trials")
+    how = "sweep" if args.capacity_sweep else "search"
+    say(f"{shards} shard(s): capacity {how}, {args.capacity_seconds:g} s trials")
     real, record, costs = speed.around(
-        _real_capacity, artifact, queries, plan_path, shards, sla, config, args, log_dir
+        _real_capacity, artifact, queries, plan_path, shards, sla, args, log_dir
     )
 
     def simulated(work: Work):
@@ -201,7 +201,7 @@ def capacities(
             outcome = simulate(work, cluster, rate, sizes, args.queries, args.seed + attempt)
             return Trial(rate, outcome.p99_ms)
 
-        return find_capacity(trial, sla, config)
+        return _find(trial, sla, args)
 
     predicted = simulated(replace(work, costs=costs))
     as_measured = simulated(work) if costs is not work.costs else predicted
@@ -209,6 +209,7 @@ def capacities(
     return {
         "shards": shards,
         "sla": sla.describe(),
+        "method": how,
         "speed": record,
         "predicted": predicted.to_json(sla),
         "measured": real.to_json(sla),
@@ -219,7 +220,27 @@ def capacities(
     }
 
 
-def _real_capacity(artifact, queries, plan_path, shards, sla, config, args, log_dir):
+def _find(measure, sla: SLA, args, log=lambda _message: None):
+    """The capacity by ``measure(rate, attempt)``: swept over --capacity-sweep's ladder in
+    --capacity-rounds rounds, or searched (at most --max-trials trials)."""
+    if args.capacity_sweep:
+        results, errors = run_sweep(
+            {"target": measure},
+            parse_rates(args.capacity_sweep),
+            args.capacity_rounds,
+            sla,
+            log=lambda _name, message: log(message),
+        )
+        if errors:
+            raise RuntimeError(f"capacity sweep: {errors['target']}")
+        return results["target"]
+    config = SearchConfig(
+        start=args.start_rate, tolerance=0.1, confirmations=1, max_trials=args.max_trials
+    )
+    return find_capacity(measure, sla, config, log=log)
+
+
+def _real_capacity(artifact, queries, plan_path, shards, sla, args, log_dir):
     with serving(f"capacity-{shards}", artifact, log_dir, plan_path, shards) as started:
         worker = started[1]
         warm(worker.address, queries, args.seed)
@@ -231,7 +252,7 @@ def _real_capacity(artifact, queries, plan_path, shards, sla, config, args, log_
                 _cool_down(worker.address, queries, sla, seed)
             return trial
 
-        return find_capacity(measured, sla, config, log=say)
+        return _find(measured, sla, args, log=say)
 
 
 def _configuration(artifact, shards: int, costs, cores: int, work_dir: Path):
@@ -310,6 +331,12 @@ def bench_sizing(args) -> int:
         print(f"deeprec: error: --rates and --shards are comma-separated numbers: {err}",
               file=sys.stderr)  # fmt: skip
         return 2
+    if args.capacity_sweep:
+        try:
+            parse_rates(args.capacity_sweep)
+        except ValueError as err:
+            print(f"deeprec: error: --capacity-sweep: {err}", file=sys.stderr)
+            return 2
     artifact = _artifact(args)
     spec = artifact.spec
     out = Path(args.json or f"results/bench-sizing-{spec.name}-{spec.size}.json")
@@ -439,6 +466,16 @@ def add_parser(bench) -> None:
     )
     p.add_argument(
         "--capacity-seconds", type=argtypes.positive, default=10.0, help="seconds per trial"
+    )
+    p.add_argument(
+        "--capacity-sweep",
+        metavar="LADDER",
+        help="find each capacity by a sweep of these rates (LO:HI:N or R1,R2,...) in "
+        "--capacity-rounds rounds, judged by the median p99 at each rate, on the processes and "
+        "on the simulation alike, instead of a search",
+    )
+    p.add_argument(
+        "--capacity-rounds", type=argtypes.count, default=3, help="rounds of the capacity sweep"
     )
     p.add_argument("--no-capacity", action="store_true", help="skip the capacity searches")
     p.add_argument(
