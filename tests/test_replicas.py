@@ -183,6 +183,55 @@ def test_a_pool_smaller_than_the_limit_runs_out_of_replicas():
     assert failover.all_shed()  # every replica full
 
 
+def test_a_try_that_never_reached_the_only_replica_goes_to_it_again():
+    """A call racing a server's GOAWAY (connection recycling) fails UNAVAILABLE unaccepted:
+    the replica is up, so with no other left the request tries it once more."""
+    pool, _ = pool_of("a", max_tries=2)
+    failover = pool.failover()
+    assert failover.pick() == "a"
+    assert failover.failed(Code.UNAVAILABLE) is Verdict.RETRY
+    assert failover.pick() == "a"
+    failover.succeeded()
+    assert failover.retries == 1 and failover.tried == ["a", "a"]
+    assert set(pool.outstanding.values()) == {0}
+
+    failover = pool.failover()  # still at most max_tries tries
+    for _ in range(2):
+        failover.pick()
+        failover.failed(Code.UNAVAILABLE)
+    with pytest.raises(NoReplica):
+        failover.pick()
+
+
+@pytest.mark.parametrize(
+    "code, accepted",
+    [
+        (Code.UNAVAILABLE, True),  # it broke while running the call: no replay at all
+        (Code.RESOURCE_EXHAUSTED, False),  # full: the same replica is no better at once
+        (Code.CANCELLED, False),  # dropped unread under overload, likewise
+        (Code.ABORTED, False),
+    ],
+)
+def test_only_an_unreached_unavailable_replica_is_tried_twice(code, accepted):
+    pool, _ = pool_of("a", max_tries=3)
+    failover = pool.failover()
+    failover.pick()
+    failover.failed(code, accepted=accepted)
+    with pytest.raises(NoReplica):
+        failover.pick()
+
+
+def test_untried_replicas_come_before_a_second_try_on_one():
+    pool, _ = pool_of("ab", max_tries=3)
+    failover = pool.failover()
+    first = failover.pick()
+    failover.failed(Code.UNAVAILABLE)
+    second = failover.pick()
+    assert second != first
+    failover.failed(Code.UNAVAILABLE)
+    assert failover.pick() in {first, second}  # both tried, the last never reached
+
+
 def test_success_after_a_retry_counts_one_retry():
     pool, _ = pool_of(max_tries=2)
     failover = pool.failover()

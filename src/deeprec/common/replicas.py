@@ -14,7 +14,8 @@ same way, through a ``Failover`` per request:
   request or the caller's deadline (stop, the replica stays in)? A call the replica had
   accepted (the poison guard, deeprec.common.poison) and then broke is not replayed;
 * **retry policy** -- at most ``max_tries`` tries per request, each on a replica it has
-  not tried yet.
+  not tried yet; when none is left and the last try failed UNAVAILABLE before its replica
+  accepted it (a call racing a server's connection recycling), on one already tried.
 
 The pool makes no RPC itself: callers send, then report how each try ended. Its state
 sits behind a lock, so threads (the sharded worker) may share it; the clock is a
@@ -210,7 +211,8 @@ class ReplicaPool:
 
 
 class Failover:
-    """One request's tries: at most ``pool.max_tries``, each on a replica not tried yet.
+    """One request's tries: at most ``pool.max_tries``, each on a replica not tried yet
+    while there is one (see ``pick``).
 
     Per try: ``pick`` a replica, send the call, then report ``succeeded()`` or
     ``failed(code, ...)`` (which says whether to go on). A try abandoned for any other
@@ -242,9 +244,26 @@ class Failover:
             raise RuntimeError(f"the try on {self.current} has not ended")
         if len(self.tried) >= self.pool.max_tries:
             raise NoReplica(f"{len(self.tried)} replica(s) tried, the most allowed")
-        self.current = self.pool.acquire(exclude=self.tried)
+        try:
+            self.current = self.pool.acquire(exclude=self.tried)
+        except NoReplica:
+            if not self._last_never_reached():
+                raise
+            # Every replica tried and the last try never reached its service: a replica
+            # already tried gets the next one, on a new connection.
+            self.current = self.pool.acquire()
         self.tried.append(self.current)
         return self.current
+
+    def _last_never_reached(self) -> bool:
+        """Whether the last try failed UNAVAILABLE before its replica accepted it. A server
+        recycling its connections (DEEPREC_MAX_CONNECTION_AGE_S) sends GOAWAY, and a call
+        that races it fails so ("Stream removed"): the replica is up and the next call on
+        it reconnects. A replica that is down refuses the second try as fast as the first."""
+        if not self.failures:
+            return False
+        _, code, accepted = self.failures[-1]
+        return code == Code.UNAVAILABLE and not accepted
 
     def succeeded(self) -> None:
         self._end(failed=False)

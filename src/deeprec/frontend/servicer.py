@@ -187,7 +187,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
     @staticmethod
     def _gave_up(pool: Pool, failover: Failover, part: SubBatch) -> Exception:
         items = f"items {part.start}-{part.end}"
-        tried = failover.tried
+        tried = list(dict.fromkeys(failover.tried))  # a replica may have had two tries
         if not tried:
             return Unavailable(f"no {pool.name} worker available for {items}")
         if failover.all_shed():
