@@ -22,7 +22,7 @@ from deeprec.models import zoo
 from deeprec.sharding.planner import make_plan
 from deeprec.sizing.costs import Costs, CostsError, load_costs
 from deeprec.sizing.helm import helm_values, write_values
-from deeprec.sizing.measure import measure_costs, unloaded_wait
+from deeprec.sizing.measure import measure_costs, median_cpu, unloaded_wait
 from deeprec.sizing.simulate import Cluster, simulate
 from deeprec.sizing.size import Pods, SizingError, Target, size_cluster
 from deeprec.sizing.speed import SpeedProbe, slowdown
@@ -413,6 +413,28 @@ def test_costs_are_measured_on_real_workers_and_shards(tiny_zoo, tmp_path):
     assert costs.worker_ms_per_part + 100 * costs.worker_ms_per_item > 0
     assert costs.shard_ms_per_lookup + costs.pool_ns_per_byte > 0
     assert all(math.isfinite(v) for v in costs.to_json().values() if isinstance(v, float))
+
+
+def test_cost_runs_in_rounds_are_run_round_after_round_and_give_finite_costs(tiny_zoo, tmp_path):
+    said = []
+    costs = measure_costs(
+        tiny_zoo["rmc1"], seconds=1.0, rate=20, work_dir=tmp_path, say=said.append, rounds=2
+    )
+    runs = [m for m in said if "(round" in m]
+    assert len(runs) == 10  # five cost runs, twice
+    assert all("(round 1 of 2)" in m for m in runs[:5])
+    assert all("(round 2 of 2)" in m for m in runs[5:])
+    assert all(math.isfinite(v) for v in costs.to_json().values() if isinstance(v, float))
+    assert costs.worker_ms_per_part + 100 * costs.worker_ms_per_item > 0
+
+
+def test_a_cost_runs_figure_is_the_median_of_its_rounds():
+    rounds = [
+        {"worker": 5.0, "shards": 1.0},
+        {"worker": 9.0, "shards": 3.0},
+        {"worker": 6.0, "shards": 2.0},
+    ]
+    assert median_cpu(rounds) == {"worker": 6.0, "shards": 2.0}
 
 
 def test_the_speed_probe_times_a_real_one_thread_run(tiny_zoo):

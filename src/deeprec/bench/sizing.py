@@ -345,7 +345,9 @@ def bench_sizing(args) -> int:
     if args.costs:
         costs = load_costs(args.costs)
     else:
-        costs = measure_costs(artifact, say=say, work_dir=work_dir / "costs")
+        costs = measure_costs(
+            artifact, say=say, work_dir=work_dir / "costs", rounds=args.cost_rounds
+        )
         costs.save(work_dir / "costs.json")
     say(f"costs: {json.dumps(costs.to_json())}")
     sizes = parse_sizes(args.sizes)
@@ -451,6 +453,12 @@ def add_parser(bench) -> None:
         "(one run's p99 on a shared machine moves by 10-30%%)",
     )
     p.add_argument("--costs", help="costs file (default: measure them first)")
+    p.add_argument(
+        "--cost-rounds",
+        type=argtypes.count,
+        default=1,
+        help="without --costs: measure every cost run this many times and take medians",
+    )
     p.add_argument(
         "--queries", type=argtypes.count, default=20_000, help="simulated queries per point"
     )

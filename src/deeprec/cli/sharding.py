@@ -126,6 +126,7 @@ def costs(args) -> int:
         args.rate,
         Path(args.out).with_suffix(""),
         say=lambda m: print(m, file=sys.stderr),
+        rounds=args.rounds,
     )
     for name, value in result.to_json().items():
         print(f"{name:<22} {value}")
@@ -228,6 +229,12 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--seconds", type=argtypes.positive, default=10.0, help="--costs: load duration")
     p.add_argument("--rate", type=argtypes.positive, default=25.0, help="--costs: load, queries/s")
+    p.add_argument(
+        "--rounds",
+        type=argtypes.count,
+        default=1,
+        help="--costs: run every cost run this many times, round after round, and take medians",
+    )
     p.add_argument("--items", type=argtypes.count, default=20_000, help="items to draw")
     p.add_argument("--ids", choices=("powerlaw", "uniform"), default="powerlaw")
     p.add_argument(

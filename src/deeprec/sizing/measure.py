@@ -12,8 +12,11 @@ worker's side and on the shards'. The
 frontend's own work: its functions run in-process, stage by stage (bench/stages.py).
 The wait per round trip (``hop_ms``): in each of those five runs, each query once more,
 alone and warm; its median latency less the simulated one without waits (the CPU on its
-path), per round trip on that path, the median over the runs. The speed probe
-(sizing/speed.py) runs before and after all of it: their mean is ``probe_ms``.
+path), per round trip on that path, the median over the runs. With ``rounds`` > 1 the
+five runs are made that many times, round after round, and each run's CPU per query and
+unloaded latency is the median of its rounds: one 10-s run on a shared machine can read
+a slow stretch, and the per-Lookup cost, a difference of two runs, moves severalfold. The
+speed probe (sizing/speed.py) runs before and after all of it: their mean is ``probe_ms``.
 """
 
 from __future__ import annotations
@@ -118,13 +121,21 @@ def _cpu_ms_per_query(run: dict) -> dict[str, float]:
     return {"worker": by_process["worker"] * 1e3, "shards": shards * 1e3}
 
 
+def median_cpu(rounds: list[dict[str, float]]) -> dict[str, float]:
+    """Per process kind, the median CPU ms per query over a cost run's rounds."""
+    return {kind: float(np.median([r[kind] for r in rounds])) for kind in rounds[0]}
+
+
 def measure_costs(
     artifact,
     seconds: float = 10.0,
     rate: float = 25.0,  # a light load, but not so light that every call wakes idle threads
     work_dir: str | os.PathLike = "results/costs",
     say: Callable[[str], None] = lambda _msg: None,
+    rounds: int = 1,
 ) -> Costs:
+    """``rounds``: every cost run that many times, round after round; each CPU figure and
+    unloaded latency is the median of its rounds."""
     spec = artifact.spec
     probe = SpeedProbe(artifact)
     probes = [probe.ms()]
@@ -142,56 +153,66 @@ def measure_costs(
         plans[n] = make_plan(spec, artifact.version, n, strategy)
         plan_paths[n] = plans[n].save(work_dir / f"plan-{strategy}-{n}.json")
         sharded_work[n] = Work(rpcs, ModelShape.of(spec), 0, False, shard_lookups(spec, plans[n]))
+    # The cost runs, round after round (a slow stretch of the machine falls on one round of
+    # some runs, not on every round of one); each figure is the median of its rounds.
+    single_queries = {
+        items: predict_payloads(spec, artifact.version, FixedSizes(items), "powerlaw", 1.05, 0)
+        for items in FIT_SIZES
+    }
+    items = FIT_SIZES[-1]
+    runs = [
+        (f"single-{n}", n, 0, None, f"{n}-item queries, {seconds:g} s at {rate:g} q/s: "
+         "a worker holding every table")
+        for n in FIT_SIZES
+    ] + [
+        (f"singular-{n}", n, 1, plan_paths[1],
+         f"{n}-item queries: a sharded worker and one shard holding every table")
+        for n in FIT_SIZES
+    ] + [
+        (f"capacity-{items}", items, SPREAD_SHARDS, plan_paths[SPREAD_SHARDS],
+         f"{items}-item queries: a sharded worker and {SPREAD_SHARDS} shards")
+    ]  # fmt: skip
+    measured: dict[str, list[tuple[dict[str, float], float]]] = {label: [] for label, *_ in runs}
+    for index in range(rounds):
+        of = f" (round {index + 1} of {rounds})" if rounds > 1 else ""
+        for label, n, shards, plan_path, what in runs:
+            say(what + of)
+            run = run_config(
+                label,
+                artifact,
+                single_queries[n],
+                rate,
+                seconds,
+                index,
+                work_dir,
+                plan_path,
+                shards,
+                unloaded=True,
+            )
+            measured[label].append((_cpu_ms_per_query(run), run["unloaded_ms_p50"]))
+    cpu_of = {label: median_cpu([c for c, _ in done]) for label, done in measured.items()}
+    alone = [  # (items, shards, unloaded p50 ms) per run
+        (n, shards, float(np.median([a for _, a in measured[label]])))
+        for label, n, shards, _, _ in runs
+    ]
     # CPU beyond the modelled RPCs, per process kind, at each query size.
-    beyond: dict[str, list[float]] = {"worker": [], "sharded": [], "shard": []}
-    alone: list[tuple[int, int, float]] = []  # (items, shards, unloaded p50 ms) per run
-    for items in FIT_SIZES:
-        queries = predict_payloads(spec, artifact.version, FixedSizes(items), "powerlaw", 1.05, 0)
-        say(f"{items}-item queries, {seconds:g} s at {rate:g} q/s: a worker holding every table")
-        run = run_config(
-            f"single-{items}", artifact, queries, rate, seconds, 0, work_dir, unloaded=True
-        )
-        alone.append((items, 0, run["unloaded_ms_p50"]))
-        own = _cpu_ms_per_query(run)["worker"] - sum(single_work.worker_phases(items))
-        beyond["worker"].append(own)
-        say(f"{items}-item queries: a sharded worker and one shard holding every table")
-        run = run_config(
-            f"singular-{items}",
-            artifact,
-            queries,
-            rate,
-            seconds,
-            0,
-            work_dir,
-            plan_paths[1],
-            1,
-            unloaded=True,
-        )
-        alone.append((items, 1, run["unloaded_ms_p50"]))
-        cpu = _cpu_ms_per_query(run)
-        beyond["sharded"].append(cpu["worker"] - sum(sharded_work[1].worker_phases(items)))
-        beyond["shard"].append(cpu["shards"] - sharded_work[1].shard_ms(0, items))
+    beyond = {
+        "worker": [
+            cpu_of[f"single-{n}"]["worker"] - sum(single_work.worker_phases(n)) for n in FIT_SIZES
+        ],
+        "sharded": [
+            cpu_of[f"singular-{n}"]["worker"] - sum(sharded_work[1].worker_phases(n))
+            for n in FIT_SIZES
+        ],
+        "shard": [
+            cpu_of[f"singular-{n}"]["shards"] - sharded_work[1].shard_ms(0, n) for n in FIT_SIZES
+        ],
+    }
     worker = _line(FIT_SIZES, beyond["worker"])
     sharded = _line(FIT_SIZES, beyond["sharded"])
     shard = _line(FIT_SIZES, beyond["shard"])
     # What one more Lookup costs each side: the same ids spread over more shards.
-    items = FIT_SIZES[-1]
-    say(f"{items}-item queries: a sharded worker and {SPREAD_SHARDS} shards")
-    queries = predict_payloads(spec, artifact.version, FixedSizes(items), "powerlaw", 1.05, 0)
-    run = run_config(
-        f"capacity-{items}",
-        artifact,
-        queries,
-        rate,
-        seconds,
-        0,
-        work_dir,
-        plan_paths[SPREAD_SHARDS],
-        SPREAD_SHARDS,
-        unloaded=True,
-    )
-    alone.append((items, SPREAD_SHARDS, run["unloaded_ms_p50"]))
-    cpu = _cpu_ms_per_query(run)
+    cpu = cpu_of[f"capacity-{items}"]
     spread = sharded_work[SPREAD_SHARDS]
     more = SPREAD_SHARDS - 1
     shard_rpcs = sum(spread.shard_ms(k, items) for k in range(SPREAD_SHARDS))
