@@ -22,7 +22,7 @@ from deeprec.models import zoo
 from deeprec.sharding.planner import make_plan
 from deeprec.sizing.costs import Costs, CostsError, load_costs
 from deeprec.sizing.helm import helm_values, write_values
-from deeprec.sizing.measure import measure_costs, median_cpu, unloaded_wait
+from deeprec.sizing.measure import measure_costs, median_cpu, rpc_fit, unloaded_wait
 from deeprec.sizing.simulate import Cluster, simulate
 from deeprec.sizing.size import Pods, SizingError, Target, size_cluster
 from deeprec.sizing.speed import SpeedProbe, slowdown
@@ -421,11 +421,20 @@ def test_cost_runs_in_rounds_are_run_round_after_round_and_give_finite_costs(tin
         tiny_zoo["rmc1"], seconds=1.0, rate=20, work_dir=tmp_path, say=said.append, rounds=2
     )
     runs = [m for m in said if "(round" in m]
-    assert len(runs) == 10  # five cost runs, twice
-    assert all("(round 1 of 2)" in m for m in runs[:5])
-    assert all("(round 2 of 2)" in m for m in runs[5:])
+    assert len(runs) == 12  # the gRPC hop and five cost runs, twice
+    assert all("(round 1 of 2)" in m for m in runs[:6])
+    assert all("(round 2 of 2)" in m for m in runs[6:])
+    assert runs[0].startswith("the gRPC hop") and runs[6].startswith("the gRPC hop")
     assert all(math.isfinite(v) for v in costs.to_json().values() if isinstance(v, float))
     assert costs.worker_ms_per_part + 100 * costs.worker_ms_per_item > 0
+
+
+def test_the_grpc_hop_is_fitted_through_the_medians_of_its_rounds():
+    # (small-request ms, 1-MB-request ms) per round; the second round read a slow stretch.
+    fixed, per_mb = rpc_fit([(0.30, 1.30), (0.90, 5.90), (0.32, 1.32)])
+    assert per_mb == pytest.approx((1.32 - 0.32) / 0.999)
+    assert fixed == pytest.approx(0.32 - per_mb * 0.001)
+    assert rpc_fit([(0.5, 0.4)]) == (0.5, 0.0)  # never a negative cost per MB
 
 
 def test_a_cost_runs_figure_is_the_median_of_its_rounds():

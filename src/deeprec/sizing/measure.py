@@ -13,9 +13,10 @@ frontend's own work: its functions run in-process, stage by stage (bench/stages.
 The wait per round trip (``hop_ms``): in each of those five runs, each query once more,
 alone and warm; its median latency less the simulated one without waits (the CPU on its
 path), per round trip on that path, the median over the runs. With ``rounds`` > 1 the
-five runs are made that many times, round after round, and each run's CPU per query and
-unloaded latency is the median of its rounds: one 10-s run on a shared machine can read
-a slow stretch, and the per-Lookup cost, a difference of two runs, moves severalfold. The
+hop and the five runs are made that many times, round after round, and each figure
+(the hop's CPU per call, each run's CPU per query and unloaded latency) is the median of
+its rounds: one 10-s run on a shared machine can read a slow stretch, and the per-Lookup
+cost, a difference of two runs, moves severalfold. The
 speed probe (sizing/speed.py) runs before and after all of it: their mean is ``probe_ms``.
 """
 
@@ -84,9 +85,16 @@ async def _cpu_per_call(size: int, calls: int, concurrency: int = 4) -> float:
 
 
 def measure_rpc(calls: int = 400) -> tuple[float, float]:
-    """(fixed ms, ms per MB) of one side of one call."""
+    """CPU ms of one side of one call: (a small request, a large one)."""
     small = asyncio.run(_cpu_per_call(SMALL_BYTES, calls)) / 2
     large = asyncio.run(_cpu_per_call(LARGE_BYTES, max(40, calls // 8))) / 2
+    return small, large
+
+
+def rpc_fit(rounds: list[tuple[float, float]]) -> tuple[float, float]:
+    """(fixed ms, ms per MB) through the medians of measure_rpc's rounds: the large calls
+    are few (40-50 of 1 MB), so one round's per-MB figure moved 5x between runs."""
+    small, large = (float(np.median(side)) for side in zip(*rounds, strict=True))
     per_mb = max(0.0, (large - small) / ((LARGE_BYTES - SMALL_BYTES) / 1e6))
     return float(max(0.0, small - per_mb * SMALL_BYTES / 1e6)), float(per_mb)
 
@@ -140,19 +148,14 @@ def measure_costs(
     probe = SpeedProbe(artifact)
     probes = [probe.ms()]
     say(f"speed probe: {probes[0]:.2f} ms")
-    say(f"measuring the gRPC hop (loopback, {SMALL_BYTES:,} and {LARGE_BYTES:,} bytes)")
-    rpc_ms, rpc_ms_per_mb = measure_rpc()
     say(f"measuring {spec.name}'s frontend stages in-process")
     prepared = prepare(spec, artifact.version, Workload(parse_sizes("mlperf"), seed=0))
     stages = measure_stages(artifact, prepared, 256, min(seconds, 5.0))
     work_dir = Path(work_dir)
-    rpcs = Costs(spec.name, rpc_ms, rpc_ms_per_mb, *([0.0] * 8))  # the RPCs alone
-    single_work = Work(rpcs, ModelShape.of(spec), 0, False)
-    plans, sharded_work, plan_paths = {}, {}, {}
+    plans, plan_paths = {}, {}
     for n, strategy in ((1, "singular"), (SPREAD_SHARDS, "capacity")):
         plans[n] = make_plan(spec, artifact.version, n, strategy)
         plan_paths[n] = plans[n].save(work_dir / f"plan-{strategy}-{n}.json")
-        sharded_work[n] = Work(rpcs, ModelShape.of(spec), 0, False, shard_lookups(spec, plans[n]))
     # The cost runs, round after round (a slow stretch of the machine falls on one round of
     # some runs, not on every round of one); each figure is the median of its rounds.
     single_queries = {
@@ -173,8 +176,11 @@ def measure_costs(
          f"{items}-item queries: a sharded worker and {SPREAD_SHARDS} shards")
     ]  # fmt: skip
     measured: dict[str, list[tuple[dict[str, float], float]]] = {label: [] for label, *_ in runs}
+    hops: list[tuple[float, float]] = []
     for index in range(rounds):
         of = f" (round {index + 1} of {rounds})" if rounds > 1 else ""
+        say(f"the gRPC hop (loopback, {SMALL_BYTES:,} and {LARGE_BYTES:,} bytes){of}")
+        hops.append(measure_rpc())
         for label, n, shards, plan_path, what in runs:
             say(what + of)
             run = run_config(
@@ -190,6 +196,13 @@ def measure_costs(
                 unloaded=True,
             )
             measured[label].append((_cpu_ms_per_query(run), run["unloaded_ms_p50"]))
+    rpc_ms, rpc_ms_per_mb = rpc_fit(hops)
+    rpcs = Costs(spec.name, rpc_ms, rpc_ms_per_mb, *([0.0] * 8))  # the RPCs alone
+    single_work = Work(rpcs, ModelShape.of(spec), 0, False)
+    sharded_work = {
+        n: Work(rpcs, ModelShape.of(spec), 0, False, shard_lookups(spec, plan))
+        for n, plan in plans.items()
+    }
     cpu_of = {label: median_cpu([c for c, _ in done]) for label, done in measured.items()}
     alone = [  # (items, shards, unloaded p50 ms) per run
         (n, shards, float(np.median([a for _, a in measured[label]])))
