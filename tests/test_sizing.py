@@ -425,6 +425,13 @@ def test_cost_runs_in_rounds_are_run_round_after_round_and_give_finite_costs(tin
     assert all("(round 1 of 2)" in m for m in runs[:6])
     assert all("(round 2 of 2)" in m for m in runs[6:])
     assert runs[0].startswith("the gRPC hop") and runs[6].startswith("the gRPC hop")
+    # Every round's raw figures are kept beside the fit.
+    kept = json.loads((tmp_path / "cost-runs.json").read_text())
+    assert kept["rounds"] == 2 and len(kept["hop_ms_per_call_small_large"]) == 2
+    assert len(kept["runs"]) == 5
+    for label, done in kept["runs"].items():
+        assert len(done) == 2, label
+        assert all(r["cpu_ms_per_query"]["worker"] > 0 for r in done), label
     assert all(math.isfinite(v) for v in costs.to_json().values() if isinstance(v, float))
     assert costs.worker_ms_per_part + 100 * costs.worker_ms_per_item > 0
 
@@ -500,6 +507,19 @@ def test_bench_sizing_holds_the_prediction_against_the_median_of_repeated_rounds
             ratio = point["predicted"][key] / measured[key]
             assert point["predicted_over_measured"][key] == pytest.approx(ratio)
         assert measured["answered"] == sum(r["answered"] for r in rounds) > 0
+        # Split by process kind: the worker and the shards, measured and predicted.
+        for kind in ("worker", "shards"):
+            values = sorted(r["cpu_ms_per_query_by_kind"][kind] for r in rounds)
+            assert measured["cpu_ms_per_query_by_kind"][kind] == values[1] > 0
+        for r in rounds:
+            assert sum(r["cpu_ms_per_query_by_kind"].values()) == pytest.approx(
+                r["cpu_ms_per_query"]
+            )
+        predicted = point["predicted"]
+        assert sum(predicted["cpu_ms_per_query_by_kind"].values()) == pytest.approx(
+            predicted["cpu_ms_per_query"]
+        )
+        assert min(predicted["cpu_ms_per_query_by_kind"].values()) > 0
 
 
 def test_bench_sizing_finds_both_capacities_by_the_same_sweep_of_rounds(tiny_zoo, tmp_path):
@@ -535,16 +555,17 @@ def test_bench_sizing_refuses_a_capacity_ladder_it_cannot_read(tiny_zoo, capsys)
 
 def test_the_median_of_rounds_leaves_out_a_round_with_no_latency():
     rounds = [
-        (None, None, 9.0, 0, {"UNAVAILABLE": 4}),
-        (10.0, 30.0, 5.0, 50, {}),
-        (12.0, 50.0, 6.0, 48, {"UNAVAILABLE": 1}),
+        (None, None, 9.0, {"worker": 4.0, "shards": 5.0}, 0, {"UNAVAILABLE": 4}),
+        (10.0, 30.0, 5.0, {"worker": 2.0, "shards": 3.0}, 50, {}),
+        (12.0, 50.0, 6.0, {"worker": 3.0, "shards": 3.0}, 48, {"UNAVAILABLE": 1}),
     ]
-    keys = ("p50_ms", "p99_ms", "cpu_ms_per_query", "answered", "errors")
-    rounds = [dict(zip(keys, r, strict=True)) for r in rounds]
+    keys = ("p50_ms", "p99_ms", "cpu_ms_per_query", "cpu_ms_per_query_by_kind", "answered")
+    rounds = [dict(zip((*keys, "errors"), r, strict=True)) for r in rounds]
     assert median_of_rounds(rounds) == {
         "p50_ms": 11.0,
         "p99_ms": 40.0,
         "cpu_ms_per_query": 6.0,
+        "cpu_ms_per_query_by_kind": {"worker": 3.0, "shards": 3.0},
         "answered": 98,
         "errors": {"UNAVAILABLE": 5},
     }

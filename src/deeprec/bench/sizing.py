@@ -36,7 +36,7 @@ from deeprec.common.jsonfile import write_json
 from deeprec.models import zoo
 from deeprec.sharding.planner import make_plan
 from deeprec.sizing.costs import load_costs
-from deeprec.sizing.measure import measure_costs
+from deeprec.sizing.measure import cpu_ms_by_kind, measure_costs
 from deeprec.sizing.simulate import Cluster, simulate
 from deeprec.sizing.speed import SpeedProbe, slowdown
 from deeprec.sizing.work import ModelShape, Work, shard_lookups
@@ -75,6 +75,7 @@ def _measured(run: dict) -> dict:
         "p50_ms": latency.get("p50_ms"),
         "p99_ms": latency.get("p99_ms"),
         "cpu_ms_per_query": run["cpu_s_per_query"] * 1e3,
+        "cpu_ms_per_query_by_kind": cpu_ms_by_kind(run),
         "answered": run["load"]["ok"],
         "errors": run["load"]["errors"],
     }
@@ -92,6 +93,10 @@ def median_of_rounds(rounds: list[dict]) -> dict:
         "p50_ms": median("p50_ms"),
         "p99_ms": median("p99_ms"),
         "cpu_ms_per_query": median("cpu_ms_per_query"),
+        "cpu_ms_per_query_by_kind": {
+            kind: statistics.median(r["cpu_ms_per_query_by_kind"][kind] for r in rounds)
+            for kind in rounds[0]["cpu_ms_per_query_by_kind"]
+        },
         "answered": sum(r["answered"] for r in rounds),
         "errors": dict(sum((Counter(r["errors"]) for r in rounds), Counter())),
     }
@@ -99,11 +104,15 @@ def median_of_rounds(rounds: list[dict]) -> dict:
 
 def _point(shards: int, rate: float, measured: dict, predicted, cores: int) -> dict:
     busy = predicted.utilization
-    servers = busy["workers"] + busy.get("shards", 0.0) * shards  # one core each here
+    by_kind = {  # one core each here: busy share x 1000 ms / queries per second
+        "worker": busy["workers"] * 1e3 / rate,
+        "shards": busy.get("shards", 0.0) * shards * 1e3 / rate,
+    }
     prediction = {
         "p50_ms": predicted.p50_ms,
         "p99_ms": predicted.p99_ms,
-        "cpu_ms_per_query": servers * 1e3 / rate,
+        "cpu_ms_per_query": sum(by_kind.values()),
+        "cpu_ms_per_query_by_kind": by_kind,
     }
     ratios = {
         key: prediction[key] / measured[key] if measured[key] else None
@@ -135,6 +144,21 @@ def table(points: list[dict]) -> str:
             f"{r['cpu_ms_per_query']:>6.2f} | {factor:>5.2f}"
         )
     return "\n".join(lines)
+
+
+def cpu_by_kind(points: list[dict]) -> str:
+    """Each point's CPU per query split between the worker and the shards, measured and
+    predicted: which side a CPU miss is on."""
+
+    def split(figures: dict) -> str:
+        return f"{figures['worker']:.1f} + {figures['shards']:.1f}"
+
+    return ", ".join(
+        f"{p['shards']} shards {p['rate_qps']:g} q/s "
+        f"{split(p['measured']['cpu_ms_per_query_by_kind'])} / "
+        f"{split(p['predicted']['cpu_ms_per_query_by_kind'])}"
+        for p in points
+    )
 
 
 def _cool_down(address, queries, sla: SLA, seed: int, bound_s: float = 60.0) -> None:
@@ -400,6 +424,7 @@ def bench_sizing(args) -> int:
         if None not in (r := p["predicted_without_wait_over_measured"]).values()
     )
     print(f"without the {costs.hop_ms:.2f} ms wait per round trip, p50/p99 x: {unwaited}")
+    print(f"CPU ms per query, worker + shards, measured / predicted: {cpu_by_kind(points)}")
     if speed.probe is not None:
         unscaled = ", ".join(
             f"{p['shards']} shards {p['rate_qps']:g} q/s {r['p50_ms']:.2f}/{r['p99_ms']:.2f}"

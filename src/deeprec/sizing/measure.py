@@ -36,6 +36,7 @@ import numpy as np
 
 from deeprec.bench.sharding import predict_payloads, run_config
 from deeprec.bench.stages import measure_stages
+from deeprec.common.jsonfile import write_json
 from deeprec.common.server import CHANNEL_OPTIONS
 from deeprec.launcher.loadrun import Workload, prepare
 from deeprec.sharding.planner import make_plan
@@ -119,14 +120,18 @@ def _line(sizes: tuple[int, int], ms: list[float]) -> tuple[float, float]:
     return float(max(0.0, c1 - n1 * per_item)), float(per_item)
 
 
+def cpu_ms_by_kind(run: dict) -> dict[str, float]:
+    """A run_config result's CPU ms per answered query: the worker, all shards together."""
+    by_process = run["cpu_s_per_query_by_process"]
+    shards = sum(v for k, v in by_process.items() if k.startswith("shard"))
+    return {"worker": by_process.get("worker", 0.0) * 1e3, "shards": shards * 1e3}
+
+
 def _cpu_ms_per_query(run: dict) -> dict[str, float]:
-    """A run_config result as CPU ms per answered query: the worker, all shards."""
     load = run["load"]
     if not load or load["ok"] == 0:
         raise RuntimeError(f"the {run['label']} cost run answered no query: {load}")
-    by_process = run["cpu_s_per_query_by_process"]
-    shards = sum(v for k, v in by_process.items() if k.startswith("shard"))
-    return {"worker": by_process["worker"] * 1e3, "shards": shards * 1e3}
+    return cpu_ms_by_kind(run)
 
 
 def median_cpu(rounds: list[dict[str, float]]) -> dict[str, float]:
@@ -196,6 +201,19 @@ def measure_costs(
                 unloaded=True,
             )
             measured[label].append((_cpu_ms_per_query(run), run["unloaded_ms_p50"]))
+    # What the fit below starts from, kept beside the costs: a figure that misses can be
+    # traced to the round that moved it.
+    write_json(
+        work_dir / "cost-runs.json",
+        {
+            "rounds": rounds,
+            "hop_ms_per_call_small_large": hops,
+            "runs": {
+                label: [{"cpu_ms_per_query": c, "unloaded_ms_p50": a} for c, a in done]
+                for label, done in measured.items()
+            },
+        },
+    )
     rpc_ms, rpc_ms_per_mb = rpc_fit(hops)
     rpcs = Costs(spec.name, rpc_ms, rpc_ms_per_mb, *([0.0] * 8))  # the RPCs alone
     single_work = Work(rpcs, ModelShape.of(spec), 0, False)
