@@ -234,6 +234,27 @@ def test_a_sharded_query_waits_for_its_slowest_shard():
         simulate(work, Cluster(1, 1, (1,)), 1, FixedSizes(n), 10)
 
 
+def test_a_shard_pays_its_per_feature_cost_for_each_feature_it_holds():
+    spec = rmc1()
+    plan = make_plan(spec, "1", 2, "capacity")
+    lookups = shard_lookups(spec, plan)
+    plain = Work(COSTS, ModelShape.of(spec), 0, False, lookups)
+    per_feature = replace(plain, costs=replace(COSTS, shard_ms_per_feature=0.25))
+    for k, held in enumerate(lookups):
+        assert held.bags >= 1
+        extra = per_feature.shard_ms(k, 300) - plain.shard_ms(k, 300)
+        assert extra == pytest.approx(0.25 * held.bags)  # not per item: per feature
+    assert sum(held.bags for held in lookups) == len(spec.features)
+
+
+def test_costs_measured_before_the_per_feature_cost_read_it_as_zero(tmp_path):
+    data = COSTS.to_json()
+    del data["shard_ms_per_feature"]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    assert load_costs(path).shard_ms_per_feature == 0.0
+
+
 def test_each_round_trip_on_a_querys_path_waits_the_hop_once():
     """Client to frontend, frontend to a remote worker, worker to its shards (in
     parallel): three round trips, each a wait that holds no core."""

@@ -35,6 +35,9 @@ class Costs:
     sharded_worker_ms_per_lookup: float  # ... and per Lookup it sends
     shard_ms_per_lookup: float  # a shard, per Lookup and per byte of rows it sums
     pool_ns_per_byte: float
+    # ... and per feature a Lookup carries (each is decoded, checked, pooled and encoded on
+    # its own); 0 in costs files measured before it was.
+    shard_ms_per_feature: float = 0.0
     # Wall ms one RPC round trip adds beyond both sides' CPU (thread wake-ups, loopback),
     # measured unloaded; the simulation waits it once per round trip on a query's path.
     hop_ms: float = 0.0

@@ -8,7 +8,8 @@ per query read from /proc, less the modelled RPCs, fitted to a part per query an
 per item: a worker holding the tables, then a sharded worker and one shard holding every
 table (its per-item part per byte of rows it sums). Then the same 500-item queries with
 the tables on 4 shards: the CPU beyond that of one shard is 3 more Lookups' worth, on the
-worker's side and on the shards'. The
+worker's side and on the shards'. What is left of the one shard's fixed part is its work
+per feature (every feature is decoded, checked, pooled and encoded on its own). The
 frontend's own work: its functions run in-process, stage by stage (bench/stages.py).
 The wait per round trip (``hop_ms``): in each of those five runs, each query once more,
 alone and warm; its median latency less the simulated one without waits (the CPU on its
@@ -262,6 +263,9 @@ def measure_costs(
         sharded_worker_ms_per_lookup=max(0.0, worker_extra / more),
         shard_ms_per_lookup=max(0.0, shard_extra / more),
         pool_ns_per_byte=shard[1] * 1e6 / lookups.row_bytes_summed,
+        # The one-shard runs' fixed part is one Lookup and every feature in it; the spread
+        # (the same features over more Lookups) prices the Lookup alone.
+        shard_ms_per_feature=max(0.0, shard[0] - max(0.0, shard_extra / more)) / lookups.bags,
         machine=machine(),
         measured_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )

@@ -155,5 +155,6 @@ class Work:
             c.rpc(lookups.request_bytes(items))
             + c.rpc(lookups.reply_bytes(items))
             + c.shard_ms_per_lookup
+            + c.shard_ms_per_feature * lookups.bags  # one bag per feature and item
             + c.pooling(items * lookups.row_bytes_summed)
         )
