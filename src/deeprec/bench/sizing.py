@@ -146,7 +146,7 @@ def table(points: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def cpu_by_kind(points: list[dict]) -> str:
+def cpu_split_line(points: list[dict]) -> str:
     """Each point's CPU per query split between the worker and the shards, measured and
     predicted: which side a CPU miss is on."""
 
@@ -424,7 +424,7 @@ def bench_sizing(args) -> int:
         if None not in (r := p["predicted_without_wait_over_measured"]).values()
     )
     print(f"without the {costs.hop_ms:.2f} ms wait per round trip, p50/p99 x: {unwaited}")
-    print(f"CPU ms per query, worker + shards, measured / predicted: {cpu_by_kind(points)}")
+    print(f"CPU ms per query, worker + shards, measured / predicted: {cpu_split_line(points)}")
     if speed.probe is not None:
         unscaled = ", ".join(
             f"{p['shards']} shards {p['rate_qps']:g} q/s {r['p50_ms']:.2f}/{r['p99_ms']:.2f}"

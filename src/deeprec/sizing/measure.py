@@ -251,6 +251,7 @@ def measure_costs(
     worker_extra = cpu["worker"] - sum(spread.worker_phases(items)) - beyond["sharded"][-1]
     shard_extra = cpu["shards"] - shard_rpcs - beyond["shard"][-1]
     (lookups,) = sharded_work[1].shards
+    shard_per_lookup = max(0.0, shard_extra / more)
     cpu_costs = Costs(
         model=spec.name,
         rpc_ms=rpc_ms,
@@ -261,11 +262,11 @@ def measure_costs(
         sharded_worker_ms_per_part=sharded[0],
         sharded_worker_ms_per_item=sharded[1],
         sharded_worker_ms_per_lookup=max(0.0, worker_extra / more),
-        shard_ms_per_lookup=max(0.0, shard_extra / more),
+        shard_ms_per_lookup=shard_per_lookup,
         pool_ns_per_byte=shard[1] * 1e6 / lookups.row_bytes_summed,
         # The one-shard runs' fixed part is one Lookup and every feature in it; the spread
         # (the same features over more Lookups) prices the Lookup alone.
-        shard_ms_per_feature=max(0.0, shard[0] - max(0.0, shard_extra / more)) / lookups.bags,
+        shard_ms_per_feature=max(0.0, shard[0] - shard_per_lookup) / lookups.bags,
         machine=machine(),
         measured_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
