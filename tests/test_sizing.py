@@ -15,6 +15,7 @@ import yaml
 
 from deeprec import cli
 from deeprec.bench.search import SLA
+from deeprec.bench.sharding import ALONE_GAP_S, ALONE_QUERIES, predict_payloads, run_config
 from deeprec.bench.sizing import median_of_rounds
 from deeprec.bench.sweep import crossing
 from deeprec.frontend.split import sub_batch_bounds
@@ -434,6 +435,17 @@ def test_costs_are_measured_on_real_workers_and_shards(tiny_zoo, tmp_path):
     assert costs.worker_ms_per_part + 100 * costs.worker_ms_per_item > 0
     assert costs.shard_ms_per_lookup + costs.pool_ns_per_byte > 0
     assert all(math.isfinite(v) for v in costs.to_json().values() if isinstance(v, float))
+
+
+def test_a_query_timed_alone_waits_idle_before_it_as_at_a_light_load(tiny_zoo, tmp_path):
+    # Back to back, every process is still awake and the hop reads 2-3 ms short of what a
+    # query at 6 q/s takes; the unloaded pass idles before each query it times.
+    artifact = tiny_zoo["rmc1"]
+    queries = predict_payloads(artifact.spec, artifact.version, FixedSizes(8), "powerlaw", 1.05, 0)
+    run = run_config("single", artifact, queries, None, 0, 0, tmp_path, unloaded=True)
+    assert run["unloaded_queries"] == ALONE_QUERIES < len(queries)
+    assert run["unloaded_wall_s"] >= ALONE_QUERIES * ALONE_GAP_S  # slept, then timed
+    assert run["unloaded_ms_p50"] > 0
 
 
 def test_cost_runs_in_rounds_are_run_round_after_round_and_give_finite_costs(tiny_zoo, tmp_path):

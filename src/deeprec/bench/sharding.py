@@ -50,6 +50,11 @@ from deeprec.workload.queries import (
 )
 
 PREDICT = "/deeprec.v1.Inference/Predict"
+# Idle time before each query timed alone: as at a light open-loop load, every process
+# has gone to sleep and is woken by the query (back to back, the same query on 2 shards
+# measured 2-3 ms faster than after 150 ms idle: threads still awake, caches warm).
+ALONE_GAP_S = 0.1
+ALONE_QUERIES = 20  # the first of the prepared queries, timed alone: a median, not a tail
 INSTALL_HINT = "pip install -e '.[bench]'  (or: pip install 'matplotlib>=3.8,<4')"
 
 
@@ -89,13 +94,16 @@ def predict_payloads(spec, version, sizes, ids, exponent, seed, count=60):
     return queries
 
 
-async def _drive(address, queries, rate, seconds, seed, warm=True, timeout=30.0):
-    """Warm up (every query once, in turn; their service times), or open-loop load."""
+async def _drive(address, queries, rate, seconds, seed, warm=True, timeout=30.0, gap=0.0):
+    """Warm up (every query once, in turn; their service times; ``gap`` s idle before
+    each), or open-loop load."""
     async with aio_channel(address) as channel:
         predict = channel.unary_unary(PREDICT)  # bytes in, bytes out: no client-side codec
         await channel.channel_ready()
         service, first = [], []
         for i, q in enumerate(queries if warm else []):
+            if gap:
+                await asyncio.sleep(gap)
             t0 = time.perf_counter()
             reply = await predict(q.payload, timeout=timeout)
             service.append(time.perf_counter() - t0)
@@ -166,7 +174,8 @@ def run_config(
     unloaded=False,
 ) -> dict:
     """One configuration: start its processes, warm up, load, measure, stop.
-    ``unloaded``: also each query's latency alone, warm (a second pass, one at a time)."""
+    ``unloaded``: also each query's latency alone, warm (a second pass, one at a time,
+    each of the first ``ALONE_QUERIES`` after ``ALONE_GAP_S`` idle)."""
     with serving(label, artifact, log_dir, plan_path, shards, cache) as started:
         children, worker, shard_addresses = started
         pids = [c.pid for c in children.children]
@@ -176,7 +185,11 @@ def run_config(
         # Warm-up: every query once, in turn (pages tables in; gives the service time).
         service, first, _ = asyncio.run(_drive(worker.address, queries, None, 0, seed))
         warm_cpu = sum(cpu_seconds(p) for p in pids) - before
-        alone = asyncio.run(_drive(worker.address, queries, None, 0, seed))[0] if unloaded else []
+        alone, alone_s = [], 0.0
+        if unloaded:
+            timed, t0 = queries[:ALONE_QUERIES], time.perf_counter()
+            alone = asyncio.run(_drive(worker.address, timed, None, 0, seed, gap=ALONE_GAP_S))[0]
+            alone_s = time.perf_counter() - t0
         result, cpu, by_process = None, 0.0, {}
         if rate is not None:
             before = {c.name: cpu_seconds(c.pid) for c in children.children}
@@ -198,6 +211,8 @@ def run_config(
         "shards": len(shard_addresses),
         "service_ms_mean": float(np.mean(service) * 1e3),
         "unloaded_ms_p50": float(np.median(alone) * 1e3) if alone else None,
+        "unloaded_queries": len(alone),
+        "unloaded_wall_s": alone_s,
         "warmup_cpu_s_per_query": warm_cpu / len(queries),
         "load": None if result is None else result.to_json(),
         "cpu_s_per_query": cpu / max(1, result.ok) if result else None,

@@ -11,14 +11,15 @@ the tables on 4 shards: the CPU beyond that of one shard is 3 more Lookups' wort
 worker's side and on the shards'. What is left of the one shard's fixed part is its work
 per feature (every feature is decoded, checked, pooled and encoded on its own). The
 frontend's own work: its functions run in-process, stage by stage (bench/stages.py).
-The wait per round trip (``hop_ms``): in each of those five runs, each query once more,
-alone and warm; its median latency less the simulated one without waits (the CPU on its
-path), per round trip on that path, the median over the runs. With ``rounds`` > 1 the
-hop and the five runs are made that many times, round after round, and each figure
-(the hop's CPU per call, each run's CPU per query and unloaded latency) is the median of
-its rounds: one 10-s run on a shared machine can read a slow stretch, and the per-Lookup
-cost, a difference of two runs, moves severalfold. The
-speed probe (sizing/speed.py) runs before and after all of it: their mean is ``probe_ms``.
+The wait per round trip (``hop_ms``): in each of those five runs, queries once more,
+each alone after an idle gap (as at a light load, where every process sleeps between
+queries and is woken by the next); their median latency less the simulated one without
+waits (the CPU on its path), per round trip on that path, the median over the runs.
+With ``rounds`` > 1 the hop and the five runs are made that many times, round after
+round, and each figure (the hop's CPU per call, each run's CPU per query and unloaded
+latency) is the median of its rounds: one 10-s run on a shared machine can read a slow
+stretch, and the per-Lookup cost, a difference of two runs, moves severalfold. The speed
+probe (sizing/speed.py) runs before and after all of it: their mean is ``probe_ms``.
 """
 
 from __future__ import annotations
