@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from servers import ShardProcess, WorkerProcess, request_for, scores_of
 
 from deeprec.bench.fuzz.wire import nest, wire_varint
+from deeprec.common.bounds import all_below
 from deeprec.common.features import (
     InvalidFeatures,
     ModelSignature,
@@ -68,6 +69,17 @@ def test_lengths_whose_int64_sum_wraps_are_refused_before_summing():
     with pytest.raises(InvalidFeatures, match="negative length"):
         check_bags(np.array([-(2**63), 2**63 - 1, 9], dtype=np.int64), 8, "f", 4096)
     check_bags(np.array([3, 0, 5], dtype=np.int64), 8, "f", 4096)  # exact: accepted
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_one_pass_range_check_sees_negatives_and_the_top_edge(dtype):
+    info = np.iinfo(dtype)
+    assert all_below(np.array([0, 99], dtype=dtype), 100)
+    for bad in (-1, 100, info.min, info.max):
+        assert not all_below(np.array([3, bad], dtype=dtype), 100), bad
+    # A dtype it does not read is "look closer", never "in range".
+    assert not all_below(np.array([1, 2], dtype=np.int16), 100)
+    assert not all_below(np.array([1, 2], dtype=np.dtype(dtype).newbyteorder()), 100)
 
 
 @pytest.mark.parametrize("dtype", [np.int32, np.int64, np.int16])

@@ -231,6 +231,11 @@ def test_bag_sum_refuses_ids_outside_the_table(bad, lengths):
     table = np.ones((50, 4), np.float32)
     with pytest.raises(IndexError):
         bag_sum(table, np.array([0, bad]), np.array(lengths))
+    # Ids of a dtype the one-pass check does not read are checked the long way.
+    ok = bag_sum(table, np.array([0, 49], np.int16), np.array(lengths))
+    assert ok.shape == (len(lengths), 4)
+    with pytest.raises(IndexError):
+        bag_sum(table, np.array([0, bad], np.int16), np.array(lengths))
 
 
 @pytest.mark.parametrize(

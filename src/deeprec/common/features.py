@@ -12,6 +12,7 @@ import numpy as np
 
 from deeprec.v1 import inference_pb2, tensor_pb2
 
+from .bounds import all_below
 from .limits import RequestLimits
 from .quote import quote
 from .tensors import TensorError, decode, encode
@@ -137,7 +138,7 @@ def _decode(tensor: tensor_pb2.Tensor, field: str, dtypes: tuple, ndim: int) -> 
 def check_bags(lengths: np.ndarray, n_ids: int, where: str, max_ids_per_item: int) -> None:
     """Lengths of one feature's bags against the ids sent, bounded before they are summed
     (with each length <= max_ids_per_item < 2^31, the int64 sum cannot wrap around)."""
-    if len(lengths):
+    if len(lengths) and not all_below(lengths, max_ids_per_item + 1):
         low, high = int(lengths.min()), int(lengths.max())
         if low < 0:
             raise InvalidFeatures(f"{where}.lengths: negative length {low}")
@@ -153,7 +154,7 @@ def check_bags(lengths: np.ndarray, n_ids: int, where: str, max_ids_per_item: in
 
 def check_ids(ids: np.ndarray, start: int, stop: int, where: str, what: str) -> None:
     """Every id in [start, stop); ``what`` names the rows for the message."""
-    if len(ids):
+    if len(ids) and not (start == 0 and all_below(ids, stop)):
         low, high = int(ids.min()), int(ids.max())
         if low < start or high >= stop:
             bad = low if low < start else high

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse
 
+from deeprec.common.bounds import all_below
+
 try:  # SciPy's own CSR-times-dense kernel, without the checks csr_array's constructor
     # repeats on every call (its Python holds the GIL; the kernel releases it)
     from scipy.sparse._sparsetools import csr_matvecs
@@ -53,7 +55,7 @@ def bag_sum(table: np.ndarray, ids: np.ndarray, lengths: np.ndarray) -> np.ndarr
     embedding stage is memory-bound; that copy was a third of its time).
     """
     lengths = np.asarray(lengths)
-    if len(ids) and (ids.min() < 0 or ids.max() >= len(table)):
+    if len(ids) and not all_below(ids, len(table)) and (ids.min() < 0 or ids.max() >= len(table)):
         # SciPy trusts its indices and np.take wraps negative ones: refuse them here.
         raise IndexError(f"ids outside a table of {len(table)} rows")
     if len(ids) == len(lengths) and (not len(ids) or lengths.min() == lengths.max() == 1):
