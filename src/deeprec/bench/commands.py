@@ -8,7 +8,7 @@ from deeprec.common import argtypes
 from deeprec.launcher.commands import DEMO_BATCH_SIZE, add_threads_argument, stop_on_signals
 from deeprec.workload.distributions import ID_CHOICES, SIZE_CHOICES
 
-from . import dedup, gpu, recycling, scale, sizing, stages
+from . import dedup, gpu, recycling, rpc, scale, sizing, stages
 from .args import add_model_arguments, add_placement_argument
 from .targets import CONFIG_CHOICES
 
@@ -177,6 +177,7 @@ def add_bench_parser(bench) -> None:
     stages.add_parser(bench)
     dedup.add_parser(bench)
     recycling.add_parser(bench)
+    rpc.add_parser(bench)
     sizing.add_parser(bench)
     scale.add_parser(bench)
 
