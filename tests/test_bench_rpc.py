@@ -9,7 +9,8 @@ import os
 import pytest
 
 from deeprec import cli
-from deeprec.bench.rpc import ROLES, cpu_by_role, role_of, thread_cpu
+from deeprec.bench.rpc import ROLES, cpu_by_role, role_of
+from deeprec.launcher.cpu import named_threads_seconds, threads_seconds
 
 
 def test_a_servers_threads_are_told_apart_by_role():
@@ -24,8 +25,11 @@ def test_a_servers_threads_are_told_apart_by_role():
 
 
 def test_this_process_threads_are_read_from_proc():
-    threads = thread_cpu(os.getpid())
-    assert os.getpid() in threads and threads[os.getpid()][1] > 0
+    threads = threads_seconds(os.getpid())
+    name, seconds = threads[os.getpid()]
+    assert seconds > 0
+    assert named_threads_seconds(os.getpid(), name) >= seconds
+    assert named_threads_seconds(os.getpid(), "no-such-thread") is None
 
 
 def test_both_servers_are_measured_per_call_by_role(tmp_path, capsys):

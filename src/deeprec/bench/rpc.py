@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -28,6 +26,7 @@ import numpy as np
 from deeprec.common import argtypes
 from deeprec.common.jsonfile import write_json
 from deeprec.common.server import CHANNEL_OPTIONS, MAX_MESSAGE_BYTES, SERVER_OPTIONS
+from deeprec.launcher.cpu import threads_seconds
 
 SERVICE, METHOD = "deeprec.bench.Rpc", "Call"
 SERVERS = ("aio", "sync")
@@ -73,20 +72,6 @@ def serve(kind: str, reply_bytes: int) -> None:
 # -- measuring ------------------------------------------------------------------------------
 
 
-def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
-    """(name, CPU seconds so far) of each of a process's threads (Linux /proc)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    threads = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            name = (task / "comm").read_text().strip()
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:  # the thread ended in between
-            continue
-        threads[int(task.name)] = (name, (int(fields[11]) + int(fields[12])) / ticks)
-    return threads
-
-
 def role_of(pid: int, tid: int, name: str) -> str:
     if tid == pid:
         return ROLES[0]
@@ -94,7 +79,7 @@ def role_of(pid: int, tid: int, name: str) -> str:
 
 
 def cpu_by_role(pid: int, before: dict, after: dict) -> dict[str, float]:
-    """CPU seconds each role spent between two ``thread_cpu`` readings."""
+    """CPU seconds each role spent between two ``threads_seconds`` readings."""
     spent = dict.fromkeys(ROLES, 0.0)
     for tid, (name, seconds) in after.items():
         spent[role_of(pid, tid, name)] += seconds - before.get(tid, (name, 0.0))[1]
@@ -110,13 +95,13 @@ async def _load(port: int, args, seed: int, server_pid: int):
         for _ in range(WARM_CALLS):
             await call(request, timeout=10)
         rng = np.random.default_rng(seed)
-        before = thread_cpu(server_pid)
+        before = threads_seconds(server_pid)
         start, due, calls = time.perf_counter(), 0.0, []
         while (due := due + rng.exponential(1.0 / args.rate)) < args.seconds:
             await asyncio.sleep(max(0.0, start + due - time.perf_counter()))
             calls.append(asyncio.ensure_future(call(request, timeout=10)))
         await asyncio.gather(*calls)
-        return len(calls), before, thread_cpu(server_pid)
+        return len(calls), before, threads_seconds(server_pid)
 
 
 def measure_server(kind: str, args, seed: int) -> dict[str, float]:
@@ -129,6 +114,8 @@ def measure_server(kind: str, args, seed: int) -> dict[str, float]:
     finally:
         server.kill()
         server.wait()
+    if before is None or after is None:
+        raise RuntimeError(f"the {kind} server (pid {server.pid}) ended during its run")
     spent = cpu_by_role(server.pid, before, after)
     per_call = {role: seconds * 1e3 / max(1, count) for role, seconds in spent.items()}
     return {**per_call, "total": sum(per_call.values()), "calls": count}

@@ -23,14 +23,14 @@ def process_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
 
 
-def named_threads_seconds(pid: int, name: str) -> float | None:
-    """User + system CPU seconds of the live threads of ``pid`` the kernel calls ``name``
-    (common/threads.py); None when it has none."""
-    total, found = 0, False
+def threads_seconds(pid: int) -> dict[int, tuple[str, float]] | None:
+    """{thread id: (the kernel's name for it, user + system CPU seconds)} for the live
+    threads of ``pid``; None if it is gone."""
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return None
+    threads = {}
     for task in tasks:
         try:
             with open(f"/proc/{pid}/task/{task}/stat") as f:
@@ -38,11 +38,16 @@ def named_threads_seconds(pid: int, name: str) -> float | None:
         except OSError:
             continue  # ended meanwhile
         comm = text[text.index("(") + 1 : text.rindex(")")]
-        if comm == name:
-            fields = text.rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-            found = True
-    return total / _TICK if found else None
+        fields = text.rsplit(")", 1)[1].split()
+        threads[int(task)] = (comm, (int(fields[11]) + int(fields[12])) / _TICK)
+    return threads
+
+
+def named_threads_seconds(pid: int, name: str) -> float | None:
+    """User + system CPU seconds of the live threads of ``pid`` the kernel calls ``name``
+    (common/threads.py); None when it has none."""
+    named = [seconds for comm, seconds in (threads_seconds(pid) or {}).values() if comm == name]
+    return sum(named) if named else None
 
 
 def machine_busy_seconds() -> float | None:
