@@ -16,7 +16,7 @@ import yaml
 from deeprec import cli
 from deeprec.bench.search import SLA
 from deeprec.bench.sharding import ALONE_GAP_S, ALONE_QUERIES, predict_payloads, run_config
-from deeprec.bench.sizing import median_of_rounds
+from deeprec.bench.sizing import capacity_ratio, capacity_text, median_of_rounds
 from deeprec.bench.sweep import crossing
 from deeprec.frontend.split import sub_batch_bounds
 from deeprec.models import zoo
@@ -572,10 +572,9 @@ def test_bench_sizing_finds_both_capacities_by_the_same_sweep_of_rounds(tiny_zoo
         assert len(result["trials"]) == 4  # every rate in both rounds
         medians = [(m["rate"], m["median_tail_ms"] or math.inf) for m in result["medians"]]
         assert result["capacity_qps"] == pytest.approx(crossing(medians, sla)[0])
-    measured = found["measured"]["capacity_qps"]
-    if measured:  # 0 only where even 4 q/s missed the SLA on a machine this busy
-        ratio = found["predicted"]["capacity_qps"] / measured
-        assert found["predicted_over_measured"] == pytest.approx(ratio)
+    measured, predicted = found["measured"]["capacity_qps"], found["predicted"]["capacity_qps"]
+    if measured and predicted:  # 0 only where even 4 q/s missed the SLA
+        assert found["predicted_over_measured"] == pytest.approx(predicted / measured)
     else:
         assert found["predicted_over_measured"] is None
 
@@ -622,3 +621,12 @@ def test_threaded_shards_hold_one_copy_of_the_rows_for_several_cores():
     values = helm_values(threaded, many)
     assert values["shards"]["lookupThreads"] == shards.cores_per_pod
     assert values["shards"]["resources"]["requests"]["cpu"] == str(shards.cores_per_pod)
+
+
+def test_a_capacity_below_the_lowest_rate_is_said_and_never_divided():
+    # 0 q/s means "missed the SLA at the lowest rate tried": a bound, not a capacity.
+    below = {"capacity_qps": 0.0, "note": "misses the SLA at the lowest rate, 40 q/s"}
+    assert capacity_text(below) == "none (misses the SLA at the lowest rate, 40 q/s)"
+    assert capacity_text({"capacity_qps": 52.94, "note": None}) == "52.9 q/s"
+    assert capacity_ratio(40.0, 50.0) == pytest.approx(0.8)
+    assert capacity_ratio(0.0, 50.0) is None and capacity_ratio(40.0, 0.0) is None

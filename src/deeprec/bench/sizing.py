@@ -229,7 +229,6 @@ def capacities(
 
     predicted = simulated(replace(work, costs=costs))
     as_measured = simulated(work) if costs is not work.costs else predicted
-    ratio = predicted.capacity / real.capacity if real.capacity else None
     return {
         "shards": shards,
         "sla": sla.describe(),
@@ -237,11 +236,24 @@ def capacities(
         "speed": record,
         "predicted": predicted.to_json(sla),
         "measured": real.to_json(sla),
-        "predicted_over_measured": ratio,
-        "predicted_from_costs_as_measured_over_measured": (
-            as_measured.capacity / real.capacity if real.capacity else None
+        "predicted_over_measured": capacity_ratio(predicted.capacity, real.capacity),
+        "predicted_from_costs_as_measured_over_measured": capacity_ratio(
+            as_measured.capacity, real.capacity
         ),
     }
+
+
+def capacity_ratio(predicted: float, measured: float) -> float | None:
+    """predicted / measured; None where either missed the SLA at the lowest rate tried
+    (a capacity of 0 is "below the ladder", a bound and not a value to divide)."""
+    return predicted / measured if predicted > 0 and measured > 0 else None
+
+
+def capacity_text(found: dict) -> str:
+    """A capacity as found (``Found.to_json``): its rate, or why there is none."""
+    if found["capacity_qps"] > 0:
+        return f"{found['capacity_qps']:.1f} q/s"
+    return f"none ({found['note']})" if found.get("note") else "none"
 
 
 def _find(measure, sla: SLA, args, log=lambda _message: None):
@@ -398,8 +410,8 @@ def bench_sizing(args) -> int:
         )
         c = found[-1]
         say(
-            f"{shards} shard(s): capacity predicted {c['predicted']['capacity_qps']:.1f} q/s, "
-            f"measured {c['measured']['capacity_qps']:.1f} q/s"
+            f"{shards} shard(s): capacity predicted {capacity_text(c['predicted'])}, "
+            f"measured {capacity_text(c['measured'])}"
         )
     result = {
         "kind": "sizing-validation",
@@ -439,8 +451,7 @@ def bench_sizing(args) -> int:
         ratio = c["predicted_over_measured"]
         print(
             f"{c['shards']} shard(s), {c['sla']}: capacity predicted "
-            f"{c['predicted']['capacity_qps']:.1f} q/s, measured "
-            f"{c['measured']['capacity_qps']:.1f} q/s"
+            f"{capacity_text(c['predicted'])}, measured {capacity_text(c['measured'])}"
             + ("" if c["measured"]["confirmed"] else " (unconfirmed)")
             + (f": {ratio:.2f}x" if ratio else "")
             + (
