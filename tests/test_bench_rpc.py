@@ -34,14 +34,15 @@ def test_this_process_threads_are_read_from_proc():
 
 def test_both_servers_are_measured_per_call_by_role(tmp_path, capsys):
     out = tmp_path / "rpc.json"
-    argv = ["bench", "rpc", "--rate", "40", "--seconds", "1.5", "--rounds", "1"]
-    argv += ["--request-bytes", "20000", "--reply-bytes", "1000", "--json", str(out)]
+    # ~120 calls of 100 KB: tens of ms of server CPU, well above /proc's 10-ms tick.
+    argv = ["bench", "rpc", "--rate", "60", "--seconds", "2", "--rounds", "1"]
+    argv += ["--request-bytes", "100000", "--reply-bytes", "1000", "--json", str(out)]
     assert cli.main(argv) == 0
     result = json.loads(out.read_text())
     assert set(result["ms_per_call"]) == {"aio", "sync"}
     for kind, figures in result["ms_per_call"].items():
         (only,) = result["rounds"][kind]
-        assert only["calls"] > 10, kind  # Poisson at 40/s for 1.5 s
+        assert only["calls"] > 60, kind  # Poisson at 60/s for 2 s, seeded
         assert figures["total"] == pytest.approx(sum(figures[r] for r in ROLES))
         assert figures["total"] > 0, kind  # a server that answered spent CPU doing it
     printed = capsys.readouterr().out

@@ -4,6 +4,7 @@ cost measurement on real processes."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from dataclasses import replace
@@ -15,7 +16,14 @@ import yaml
 
 from deeprec import cli
 from deeprec.bench.search import SLA
-from deeprec.bench.sharding import ALONE_GAP_S, ALONE_QUERIES, predict_payloads, run_config
+from deeprec.bench.sharding import (
+    ALONE_GAP_S,
+    ALONE_QUERIES,
+    predict_payloads,
+    run_config,
+    send_queries,
+    serving,
+)
 from deeprec.bench.sizing import capacity_ratio, capacity_text, median_of_rounds
 from deeprec.bench.sweep import crossing
 from deeprec.frontend.split import sub_batch_bounds
@@ -444,8 +452,19 @@ def test_a_query_timed_alone_waits_idle_before_it_as_at_a_light_load(tiny_zoo, t
     queries = predict_payloads(artifact.spec, artifact.version, FixedSizes(8), "powerlaw", 1.05, 0)
     run = run_config("single", artifact, queries, None, 0, 0, tmp_path, unloaded=True)
     assert run["unloaded_queries"] == ALONE_QUERIES < len(queries)
-    assert run["unloaded_wall_s"] >= ALONE_QUERIES * ALONE_GAP_S  # slept, then timed
     assert run["unloaded_ms_p50"] > 0
+    # The idle comes before every query timed, each answered by a real worker.
+    events = []
+
+    async def pause(seconds):
+        events.append(("idle", seconds))
+
+    with serving("alone", artifact, tmp_path) as (_, worker, _):
+        service, first, _ = asyncio.run(
+            send_queries(worker.address, queries[:3], None, 0, 0, gap=ALONE_GAP_S, pause=pause)
+        )
+    assert events == [("idle", ALONE_GAP_S)] * 3
+    assert len(service) == 3 and all(len(scores) == 8 for scores in first)
 
 
 def test_cost_runs_in_rounds_are_run_round_after_round_and_give_finite_costs(tiny_zoo, tmp_path):

@@ -94,16 +94,18 @@ def predict_payloads(spec, version, sizes, ids, exponent, seed, count=60):
     return queries
 
 
-async def _drive(address, queries, rate, seconds, seed, warm=True, timeout=30.0, gap=0.0):
-    """Warm up (every query once, in turn; their service times; ``gap`` s idle before
-    each), or open-loop load."""
+async def send_queries(
+    address, queries, rate, seconds, seed, warm=True, timeout=30.0, gap=0.0, pause=asyncio.sleep
+):
+    """Warm up (every query once, in turn; their service times; ``pause(gap)`` before
+    each when ``gap``), or open-loop load."""
     async with aio_channel(address) as channel:
         predict = channel.unary_unary(PREDICT)  # bytes in, bytes out: no client-side codec
         await channel.channel_ready()
         service, first = [], []
         for i, q in enumerate(queries if warm else []):
             if gap:
-                await asyncio.sleep(gap)
+                await pause(gap)
             t0 = time.perf_counter()
             reply = await predict(q.payload, timeout=timeout)
             service.append(time.perf_counter() - t0)
@@ -153,11 +155,11 @@ def serving(label, artifact, log_dir, plan_path=None, shards=0, cache=None):
 
 def drive(address, queries, rate, seconds, seed):
     """Open-loop load on a worker's Predict: the LoadResult."""
-    return asyncio.run(_drive(address, queries, rate, seconds, seed, warm=False))[2]
+    return asyncio.run(send_queries(address, queries, rate, seconds, seed, warm=False))[2]
 
 
 def warm(address, queries, seed) -> None:
-    asyncio.run(_drive(address, queries, None, 0, seed))
+    asyncio.run(send_queries(address, queries, None, 0, seed))
 
 
 def run_config(
@@ -183,13 +185,13 @@ def run_config(
         start = time.perf_counter()
         before = sum(cpu_seconds(p) for p in pids)
         # Warm-up: every query once, in turn (pages tables in; gives the service time).
-        service, first, _ = asyncio.run(_drive(worker.address, queries, None, 0, seed))
+        service, first, _ = asyncio.run(send_queries(worker.address, queries, None, 0, seed))
         warm_cpu = sum(cpu_seconds(p) for p in pids) - before
-        alone, alone_s = [], 0.0
+        alone = []
         if unloaded:
-            timed, t0 = queries[:ALONE_QUERIES], time.perf_counter()
-            alone = asyncio.run(_drive(worker.address, timed, None, 0, seed, gap=ALONE_GAP_S))[0]
-            alone_s = time.perf_counter() - t0
+            timed = queries[:ALONE_QUERIES]
+            alone_pass = send_queries(worker.address, timed, None, 0, seed, gap=ALONE_GAP_S)
+            alone = asyncio.run(alone_pass)[0]
         result, cpu, by_process = None, 0.0, {}
         if rate is not None:
             before = {c.name: cpu_seconds(c.pid) for c in children.children}
@@ -212,7 +214,6 @@ def run_config(
         "service_ms_mean": float(np.mean(service) * 1e3),
         "unloaded_ms_p50": float(np.median(alone) * 1e3) if alone else None,
         "unloaded_queries": len(alone),
-        "unloaded_wall_s": alone_s,
         "warmup_cpu_s_per_query": warm_cpu / len(queries),
         "load": None if result is None else result.to_json(),
         "cpu_s_per_query": cpu / max(1, result.ok) if result else None,
