@@ -8,7 +8,6 @@ classes an outside fuzzer found: wrapping int64 sums, overflowing shapes, raw wi
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -28,6 +27,7 @@ from deeprec.common.features import (
 )
 from deeprec.common.limits import RequestLimits
 from deeprec.common.tensors import TensorError, decode
+from deeprec.launcher.cpu import rss_bytes
 from deeprec.models import reference
 from deeprec.models.inputs import random_inputs
 from deeprec.sharding.planner import make_plan
@@ -327,10 +327,9 @@ def _tensor(array: np.ndarray) -> tensor_pb2.Tensor:
 
 
 def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+    rss = rss_bytes(pid)
+    assert rss is not None, f"process {pid} is gone"
+    return rss / 2**20
 
 
 def test_a_worker_gives_memory_back_after_a_huge_valid_request(tiny_zoo):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -66,6 +65,7 @@ from deeprec.bench.fuzz.wire import (
     wire_bytes,
     wrap64,
 )
+from deeprec.launcher.cpu import rss_bytes
 from deeprec.launcher.processes import Supervisor
 from deeprec.v1 import inference_pb2, inference_pb2_grpc, scheduler_pb2, tensor_pb2
 
@@ -593,10 +593,9 @@ def test_scheduler_policies_and_otlp_endpoint(clusters, targets, sender, alive):
 
 
 def _rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
+    rss = rss_bytes(pid)
+    assert rss is not None, f"process {pid} is gone"
+    return rss // 1024
 
 
 def test_oversized_and_huge_requests_leave_a_worker_bounded(tiny_zoo, tmp_path):

@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
-import os
 import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +23,7 @@ from deeprec.bench.tuning import (
     summarise,
     windows,
 )
+from deeprec.launcher.cpu import process_seconds
 from deeprec.models import zoo
 from deeprec.models.artifact import write_artifact
 from deeprec.workload.openloop import run_open_loop
@@ -218,15 +217,7 @@ def test_the_burner_burns_while_open_and_leaves_no_process(tmp_path):
         assert process.is_alive()
         pid = process.pid
         deadline = time.monotonic() + 30  # bounds a hang; the wait is for CPU time to show
-        while _cpu_seconds(pid) == 0 and time.monotonic() < deadline:
+        while not process_seconds(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert _cpu_seconds(pid) > 0
+        assert process_seconds(pid) > 0
     assert not process.is_alive()
-
-
-def _cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -29,6 +29,7 @@ from deeprec.common.jsonfile import write_json
 from deeprec.common.server import channel as aio_channel
 from deeprec.common.server import sync_channel
 from deeprec.common.tensors import decode
+from deeprec.launcher.cpu import process_seconds, rss_bytes
 from deeprec.launcher.processes import Supervisor
 from deeprec.launcher.shards import start_shards, worker_flags
 from deeprec.models import zoo
@@ -66,16 +67,11 @@ def say(message: str) -> None:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    """CPU seconds of one of the configuration's processes, which must still be running."""
+    seconds = process_seconds(pid)
+    if seconds is None:
+        raise RuntimeError(f"process {pid} ended during the run (its log says why)")
+    return seconds
 
 
 # -- load ---------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -26,6 +25,7 @@ from deeprec.workload.openloop import OK, UNFINISHED, LoadResult, run_open_loop,
 from deeprec.workload.queries import Query, QueryCycle
 
 from .cluster import LocalCluster
+from .cpu import rss_bytes
 
 WRONG = "WRONG_SCORES"
 LOST = (UNFINISHED,)  # no answer and no status by the end of the drain
@@ -94,16 +94,6 @@ class ChaosReport:
             "memory": self.memory,
             "load": self.load.to_json(),
         }
-
-
-def rss_bytes(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def reference_scores(artifact: Artifact, queries: list[Query]) -> dict[int, np.ndarray]:
@@ -176,7 +166,11 @@ async def run_chaos(
             while True:
                 memory.append(
                     {"t": time.monotonic() - start}
-                    | {c.name: rss_bytes(c.pid) for c in cluster.children if c.alive()}
+                    | {
+                        c.name: rss
+                        for c in cluster.children
+                        if (rss := rss_bytes(c.pid)) is not None
+                    }
                 )
                 await asyncio.sleep(memory_every)
 

@@ -1,4 +1,5 @@
-"""CPU time of the benchmark's own processes vs the whole machine (Linux /proc).
+"""CPU time of the benchmark's own processes vs the whole machine (Linux /proc), and
+their resident memory: the one home of the benchmarks' /proc readings.
 
 On a shared machine another job can take cores in the middle of a serving benchmark; the
 figures then say more about that job than about deeprec. Measuring both lets a report
@@ -21,6 +22,18 @@ def process_seconds(pid: int) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident memory of one process in bytes; None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024  # the kernel counts in kB
+    except OSError:
+        return None
+    return None  # a zombie: no memory left to report
 
 
 def threads_seconds(pid: int) -> dict[int, tuple[str, float]] | None:

@@ -20,6 +20,7 @@ import grpc
 import numpy as np
 
 from deeprec.common.jsonfile import write_json
+from deeprec.launcher.cpu import rss_bytes
 from deeprec.launcher.processes import exit_reason
 from deeprec.v1 import scheduler_pb2, shard_pb2, tensor_pb2
 
@@ -425,13 +426,8 @@ def _suspect(recent: list[dict]) -> dict | None:
 
 
 def _rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
+    rss = rss_bytes(pid)
+    return None if rss is None else rss / 2**20
 
 
 def _log_findings(path) -> dict:
