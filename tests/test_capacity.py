@@ -105,6 +105,7 @@ def test_errors_and_missing_tails_fail_a_trial_and_budgets_bound_the_search():
 
     capped = find_capacity(always, sla, SearchConfig(start=1, max_rate=100))
     assert capped.capacity == 100 and capped.failed_above is None and "max rate" in capped.note
+    assert capped.lower_bound and capped.to_json(sla)["lower_bound"] is True
     budget = find_capacity(always, sla, SearchConfig(start=1, max_trials=3))
     assert not budget.confirmed and budget.capacity == 4 and len(budget.trials) == 3
     with pytest.raises(ValueError):

@@ -168,10 +168,16 @@ def test_ratios_are_deeprecs_capacity_over_each_peers():
         return {"config": {"kind": kind}, "search": {"capacity_qps": capacity}}
 
     found = ratios([entry("deeprec", 60.0), entry("triton", 40.0), entry("plain", 0.0)])
-    assert found == {"deeprec/triton": 1.5, "deeprec/plain": None}
-    assert ratios([{"config": {"kind": "deeprec"}, "error": "x"}, entry("plain", 3)]) == {
-        "deeprec/plain": None
+    assert {name: r.exact for name, r in found.items()} == {
+        "deeprec/triton": 1.5,
+        "deeprec/plain": None,
     }
+    missing = ratios([{"config": {"kind": "deeprec"}, "error": "x"}, entry("plain", 3)])
+    assert missing["deeprec/plain"].value is None
+    # A peer that met the SLA at every rate of the sweep: the ratio is at most, not equal.
+    floor = {"config": {"kind": "plain"}, "sweep": {"capacity_qps": 100.0, "lower_bound": True}}
+    bounded = ratios([entry("deeprec", 90.0), floor])["deeprec/plain"]
+    assert (bounded.bound, bounded.exact, bounded.text()) == ("at most", None, "at most 0.90x")
 
 
 def test_bench_peers_runs_every_server_and_saves_the_ratios(model, tmp_path):
@@ -192,12 +198,15 @@ def test_bench_peers_runs_every_server_and_saves_the_ratios(model, tmp_path):
     capacities = {}
     for config in data["configs"]:
         search = config["search"]
-        assert search["confirmed"] and search["capacity_qps"] == 16
+        # Every rate up to --max-rate met the SLA: 16 q/s is a floor, not a capacity.
+        assert search["confirmed"] and search["capacity_qps"] == 16 and search["lower_bound"]
         capacities[config["config"]["kind"]] = search["capacity_qps"]
         for load in config["loads"]:
             assert load["ok"] == load["sent"] > 0 and not load["errors"]
-    assert data["ratios"] == {f"deeprec/{p}": 1.0 for p in peers.split(",")}
-    assert "deeprec/plain: 1.00x" in run.stdout
+    # Two floors say nothing of which server serves more: no ratio, and no bound.
+    assert data["ratios"] == {f"deeprec/{p}": None for p in peers.split(",")}
+    assert data["ratio_bounds"] == {}
+    assert "deeprec/plain: -" in run.stdout
     # Each served capacity is set against ONNX Runtime's in-process best, measured first
     # over both ways of running the model.
     in_process = data["in_process"]
@@ -233,9 +242,10 @@ def test_bench_peers_sweeps_every_server_over_the_same_rates(model, tmp_path):
         assert sorted(t["rate"] for t in sweep["trials"]) == [4.0, 4.0, 8.0, 8.0]
         assert all(t["meets_sla"] for t in sweep["trials"])
         assert sweep["capacity_qps"] == 8.0 and "every rate" in sweep["note"]
+        assert sweep["lower_bound"]
         assert len(config["loads"]) == 4
-    assert data["ratios"] == {"deeprec/plain": 1.0}
-    assert "median p95 ms" in run.stdout and "deeprec/plain: 1.00x" in run.stdout
+    assert data["ratios"] == {"deeprec/plain": None}
+    assert "median p95 ms" in run.stdout and "deeprec/plain: -" in run.stdout
     bad = deeprec_cli("bench", "peers", "--sweep", "9,3", timeout=60)
     assert bad.returncode == 2 and "ascending" in bad.stderr + bad.stdout
 

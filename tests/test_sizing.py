@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from deeprec import cli
-from deeprec.bench.search import SLA
+from deeprec.bench.search import SLA, capacity_ratio
 from deeprec.bench.sharding import (
     ALONE_GAP_S,
     ALONE_QUERIES,
@@ -24,7 +24,7 @@ from deeprec.bench.sharding import (
     send_queries,
     serving,
 )
-from deeprec.bench.sizing import capacity_ratio, capacity_text, median_of_rounds
+from deeprec.bench.sizing import capacity_text, median_of_rounds
 from deeprec.bench.sweep import crossing
 from deeprec.frontend.split import sub_batch_bounds
 from deeprec.models import zoo
@@ -591,11 +591,16 @@ def test_bench_sizing_finds_both_capacities_by_the_same_sweep_of_rounds(tiny_zoo
         assert len(result["trials"]) == 4  # every rate in both rounds
         medians = [(m["rate"], m["median_tail_ms"] or math.inf) for m in result["medians"]]
         assert result["capacity_qps"] == pytest.approx(crossing(medians, sla)[0])
-    measured, predicted = found["measured"]["capacity_qps"], found["predicted"]["capacity_qps"]
-    if measured and predicted:  # 0 only where even 4 q/s missed the SLA
-        assert found["predicted_over_measured"] == pytest.approx(predicted / measured)
+    measured, predicted = found["measured"], found["predicted"]
+    # A ratio only between two capacities that crossed the SLA within the ladder: 0 (even
+    # 4 q/s missed) or a floor (8 q/s met) is a bound, and the text says which.
+    if all(side["capacity_qps"] and not side["lower_bound"] for side in (measured, predicted)):
+        ratio = predicted["capacity_qps"] / measured["capacity_qps"]
+        assert found["predicted_over_measured"] == pytest.approx(ratio)
     else:
         assert found["predicted_over_measured"] is None
+    expected = capacity_ratio(predicted, measured).text()
+    assert found["predicted_over_measured_text"] == expected
 
 
 def test_bench_sizing_refuses_a_capacity_ladder_it_cannot_read(tiny_zoo, capsys):
@@ -646,6 +651,21 @@ def test_a_capacity_below_the_lowest_rate_is_said_and_never_divided():
     # 0 q/s means "missed the SLA at the lowest rate tried": a bound, not a capacity.
     below = {"capacity_qps": 0.0, "note": "misses the SLA at the lowest rate, 40 q/s"}
     assert capacity_text(below) == "none (misses the SLA at the lowest rate, 40 q/s)"
-    assert capacity_text({"capacity_qps": 52.94, "note": None}) == "52.9 q/s"
-    assert capacity_ratio(40.0, 50.0) == pytest.approx(0.8)
-    assert capacity_ratio(0.0, 50.0) is None and capacity_ratio(40.0, 0.0) is None
+    found = {"capacity_qps": 52.94, "note": None, "lower_bound": False}
+    assert capacity_text(found) == "52.9 q/s"
+    assert capacity_ratio(found, {**found, "capacity_qps": 66.175}).value == pytest.approx(0.8)
+    assert capacity_ratio(below, found).value is None and capacity_ratio(found, below).text() == "-"
+
+
+def test_a_capacity_above_the_highest_rate_is_a_floor_and_its_ratio_a_bound():
+    # Every rate of the ladder met the SLA: the capacity is at least the top rate.
+    floor = {"capacity_qps": 100.0, "note": "met the SLA at every rate, up to 100 q/s",
+             "lower_bound": True}  # fmt: skip
+    found = {"capacity_qps": 87.7, "note": None, "lower_bound": False}
+    assert capacity_text(floor) == "at least 100.0 q/s (met the SLA at every rate, up to 100 q/s)"
+    over_floor = capacity_ratio(found, floor)
+    assert over_floor.bound == "at most" and over_floor.exact is None
+    assert over_floor.text() == "at most 0.88x"
+    assert capacity_ratio(floor, found).text() == "at least 1.14x"
+    both = capacity_ratio(floor, floor)
+    assert both.value is None and both.exact is None

@@ -7,7 +7,14 @@ import math
 import pytest
 
 from deeprec.bench.search import SLA, Trial
-from deeprec.bench.sweep import GIVE_UP_SLAS, crossing, parse_rates, run_sweep, schedule
+from deeprec.bench.sweep import (
+    GIVE_UP_SLAS,
+    crossing,
+    parse_rates,
+    run_sweep,
+    schedule,
+    summarise,
+)
 
 SLA100 = SLA(100.0, 95.0)
 
@@ -44,6 +51,13 @@ def test_the_capacity_is_where_the_median_curve_first_crosses_the_sla():
     assert capacity == 0.0 and "lowest rate" in note
     capacity, note = crossing([(50, 40.0), (100, 90.0)], SLA100)
     assert capacity == 100 and "every rate" in note
+
+
+def test_a_ladder_met_at_every_rate_gives_a_floor_not_a_capacity():
+    met = summarise([Trial(50, 40.0), Trial(100, 90.0)], SLA100)
+    assert met.capacity == 100 and met.lower_bound and met.to_json(SLA100)["lower_bound"]
+    crossed = summarise([Trial(50, 40.0), Trial(100, 120.0)], SLA100)
+    assert crossed.capacity == 87.5 and not crossed.lower_bound
 
 
 def fake_server(tails_by_round):

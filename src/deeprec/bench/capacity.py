@@ -229,9 +229,14 @@ def _suffix(search: dict) -> str:
     return f" ({search['note']})" if "medians" in search and search["note"] else ""
 
 
+def found_of(entry: dict) -> dict | None:
+    """Its search's or its sweep's result (None: neither finished)."""
+    return entry.get("search") or entry.get("sweep")
+
+
 def capacity_of(entry: dict) -> float | None:
     """The capacity its search or its sweep found (None: neither finished)."""
-    found = entry.get("search") or entry.get("sweep")
+    found = found_of(entry)
     return None if found is None else found["capacity_qps"]
 
 

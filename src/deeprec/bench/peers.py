@@ -22,6 +22,7 @@ from .capacity import (
     Searches,
     capacity_of,
     common,
+    found_of,
     header,
     measure_targets,
     setup,
@@ -30,23 +31,22 @@ from .capacity import (
     table,
     write_outputs,
 )
+from .search import Ratio, capacity_ratio
 from .targets import DeeprecTarget, FloorTarget, PlainTarget, TritonTarget, parse_configs
 
 PEERS = ("triton", "plain")
 FLOOR = "floor"  # the plain server with no model: `deeprec bench cost` only
 
 
-def ratios(entries: list[dict]) -> dict[str, float | None]:
-    """deeprec's capacity / each peer's (None when either is missing or the peer's is 0)."""
-    ours = next((capacity_of(e) for e in entries if e["config"]["kind"] == "deeprec"), None)
-    out = {}
-    for entry in entries:
-        kind = entry["config"]["kind"]
-        if kind == "deeprec":
-            continue
-        theirs = capacity_of(entry)
-        out[f"deeprec/{kind}"] = ours / theirs if ours is not None and theirs else None
-    return out
+def ratios(entries: list[dict]) -> dict[str, Ratio]:
+    """deeprec's capacity / each peer's; a bound where one of them met the SLA at every
+    rate tried, none where either is missing or 0 (search.capacity_ratio)."""
+    ours = next((found_of(e) for e in entries if e["config"]["kind"] == "deeprec"), None)
+    return {
+        f"deeprec/{entry['config']['kind']}": capacity_ratio(ours, found_of(entry))
+        for entry in entries
+        if entry["config"]["kind"] != "deeprec"
+    }
 
 
 def in_process_capacity(artifact, seconds: float, say) -> dict:
@@ -122,7 +122,10 @@ def run_peers(args, stop: threading.Event, say: Callable[[str], None]) -> int:
     searches = Searches(queries, sla, search, plan, tuned_plan, args.seed, stop, say)
     data["configs"] = measure_targets(targets, searches, args, rates, data)
     data["skipped"] = skipped
-    data["ratios"] = ratios(data["configs"])
+    found = ratios(data["configs"])
+    data["ratios"] = {name: ratio.exact for name, ratio in found.items()}
+    # A capacity at the top of the ladder is a floor: the ratio is then a bound, not a value.
+    data["ratio_bounds"] = {name: ratio.text() for name, ratio in found.items() if ratio.bound}
     if "in_process" in data:
         of_in_process(data["configs"], data["in_process"], workload.sizes.mean)
     print(
@@ -132,8 +135,8 @@ def run_peers(args, stop: threading.Event, say: Callable[[str], None]) -> int:
     )
     for line in sweep_table(data) + table(data):
         print(line)
-    for name, value in data["ratios"].items():
-        print(f"{name}: " + ("-" if value is None else f"{value:.2f}x"))
+    for name, ratio in found.items():
+        print(f"{name}: {ratio.text()}")
     for name, why in skipped.items():
         print(f"{name}: skipped ({why})")
     if "in_process" in data:

@@ -98,6 +98,7 @@ class SearchResult:
     trials: list[Trial] = field(default_factory=list)
     failed_above: float | None = None  # lowest rate seen failing above the capacity
     note: str = ""
+    lower_bound: bool = False  # met the SLA at every rate tried: the capacity is a floor
 
     def to_json(self, sla: SLA) -> dict:
         return {
@@ -105,8 +106,41 @@ class SearchResult:
             "confirmed": self.confirmed,
             "failed_above_qps": self.failed_above,
             "note": self.note or None,
+            "lower_bound": self.lower_bound,
             "trials": [t.to_json(sla) for t in self.trials],
         }
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """One capacity over another, as far as the rates tried tell it: ``bound`` is ""
+    for a value, "at least" when only the numerator met the SLA at every rate tried (its
+    capacity is a floor), "at most" when only the denominator did. ``value`` is None
+    when there is no number: either side missing or below the lowest rate, or both
+    above the highest."""
+
+    value: float | None
+    bound: str = ""
+
+    def text(self) -> str:
+        if self.value is None:
+            return "-"
+        return f"{self.bound + ' ' if self.bound else ''}{self.value:.2f}x"
+
+    @property
+    def exact(self) -> float | None:
+        return None if self.bound else self.value
+
+
+def capacity_ratio(top: dict | None, bottom: dict | None) -> Ratio:
+    """``top``'s capacity over ``bottom``'s, each as a search's or a sweep's ``to_json``."""
+    if not top or not bottom or not top["capacity_qps"] or not bottom["capacity_qps"]:
+        return Ratio(None)
+    floors = (top.get("lower_bound", False), bottom.get("lower_bound", False))
+    if all(floors):
+        return Ratio(None)
+    bound = "at least" if floors[0] else "at most" if floors[1] else ""
+    return Ratio(top["capacity_qps"] / bottom["capacity_qps"], bound)
 
 
 Measure = Callable[[float, int], Trial]  # (rate, attempt at that rate) -> Trial
@@ -170,7 +204,8 @@ def find_capacity(
                     hi = mid
             if all(run(lo, "confirm") for _ in range(config.confirmations)):
                 note = "" if hi != math.inf else f"met the SLA up to max rate {config.max_rate:g}"
-                return SearchResult(lo, True, trials, None if hi == math.inf else hi, note)
+                above = None if hi == math.inf else hi
+                return SearchResult(lo, True, trials, above, note, lower_bound=above is None)
             hi = lo
             lo = lo / (1 + config.tolerance)
             if lo < config.min_rate:

@@ -43,7 +43,7 @@ from deeprec.sizing.work import ModelShape, Work, shard_lookups
 from deeprec.workload.distributions import parse_sizes
 
 from .measure import trial_of
-from .search import SLA, SearchConfig, Trial, find_capacity
+from .search import SLA, SearchConfig, Trial, capacity_ratio, find_capacity
 from .sharding import _artifact, drive, predict_payloads, run_config, serving, warm
 from .sweep import parse_rates, run_sweep
 
@@ -227,33 +227,35 @@ def capacities(
 
         return _find(trial, sla, args)
 
-    predicted = simulated(replace(work, costs=costs))
-    as_measured = simulated(work) if costs is not work.costs else predicted
+    predicted = simulated(replace(work, costs=costs)).to_json(sla)
+    as_measured = simulated(work).to_json(sla) if costs is not work.costs else predicted
+    measured = real.to_json(sla)
+    # A capacity below or above the rates tried is a bound: its ratio is a bound or none,
+    # and the bar (within 20%) is judged on values only.
+    ratio = capacity_ratio(predicted, measured)
+    unscaled = capacity_ratio(as_measured, measured)
     return {
         "shards": shards,
         "sla": sla.describe(),
         "method": how,
         "speed": record,
-        "predicted": predicted.to_json(sla),
-        "measured": real.to_json(sla),
-        "predicted_over_measured": capacity_ratio(predicted.capacity, real.capacity),
-        "predicted_from_costs_as_measured_over_measured": capacity_ratio(
-            as_measured.capacity, real.capacity
-        ),
+        "predicted": predicted,
+        "measured": measured,
+        "predicted_over_measured": ratio.exact,
+        "predicted_over_measured_text": ratio.text(),
+        "predicted_from_costs_as_measured_over_measured": unscaled.exact,
+        "predicted_from_costs_as_measured_over_measured_text": unscaled.text(),
     }
 
 
-def capacity_ratio(predicted: float, measured: float) -> float | None:
-    """predicted / measured; None where either missed the SLA at the lowest rate tried
-    (a capacity of 0 is "below the ladder", a bound and not a value to divide)."""
-    return predicted / measured if predicted > 0 and measured > 0 else None
-
-
 def capacity_text(found: dict) -> str:
-    """A capacity as found (``Found.to_json``): its rate, or why there is none."""
-    if found["capacity_qps"] > 0:
-        return f"{found['capacity_qps']:.1f} q/s"
-    return f"none ({found['note']})" if found.get("note") else "none"
+    """A capacity as found (``to_json`` of a search or a sweep): its rate, a floor when
+    every rate tried met the SLA, or why there is none."""
+    if found["capacity_qps"] <= 0:
+        return f"none ({found['note']})" if found.get("note") else "none"
+    if found.get("lower_bound"):
+        return f"at least {found['capacity_qps']:.1f} q/s ({found['note']})"
+    return f"{found['capacity_qps']:.1f} q/s"
 
 
 def _find(measure, sla: SLA, args, log=lambda _message: None):
@@ -448,16 +450,16 @@ def bench_sizing(args) -> int:
             f"({costs.probe_ms:.2f} ms); from the costs as measured, p50/p99 x: {unscaled}"
         )
     for c in found:
-        ratio = c["predicted_over_measured"]
+        ratio = c["predicted_over_measured_text"]
+        unscaled = c["predicted_from_costs_as_measured_over_measured_text"]
         print(
             f"{c['shards']} shard(s), {c['sla']}: capacity predicted "
             f"{capacity_text(c['predicted'])}, measured {capacity_text(c['measured'])}"
             + ("" if c["measured"]["confirmed"] else " (unconfirmed)")
-            + (f": {ratio:.2f}x" if ratio else "")
+            + (f": {ratio}" if ratio != "-" else "")
             + (
-                f" (speed {c['speed']['factor']:.2f}; from the costs as measured "
-                f"{c['predicted_from_costs_as_measured_over_measured']:.2f}x)"
-                if speed.probe is not None and c["predicted_from_costs_as_measured_over_measured"]
+                f" (speed {c['speed']['factor']:.2f}; from the costs as measured {unscaled})"
+                if speed.probe is not None and unscaled != "-"
                 else ""
             )
         )

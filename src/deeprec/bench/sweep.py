@@ -90,12 +90,14 @@ class SweepResult:
     note: str
     medians: dict[float, float]  # rate -> median tail over the rounds (inf: failed)
     trials: list[Trial] = field(default_factory=list)  # skipped ones carry phase "skipped"
+    lower_bound: bool = False  # met the SLA at every rate of the ladder: a floor
 
     def to_json(self, sla: SLA) -> dict:
         return {
             "capacity_qps": self.capacity,
             "confirmed": True,  # medians over every round: nothing is left to confirm
             "note": self.note or None,
+            "lower_bound": self.lower_bound,
             "medians": [
                 {"rate": r, "median_tail_ms": None if math.isinf(t) else t}
                 for r, t in sorted(self.medians.items())
@@ -110,7 +112,8 @@ def summarise(trials: list[Trial], sla: SLA) -> SweepResult:
         by_rate.setdefault(trial.rate, []).append(effective_tail(trial, sla))
     medians = {rate: statistics.median(tails) for rate, tails in sorted(by_rate.items())}
     capacity, note = crossing(sorted(medians.items()), sla)
-    return SweepResult(capacity, note, medians, trials)
+    everywhere = bool(medians) and all(tail <= sla.ms for tail in medians.values())
+    return SweepResult(capacity, note, medians, trials, lower_bound=everywhere)
 
 
 def run_sweep(
