@@ -165,6 +165,9 @@ def test_bench_capacity_searches_each_configuration_on_a_real_cluster(tiny_model
             assert load["ok"] == load["sent"] > 0 and not load["errors"]
             assert load["latency"]["p99_ms"] > 0
     assert "deeprec no split" in run.stdout and "32.00" in run.stdout
+    # Capped at --max-rate: a floor, and the table says so beside each capacity.
+    assert all(c["search"]["lower_bound"] for c in data["configs"])
+    assert run.stdout.count("(met the SLA up to max rate 32)") >= 2, run.stdout
     png = out.with_suffix(".png")
     try:
         import matplotlib  # noqa: F401

@@ -223,10 +223,11 @@ def sweep_table(result: dict) -> list[str]:
     return lines
 
 
-def _suffix(search: dict) -> str:
-    if not search["confirmed"]:
-        return f" (not confirmed: {search['note']})"
-    return f" ({search['note']})" if "medians" in search and search["note"] else ""
+def _suffix(found: dict) -> str:
+    """A search's or a sweep's note: why it is not confirmed, or that it is a floor."""
+    if not found["confirmed"]:
+        return f" (not confirmed: {found['note']})"
+    return f" ({found['note']})" if found["note"] else ""
 
 
 def found_of(entry: dict) -> dict | None:
