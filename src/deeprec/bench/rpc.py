@@ -29,12 +29,13 @@ from deeprec.common.server import CHANNEL_OPTIONS, MAX_MESSAGE_BYTES, SERVER_OPT
 from deeprec.launcher.cpu import threads_seconds
 
 SERVICE, METHOD = "deeprec.bench.Rpc", "Call"
+CALL = f"/{SERVICE}/{METHOD}"  # the one method of the bare server, for a client's unary_unary
 SERVERS = ("aio", "sync")
 ROLES = ("main thread", "gRPC core threads", "other Python threads")
 WARM_CALLS = 50
 
 
-# -- the server, in its own process ---------------------------------------------------------
+# -- the bare server (also sizing/measure.py's, in-process) ---------------------------------
 
 
 def _handlers(answer):
@@ -45,10 +46,25 @@ def _handlers(answer):
     )
 
 
+async def start_aio(reply_bytes: int) -> tuple[grpc.aio.Server, int]:
+    """A started grpc.aio server with the deployed options, answering every call with
+    ``reply_bytes`` bytes and doing nothing else; (server, its port on 127.0.0.1)."""
+    reply = b"\0" * reply_bytes
+
+    async def answer(request, context):
+        return reply
+
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server.add_generic_rpc_handlers(_handlers(answer))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, port
+
+
 def serve(kind: str, reply_bytes: int) -> None:
     """Serve until killed; the port goes to stdout."""
-    reply = b"\0" * reply_bytes
     if kind == "sync":
+        reply = b"\0" * reply_bytes
         server = grpc.server(ThreadPoolExecutor(1), options=SERVER_OPTIONS)
         server.add_generic_rpc_handlers(_handlers(lambda request, context: reply))
         print(server.add_insecure_port("127.0.0.1:0"), flush=True)
@@ -56,14 +72,9 @@ def serve(kind: str, reply_bytes: int) -> None:
         server.wait_for_termination()
         return
 
-    async def answer(request, context):
-        return reply
-
     async def main():
-        server = grpc.aio.server(options=SERVER_OPTIONS)
-        server.add_generic_rpc_handlers(_handlers(answer))
-        print(server.add_insecure_port("127.0.0.1:0"), flush=True)
-        await server.start()
+        server, port = await start_aio(reply_bytes)
+        print(port, flush=True)
         await server.wait_for_termination()
 
     asyncio.run(main())
@@ -91,7 +102,7 @@ async def _load(port: int, args, seed: int, server_pid: int):
     threads read just before and after: (calls timed, before, after)."""
     request = b"\1" * args.request_bytes
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", CHANNEL_OPTIONS) as channel:
-        call = channel.unary_unary(f"/{SERVICE}/{METHOD}")
+        call = channel.unary_unary(CALL)
         for _ in range(WARM_CALLS):
             await call(request, timeout=10)
         rng = np.random.default_rng(seed)

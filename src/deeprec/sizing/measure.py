@@ -36,6 +36,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from deeprec.bench import rpc
+from deeprec.bench.rpc import start_aio
 from deeprec.bench.sharding import predict_payloads, run_config
 from deeprec.bench.stages import measure_stages
 from deeprec.common.jsonfile import write_json
@@ -49,7 +51,6 @@ from .simulate import Cluster, simulate
 from .speed import SpeedProbe
 from .work import ModelShape, Work, shard_lookups
 
-ECHO = "/deeprec.sizing.Echo/Call"
 FIT_SIZES = (100, 500)  # query sizes (items) the per-part and per-item costs are fitted on
 SPREAD_SHARDS = 4  # shards the per-Lookup costs are measured on (against one)
 SMALL_BYTES, LARGE_BYTES = 1_000, 1_000_000
@@ -57,21 +58,10 @@ SMALL_BYTES, LARGE_BYTES = 1_000, 1_000_000
 
 async def _cpu_per_call(size: int, calls: int, concurrency: int = 4) -> float:
     """Process CPU ms per call of ``size`` request bytes over a real loopback server."""
-    reply = b"\0" * 1024
-
-    async def echo(request: bytes, context) -> bytes:
-        return reply
-
-    handler = grpc.method_handlers_generic_handler(
-        "deeprec.sizing.Echo", {"Call": grpc.unary_unary_rpc_method_handler(echo)}
-    )
-    server = grpc.aio.server(options=CHANNEL_OPTIONS)
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    server, port = await start_aio(reply_bytes=1024)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", CHANNEL_OPTIONS) as channel:
-            call = channel.unary_unary(ECHO)
+            call = channel.unary_unary(rpc.CALL)
             payload = os.urandom(size)
             for _ in range(20):  # warm: connection, buffers
                 await call(payload)
