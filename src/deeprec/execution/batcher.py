@@ -272,10 +272,13 @@ class Batcher:
             if another:
                 self._start_another()
             try:
-                self._run_group(group)
+                answers = self._run_group(group)
             finally:
                 with self._lock:
                     self.running_items -= items
+            # Posted after the books are settled: whoever an answer wakes sees them so.
+            for answer in answers:
+                self._loop.call_soon_threadsafe(*answer)
 
     def _start_another(self) -> None:
         try:
@@ -284,22 +287,23 @@ class Batcher:
             with self._lock:
                 self.active -= 1
 
-    def _run_group(self, group: list[_Piece]) -> None:
+    def _run_group(self, group: list[_Piece]) -> list[tuple]:
+        """Runs the group's live sub-batches as one; returns the answers for the event loop
+        (each a callback and its arguments)."""
         now = time.perf_counter()
         expired = [p for p in group if p.waiting.deadline is not None and now > p.waiting.deadline]
         live = [p for p in group if p not in expired]
-        if expired:  # nobody waits for these answers any more: skip the work
+        if expired:  # nobody waits for these answers any more: skip the work, say so now
             self._loop.call_soon_threadsafe(self._expire, expired, now)
         if not live:
-            return
+            return []
         started = time.perf_counter()
         try:
             scores = self.run(merge([p.batch for p in live]).feeds(), live[0].waiting.threads)[0]
         except Exception as err:  # the run failed: every sub-batch in it fails
-            self._loop.call_soon_threadsafe(self._fail, live, err)
-            return
+            return [(self._fail, live, err)]
         finished = time.perf_counter()
-        self._loop.call_soon_threadsafe(self._deliver, live, scores, started, finished)
+        return [(self._deliver, live, scores, started, finished)]
 
     @staticmethod
     def _expire(expired: list[_Piece], now: float) -> None:
