@@ -1,9 +1,10 @@
 """Build a small open-source-style PyTorch DLRM, export it to ONNX, and import it.
 
 Writes tests/fixtures/torch_dlrm/model.onnx (the committed fixture of tests/test_import.py)
-and, with --import-to DIR, runs `deeprec model import` on it. Needs the [torch] extra:
+and, with --import-to DIR, runs `deeprec model import` on it. Needs the [dev] extra
+(onnxscript, for torch.onnx.export; PyTorch itself is a dependency of deeprec):
 
-    pip install -e '.[torch]'
+    pip install -e '.[dev]'
     python scripts/make_import_fixture.py [--out FILE] [--legacy] [--import-to DIR]
 
 The model follows facebookresearch/dlrm's DLRM_Net: nn.EmbeddingBag(mode="sum") tables,

@@ -1398,6 +1398,8 @@ def pins(path: Path) -> dict[str, str]:
         if line.startswith("-r "):
             found |= pins(path.parent / line[3:].strip())
             continue
+        if line.startswith("--"):  # an index option (PyTorch's CPU wheels), not a package
+            continue
         name, sep, version = line.partition("==")
         assert sep, f"{path.name}: {line!r} is not pinned with =="
         found[name.lower().replace("_", "-")] = version

@@ -410,8 +410,8 @@ SETTINGS: tuple[Setting, ...] = (
         "--lookup-threads",
         int,
         1,
-        "Lookups a shard answers at once, on threads over its one copy of the rows (SciPy's "
-        "sums run without the GIL): one per core of the pod; 1: on its event loop",
+        "Lookups a shard answers at once, on threads over its one copy of the rows (the "
+        "pooling kernel runs without the GIL): one per core of the pod; 1: on its event loop",
         ("shard",),
         minimum=1,
         maximum=256,

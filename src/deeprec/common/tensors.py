@@ -74,5 +74,5 @@ def decode(
     except ValueError:  # an empty tensor whose other dimensions NumPy cannot index
         raise TensorError(f"{field}: shape {shape_text(shape)} is too large") from None
     # A view into a request's bytes (common/wire_reader) starts wherever the field did:
-    # NumPy, SciPy and ONNX Runtime get an aligned copy of a misaligned one.
+    # NumPy, PyTorch and ONNX Runtime get an aligned copy of a misaligned one.
     return array if array.flags.aligned else array.copy()

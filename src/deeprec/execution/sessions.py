@@ -14,7 +14,7 @@ EMBEDDINGS = ("auto", "fused", "graph")
 
 def embeddings_for(choice: str, device: str, threads: int | None, sequences: bool = False) -> str:
     """auto: fused for a one-thread CPU worker of a model whose features are all bags;
-    the whole graph otherwise. SciPy pools on one thread, while ONNX Runtime spreads its
+    the whole graph otherwise. The pooling kernel sums on one thread, while ONNX Runtime spreads its
     gathers over its threads (and keeps them on the GPU): `deeprec model bench` measures
     both. A sequence feature (``sequences``) gains nothing from the fused stage, which
     only gathers its rows out of ONNX Runtime and hands them back in: DIN's p95 at 119

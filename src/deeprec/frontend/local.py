@@ -2,7 +2,7 @@
 
 One execution.Runner (the inference worker's own run loop, queued sub-batches merged)
 with one run thread per local worker, all fed by one queue, over a session of the same
-artifact. ONNX Runtime and the SciPy pooling release the GIL, so N threads use N cores
+artifact. ONNX Runtime and the pooling kernel release the GIL, so N threads use N cores
 beside the event loop. The sub-batch is the frontend's validated view of the query:
 nothing is encoded, sent, decoded or validated a second time. A frontend may have this
 pool and remote workers; its balancer treats them alike.

@@ -34,6 +34,7 @@ from deeprec.common.server import channel
 from deeprec.common.tasks import all_or_nothing
 from deeprec.common.tensors import TensorError, decode, encode
 from deeprec.models.fused import dense_feeds
+from deeprec.models.pooling import load_kernel
 from deeprec.models.runtime import open_session
 from deeprec.sharding.plan import Plan, PlanError, load_plan, parse_bytes
 from deeprec.sharding.profile import load_profile
@@ -193,6 +194,7 @@ class ShardedSession:
             dims = {t.name: t.dim for t in artifact.spec.tables}
             rows = {t.name: t.rows for t in artifact.spec.tables}
             self.cache = HotRowCache(config.cache_bytes, dims, config.cache_mode, rows)
+            load_kernel()  # the cache's hits are pooled here: import it before the first query
 
     @property
     def provider(self) -> str:

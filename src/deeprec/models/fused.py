@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .pooling import bag_sum, gather
+from .pooling import bag_sum, gather, load_kernel
 
 
 def dense_feeds(spec, feeds: dict, looked_up: dict) -> dict:
@@ -33,6 +33,8 @@ class FusedSession:
         self.spec = artifact.spec
         self.dense = dense_session
         self.tables = {t.name: np.asarray(artifact.table(t.name)) for t in artifact.spec.tables}
+        if any(f.pooling == "sum" for f in artifact.spec.features):
+            load_kernel()  # now, not in the first query
 
     @property
     def provider(self) -> str:

@@ -29,7 +29,7 @@ MAX_LOOKUPS = 1024
 
 class ShardServicer(shard_pb2_grpc.SparseShardServicer):
     """``threads`` > 1: Lookups run on that many threads, side by side over the one copy
-    of the rows (the pooling's SciPy and NumPy kernels let go of the GIL); 1: inline on
+    of the rows (the pooling kernel and NumPy's gathers let go of the GIL); 1: inline on
     the event loop, where a gather and a segment sum at serving sizes cost less than the
     hop to a thread would."""
 

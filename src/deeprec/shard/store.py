@@ -16,7 +16,7 @@ from deeprec.common.errors import ServingError
 from deeprec.common.features import DEFAULT_LIMITS, check_bags, check_ids, check_items
 from deeprec.common.limits import RequestLimits
 from deeprec.common.quote import quote
-from deeprec.models.pooling import bag_sum, gather
+from deeprec.models.pooling import bag_sum, gather, load_kernel
 from deeprec.sharding.plan import ROW_DTYPES, Plan, PlanError
 
 CONVERT_CHUNK_BYTES = 16 << 20
@@ -63,6 +63,8 @@ class ShardStore:
             if self.row_dtype == "float16":
                 rows = _fp16_copy(rows)
             self.held[r.table] = HeldRows(r.table, r.start, r.stop, rows)
+        if self.row_dtype == "float32":
+            load_kernel()  # now, not in the first Lookup (fp16 rows are widened, not sent to it)
 
     @property
     def nbytes(self) -> int:
