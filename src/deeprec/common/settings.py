@@ -329,8 +329,8 @@ SETTINGS: tuple[Setting, ...] = (
         str,
         "auto",
         "fused: pool from the mapped tables outside ONNX Runtime, run dense.onnx; graph: "
-        "run model.onnx whole; auto: fused for a cpu worker with 1 thread whose model has "
-        "no sequence features, else graph",
+        "run model.onnx whole; auto: fused for a cpu worker whose model has no sequence "
+        "features, else graph",
         ("frontend", "inference"),
         ("auto", "fused", "graph"),
     ),

@@ -13,17 +13,19 @@ EMBEDDINGS = ("auto", "fused", "graph")
 
 
 def embeddings_for(choice: str, device: str, threads: int | None, sequences: bool = False) -> str:
-    """auto: fused for a one-thread CPU worker of a model whose features are all bags;
-    the whole graph otherwise. The pooling kernel sums on one thread, while ONNX Runtime spreads its
-    gathers over its threads (and keeps them on the GPU): `deeprec model bench` measures
-    both. A sequence feature (``sequences``) gains nothing from the fused stage, which
-    only gathers its rows out of ONNX Runtime and hands them back in: DIN's p95 at 119
-    q/s was 1.4-3x the plain server's fused and 0.86-0.89x with the whole graph
-    (docs/benchmarks.md)."""
+    """auto: fused for a CPU worker of a model whose features are all bags; the whole
+    graph otherwise. The pooling kernel (PyTorch's embedding bag) sums on one thread yet
+    beats ONNX Runtime's gathers on two: small RMC1 on 2 threads, 100,900-108,800 items/s
+    fused against 52,500-55,200 for the graph at 128-1024 items (`deeprec model bench
+    artifacts/rmc1-small --threads 2 --embeddings graph,fused`, docs/benchmarks.md). On
+    the GPU the gathers stay on the device. A sequence feature (``sequences``) gains
+    nothing from the fused stage, which only gathers its rows out of ONNX Runtime and
+    hands them back in: DIN's p95 at 119 q/s was 1.4-3x the plain server's fused and
+    0.86-0.89x with the whole graph (docs/benchmarks.md)."""
     if choice not in EMBEDDINGS:
         raise ValueError(f"embeddings must be one of {', '.join(EMBEDDINGS)}, not {choice!r}")
     if choice == "auto":
-        return "fused" if device == "cpu" and threads == 1 and not sequences else "graph"
+        return "fused" if device == "cpu" and not sequences else "graph"
     return choice
 
 
