@@ -4,9 +4,9 @@ float32 tables are summed by PyTorch's embedding-bag kernel (FBGEMM's on x86, as
 open-source DLRM): it prefetches the rows ahead of the sums and lets go of the GIL, and on
 the project's machine it pools a small RMC1 query 2.4x faster than SciPy's sparse-times-
 dense product did (docs/benchmarks.md, "Pooling through PyTorch's embedding bag").
-PyTorch is imported on first use or by ``load_kernel`` (about a second, and 190 MB of
-shared libraries), so processes that never pool (the scheduler, clients, the command line)
-do not pay for it.
+PyTorch is imported on first use or by ``load_kernel`` (about a second, and about 190 MB
+of resident memory), so processes that never pool (the scheduler, clients, the command
+line) do not pay for it.
 
 The NumPy reference (reference.pool_sum) stays a deliberately plain loop in float64 so it
 can judge this code; shards, the worker's hot-row cache and sharded assembly use these.
