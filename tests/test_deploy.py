@@ -1423,6 +1423,14 @@ def test_image_pins_satisfy_pyproject(flavour, runtime):
     assert ("onnxruntime" in locked) == (flavour == "cpu")
 
 
+def test_images_take_pytorchs_cpu_build():
+    """The pooling kernel's PyTorch: PyPI's Linux wheels of the same version are CUDA
+    builds of several GB, so the lock names the CPU build and the index that has it."""
+    text = (ROOT / "docker" / "requirements.txt").read_text()
+    assert pins(ROOT / "docker" / "requirements.txt")["torch"].endswith("+cpu")
+    assert re.search(r"^--extra-index-url https://download\.pytorch\.org/whl/cpu$", text, re.M)
+
+
 def test_image_lock_is_closed():
     """Every dependency of a pinned package is pinned too, so the image build resolves
     nothing on its own (checked with the metadata of the packages installed here)."""
