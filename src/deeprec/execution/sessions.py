@@ -12,16 +12,17 @@ from deeprec.models.runtime import open_session
 EMBEDDINGS = ("auto", "fused", "graph")
 
 
-def embeddings_for(choice: str, device: str, threads: int | None, sequences: bool = False) -> str:
+def embeddings_for(choice: str, device: str, sequences: bool = False) -> str:
     """auto: fused for a CPU worker of a model whose features are all bags; the whole
-    graph otherwise. The pooling kernel (PyTorch's embedding bag) sums on one thread yet
-    beats ONNX Runtime's gathers on two: small RMC1 on 2 threads, 100,900-108,800 items/s
-    fused against 52,500-55,200 for the graph at 128-1024 items (`deeprec model bench
-    artifacts/rmc1-small --threads 2 --embeddings graph,fused`, docs/benchmarks.md). On
-    the GPU the gathers stay on the device. A sequence feature (``sequences``) gains
-    nothing from the fused stage, which only gathers its rows out of ONNX Runtime and
-    hands them back in: DIN's p95 at 119 q/s was 1.4-3x the plain server's fused and
-    0.86-0.89x with the whole graph (docs/benchmarks.md)."""
+    graph otherwise, whatever the threads per run: the pooling kernel (PyTorch's
+    embedding bag) sums on one thread yet beats ONNX Runtime's gathers on two. Small RMC1
+    on 2 threads: 100,900-108,800 items/s fused against 52,500-55,200 for the graph at
+    128-1024 items (`deeprec model bench artifacts/rmc1-small --threads 2 --embeddings
+    graph,fused`, docs/benchmarks.md). On the GPU the gathers stay on the device. A
+    sequence feature (``sequences``) gains nothing from the fused stage, which only
+    gathers its rows out of ONNX Runtime and hands them back in: DIN's p95 at 119 q/s was
+    1.4-3x the plain server's fused and 0.86-0.89x with the whole graph
+    (docs/benchmarks.md)."""
     if choice not in EMBEDDINGS:
         raise ValueError(f"embeddings must be one of {', '.join(EMBEDDINGS)}, not {choice!r}")
     if choice == "auto":
@@ -91,8 +92,8 @@ def open_runs(
 ) -> tuple[SessionsByThreads, str]:
     """(sessions, mode) for ``runs`` run threads of ``threads`` each (None: every core,
     one run): the model opened at that count now, at another when a policy asks. The
-    embeddings mode is chosen once, for the configured threads, and kept."""
-    chosen = embeddings_for(embeddings, device, threads, artifact.spec.has_sequences)
+    embeddings mode is chosen once and kept."""
+    chosen = embeddings_for(embeddings, device, artifact.spec.has_sequences)
     mode = "single" if chosen == "graph" else "fused"
     threads = threads or usable_cores()
 

@@ -36,8 +36,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from deeprec.bench import rpc
-from deeprec.bench.rpc import start_aio
+from deeprec.bench.rpc import CALL, start_aio
 from deeprec.bench.sharding import predict_payloads, run_config
 from deeprec.bench.stages import measure_stages
 from deeprec.common.jsonfile import write_json
@@ -61,7 +60,7 @@ async def _cpu_per_call(size: int, calls: int, concurrency: int = 4) -> float:
     server, port = await start_aio(reply_bytes=1024)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", CHANNEL_OPTIONS) as channel:
-            call = channel.unary_unary(rpc.CALL)
+            call = channel.unary_unary(CALL)
             payload = os.urandom(size)
             for _ in range(20):  # warm: connection, buffers
                 await call(payload)
