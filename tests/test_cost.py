@@ -148,3 +148,6 @@ def test_stages_time_the_deployed_code_and_the_worker_stages_give_the_reference(
     assert main([*argv, str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["queries"] > 0 and "worker: embedding pooling" in result["ms_per_query"]
+    # The dense graph's rate against one thread's matmul: a FLOP count many times too
+    # large would put a tiny model's graph above the best GEMM this core runs.
+    assert 0 < result["dense_gflop_per_s"] < 2 * result["matmul_gflop_per_s"]

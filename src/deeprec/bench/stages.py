@@ -6,6 +6,11 @@ prepared queries, one stage at a time, with no gRPC in between: the frontend's d
 (the wire reader its server registers), validate, split, encode (common/wire) and merge,
 a worker's decode, validate, embedding pooling and dense graph. What a process's CPU in
 `bench cost` has beyond the sum of its stages is gRPC and the event loop.
+
+It also says how close the dense graph runs to the machine: its GFLOP/s (the model's
+FLOPs per item over the stage's CPU) against a large float32 matmul on one thread, the
+most this core's float32 GEMMs reach. Near 1, a compute-bound model (RMC3) cannot get
+cheaper per query in float32 on this core, whoever serves it.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from deeprec.frontend.split import split
 from deeprec.launcher.loadrun import Workload, prepare, resolve_model
 from deeprec.models.artifact import load_artifact
 from deeprec.models.fused import FusedSession, dense_feeds
-from deeprec.models.pooling import bag_sum, gather
+from deeprec.models.info import dense_flops_per_item
+from deeprec.models.pooling import bag_sum, gather, load_kernel
 from deeprec.models.runtime import open_session
 from deeprec.v1 import inference_pb2, recommender_pb2
 from deeprec.workload.distributions import parse_sizes
@@ -87,7 +93,25 @@ def worker_stages(watch: Stopwatch, signature, session: FusedSession, payload: b
 
     looked_up = watch.time("worker: embedding pooling", pool)
     dense = dense_feeds(session.spec, feeds, looked_up)
-    return watch.time("worker: dense graph (ONNX Runtime)", session.dense.run, dense)[0]
+    return watch.time(DENSE_STAGE, session.dense.run, dense)[0]
+
+
+DENSE_STAGE = "worker: dense graph (ONNX Runtime)"
+MATMUL_N = 1024  # large enough that a GEMM runs at its kernel's full rate
+
+
+def matmul_gflops(seconds: float = 1.0) -> float:
+    """GFLOP/s of an N x N x N float32 matmul on this thread (PyTorch's GEMM, one thread,
+    as its pooling runs): the best of the passes that fit in ``seconds``."""
+    torch = load_kernel()
+    a, b = torch.rand(MATMUL_N, MATMUL_N), torch.rand(MATMUL_N, MATMUL_N)
+    torch.mm(a, b)  # warm: the kernel's buffers
+    best, deadline = float("inf"), time.monotonic() + seconds
+    while best == float("inf") or time.monotonic() < deadline:
+        start = time.thread_time()
+        torch.mm(a, b)
+        best = min(best, time.thread_time() - start)
+    return 2 * MATMUL_N**3 / max(best, 1e-9) / 1e9
 
 
 @dataclass
@@ -147,6 +171,14 @@ def run_stages(args) -> int:
     for side in ("frontend", "worker"):
         total = sum(ms for stage, ms in per_query.items() if stage.startswith(side))
         print(f"  {total:7.3f}  {side}: all stages (the rest of its `bench cost` CPU is gRPC)")
+    dense_rate = (
+        dense_flops_per_item(artifact.spec) * items / times.watch.seconds[DENSE_STAGE] / 1e9
+    )
+    matmul_rate = matmul_gflops()
+    print(
+        f"dense graph: {dense_rate:.0f} GFLOP/s; a {MATMUL_N}^3 float32 matmul on one thread: "
+        f"{matmul_rate:.0f} GFLOP/s, so the graph runs at {dense_rate / matmul_rate:.2f} of it"
+    )
     out = Path(args.json or f"results/bench-stages-{artifact.spec.name}-{artifact.spec.size}.json")
     result = {
         "kind": "stages",
@@ -156,6 +188,8 @@ def run_stages(args) -> int:
         "queries": count,
         "mean_items": items / count,
         "ms_per_query": per_query,
+        "dense_gflop_per_s": dense_rate,
+        "matmul_gflop_per_s": matmul_rate,
     }
     write_json(out, result)
     print(f"wrote {out}", file=sys.stderr)

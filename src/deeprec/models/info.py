@@ -17,7 +17,12 @@ def flops_per_item(spec: ModelSpec) -> float:
     for feature in spec.features:
         if feature.pooling == POOLING_SUM:
             flops += feature.mean_lookups * d
-    return flops + arch.get(spec.architecture).flops(spec)
+    return flops + dense_flops_per_item(spec)
+
+
+def dense_flops_per_item(spec: ModelSpec) -> float:
+    """The dense graph's share: the architecture's MLPs, interaction or attention."""
+    return arch.get(spec.architecture).flops(spec)
 
 
 def dense_parameters(spec: ModelSpec) -> int:
