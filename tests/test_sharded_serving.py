@@ -437,3 +437,30 @@ def test_cli_shards_and_sharded_worker_processes_serve_and_stop_cleanly(tiny_zoo
         )
         codes = children.stop()
     assert codes == {"shard-0-0": 0, "shard-1-0": 0, "worker": 0}
+
+
+def test_a_lookup_that_raced_the_only_replicas_goaway_is_sent_again():
+    """A shard server recycles its connections (DEEPREC_MAX_CONNECTION_AGE_S); a Lookup
+    racing the GOAWAY fails UNAVAILABLE before the shard accepted it. A shard of one
+    replica must still get that second try: `bench sizing` lost a query to it at 60 q/s
+    when the shard's pool allowed one try per replica."""
+    import asyncio
+
+    from grpc import StatusCode
+
+    from deeprec.common.replicas import Verdict
+    from deeprec.inference.sharded import Replicas
+
+    async def tries() -> list[str]:
+        rep = Replicas(0, ["127.0.0.1:1"])  # channels connect lazily: no call is made
+        try:
+            with rep.failover() as failover:
+                first = failover.pick()
+                assert failover.failed(StatusCode.UNAVAILABLE) is Verdict.RETRY
+                second = failover.pick()
+                failover.succeeded()
+                return [first, second]
+        finally:
+            await rep.close()
+
+    assert asyncio.run(tries()) == ["127.0.0.1:1", "127.0.0.1:1"]

@@ -25,6 +25,7 @@ from deeprec.common.errors import ResourceExhausted, ServingError, Unavailable
 from deeprec.common.metric_names import SHARD_LOOKUP_LATENCY
 from deeprec.common.replicas import (
     DEFAULT_EJECT_SECONDS,
+    DEFAULT_MAX_TRIES,
     NoReplica,
     ReplicaPool,
     Verdict,
@@ -99,7 +100,10 @@ class Replicas(ReplicaPool):
     client loop (asyncio channels belong to the loop they are made on)."""
 
     def __init__(self, shard: int, addresses: list[str], eject_seconds=DEFAULT_EJECT_SECONDS):
-        super().__init__(addresses, eject_seconds, max_tries=max(len(addresses), 1))
+        # Every replica in turn, and at least a second try: with one replica, that is the
+        # retry of a call that raced its server's connection recycling (GOAWAY).
+        tries = max(len(addresses), DEFAULT_MAX_TRIES)
+        super().__init__(addresses, eject_seconds, max_tries=tries)
         self.shard, self.addresses = shard, self.members
         self.channels = {a: channel(a) for a in self.members}  # mutual TLS if configured
         self.stubs = {a: shard_pb2_grpc.SparseShardStub(c) for a, c in self.channels.items()}
