@@ -6,9 +6,10 @@ races the GOAWAY fails UNAVAILABLE ("Stream removed") without reaching the servi
 with one replica (a shard of a plan, a single GPU worker) there is no other to try. This
 starts a real grpc.aio server with the deployed server options and a connection age of
 ``--max-age-ms``, sends ``--bytes`` requests (about a Lookup's or a sub-batch's size)
-from ``--concurrency`` callers through a one-replica pool (common/replicas.py, the
-failover both callers use), and counts the tries that failed and the requests that did:
-one try per replica would fail every request whose first try failed.
+from ``--concurrency`` callers through a one-replica pool with a shard's tries
+(``every_replica_tries``; common/replicas.py, the failover both callers use), and counts
+the tries that failed and the requests that did: one try per replica would fail every
+request whose first try failed.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import grpc
 
 from deeprec.common import argtypes
 from deeprec.common.jsonfile import write_json
-from deeprec.common.replicas import NoReplica, ReplicaPool
+from deeprec.common.replicas import NoReplica, ReplicaPool, every_replica_tries
 from deeprec.common.server import CHANNEL_OPTIONS, SERVER_OPTIONS, rebalancing_options
 
 SERVICE, METHOD = "deeprec.bench.Recycling", "Call"
@@ -54,7 +55,7 @@ async def measure(max_age_s: float, seconds: float, concurrency: int, size: int)
     """Counts of requests answered, tries failed (by code) and requests failed."""
     server, port = await _serve(max_age_s)
     counts: Counter = Counter()
-    pool = ReplicaPool(["server"])
+    pool = ReplicaPool(["server"], max_tries=every_replica_tries(1))  # as a one-replica shard
     payload = b"\1" * size
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", CHANNEL_OPTIONS) as channel:

@@ -11,7 +11,7 @@ The thresholds alone are not enough when several such buffers are alive at once 
 query is 2.9 MB, and a frontend holds a few in flight): each time more than the trim
 threshold lay free at the top of a heap, glibc handed it back and the next buffers faulted
 it in again, about 400 page faults per RMC3 query. A top pad makes every trim keep that
-much: the faults fell to under 1% and the frontend's CPU per query by 0.7-0.9 ms
+much: the faults fell to under 2% and the frontend's CPU per RMC3 query by 0.25-0.51 ms
 (docs/benchmarks.md, "Freed memory kept for the next query").
 """
 

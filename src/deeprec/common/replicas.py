@@ -72,6 +72,13 @@ DEFAULT_EJECT_SECONDS = 1.0
 DEFAULT_MAX_TRIES = 2  # one retry on another replica
 
 
+def every_replica_tries(replicas: int) -> int:
+    """Tries for a read-only call that may go to every replica in turn (a shard's Lookup),
+    and at least two: with one replica the second is the retry of a call that raced its
+    server's connection recycling (GOAWAY) and never reached it."""
+    return max(replicas, DEFAULT_MAX_TRIES)
+
+
 class NoReplica(LookupError):
     """No replica may take this try: all were tried, or the try limit is reached."""
 

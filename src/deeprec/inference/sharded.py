@@ -25,10 +25,10 @@ from deeprec.common.errors import ResourceExhausted, ServingError, Unavailable
 from deeprec.common.metric_names import SHARD_LOOKUP_LATENCY
 from deeprec.common.replicas import (
     DEFAULT_EJECT_SECONDS,
-    DEFAULT_MAX_TRIES,
     NoReplica,
     ReplicaPool,
     Verdict,
+    every_replica_tries,
     marked_accepted,
 )
 from deeprec.common.server import channel
@@ -100,9 +100,7 @@ class Replicas(ReplicaPool):
     client loop (asyncio channels belong to the loop they are made on)."""
 
     def __init__(self, shard: int, addresses: list[str], eject_seconds=DEFAULT_EJECT_SECONDS):
-        # Every replica in turn, and at least a second try: with one replica, that is the
-        # retry of a call that raced its server's connection recycling (GOAWAY).
-        tries = max(len(addresses), DEFAULT_MAX_TRIES)
+        tries = every_replica_tries(len(addresses))
         super().__init__(addresses, eject_seconds, max_tries=tries)
         self.shard, self.addresses = shard, self.members
         self.channels = {a: channel(a) for a in self.members}  # mutual TLS if configured
