@@ -123,6 +123,9 @@ def _field(number: int, wire_type: int, payload: bytes = b"") -> bytes:
     "data",
     [
         _field(9, 2, b"x"),  # an unknown field
+        _field(2**29 - 1, 2, b"x"),  # the largest field number protobuf allows
+        _field(2**29 - 1, 0, b"\x01") * 2,  # ... twice, as a varint
+        _field(2, 2, _field(1, 2, _field(2**29 - 1, 0, b"\x01"))),  # ... in a tensor
         _field(1, 0, b"\x01"),  # model with a varint's wire type
         _field(2, 2) + _field(2, 2),  # features twice: protobuf merges them
         _field(1, 2, b"a") + _field(1, 2, b"b"),  # model twice: protobuf keeps the last
@@ -139,6 +142,24 @@ def _field(number: int, wire_type: int, payload: bytes = b"") -> bytes:
 )
 def test_what_it_does_not_read_exactly_goes_to_protobuf(data):
     assert read_request(data) is None
+
+
+def test_varints_of_one_byte_or_more_read_like_protobuf():
+    """The reader takes one-byte varints inline: longer and non-minimal ones (which
+    protobuf accepts) must read the same."""
+    floats = np.arange(6, dtype=np.float32).tobytes()
+    for dtype, dims, length in (
+        (b"\x01", b"\x02\x03", varint(len(floats))),  # all one byte
+        (b"\x81\x00", b"\x82\x00\x83\x80\x00", varint(len(floats))),  # non-minimal
+        (b"\x81\x01", b"\x02\x03", b"\x98\x80\x00"),  # dtype 129; a padded length
+    ):
+        shape = b"\x12" + varint(len(dims)) + dims
+        tensor = b"\x08" + dtype + shape + b"\x1a" + length + floats
+        data = _field(2, 2, _field(1, 2, tensor))
+        view = read_request(data)
+        assert view is not None
+        assert agrees_with_protobuf(data)
+        assert view.features.dense.shape == [2, 3]
 
 
 def test_a_request_of_too_many_fields_goes_to_protobuf():

@@ -53,18 +53,31 @@ class _Walk:
 
     def fields(self, start: int, end: int):
         """(number, wire type, value): a varint's value, or a length-delimited (start, end)."""
-        buf, pos = self.buf, start
+        buf, pos, budget = self.buf, start, self.budget
+        # Keys and most values are one byte: read those inline, as a call costs more.
         while pos < end:
-            self.budget[0] -= 1
-            if self.budget[0] < 0:
+            budget[0] -= 1
+            if budget[0] < 0:
                 raise _NotCanonical
-            key, pos = _varint(buf, pos, end)
+            key = buf[pos]
+            if key < 0x80:
+                pos += 1
+            else:
+                key, pos = _varint(buf, pos, end)
             number, wire_type = key >> 3, key & 7
             if wire_type == _VARINT:
-                value, pos = _varint(buf, pos, end)
+                if pos < end and buf[pos] < 0x80:
+                    value = buf[pos]
+                    pos += 1
+                else:
+                    value, pos = _varint(buf, pos, end)
                 yield number, wire_type, value
             elif wire_type == _LEN:
-                size, pos = _varint(buf, pos, end)
+                if pos < end and buf[pos] < 0x80:
+                    size = buf[pos]
+                    pos += 1
+                else:
+                    size, pos = _varint(buf, pos, end)
                 if size > end - pos:
                     raise _NotCanonical
                 yield number, wire_type, (pos, pos + size)
@@ -156,9 +169,14 @@ def _tensor(walk: _Walk, span: tuple[int, int], view: memoryview) -> TensorView:
             out.dtype = value
         elif number == 2 and wire_type == _LEN:  # packed shape
             pos, end = value
-            while pos < end and len(out.shape) <= MAX_DIMS:
-                dim, pos = _varint(walk.buf, pos, end)
-                out.shape.append(dim - _UINT64 if dim >= _INT64_SIGN else dim)
+            buf, shape = walk.buf, out.shape
+            while pos < end and len(shape) <= MAX_DIMS:
+                if buf[pos] < 0x80:
+                    shape.append(buf[pos])
+                    pos += 1
+                    continue
+                dim, pos = _varint(buf, pos, end)
+                shape.append(dim - _UINT64 if dim >= _INT64_SIGN else dim)
         elif number == 2 and wire_type == _VARINT:  # one unpacked dimension
             out.shape.append(value - _UINT64 if value >= _INT64_SIGN else value)
         elif number == 3 and wire_type == _LEN:
