@@ -45,6 +45,15 @@ def test_split_is_zero_copy_and_reassembles_every_item_in_order():
         assert len(p.ids["f"]) == p.lengths["f"].sum()
 
 
+@pytest.mark.parametrize("batch_size", [0, 11, 99])
+def test_a_query_not_split_is_one_part_of_its_own_arrays(batch_size):
+    lengths = np.array([2, 0, 1] * 3 + [1, 1])
+    ids, dense = np.arange(lengths.sum()), np.ones((11, 3), np.float32)
+    (part,) = split(Batch(11, dense, {"f": ids}, {"f": lengths}), batch_size)
+    assert (part.start, part.end) == (0, 11)
+    assert part.ids["f"] is ids and part.lengths["f"] is lengths and part.dense is dense
+
+
 def test_routing_follows_the_offload_threshold():
     policy = Policy("m", batch_size=8, offload_threshold=100)
     assert choose_path(100, policy, gpu_pool=True) == "gpu"

@@ -37,9 +37,12 @@ class SubBatch:
 
 def split(batch: Batch, batch_size: int) -> list[SubBatch]:
     """Views into the query's arrays: slicing copies nothing."""
+    bounds = sub_batch_bounds(batch.n, batch_size)
+    if len(bounds) == 1:  # whole: its arrays as they are, without the offsets to cut them
+        return [SubBatch(0, batch.n, batch.dense, batch.ids, batch.lengths)]
     offsets = batch.id_offsets()
     parts = []
-    for start, end in sub_batch_bounds(batch.n, batch_size):
+    for start, end in bounds:
         part = batch.items(start, end, offsets)
         parts.append(SubBatch(start, end, part.dense, part.ids, part.lengths))
     return parts
