@@ -74,30 +74,41 @@ def gather(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
 def bag_sum(table: np.ndarray, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Embedding-bag sum of ``table`` rows (fp32 or fp16) into float32 [N, dim]."""
     lengths = np.asarray(lengths)
-    if len(ids) and not all_below(ids, len(table)) and (ids.min() < 0 or ids.max() >= len(table)):
-        # The kernels trust their indices and np.take wraps negative ones: refuse them here.
-        raise IndexError(f"ids outside a table of {len(table)} rows")
-    if len(ids) == len(lengths) and (not len(ids) or lengths.min() == lengths.max() == 1):
-        # One id per sample (a user, a candidate item): each sum is that row. A gather
-        # skips the bag's offsets, which cost more than the sum here.
-        return gather(table, ids).astype(np.float32, copy=False)
-    if table.dtype != np.float32:  # the kernel would sum float16 in float16: widen first
+    one_each = len(ids) == len(lengths) and (not len(ids) or lengths.min() == lengths.max() == 1)
+    if one_each or table.dtype != np.float32:
+        # np.take wraps negative ids: refuse what is outside the table first.
+        _check_ids(table, ids)
+        if one_each:
+            # One id per sample (a user, a candidate item): each sum is that row. A
+            # gather skips the bag's offsets, which cost more than the sum here.
+            return gather(table, ids).astype(np.float32, copy=False)
+        # float16: the kernel would sum it in float16, so widen and sum here.
         return segment_sum(gather(table, ids), lengths)
     return _embedding_bag(np.ascontiguousarray(table), ids, lengths)
 
 
+def _check_ids(table: np.ndarray, ids: np.ndarray) -> None:
+    if len(ids) and not all_below(ids, len(table)) and (ids.min() < 0 or ids.max() >= len(table)):
+        raise IndexError(f"ids outside a table of {len(table)} rows")
+
+
 def _embedding_bag(table: np.ndarray, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """bag_sum through PyTorch's kernel; ids already checked against the table."""
+    """bag_sum through PyTorch's kernel, which checks every id against the table itself
+    (a second pass here cost a few percent of a run thread's pooling)."""
     torch = _kernel or load_kernel()
     index = ids.dtype if ids.dtype in (np.int32, np.int64) else np.int64
     ids = np.require(ids, index, ["C_CONTIGUOUS", "ALIGNED"])  # itself when it already is
     offsets = np.zeros(len(lengths) + 1, dtype=index)  # the kernel wants the ids' dtype
     np.cumsum(lengths, out=offsets[1:])
-    pooled = torch.nn.functional.embedding_bag(
-        torch.from_numpy(ids),
-        torch.from_numpy(table),
-        torch.from_numpy(offsets),
-        mode="sum",
-        include_last_offset=True,
-    )
+    try:
+        pooled = torch.nn.functional.embedding_bag(
+            torch.from_numpy(ids),
+            torch.from_numpy(table),
+            torch.from_numpy(offsets),
+            mode="sum",
+            include_last_offset=True,
+        )
+    except RuntimeError:
+        _check_ids(table, ids)  # the kernel's refusal of an id, said as bag_sum says it
+        raise
     return pooled.numpy()
