@@ -11,6 +11,7 @@ from deeprec.common.catalog import pick_model, signature_of
 from deeprec.common.limits import RequestLimits
 from deeprec.common.server import FROM_ENV, channel, sync_channel
 from deeprec.common.tensors import decode
+from deeprec.common.wire import recommend_request
 from deeprec.v1 import recommender_pb2, recommender_pb2_grpc
 
 from .query import build_features
@@ -38,6 +39,17 @@ RETRY_OPTIONS = (
     ("grpc.enable_retries", 1),
     ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
 )
+RECOMMEND = "/deeprec.v1.Recommender/Recommend"
+
+
+def _recommend_method(channel):
+    """Recommend, its requests laid out by common/wire (tensors on 8-byte boundaries, so
+    the frontend reads them without copies), not by the generated serializer."""
+    return channel.unary_unary(
+        RECOMMEND,
+        request_serializer=recommend_request,
+        response_deserializer=recommender_pb2.RecommendResponse.FromString,
+    )
 
 
 @dataclass
@@ -76,6 +88,7 @@ class Client:
         self.target, self.model, self.timeout = target, model, timeout
         self._channel = sync_channel(target, tls, RETRY_OPTIONS)
         self._stub = recommender_pb2_grpc.RecommenderStub(self._channel)
+        self._recommend = _recommend_method(self._channel)
         self._served = None
 
     def describe(self, refresh: bool = False) -> recommender_pb2.ServedModel:
@@ -92,7 +105,7 @@ class Client:
         name, one list of ids per item or a pair of arrays (flat ids, lengths).
         InvalidFeatures, before anything is sent, when they do not fit the model."""
         request, items = _request(self.describe(), dense, sparse)
-        reply = self._stub.Recommend(request, timeout=timeout or self.timeout)
+        reply = self._recommend(request, timeout=timeout or self.timeout)
         return _result(reply, items)
 
     def close(self) -> None:
@@ -114,6 +127,7 @@ class AsyncClient:
         self.target, self.model, self.timeout = target, model, timeout
         self._channel = channel(target, tls=tls, options=RETRY_OPTIONS)
         self._stub = recommender_pb2_grpc.RecommenderStub(self._channel)
+        self._recommend = _recommend_method(self._channel)
         self._served = None
 
     async def describe(self, refresh: bool = False) -> recommender_pb2.ServedModel:
@@ -126,7 +140,7 @@ class AsyncClient:
 
     async def recommend(self, dense=None, sparse=None, timeout: float | None = None) -> Result:
         request, items = _request(await self.describe(), dense, sparse)
-        reply = await self._stub.Recommend(request, timeout=timeout or self.timeout)
+        reply = await self._recommend(request, timeout=timeout or self.timeout)
         return _result(reply, items)
 
     async def close(self) -> None:

@@ -1,10 +1,21 @@
-"""A PredictRequest written straight from NumPy arrays to protobuf wire bytes.
+"""Request bytes written by deeprec itself, each tensor's data on an 8-byte boundary.
 
-The frontend sends every sub-batch on to a worker. Through the generated classes each
-array is copied three times (tobytes, into the message, SerializeToString); here the
-pieces are laid out once, by ``b"".join`` over views of the query's own arrays. The
-layout is protobuf's (field number order, packed repeated int64), so a worker parses it
-with the generated class as usual; tests compare it with SerializeToString.
+The frontend sends every sub-batch on to a worker, and deeprec's clients and load
+generator send every query, as bytes laid out here rather than by the generated classes:
+
+* from NumPy arrays (``predict_request``), each array is copied once, by ``b"".join``
+  over views of the query's own arrays; through the generated classes it was copied
+  three times (tobytes, into the message, SerializeToString);
+* every tensor's data starts at a multiple of 8 bytes from the start of the message. A
+  receiver reads tensors as views of the bytes it received (common/wire_reader.py),
+  whose buffer is 16-byte aligned, so every view is aligned and is used without the copy
+  a misaligned one needs (NumPy, PyTorch and ONNX Runtime all align their inputs).
+
+It is still protobuf's encoding, only with wider varints than the shortest, which every
+protobuf parser accepts: each nested message's length takes ``LENGTH_BYTES`` bytes, so
+positions are known before sizes, and each tensor's dtype varint takes the 1-8 bytes that
+put its data on the boundary. Any protobuf parser reads the same message from these bytes
+as from SerializeToString's (tests/test_wire.py).
 """
 
 from __future__ import annotations
@@ -20,10 +31,14 @@ _WIRE_DTYPE = {
     np.dtype("<f2"): tensor_pb2.FLOAT16,
 }
 _LEN, _VARINT = 2, 0  # wire types
+ALIGN = 8  # the widest element of any tensor (int64)
+_UINT64_MASK = (1 << 64) - 1
+LENGTH_BYTES = 5  # a nested message's length: up to 32 GiB, beyond any message allowed
 
 
 def varint(value: int) -> bytes:
-    """Base-128 varint of a non-negative int (negative int64s never occur here)."""
+    """Base-128 varint; a negative int64 takes ten bytes, as protobuf writes it."""
+    value &= _UINT64_MASK
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -32,42 +47,74 @@ def varint(value: int) -> bytes:
     return bytes(out)
 
 
+def wide_varint(value: int, width: int) -> bytes:
+    """``value`` as a varint of exactly ``width`` bytes (zero groups after the shortest)."""
+    if value >> (7 * width):
+        raise ValueError(f"{value} does not fit a {width}-byte varint")
+    groups = [(value >> (7 * i)) & 0x7F for i in range(width)]
+    return bytes(g | 0x80 for g in groups[:-1]) + bytes(groups[-1:])
+
+
 def _key(field: int, wire_type: int) -> bytes:
     return varint(field << 3 | wire_type)
 
 
-class _Parts:
-    """Byte pieces of one message and their total length, for nesting."""
+class _Writer:
+    """One message's pieces, front to back, and where the next byte will be."""
 
     def __init__(self):
         self.pieces: list = []
-        self.size = 0
+        self.pos = 0
 
     def add(self, piece) -> None:
         self.pieces.append(piece)
-        self.size += len(piece)
+        self.pos += len(piece)
 
-    def field(self, number: int, payload: _Parts | bytes | memoryview) -> None:
-        size = payload.size if isinstance(payload, _Parts) else len(payload)
+    def bytes_field(self, number: int, payload) -> None:
         self.add(_key(number, _LEN))
-        self.add(varint(size))
-        if isinstance(payload, _Parts):
-            self.pieces.extend(payload.pieces)
-            self.size += payload.size
-        else:
-            self.add(payload)
+        self.add(varint(len(payload)))
+        self.add(payload)
 
+    def varint_field(self, number: int, value: int) -> None:
+        self.add(_key(number, _VARINT))
+        self.add(varint(value))
 
-def _tensor(array: np.ndarray) -> _Parts:
-    array = np.ascontiguousarray(array)  # a no-op for the views the frontend sends
-    out = _Parts()
-    out.add(_key(1, _VARINT))
-    out.add(varint(_WIRE_DTYPE[array.dtype]))
-    if array.ndim:
-        out.field(2, b"".join(varint(d) for d in array.shape))
-    if array.nbytes:
-        out.field(3, memoryview(array).cast("B"))
-    return out
+    def open(self, number: int) -> tuple[int, int]:
+        """Start a nested message field; ``close`` it with what this returns."""
+        self.add(_key(number, _LEN))
+        slot = len(self.pieces)
+        self.add(bytes(LENGTH_BYTES))  # its length, once known
+        return slot, self.pos
+
+    def close(self, opened: tuple[int, int]) -> None:
+        slot, start = opened
+        self.pieces[slot] = wide_varint(self.pos - start, LENGTH_BYTES)
+
+    def tensor(self, number: int, dtype: int, shape, data) -> None:
+        """A Tensor field whose ``data`` (bytes or a byte view) starts on ALIGN."""
+        opened = self.open(number)
+        rest = b""
+        if len(shape):
+            dims = b"".join(varint(d) for d in shape)
+            rest += _key(2, _LEN) + varint(len(dims)) + dims
+        if len(data):
+            rest += _key(3, _LEN) + varint(len(data))
+        key = _key(1, _VARINT)
+        # The dtype varint's width (1..ALIGN bytes) moves the data onto the boundary.
+        width = 1 + (-(self.pos + len(key) + 1 + len(rest)) % ALIGN)
+        self.add(key)
+        self.add(wide_varint(dtype, width))
+        self.add(rest)
+        if len(data):
+            self.add(data)
+        self.close(opened)
+
+    def array(self, number: int, array: np.ndarray) -> None:
+        array = np.ascontiguousarray(array)  # a no-op for the views the frontend sends
+        self.tensor(number, _WIRE_DTYPE[array.dtype], array.shape, memoryview(array).cast("B"))
+
+    def join(self) -> bytes:
+        return b"".join(self.pieces)
 
 
 def predict_request(
@@ -82,22 +129,46 @@ def predict_request(
 ) -> bytes:
     """Serialized deeprec.v1.PredictRequest; ``ids_dtype`` as in features.encode_features;
     the run settings (fields 3-5) are left out when 0, as protobuf leaves them."""
-    features = _Parts()
+    out = _Writer()
+    if model:
+        out.bytes_field(1, model.encode())
+    features = out.open(2)
     if dense is not None:
-        features.field(1, _tensor(dense))
+        out.array(1, dense)
     for name in ids:
         feature_ids = ids[name] if ids_dtype is None else ids[name].astype(ids_dtype, copy=False)
-        sparse = _Parts()
-        sparse.field(1, name.encode())
-        sparse.field(2, _tensor(feature_ids))
-        sparse.field(3, _tensor(lengths[name]))
-        features.field(2, sparse)
-    request = _Parts()
-    if model:
-        request.field(1, model.encode())
-    request.field(2, features)
+        sparse = out.open(2)
+        out.bytes_field(1, name.encode())
+        out.array(2, feature_ids)
+        out.array(3, lengths[name])
+        out.close(sparse)
+    out.close(features)
     for number, value in ((3, merge_up_to), (4, threads), (5, merge_delay_us)):
         if value:
-            request.add(_key(number, _VARINT))
-            request.add(varint(value))
-    return b"".join(request.pieces)
+            out.varint_field(number, value)
+    return out.join()
+
+
+def recommend_request(request) -> bytes:
+    """A deeprec.v1.RecommendRequest message's bytes, laid out as above: deeprec's clients
+    and load generator send these (a request serializer for gRPC)."""
+    out = _Writer()
+    if request.model:
+        out.bytes_field(1, request.model.encode())
+    if request.HasField("features"):
+        features, opened = request.features, out.open(2)
+        if features.HasField("dense"):
+            t = features.dense
+            out.tensor(1, t.dtype, t.shape, t.data)
+        for sparse in features.sparse:
+            inner = out.open(2)
+            if sparse.name:
+                out.bytes_field(1, sparse.name.encode())
+            for number, t in ((2, sparse.ids), (3, sparse.lengths)):
+                if sparse.HasField(("ids", "lengths")[number - 2]):
+                    out.tensor(number, t.dtype, t.shape, t.data)
+            out.close(inner)
+        out.close(opened)
+    if request.version:
+        out.bytes_field(3, request.version.encode())
+    return out.join()

@@ -23,6 +23,7 @@ from deeprec.common.policy import describe as describe_policy
 from deeprec.common.server import sync_channel
 from deeprec.common.tensors import decode
 from deeprec.common.threads import usable_cores
+from deeprec.common.wire import recommend_request
 from deeprec.models import bench, zoo
 from deeprec.models.artifact import ArtifactError, load_artifact
 from deeprec.sharding.plan import parse_bytes
@@ -206,7 +207,7 @@ async def _query_once(args) -> int:
         rng = np.random.default_rng(args.seed)
         ids = table_ids(signature, args.ids, seed=args.seed)
         request = build_request(signature, args.items, rng, ids=ids, model=signature.name)
-        query = Query(args.items, request.SerializeToString())
+        query = Query(args.items, recommend_request(request))
         start = time.perf_counter()
         try:
             response = await client.recommend(query)

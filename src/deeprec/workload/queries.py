@@ -16,6 +16,7 @@ import numpy as np
 
 from deeprec.common.features import ModelSignature, encode_features
 from deeprec.common.tensors import decode, encode
+from deeprec.common.wire import recommend_request
 from deeprec.v1 import recommender_pb2, tensor_pb2
 
 from .distributions import (
@@ -172,7 +173,7 @@ def prepare_queries(
         start = int(rng.integers(0, pool.items - n + 1))
         request = recommender_pb2.RecommendRequest(model=model)
         pool.features(start, n, request.features)
-        queries.append(Query(n, request.SerializeToString()))
+        queries.append(Query(n, recommend_request(request)))
     return queries
 
 
@@ -227,7 +228,7 @@ def drifted(
         for sparse in request.features.sparse:
             moved = ids[table_of[sparse.name]].drift(decode(sparse.ids, sparse.name), ranks)
             encode(moved, sparse.ids)
-        out.append(Query(query.items, request.SerializeToString()))
+        out.append(Query(query.items, recommend_request(request)))
     return out
 
 
