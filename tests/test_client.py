@@ -17,6 +17,7 @@ from deeprec.common.features import ModelSignature
 from deeprec.common.limits import RequestLimits
 from deeprec.common.policy import Policy
 from deeprec.common.tensors import encode
+from deeprec.common.wire_reader import read_request
 from deeprec.models import reference
 from deeprec.models.inputs import random_inputs
 from deeprec.v1 import recommender_pb2, recommender_pb2_grpc
@@ -158,3 +159,63 @@ def test_a_tuple_of_two_id_lists_is_two_items_and_arrays_are_ids_and_lengths(tin
         {f.name: (np.array([1, 2, 3]), np.array([2, 1])) for f in spec.features},
     )
     assert as_lists == as_arrays  # both: item 0 looks up 1 and 2, item 1 looks up 3
+
+
+class RecordingFrontend(FlakyFrontend):
+    """Keeps each Recommend request's bytes as they arrived (never refuses one)."""
+
+    def __init__(self, signature: ModelSignature):
+        super().__init__(signature)
+        self.calls, self.received = 1, []
+
+    def keep(self, data: bytes) -> recommender_pb2.RecommendRequest:
+        self.received.append(data)
+        return recommender_pb2.RecommendRequest.FromString(data)
+
+
+def test_both_clients_send_every_tensor_on_an_8_byte_boundary(tiny_zoo):
+    """What lets the frontend use the received bytes without copies (common/wire.py)."""
+    artifact = tiny_zoo["rmc1"]
+    spec = artifact.spec
+    frontend = RecordingFrontend(ModelSignature.from_spec(spec, artifact.version))
+    # The same servicer, with Recommend's bytes kept before they are parsed.
+    methods = {
+        "DescribeModels": grpc.unary_unary_rpc_method_handler(
+            frontend.DescribeModels,
+            request_deserializer=recommender_pb2.DescribeModelsRequest.FromString,
+            response_serializer=recommender_pb2.DescribeModelsResponse.SerializeToString,
+        ),
+        "Recommend": grpc.unary_unary_rpc_method_handler(
+            frontend.Recommend,
+            request_deserializer=frontend.keep,
+            response_serializer=recommender_pb2.RecommendResponse.SerializeToString,
+        ),
+    }
+    server = grpc.server(
+        ThreadPoolExecutor(2),
+        handlers=[grpc.method_handlers_generic_handler("deeprec.v1.Recommender", methods)],
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        inputs = random_inputs(spec, 5, np.random.default_rng(1))
+        with Client(f"127.0.0.1:{port}") as client:
+            client.recommend(inputs["dense"], _arrays(spec, inputs))
+
+        async def send_async():
+            async with AsyncClient(f"127.0.0.1:{port}") as client:
+                await client.recommend(inputs["dense"], _arrays(spec, inputs))
+
+        asyncio.run(send_async())
+    finally:
+        server.stop(0)
+    assert len(frontend.received) == 2
+    for data in frontend.received:
+        view = read_request(data, versioned=True)
+        tensors = [view.features.dense] + [
+            t for s in view.features.sparse for t in (s.ids, s.lengths)
+        ]
+        base = np.frombuffer(data, np.uint8).ctypes.data
+        offsets = [np.frombuffer(t.data, np.uint8).ctypes.data - base for t in tensors]
+        assert len(offsets) == 1 + 2 * len(spec.features)
+        assert all(offset % 8 == 0 for offset in offsets), offsets
