@@ -88,6 +88,9 @@ def test_odd_requests_read_like_protobufs():
     sparse.ids.dtype = 2
     sparse.lengths.data = b"\1\2\3"
     odd.features.sparse.add(name="only a name")
+    for dtype in (200, 2**31 - 1, -1):  # not a DType: refused by the server, not here
+        strange = odd.features.sparse.add(name=f"dtype {dtype}")
+        strange.ids.dtype, strange.ids.data = dtype, b"\0" * 4
     assert recommender_pb2.RecommendRequest.FromString(recommend_request(odd)) == odd
     assert recommend_request(odd) != odd.SerializeToString()  # laid out by us, not protobuf
 

@@ -33,6 +33,7 @@ _WIRE_DTYPE = {
 _LEN, _VARINT = 2, 0  # wire types
 ALIGN = 8  # the widest element of any tensor (int64)
 _UINT64_MASK = (1 << 64) - 1
+MAX_VARINT_BYTES = 10
 LENGTH_BYTES = 5  # a nested message's length: up to 32 GiB, beyond any message allowed
 
 
@@ -99,9 +100,13 @@ class _Writer:
             rest += _key(2, _LEN) + varint(len(dims)) + dims
         if len(data):
             rest += _key(3, _LEN) + varint(len(data))
-        key = _key(1, _VARINT)
-        # The dtype varint's width (1..ALIGN bytes) moves the data onto the boundary.
-        width = 1 + (-(self.pos + len(key) + 1 + len(rest)) % ALIGN)
+        key, dtype = _key(1, _VARINT), dtype & _UINT64_MASK
+        # Widening the dtype's varint by 0..ALIGN-1 bytes moves the data onto the boundary
+        # (a dtype too wide for that is one no server reads: left as it is).
+        shortest = len(varint(dtype))
+        width = shortest + (-(self.pos + len(key) + shortest + len(rest)) % ALIGN)
+        if width > MAX_VARINT_BYTES:
+            width = shortest
         self.add(key)
         self.add(wide_varint(dtype, width))
         self.add(rest)
