@@ -26,6 +26,7 @@ from deeprec.common.features import (
     validate,
 )
 from deeprec.common.limits import RequestLimits
+from deeprec.common.memory import TOP_PAD_BYTES
 from deeprec.common.tensors import TensorError, decode
 from deeprec.launcher.cpu import rss_bytes
 from deeprec.models import reference
@@ -332,6 +333,13 @@ def _rss_mb(pid: int) -> float:
     return rss / 2**20
 
 
+# What a worker may keep after a huge request: 64 MB, and the 32-MB top pad that each of
+# the heaps of two threads that held its buffers keeps for the next query (common/memory.py;
+# malloc_trim hands back the main heap's top, not a thread heap's). Seven runs on two
+# builds kept 29-87 MB; the bug this guards against kept about 210 MB.
+KEPT_MB = 64 + 2 * (TOP_PAD_BYTES >> 20)
+
+
 def test_a_worker_gives_memory_back_after_a_huge_valid_request(tiny_zoo):
     artifact = tiny_zoo["rmc1"]
     spec, rng = artifact.spec, np.random.default_rng(2)
@@ -367,11 +375,11 @@ def test_a_worker_gives_memory_back_after_a_huge_valid_request(tiny_zoo):
                 for r in usual:
                     stub.Predict(r, timeout=30)
                 grown = _rss_mb(worker.proc.pid) - baseline
-                if grown < 64 or time.monotonic() > deadline:
+                if grown < KEPT_MB or time.monotonic() > deadline:
                     break
                 time.sleep(0.2)
         # Before, the worker kept ~210 MB of this request's buffers until it exited.
-        assert grown < 64, f"resident memory stayed {grown:.0f} MB above its baseline"
+        assert grown < KEPT_MB, f"resident memory stayed {grown:.0f} MB above its baseline"
     finally:
         assert worker.terminate() == 0
 
