@@ -20,6 +20,8 @@ as from SerializeToString's (tests/test_wire.py).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from deeprec.v1 import tensor_pb2
@@ -50,14 +52,27 @@ def varint(value: int) -> bytes:
 
 def wide_varint(value: int, width: int) -> bytes:
     """``value`` as a varint of exactly ``width`` bytes (zero groups after the shortest)."""
-    if value >> (7 * width):
+    shortest = varint(value)
+    extra = width - len(shortest)
+    if extra < 0:
         raise ValueError(f"{value} does not fit a {width}-byte varint")
-    groups = [(value >> (7 * i)) & 0x7F for i in range(width)]
-    return bytes(g | 0x80 for g in groups[:-1]) + bytes(groups[-1:])
+    if not extra:
+        return shortest
+    # The last byte gains a continuation bit; zero groups follow, the last one ending it.
+    return shortest[:-1] + bytes((shortest[-1] | 0x80,)) + b"\x80" * (extra - 1) + b"\0"
 
 
 def _key(field: int, wire_type: int) -> bytes:
     return varint(field << 3 | wire_type)
+
+
+_DTYPE_KEY, _SHAPE_KEY, _DATA_KEY = _key(1, _VARINT), _key(2, _LEN), _key(3, _LEN)
+
+
+@functools.lru_cache(maxsize=256)
+def _dtype_field(dtype: int, width: int) -> bytes:
+    """A Tensor's dtype field, its varint ``width`` bytes wide (a few dtypes x 8 widths)."""
+    return _DTYPE_KEY + wide_varint(dtype, width)
 
 
 class _Writer:
@@ -97,29 +112,49 @@ class _Writer:
         rest = b""
         if len(shape):
             dims = b"".join(varint(d) for d in shape)
-            rest += _key(2, _LEN) + varint(len(dims)) + dims
+            rest += _SHAPE_KEY + varint(len(dims)) + dims
         if len(data):
-            rest += _key(3, _LEN) + varint(len(data))
-        key, dtype = _key(1, _VARINT), dtype & _UINT64_MASK
+            rest += _DATA_KEY + varint(len(data))
+        dtype &= _UINT64_MASK
         # Widening the dtype's varint by 0..ALIGN-1 bytes moves the data onto the boundary
         # (a dtype too wide for that is one no server reads: left as it is).
         shortest = len(varint(dtype))
-        width = shortest + (-(self.pos + len(key) + shortest + len(rest)) % ALIGN)
+        width = shortest + (-(self.pos + len(_DTYPE_KEY) + shortest + len(rest)) % ALIGN)
         if width > MAX_VARINT_BYTES:
             width = shortest
-        self.add(key)
-        self.add(wide_varint(dtype, width))
+        self.add(_dtype_field(dtype, width))
         self.add(rest)
         if len(data):
             self.add(data)
         self.close(opened)
 
-    def array(self, number: int, array: np.ndarray) -> None:
-        array = np.ascontiguousarray(array)  # a no-op for the views the frontend sends
-        self.tensor(number, _WIRE_DTYPE[array.dtype], array.shape, memoryview(array).cast("B"))
+    def features(self, number: int, dense: tuple | None, sparse: list[tuple]) -> None:
+        """A Features field: ``dense`` a tensor, ``sparse`` (name, ids, lengths) per
+        feature; a tensor is (dtype, shape, data), or None when absent."""
+        opened = self.open(number)
+        if dense is not None:
+            self.tensor(1, *dense)
+        for name, ids, lengths in sparse:
+            inner = self.open(2)
+            if name:
+                self.bytes_field(1, name.encode())
+            for field, tensor in ((2, ids), (3, lengths)):
+                if tensor is not None:
+                    self.tensor(field, *tensor)
+            self.close(inner)
+        self.close(opened)
 
     def join(self) -> bytes:
         return b"".join(self.pieces)
+
+
+def _of_array(array: np.ndarray) -> tuple:
+    array = np.ascontiguousarray(array)  # a no-op for the views the frontend sends
+    return _WIRE_DTYPE[array.dtype], array.shape, memoryview(array).cast("B")
+
+
+def _of_message(tensor, present: bool) -> tuple | None:
+    return (tensor.dtype, tensor.shape, tensor.data) if present else None
 
 
 def predict_request(
@@ -137,17 +172,15 @@ def predict_request(
     out = _Writer()
     if model:
         out.bytes_field(1, model.encode())
-    features = out.open(2)
-    if dense is not None:
-        out.array(1, dense)
-    for name in ids:
-        feature_ids = ids[name] if ids_dtype is None else ids[name].astype(ids_dtype, copy=False)
-        sparse = out.open(2)
-        out.bytes_field(1, name.encode())
-        out.array(2, feature_ids)
-        out.array(3, lengths[name])
-        out.close(sparse)
-    out.close(features)
+    sparse = [
+        (
+            name,
+            _of_array(ids[name] if ids_dtype is None else ids[name].astype(ids_dtype, copy=False)),
+            _of_array(lengths[name]),
+        )
+        for name in ids
+    ]
+    out.features(2, None if dense is None else _of_array(dense), sparse)
     for number, value in ((3, merge_up_to), (4, threads), (5, merge_delay_us)):
         if value:
             out.varint_field(number, value)
@@ -161,19 +194,16 @@ def recommend_request(request) -> bytes:
     if request.model:
         out.bytes_field(1, request.model.encode())
     if request.HasField("features"):
-        features, opened = request.features, out.open(2)
-        if features.HasField("dense"):
-            t = features.dense
-            out.tensor(1, t.dtype, t.shape, t.data)
-        for sparse in features.sparse:
-            inner = out.open(2)
-            if sparse.name:
-                out.bytes_field(1, sparse.name.encode())
-            for number, t in ((2, sparse.ids), (3, sparse.lengths)):
-                if sparse.HasField(("ids", "lengths")[number - 2]):
-                    out.tensor(number, t.dtype, t.shape, t.data)
-            out.close(inner)
-        out.close(opened)
+        features = request.features
+        sparse = [
+            (
+                s.name,
+                _of_message(s.ids, s.HasField("ids")),
+                _of_message(s.lengths, s.HasField("lengths")),
+            )
+            for s in features.sparse
+        ]
+        out.features(2, _of_message(features.dense, features.HasField("dense")), sparse)
     if request.version:
         out.bytes_field(3, request.version.encode())
     return out.join()
