@@ -38,6 +38,8 @@ def test_build_info_bench(tmp_path):
         "1,16",
         "--threads",
         "1",
+        "--runners",
+        "1,2",
         "--seconds",
         "0.05",
         "--json",
@@ -45,13 +47,13 @@ def test_build_info_bench(tmp_path):
     )
     assert "best:" in bench.stdout
     data = json.loads(result.read_text())
-    assert [(r["embeddings"], r["batch_size"]) for r in data["results"]] == [
-        ("graph", 1),
-        ("graph", 16),
-        ("fused", 1),
-        ("fused", 16),
-    ]
-    assert all(r["items_per_s"] > 0 and r["runs"] >= 5 for r in data["results"])
+    rows = [(r["embeddings"], r["runners"], r["batch_size"]) for r in data["results"]]
+    modes, runner_counts, batch_sizes = ("graph", "fused"), (1, 2), (1, 16)
+    assert rows == [(m, r, b) for m in modes for r in runner_counts for b in batch_sizes]
+    # Each of two runners makes at least five runs of its own.
+    assert all(r["items_per_s"] > 0 and r["runs"] >= 5 * r["runners"] for r in data["results"])
+    zero = deeprec("model", "bench", str(out), "--runners", "1,0", check=False)
+    assert zero.returncode == 2 and "--runners" in zero.stderr
     wrong = deeprec("model", "bench", str(out), "--embeddings", "onnx", check=False)
     assert wrong.returncode == 2 and "--embeddings takes graph, fused" in wrong.stderr
 

@@ -143,7 +143,7 @@ def run_peers(args, stop: threading.Event, say: Callable[[str], None]) -> int:
         best = data["in_process"]["best"]
         print(
             f"in-process ONNX Runtime capacity: {best['items_per_s']:,.0f} items/s "
-            f"({best['embeddings']}, B = {best['batch_size']}, {best['threads']} threads); "
+            f"({best['embeddings']}, B = {best['batch_size']}, {bench.describe_layout(best)}); "
             "served / in-process: "
             + ", ".join(
                 f"{e['name']} "

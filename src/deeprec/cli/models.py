@@ -123,13 +123,19 @@ def run_bench(args) -> int:
         print(f"deeprec: error: --embeddings takes {choices}", file=sys.stderr)
         return 2
     result = bench.run(
-        artifact, batch_sizes, threads, args.seconds, args.seed, embeddings=embeddings
+        artifact,
+        batch_sizes,
+        threads,
+        args.seconds,
+        args.seed,
+        embeddings=embeddings,
+        runners=args.runners,
     )
     out = args.json or f"results/model-bench-{artifact.spec.name}-{artifact.spec.size}.json"
     best = result["best"]
     print(
         f"best: {best['items_per_s']:.0f} items/s at batch {best['batch_size']}, "
-        f"{best['threads']} thread(s); wrote {bench.save(result, out)}"
+        f"{bench.describe_layout(best)}; wrote {bench.save(result, out)}"
     )
     return 0
 
@@ -165,6 +171,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("dir")
     p.add_argument("--batch-sizes", default=",".join(map(str, bench.DEFAULT_BATCH_SIZES)))
     p.add_argument("--threads", default=",".join(str(t) for t in sorted({1, os.cpu_count() or 1})))
+    p.add_argument(
+        "--runners",
+        type=argtypes.counts,
+        default=[1],
+        help="comma-separated counts of runs side by side on each session "
+        "(default 1; 2 with --threads 1 is how 2 one-thread CPU workers spend 2 cores)",
+    )
     p.add_argument("--seconds", type=argtypes.positive, default=1.0, help="time per point")
     p.add_argument("--seed", type=argtypes.seed, default=0)
     p.add_argument(

@@ -77,3 +77,8 @@ count = integer(1)  # items, queries, workers, trials: at least one
 size = integer(0)  # B, T, a delay, threads (0: every core): 0 means none, off or default
 seed = integer(0, 2**32 - 1)  # what NumPy's generators take
 port = integer(0, 65535)  # 0: any free port
+
+
+def counts(text: str) -> list[int]:
+    """An argparse type: comma-separated counts, each at least one ("1,2")."""
+    return [count(part.strip()) for part in text.split(",")]

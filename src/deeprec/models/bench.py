@@ -1,7 +1,14 @@
-"""In-process ONNX Runtime capacity: the physical limit every serving figure is compared to."""
+"""In-process ONNX Runtime capacity: the physical limit every serving figure is compared to.
+
+A layout is how the cores are spent: ``runners`` threads side by side, each running
+back-to-back on a session with ``threads`` intra-op threads. One runner of N threads leaves
+cores idle wherever a model's work is serial (the fused stage pools on the calling thread
+alone); N runners of one thread is how deeprec's CPU workers spend N cores.
+"""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -39,6 +46,40 @@ def time_batches(session, batches: list[dict], min_seconds: float, min_runs: int
     return np.array(latencies)
 
 
+def time_side_by_side(session, batches: list[dict], min_seconds: float, runners: int):
+    """Latencies (s) of ``runners`` threads each running back-to-back on one session (ONNX
+    Runtime and the pooling kernel let go of the GIL), and the wall time they took."""
+    for feeds in batches[:2]:
+        session.run(feeds)
+    per_runner = [[] for _ in range(runners)]
+    ready = threading.Barrier(runners + 1)
+    deadline = []  # set once every runner is waiting, so all start together
+
+    def runner(index: int) -> None:
+        latencies = per_runner[index]
+        ready.wait()
+        while len(latencies) < 5 or time.perf_counter() < deadline[0]:
+            feeds = batches[(index + len(latencies)) % len(batches)]
+            t0 = time.perf_counter()
+            session.run(feeds)
+            latencies.append(time.perf_counter() - t0)
+
+    threads = [threading.Thread(target=runner, args=(i,)) for i in range(runners)]
+    for thread in threads:
+        thread.start()
+    start = time.perf_counter()
+    deadline.append(start + min_seconds)
+    ready.wait()
+    for thread in threads:
+        thread.join()
+    return np.concatenate([np.array(lat) for lat in per_runner]), time.perf_counter() - start
+
+
+def layouts_of(threads, runners=(1,)) -> list[tuple[int, int]]:
+    """(runners, intra-op threads) pairs, each thread count with each runner count."""
+    return [(r, t) for t in threads for r in runners]
+
+
 def run(
     artifact: Artifact,
     batch_sizes=DEFAULT_BATCH_SIZES,
@@ -47,28 +88,37 @@ def run(
     seed: int = 0,
     log=print,
     embeddings=("graph",),
+    runners=(1,),
+    layouts=None,
 ) -> dict:
+    """Items/s per (embeddings, layout, batch size); ``layouts`` of (runners, threads)
+    pairs, by default every count of ``threads`` with every count of ``runners``."""
     rows = []
     for mode in embeddings:
-        for n_threads in threads:
+        for n_runners, n_threads in layouts or layouts_of(threads, runners):
             rng = np.random.default_rng(seed)  # the same batches for every mode
             session = open_for_bench(artifact, mode, n_threads)
             for batch in batch_sizes:
                 batches = [random_inputs(artifact.spec, batch, rng) for _ in range(4)]
-                lat = time_batches(session, batches, seconds)
+                if n_runners == 1:
+                    lat = time_batches(session, batches, seconds)
+                    busy = lat.sum()
+                else:
+                    lat, busy = time_side_by_side(session, batches, seconds, n_runners)
                 row = {
                     "embeddings": mode,
+                    "runners": n_runners,
                     "threads": n_threads,
                     "batch_size": batch,
                     "runs": len(lat),
                     "p50_ms": float(np.percentile(lat, 50) * 1e3),
                     "p99_ms": float(np.percentile(lat, 99) * 1e3),
-                    "items_per_s": float(batch * len(lat) / lat.sum()),
+                    "items_per_s": float(batch * len(lat) / busy),
                 }
                 rows.append(row)
                 log(
-                    f"{mode:>10} {n_threads:>7} {batch:>6} {row['runs']:>6} {row['p50_ms']:>9.3f} "
-                    f"{row['p99_ms']:>9.3f} {row['items_per_s']:>12.0f}"
+                    f"{mode:>10} {n_runners:>7} {n_threads:>7} {batch:>6} {row['runs']:>6} "
+                    f"{row['p50_ms']:>9.3f} {row['p99_ms']:>9.3f} {row['items_per_s']:>12.0f}"
                 )
     best = max(rows, key=lambda r: r["items_per_s"])
     return {
@@ -81,19 +131,34 @@ def run(
     }
 
 
-def capacity(artifact: Artifact, seconds: float, threads: int, log=print) -> dict:
-    """The physical limit on ``threads`` cores that every served capacity is set against:
-    ONNX Runtime's best items/s in this process, back-to-back runs on one session with
-    ``threads`` intra-op threads, over every batch size and both ways a worker may run
-    the model (the whole graph, the fused embedding stage)."""
-    log(f"in-process ONNX Runtime capacity ({threads} threads, {seconds:g} s per point)")
+def capacity(artifact: Artifact, seconds: float, cores: int, log=print) -> dict:
+    """The physical limit on ``cores`` cores that every served capacity is set against:
+    the best items/s in this process over every batch size, both ways a worker may run the
+    model (the whole graph, the fused embedding stage) and both layouts of the cores (one
+    session run with ``cores`` intra-op threads; ``cores`` one-thread runs side by side)."""
+    log(f"in-process ONNX Runtime capacity ({cores} cores, {seconds:g} s per point)")
     log(HEADER)
-    return run(artifact, DEFAULT_BATCH_SIZES, (threads,), seconds, log=log, embeddings=EMBEDDINGS)
+    layouts = [(1, cores)] + ([(cores, 1)] if cores > 1 else [])
+    return run(
+        artifact,
+        DEFAULT_BATCH_SIZES,
+        seconds=seconds,
+        log=log,
+        embeddings=EMBEDDINGS,
+        layouts=layouts,
+    )
+
+
+def describe_layout(row: dict) -> str:
+    """'2 threads' or '2 runs x 1 thread' for a result row."""
+    runners, threads = row.get("runners", 1), row["threads"]
+    each = f"{threads} thread" + ("s" if threads > 1 else "")
+    return each if runners == 1 else f"{runners} runs x {each}"
 
 
 HEADER = (
-    f"{'embeddings':>10} {'threads':>7} {'batch':>6} {'runs':>6} {'p50 ms':>9} {'p99 ms':>9} "
-    f"{'items/s':>12}"
+    f"{'embeddings':>10} {'runners':>7} {'threads':>7} {'batch':>6} {'runs':>6} {'p50 ms':>9} "
+    f"{'p99 ms':>9} {'items/s':>12}"
 )
 
 
