@@ -178,6 +178,15 @@ def test_ratios_are_deeprecs_capacity_over_each_peers():
     floor = {"config": {"kind": "plain"}, "sweep": {"capacity_qps": 100.0, "lower_bound": True}}
     bounded = ratios([entry("deeprec", 90.0), floor])["deeprec/plain"]
     assert (bounded.bound, bounded.exact, bounded.text()) == ("at most", None, "at most 0.90x")
+    # A peer that missed the SLA at the lowest rate (160 q/s) serves less than that.
+    under = {"config": {"kind": "triton"}, "sweep": {"capacity_qps": 0.0, "below_qps": 160.0}}
+    ahead = ratios([entry("deeprec", 240.0), under])["deeprec/triton"]
+    assert (ahead.bound, ahead.text()) == ("at least", "at least 1.50x")
+    ours_under = {"config": {"kind": "deeprec"}, "sweep": {"capacity_qps": 0.0, "below_qps": 80.0}}
+    behind = ratios([ours_under, entry("plain", 160.0)])["deeprec/plain"]
+    assert (behind.bound, behind.text()) == ("at most", "at most 0.50x")
+    both_under = ratios([ours_under, under])["deeprec/triton"]
+    assert both_under.value is None
 
 
 def test_bench_peers_runs_every_server_and_saves_the_ratios(model, tmp_path):

@@ -58,6 +58,12 @@ def test_a_ladder_met_at_every_rate_gives_a_floor_not_a_capacity():
     assert met.capacity == 100 and met.lower_bound and met.to_json(SLA100)["lower_bound"]
     crossed = summarise([Trial(50, 40.0), Trial(100, 120.0)], SLA100)
     assert crossed.capacity == 87.5 and not crossed.lower_bound
+    assert crossed.to_json(SLA100)["below_qps"] is None
+
+
+def test_a_ladder_missed_at_every_rate_gives_a_ceiling_under_its_lowest_rate():
+    missed = summarise([Trial(50, 140.0), Trial(100, 300.0)], SLA100)
+    assert missed.capacity == 0.0 and missed.to_json(SLA100)["below_qps"] == 50
 
 
 def fake_server(tails_by_round):

@@ -115,9 +115,9 @@ class SearchResult:
 class Ratio:
     """One capacity over another, as far as the rates tried tell it: ``bound`` is ""
     for a value, "at least" when only the numerator met the SLA at every rate tried (its
-    capacity is a floor), "at most" when only the denominator did. ``value`` is None
-    when there is no number: either side missing or below the lowest rate, or both
-    above the highest."""
+    capacity is a floor) or the denominator missed it at every rate (its capacity is
+    under the lowest), "at most" the other way round. ``value`` is None when there is no
+    number: either side missing, both below the lowest rate or both above the highest."""
 
     value: float | None
     bound: str = ""
@@ -133,8 +133,18 @@ class Ratio:
 
 
 def capacity_ratio(top: dict | None, bottom: dict | None) -> Ratio:
-    """``top``'s capacity over ``bottom``'s, each as a search's or a sweep's ``to_json``."""
-    if not top or not bottom or not top["capacity_qps"] or not bottom["capacity_qps"]:
+    """``top``'s capacity over ``bottom``'s, each as a search's or a sweep's ``to_json``.
+
+    A side that missed the SLA even at a sweep's lowest rate (``below_qps``) has a
+    capacity under that rate: against a side that has a capacity, the ratio is a bound.
+    """
+    if not top or not bottom:
+        return Ratio(None)
+    if top["capacity_qps"] and not bottom["capacity_qps"] and bottom.get("below_qps"):
+        return Ratio(top["capacity_qps"] / bottom["below_qps"], "at least")
+    if bottom["capacity_qps"] and not top["capacity_qps"] and top.get("below_qps"):
+        return Ratio(top["below_qps"] / bottom["capacity_qps"], "at most")
+    if not top["capacity_qps"] or not bottom["capacity_qps"]:
         return Ratio(None)
     floors = (top.get("lower_bound", False), bottom.get("lower_bound", False))
     if all(floors):

@@ -92,12 +92,21 @@ class SweepResult:
     trials: list[Trial] = field(default_factory=list)  # skipped ones carry phase "skipped"
     lower_bound: bool = False  # met the SLA at every rate of the ladder: a floor
 
+    @property
+    def below_qps(self) -> float | None:
+        """The ladder's lowest rate when even that missed the SLA: the capacity is under
+        it, a ceiling that still bounds a ratio."""
+        if self.capacity or not self.medians:
+            return None
+        return min(self.medians)
+
     def to_json(self, sla: SLA) -> dict:
         return {
             "capacity_qps": self.capacity,
             "confirmed": True,  # medians over every round: nothing is left to confirm
             "note": self.note or None,
             "lower_bound": self.lower_bound,
+            "below_qps": self.below_qps,
             "medians": [
                 {"rate": r, "median_tail_ms": None if math.isinf(t) else t}
                 for r, t in sorted(self.medians.items())
