@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pytest
 
 from deeprec.models import bench
 from deeprec.models.inputs import random_inputs
@@ -40,6 +41,15 @@ def test_runners_side_by_side_overlap_and_each_run_at_least_five_times(tiny_zoo)
     assert session.most == 2  # two runs were in the session at once
     # The wall time covers the deadline, and the runs fit in it two at a time.
     assert wall >= 0.3 and latencies.sum() <= 2 * wall
+
+
+def test_a_run_that_fails_in_a_runner_fails_the_measurement(tiny_zoo):
+    artifact = tiny_zoo["rmc1"]
+    session = bench.open_for_bench(artifact, "fused", 1)
+    good = random_inputs(artifact.spec, 8, np.random.default_rng(0))
+    bad = {**good, "dense": good["dense"][:, :1]}  # too few dense features
+    with pytest.raises(Exception, match="dense"):
+        bench.time_side_by_side(session, [good, good, bad], 0.05, runners=2)
 
 
 def test_capacity_tries_one_wide_run_and_one_narrow_run_per_core(tiny_zoo):

@@ -52,17 +52,21 @@ def time_side_by_side(session, batches: list[dict], min_seconds: float, runners:
     for feeds in batches[:2]:
         session.run(feeds)
     per_runner = [[] for _ in range(runners)]
+    failures: list[BaseException] = []
     ready = threading.Barrier(runners + 1)
     deadline = []  # set once every runner is waiting, so all start together
 
     def runner(index: int) -> None:
         latencies = per_runner[index]
         ready.wait()
-        while len(latencies) < 5 or time.perf_counter() < deadline[0]:
-            feeds = batches[(index + len(latencies)) % len(batches)]
-            t0 = time.perf_counter()
-            session.run(feeds)
-            latencies.append(time.perf_counter() - t0)
+        try:
+            while len(latencies) < 5 or time.perf_counter() < deadline[0]:
+                feeds = batches[(index + len(latencies)) % len(batches)]
+                t0 = time.perf_counter()
+                session.run(feeds)
+                latencies.append(time.perf_counter() - t0)
+        except BaseException as err:  # raised in the caller: no silently short figure
+            failures.append(err)
 
     threads = [threading.Thread(target=runner, args=(i,)) for i in range(runners)]
     for thread in threads:
@@ -72,6 +76,8 @@ def time_side_by_side(session, batches: list[dict], min_seconds: float, runners:
     ready.wait()
     for thread in threads:
         thread.join()
+    if failures:
+        raise failures[0]
     return np.concatenate([np.array(lat) for lat in per_runner]), time.perf_counter() - start
 
 
