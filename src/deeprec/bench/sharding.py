@@ -26,6 +26,7 @@ import numpy as np
 from deeprec.common import argtypes
 from deeprec.common.features import ModelSignature
 from deeprec.common.jsonfile import write_json
+from deeprec.common.methods import PREDICT
 from deeprec.common.server import channel as aio_channel
 from deeprec.common.server import sync_channel
 from deeprec.common.tensors import decode
@@ -50,7 +51,6 @@ from deeprec.workload.queries import (
     table_ids,
 )
 
-PREDICT = "/deeprec.v1.Inference/Predict"
 # Idle time before each query timed alone: as at a light open-loop load, every process
 # has gone to sleep and is woken by the query (back to back, the same query on 2 shards
 # measured 2-3 ms faster than after 150 ms idle: threads still awake, caches warm).

@@ -9,6 +9,7 @@ import numpy as np
 
 from deeprec.common.catalog import pick_model, signature_of
 from deeprec.common.limits import RequestLimits
+from deeprec.common.methods import RECOMMEND
 from deeprec.common.server import FROM_ENV, channel, sync_channel
 from deeprec.common.tensors import decode
 from deeprec.common.wire import recommend_request
@@ -39,7 +40,6 @@ RETRY_OPTIONS = (
     ("grpc.enable_retries", 1),
     ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
 )
-RECOMMEND = "/deeprec.v1.Recommender/Recommend"
 
 
 def _recommend_method(channel):

@@ -13,6 +13,7 @@ import grpc
 from deeprec.common import kube, settings
 from deeprec.common.features import DEFAULT_LIMITS, ModelSignature
 from deeprec.common.limits import RequestLimits
+from deeprec.common.methods import RECOMMEND, RECOMMENDER, service_name
 from deeprec.common.policy import Policy, PolicyTable
 from deeprec.common.policy import describe as describe_policy
 from deeprec.common.server import Server, channel, setup_logging
@@ -38,9 +39,7 @@ from .watch import PolicyWatcher
 from .workers import RemoteWorker, WorkerStub
 
 log = logging.getLogger("deeprec")
-SERVICE = recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name
-REPOSITORY = repository_pb2.DESCRIPTOR.services_by_name["ModelRepository"].full_name
-RECOMMEND = f"/{SERVICE}/Recommend"
+REPOSITORY = service_name(repository_pb2, "ModelRepository")
 
 
 class StartupError(RuntimeError):
@@ -204,7 +203,7 @@ async def start(
 ) -> Server:
     telemetry = telemetry or Telemetry()
     server = Server(
-        [SERVICE, REPOSITORY],
+        [RECOMMENDER, REPOSITORY],
         interceptors=telemetry.server_interceptors(),
         rebalance=True,
         readers={RECOMMEND: request_reader(recommender_pb2.RecommendRequest)},

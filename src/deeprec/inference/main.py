@@ -8,6 +8,7 @@ import logging
 from deeprec.common import settings
 from deeprec.common.features import DEFAULT_LIMITS, ModelSignature
 from deeprec.common.limits import RequestLimits
+from deeprec.common.methods import INFERENCE, PREDICT
 from deeprec.common.server import Server, setup_logging
 from deeprec.common.telemetry import Telemetry
 from deeprec.common.telemetry import setup as setup_telemetry
@@ -20,8 +21,6 @@ from . import sharded
 from .servicer import InferenceServicer
 
 log = logging.getLogger("deeprec")
-SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
-PREDICT = f"/{SERVICE}/Predict"
 
 
 def build_servicer(
@@ -60,7 +59,7 @@ async def start(
 ) -> Server:
     interceptors = (telemetry or Telemetry()).server_interceptors()
     server = Server(
-        [SERVICE],
+        [INFERENCE],
         interceptors=interceptors,
         rebalance=True,
         readers={PREDICT: request_reader(inference_pb2.PredictRequest)},

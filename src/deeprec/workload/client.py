@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from deeprec.common.catalog import NoSuchModel, pick_model
+from deeprec.common.methods import RECOMMEND
 from deeprec.common.server import channel, sync_channel
 from deeprec.common.tensors import decode
 from deeprec.v1 import recommender_pb2, recommender_pb2_grpc
@@ -12,8 +13,6 @@ from deeprec.v1 import recommender_pb2, recommender_pb2_grpc
 from .queries import Query
 
 __all__ = ["BadResponse", "NoSuchModel", "RecommenderClient", "describe_blocking"]
-
-RECOMMEND = "/deeprec.v1.Recommender/Recommend"
 
 
 class BadResponse(Exception):
