@@ -52,8 +52,9 @@ def test_build_info_bench(tmp_path):
     assert rows == [(m, r, b) for m in modes for r in runner_counts for b in batch_sizes]
     # Each of two runners makes at least five runs of its own.
     assert all(r["items_per_s"] > 0 and r["runs"] >= 5 * r["runners"] for r in data["results"])
-    zero = deeprec("model", "bench", str(out), "--runners", "1,0", check=False)
-    assert zero.returncode == 2 and "--runners" in zero.stderr
+    for flag in ("--runners", "--threads", "--batch-sizes"):
+        zero = deeprec("model", "bench", str(out), flag, "1,0", check=False)
+        assert zero.returncode == 2 and flag in zero.stderr, zero.stderr
     wrong = deeprec("model", "bench", str(out), "--embeddings", "onnx", check=False)
     assert wrong.returncode == 2 and "--embeddings takes graph, fused" in wrong.stderr
 

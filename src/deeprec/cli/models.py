@@ -109,8 +109,6 @@ def show_info(args) -> int:
 
 def run_bench(args) -> int:
     artifact = load_artifact(args.dir)
-    threads = [int(t) for t in args.threads.split(",")]
-    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     print(
         f"in-process ONNX Runtime on {os.cpu_count()} cores: {artifact.spec.name} "
         f"({artifact.spec.size}), {args.seconds:g} s per point"
@@ -122,14 +120,9 @@ def run_bench(args) -> int:
         choices = ", ".join(bench.EMBEDDINGS)
         print(f"deeprec: error: --embeddings takes {choices}", file=sys.stderr)
         return 2
+    layouts = bench.layouts_of(args.threads, args.runners)
     result = bench.run(
-        artifact,
-        batch_sizes,
-        threads,
-        args.seconds,
-        args.seed,
-        embeddings=embeddings,
-        runners=args.runners,
+        artifact, args.batch_sizes, layouts, args.seconds, args.seed, embeddings=embeddings
     )
     out = args.json or f"results/model-bench-{artifact.spec.name}-{artifact.spec.size}.json"
     best = result["best"]
@@ -169,8 +162,13 @@ def add_parser(subparsers) -> None:
 
     p = sub.add_parser("bench", help="in-process ONNX Runtime latency and items/s")
     p.add_argument("dir")
-    p.add_argument("--batch-sizes", default=",".join(map(str, bench.DEFAULT_BATCH_SIZES)))
-    p.add_argument("--threads", default=",".join(str(t) for t in sorted({1, os.cpu_count() or 1})))
+    p.add_argument("--batch-sizes", type=argtypes.counts, default=list(bench.DEFAULT_BATCH_SIZES))
+    p.add_argument(
+        "--threads",
+        type=argtypes.counts,
+        default=sorted({1, os.cpu_count() or 1}),
+        help="comma-separated intra-op thread counts",
+    )
     p.add_argument(
         "--runners",
         type=argtypes.counts,

@@ -89,19 +89,17 @@ def layouts_of(threads, runners=(1,)) -> list[tuple[int, int]]:
 def run(
     artifact: Artifact,
     batch_sizes=DEFAULT_BATCH_SIZES,
-    threads=(1, 2),
+    layouts=((1, 1), (1, 2)),
     seconds: float = 1.0,
     seed: int = 0,
     log=print,
     embeddings=("graph",),
-    runners=(1,),
-    layouts=None,
 ) -> dict:
-    """Items/s per (embeddings, layout, batch size); ``layouts`` of (runners, threads)
-    pairs, by default every count of ``threads`` with every count of ``runners``."""
+    """Items/s per (embeddings, layout, batch size); ``layouts`` are (runners, intra-op
+    threads) pairs."""
     rows = []
     for mode in embeddings:
-        for n_runners, n_threads in layouts or layouts_of(threads, runners):
+        for n_runners, n_threads in layouts:
             rng = np.random.default_rng(seed)  # the same batches for every mode
             session = open_for_bench(artifact, mode, n_threads)
             for batch in batch_sizes:
@@ -145,19 +143,12 @@ def capacity(artifact: Artifact, seconds: float, cores: int, log=print) -> dict:
     log(f"in-process ONNX Runtime capacity ({cores} cores, {seconds:g} s per point)")
     log(HEADER)
     layouts = [(1, cores)] + ([(cores, 1)] if cores > 1 else [])
-    return run(
-        artifact,
-        DEFAULT_BATCH_SIZES,
-        seconds=seconds,
-        log=log,
-        embeddings=EMBEDDINGS,
-        layouts=layouts,
-    )
+    return run(artifact, DEFAULT_BATCH_SIZES, layouts, seconds, log=log, embeddings=EMBEDDINGS)
 
 
 def describe_layout(row: dict) -> str:
     """'2 threads' or '2 runs x 1 thread' for a result row."""
-    runners, threads = row.get("runners", 1), row["threads"]
+    runners, threads = row["runners"], row["threads"]
     each = f"{threads} thread" + ("s" if threads > 1 else "")
     return each if runners == 1 else f"{runners} runs x {each}"
 
