@@ -13,7 +13,6 @@ here from a descriptor (same field numbers), so no generated code and no tritonc
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib.util
 import os
@@ -31,10 +30,9 @@ import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from deeprec.common.features import ModelSignature, validate
-from deeprec.common.server import channel
 from deeprec.launcher.processes import LaunchError, log_tail
 from deeprec.v1 import recommender_pb2
-from deeprec.workload.client import BadResponse
+from deeprec.workload.client import BadResponse, LoadClient
 from deeprec.workload.queries import Query
 
 MODEL = "deeprec"
@@ -400,25 +398,16 @@ def to_triton(queries: list[Query], signature: ModelSignature) -> list[Query]:
     return out
 
 
-class TritonClient:
+class TritonClient(LoadClient):
     """Sends pre-serialized ModelInferRequests; ``send`` fits ``run_open_loop``."""
 
     def __init__(self, address: str, timeout: float = 30.0):
-        self.address, self.timeout = address, timeout
-        self.channel = channel(address, tls=None)
+        super().__init__(address, timeout, tls=None)
         self._infer = self.channel.unary_unary(
             INFER,
             request_serializer=None,
             response_deserializer=MESSAGES["ModelInferResponse"].FromString,
         )
-
-    async def wait_ready(self, timeout: float = 10.0) -> None:
-        try:
-            await asyncio.wait_for(self.channel.channel_ready(), timeout)
-        except TimeoutError:
-            raise ConnectionError(
-                f"cannot connect to {self.address} within {timeout:g} s"
-            ) from None
 
     async def scores(self, query: Query) -> np.ndarray:
         """float32 [N, heads] for the query's N items (checked, not trusted)."""
@@ -447,12 +436,3 @@ class TritonClient:
         reply = await call(MESSAGES["ModelStatisticsRequest"](name=MODEL), timeout=self.timeout)
         stats = reply.model_stats[0]
         return stats.inference_count, stats.execution_count
-
-    async def close(self) -> None:
-        await self.channel.close()
-
-    async def __aenter__(self) -> TritonClient:
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self.close()

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Self
 
 from deeprec.common.catalog import NoSuchModel, pick_model
 from deeprec.common.methods import RECOMMEND
-from deeprec.common.server import channel, sync_channel
+from deeprec.common.server import FROM_ENV, channel, sync_channel
 from deeprec.common.tensors import decode
 from deeprec.v1 import recommender_pb2, recommender_pb2_grpc
 
 from .queries import Query
 
-__all__ = ["BadResponse", "NoSuchModel", "RecommenderClient", "describe_blocking"]
+__all__ = ["BadResponse", "LoadClient", "NoSuchModel", "RecommenderClient", "describe_blocking"]
 
 
 class BadResponse(Exception):
@@ -30,18 +31,12 @@ def describe_blocking(address: str, model: str = "", timeout: float = 30.0):
     return pick_model(reply, model, address)
 
 
-class RecommenderClient:
-    """One channel to a frontend; ``send`` fits ``run_open_loop``."""
+class LoadClient:
+    """One channel to a server under load; subclasses add ``send`` (fits ``run_open_loop``)."""
 
-    def __init__(self, address: str, timeout: float = 30.0):
+    def __init__(self, address: str, timeout: float = 30.0, tls=FROM_ENV):
         self.address, self.timeout = address, timeout
-        self.channel = channel(address)
-        # No request serializer: the payload is already a serialized RecommendRequest.
-        self._recommend = self.channel.unary_unary(
-            RECOMMEND,
-            request_serializer=None,
-            response_deserializer=recommender_pb2.RecommendResponse.FromString,
-        )
+        self.channel = channel(address, tls=tls)
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
         try:
@@ -50,6 +45,28 @@ class RecommenderClient:
             raise ConnectionError(
                 f"cannot connect to {self.address} within {timeout:g} s"
             ) from None
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+
+class RecommenderClient(LoadClient):
+    """A frontend's Recommender; ``send`` fits ``run_open_loop``."""
+
+    def __init__(self, address: str, timeout: float = 30.0):
+        super().__init__(address, timeout)
+        # No request serializer: the payload is already a serialized RecommendRequest.
+        self._recommend = self.channel.unary_unary(
+            RECOMMEND,
+            request_serializer=None,
+            response_deserializer=recommender_pb2.RecommendResponse.FromString,
+        )
 
     async def recommend(self, query: Query) -> recommender_pb2.RecommendResponse:
         response = await self._recommend(query.payload, timeout=self.timeout)
@@ -69,12 +86,3 @@ class RecommenderClient:
 
     async def send(self, query: Query) -> str:
         return (await self.recommend(query)).info.path
-
-    async def close(self) -> None:
-        await self.channel.close()
-
-    async def __aenter__(self) -> RecommenderClient:
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self.close()
