@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 from deeprec.common import argtypes
-from deeprec.launcher.commands import DEMO_BATCH_SIZE, add_threads_argument, stop_on_signals
+from deeprec.launcher.commands import DEMO_BATCH_SIZE, add_threads_argument
+from deeprec.launcher.console import say, stop_on_signals
 from deeprec.workload.distributions import ID_CHOICES, SIZE_CHOICES
 
 from . import dedup, gpu, recycling, rpc, scale, sizing, stages
@@ -13,10 +12,6 @@ from .args import add_model_arguments, add_placement_argument
 from .targets import CONFIG_CHOICES
 
 DEFAULT_CONFIGS = f"nosplit,64,{DEMO_BATCH_SIZE},tuned"
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def capacity(args) -> int:

@@ -13,7 +13,6 @@ the bytes a Lookup would save and the CPU the sort would cost per query.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -23,6 +22,7 @@ from deeprec.common import argtypes
 from deeprec.common.features import ModelSignature, validate
 from deeprec.common.jsonfile import write_json
 from deeprec.frontend.split import split
+from deeprec.launcher.console import say
 from deeprec.launcher.loadrun import Workload, prepare, resolve_model
 from deeprec.models.artifact import load_artifact
 from deeprec.v1 import recommender_pb2
@@ -86,9 +86,6 @@ def measure(signature: ModelSignature, payloads: list[bytes], batch_size: int, r
 
 
 def run_dedup(args) -> int:
-    def say(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
     model_dir = resolve_model(args.model, args.size, args.artifacts, say)
     artifact = load_artifact(model_dir)
     signature = ModelSignature.from_spec(artifact.spec, artifact.version)

@@ -32,7 +32,7 @@ from pathlib import Path
 from deeprec.common import argtypes
 from deeprec.common.jsonfile import write_json
 from deeprec.launcher.cluster import LocalCluster, placed
-from deeprec.launcher.commands import stop_on_signals
+from deeprec.launcher.console import say, stop_on_signals
 from deeprec.launcher.loadrun import Workload, drive, prepare, resolve_model
 from deeprec.models.artifact import load_artifact
 from deeprec.models.runtime import CUDA
@@ -361,8 +361,5 @@ def add_parser(bench) -> None:
 
 
 def command(args) -> int:
-    def say(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
     with stop_on_signals() as stop:
         return run_gpu_check(args, stop, say)

@@ -30,6 +30,7 @@ from deeprec.common.methods import PREDICT
 from deeprec.common.server import channel as aio_channel
 from deeprec.common.server import sync_channel
 from deeprec.common.tensors import decode
+from deeprec.launcher.console import say
 from deeprec.launcher.cpu import process_seconds, rss_bytes
 from deeprec.launcher.processes import Supervisor
 from deeprec.launcher.shards import start_shards, worker_flags
@@ -57,10 +58,6 @@ from deeprec.workload.queries import (
 ALONE_GAP_S = 0.1
 ALONE_QUERIES = 20  # the first of the prepared queries, timed alone: a median, not a tail
 INSTALL_HINT = "pip install -e '.[bench]'  (or: pip install 'matplotlib>=3.8,<4')"
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # -- measuring processes ------------------------------------------------------------------

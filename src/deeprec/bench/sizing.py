@@ -33,6 +33,7 @@ from pathlib import Path
 
 from deeprec.common import argtypes
 from deeprec.common.jsonfile import write_json
+from deeprec.launcher.console import say
 from deeprec.models import zoo
 from deeprec.sharding.planner import make_plan
 from deeprec.sizing.costs import load_costs
@@ -46,10 +47,6 @@ from .measure import trial_of
 from .search import SLA, SearchConfig, Trial, capacity_ratio, find_capacity
 from .sharding import _artifact, drive, predict_payloads, run_config, serving, warm
 from .sweep import parse_rates, run_sweep
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _floats(text: str) -> list[float]:

@@ -37,7 +37,8 @@ from deeprec.common.server import sync_channel
 from deeprec.common.threads import usable_cores
 from deeprec.launcher import cpu
 from deeprec.launcher.cluster import LocalCluster, placed
-from deeprec.launcher.commands import add_threads_argument, stop_on_signals
+from deeprec.launcher.commands import add_threads_argument
+from deeprec.launcher.console import SHARED_CORES, say, stop_on_signals, warn_if_shared
 from deeprec.launcher.loadrun import DEFAULT_ARTIFACTS, Workload, prepare, resolve_model, warm_up
 from deeprec.models import zoo
 from deeprec.models.artifact import load_artifact
@@ -73,15 +74,10 @@ WINDOW_S = 2.0  # p95 per window (the plot's dots)
 ROLLING_S = 10.0  # trailing p95 (the plot's line): ~300 queries at 2R
 HOLD_S = 10.0  # "stays within": judged on at least this much load after the settle time
 FINAL_S = 20.0  # the final p95: the last seconds of the run
-SHARED_CORES = 0.15  # other processes' cores above which figures are flagged
 # The control: the best static B again, just before and just after the tuning run. This
 # VM's speed moves 2-5x within minutes, so a sweep minutes earlier is no fair yardstick.
 CONTROL_SECONDS = 20.0  # ~600 queries at 2R each side
 CONTROL_SEED = 1000  # arrivals apart from the sweep's slices
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # -- load -----------------------------------------------------------------------------------
@@ -385,14 +381,6 @@ def _pids(cluster: LocalCluster) -> list[int]:
     return [os.getpid(), *(c.pid for c in cluster.children)]
 
 
-def _flag_shared(what: str, usage: dict) -> None:
-    if usage.get("other_cores", 0.0) > SHARED_CORES:
-        say(
-            f"note: other processes used {usage['other_cores']:.2f} cores during {what}; "
-            "its figures are not clean (the machine is shared)"
-        )
-
-
 def pinned_slices(
     args, model_dir, model, queries, rate, stop, name, *, batch_sizes, slice_s, rounds, seed_at=0
 ) -> dict[int, list]:
@@ -435,7 +423,7 @@ def pinned_slices(
                     f"  B={batch_size:<5} p95 {p95_ms(result.latencies):7.1f} ms  ({result.ok} "
                     f"ok, {result.error_count} errors, {result.qps:.1f} queries/s)"
                 )
-                _flag_shared(f"B={batch_size}", usage)
+                warn_if_shared(f"B={batch_size}", usage)
     return runs
 
 
@@ -526,7 +514,7 @@ def tuning_run(args, model_dir, model, queries, stop) -> tuple[dict, LoadResult,
                 )
             )
         usage = cpu.cores_used(before, cpu.sample(pids), time.monotonic() - start)
-        _flag_shared("the tuning run", usage)
+        warn_if_shared("the tuning run", usage)
         log_dir = str(cluster.log_dir)
     samples = [
         {

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
-import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -36,6 +33,7 @@ from deeprec.workload.queries import Query, build_request, table_ids
 from . import cpu, report
 from .chaos import Fault, run_chaos
 from .cluster import Interrupted, LaunchError, LocalCluster
+from .console import say, stop_on_signals, warn_if_shared
 from .loadrun import DEFAULT_ARTIFACTS, ModelNotFound, Workload, drive, model_spec, prepare
 from .loadrun import resolve_model as _resolve_model
 
@@ -48,31 +46,6 @@ DEMO_RATE = 30.0
 DEMO_SECONDS = 30.0
 DEMO_BATCH_SIZE = settings.BY_ENV["DEEPREC_BATCH_SIZE"].default  # what is deployed
 PROGRESS_EVERY = 5.0
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def stop_on_signals():
-    """SIGTERM and SIGINT set an Event instead of killing us mid-way, so every exit path
-    stops the children; the previous handlers come back afterwards."""
-    stop = threading.Event()
-    previous = {}
-
-    def handler(signum, frame):
-        if not stop.is_set():
-            say(f"{signal.Signals(signum).name}: stopping")
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        previous[sig] = signal.signal(sig, handler)
-    try:
-        yield stop
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def _resolve(args) -> Path:
@@ -342,7 +315,7 @@ def demo(args) -> int:
             f"cpu: deeprec (servers + this client) {usage['own_cores']:.2f} cores, "
             f"other processes {usage['other_cores']:.2f}"
         )
-    _warn_if_shared("the demo", usage)
+    warn_if_shared("the demo", usage)
     if policy:
         print(f"scheduler: {policy}")
     if cluster.restarts:
@@ -368,16 +341,6 @@ def demo(args) -> int:
 
 
 # Cores used by processes outside a measurement above which its figures are flagged.
-SHARED_CORES = 0.15
-
-
-def _warn_if_shared(what: str, usage: dict) -> None:
-    other = usage.get("other_cores", 0.0)
-    if other > SHARED_CORES:
-        say(
-            f"note: other processes used {other:.2f} cores during {what}; its figures are "
-            "not clean (the machine is shared)"
-        )
 
 
 def _at_batch(in_process: dict, batch_size: int | None) -> dict | None:
@@ -402,7 +365,7 @@ def serving_bench(args) -> int:
         in_process["cpu"] = cpu.cores_used(
             before, cpu.sample([os.getpid()]), time.monotonic() - start
         )
-        _warn_if_shared("the in-process bench", in_process["cpu"])
+        warn_if_shared("the in-process bench", in_process["cpu"])
         capacity = in_process["best"]["items_per_s"]
         if stop.is_set():
             return 0
@@ -440,7 +403,7 @@ def serving_bench(args) -> int:
                 usage.append(cpu.cores_used(before, cpu.sample(pids), time.monotonic() - start))
                 results.append(result)
                 print(report.serving_row(result, capacity), flush=True)
-                _warn_if_shared(f"{rate:g} queries/s", usage[-1])
+                warn_if_shared(f"{rate:g} queries/s", usage[-1])
                 if result.qps < 0.9 * rate or result.error_count:
                     say(
                         f"saturated at {rate:g} queries/s (achieved {result.qps:.1f}, "
