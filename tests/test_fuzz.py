@@ -43,6 +43,7 @@ from deeprec.bench.fuzz.campaign import (
 )
 from deeprec.bench.fuzz.cases import (
     METRICS,
+    NO_MESSAGE,
     RPCS,
     features_request,
     good_messages,
@@ -65,6 +66,7 @@ from deeprec.bench.fuzz.wire import (
     wire_bytes,
     wrap64,
 )
+from deeprec.common.guard import NO_REQUEST
 from deeprec.launcher.cpu import rss_bytes
 from deeprec.launcher.processes import Supervisor
 from deeprec.v1 import inference_pb2, inference_pb2_grpc, scheduler_pb2, tensor_pb2
@@ -176,6 +178,10 @@ def test_judge_rules():
     quoted = "shard 1: no replica answered (UNAVAILABLE Socket closed)"  # the server's own
     assert judge(rpc, bad, Outcome("UNAVAILABLE", quoted)) is None
     assert judge(rpc, good, Outcome("OK", bad_response=True)) == "bad_response"
+    # A call with no request message must be refused, not left to its deadline.
+    empty = Case("t", NO_MESSAGE, (), "error")
+    assert judge(rpc, empty, Outcome("INVALID_ARGUMENT", "no message")) is None
+    assert judge(rpc, empty, Outcome("DEADLINE_EXCEEDED", "late")) == "no_message_unanswered"
 
 
 # -- the clusters ------------------------------------------------------------------------------
@@ -467,6 +473,19 @@ def test_wire_bytes_every_rpc(clusters, targets, sender, tiny_zoo, alive):
         send(clusters, sender, target, messages, expect)
 
     run()
+
+
+def test_a_call_without_its_request_message_every_rpc(clusters, targets, sender, alive):
+    """HEADERS then END_STREAM with no DATA, to every unary-request RPC of every service:
+    INVALID_ARGUMENT at once (grpc.aio alone leaves the call open until its deadline)."""
+    unary = sorted(name for name, target in targets.items() if target.rpc.style != "bidi")
+    assert any("Recommend" in name for name in unary) and any("Lookup" in name for name in unary)
+    for name in unary:
+        outcome = sender.send(targets[name].address, targets[name].rpc, ())
+        case = Case("test", NO_MESSAGE, (), "error")
+        assert judge(targets[name].rpc, case, outcome) is None, (name, outcome)
+        assert outcome.code == "INVALID_ARGUMENT", (name, outcome)
+        assert outcome.details == NO_REQUEST, (name, outcome.details)
 
 
 def test_strings_every_rpc(clusters, targets, sender, alive):

@@ -5,6 +5,12 @@ servicer code runs. This interceptor, innermost on every deeprec server (health 
 reflection included), swaps each method's deserializer for one that catches the failure;
 the method then answers INVALID_ARGUMENT with a short reason. Exceptions that escape a
 handler become their deliberate status through errors.status_of, never UNKNOWN.
+
+It also serves each unary-request method as a request-streaming one that reads one
+message: on the wire the two are the same, but grpc.aio leaves a unary call whose client
+half-closes without sending a message unanswered until the call's deadline or the
+connection's end (forever with neither). Read here, that call gets INVALID_ARGUMENT at
+once; a second message, as before, is not read.
 """
 
 from __future__ import annotations
@@ -59,12 +65,26 @@ async def _abort_for(error: Exception, context, method: str):
     await context.abort(code, bounded(message))
 
 
+NO_REQUEST = "the call ended without a request message (this method takes exactly one)"
+
+
+async def _one_request(context):
+    """The call's request message, or INVALID_ARGUMENT when it has none or it did not
+    parse."""
+    request = await context.read()
+    if request is grpc.aio.EOF:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, NO_REQUEST)
+    if isinstance(request, Undecodable):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+    return request
+
+
 def _unary_request(behavior, method: str, streaming_response: bool):
+    """``behavior`` (one request) as a request-streaming handler's (see the module)."""
     if streaming_response and inspect.isasyncgenfunction(behavior):
 
-        async def stream(request, context):
-            if isinstance(request, Undecodable):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        async def stream(requests, context):
+            request = await _one_request(context)
             try:
                 async for item in behavior(request, context):
                     yield item
@@ -73,9 +93,8 @@ def _unary_request(behavior, method: str, streaming_response: bool):
 
         return stream
 
-    async def call(request, context):
-        if isinstance(request, Undecodable):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+    async def call(requests, context):
+        request = await _one_request(context)
         try:
             return await behavior(request, context)
         except Exception as err:
@@ -120,13 +139,18 @@ def guard(
     the generated one; guarded the same way."""
     if handler.request_deserializer is None:
         return handler
-    kind = "unary" if not handler.request_streaming else "stream"
-    kind += "_stream" if handler.response_streaming else "_unary"
-    behavior = getattr(handler, kind)
-    wrap = _stream_request if handler.request_streaming else _unary_request
+    deserializer = _safe_deserializer(reader or handler.request_deserializer, method)
+    reply = "stream" if handler.response_streaming else "unary"
+    if handler.request_streaming:
+        kind = f"stream_{reply}"
+        behavior = _stream_request(getattr(handler, kind), method, handler.response_streaming)
+        return handler._replace(request_deserializer=deserializer, **{kind: behavior})
+    unary = f"unary_{reply}"
+    behavior = _unary_request(getattr(handler, unary), method, handler.response_streaming)
     return handler._replace(
-        request_deserializer=_safe_deserializer(reader or handler.request_deserializer, method),
-        **{kind: wrap(behavior, method, handler.response_streaming)},
+        request_streaming=True,
+        request_deserializer=deserializer,
+        **{unary: None, f"stream_{reply}": behavior},
     )
 
 

@@ -25,6 +25,7 @@ from deeprec.launcher.processes import exit_reason
 from deeprec.v1 import scheduler_pb2, shard_pb2, tensor_pb2
 
 from .cases import (
+    NO_MESSAGE,
     RPCS,
     Case,
     Context,
@@ -58,6 +59,7 @@ FORBIDDEN = (
     "UNKNOWN",
     "INTERNAL",
     "transport",
+    "no_message_unanswered",
     "unexpected_code",
     "empty_message",
     "long_message",
@@ -90,6 +92,8 @@ def judge(rpc: Rpc, case: Case, outcome: Outcome) -> str | None:
         return "transport"
     if code in ("UNKNOWN", "INTERNAL"):
         return code
+    if case.kind == NO_MESSAGE and code not in ("INVALID_ARGUMENT", "OK"):
+        return "no_message_unanswered"  # left hanging until the client's deadline
     if code not in (ADMIN_ALLOWED if rpc.admin else ALLOWED):
         return "unexpected_code"
     if code != "OK":
@@ -140,6 +144,13 @@ class Sender:
         return outcome
 
     def _send(self, chan, rpc: Rpc, messages) -> Outcome:
+        if not messages:  # NO_MESSAGE: half-close a call of any kind before any message
+            call = chan.stream_stream(
+                rpc.method, request_serializer=None, response_deserializer=None
+            )
+            replies = list(call(iter(()), timeout=self.timeout))
+            bad = not all(_parses_as(rpc.response, r) for r in replies)
+            return Outcome("OK", "", len(replies), bad, reply=replies[0] if replies else None)
         if rpc.style == "unary":
             call = chan.unary_unary(rpc.method, request_serializer=None, response_deserializer=None)
             reply = call(messages[0], timeout=self.timeout)
