@@ -9,8 +9,8 @@ handler become their deliberate status through errors.status_of, never UNKNOWN.
 It also serves each unary-request method as a request-streaming one that reads one
 message: on the wire the two are the same, but grpc.aio leaves a unary call whose client
 half-closes without sending a message unanswered until the call's deadline or the
-connection's end (forever with neither), and answers one with two messages from the
-first. Read here, both get INVALID_ARGUMENT: a unary method takes exactly one message.
+connection's end (forever with neither). Read here, that call gets INVALID_ARGUMENT at
+once; a second message, as before, is not read.
 """
 
 from __future__ import annotations
@@ -66,20 +66,16 @@ async def _abort_for(error: Exception, context, method: str):
 
 
 NO_REQUEST = "the call ended without a request message (this method takes exactly one)"
-EXTRA_REQUEST = "the call sent more than one request message (this method takes exactly one)"
 
 
 async def _one_request(context):
-    """The call's request message, or INVALID_ARGUMENT when it has none, more than one, or
-    one that did not parse. A unary client half-closes with its message, so the second
-    read finds the end at once."""
+    """The call's request message, or INVALID_ARGUMENT when it has none or it did not
+    parse."""
     request = await context.read()
     if request is grpc.aio.EOF:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, NO_REQUEST)
     if isinstance(request, Undecodable):
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-    if await context.read() is not grpc.aio.EOF:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, EXTRA_REQUEST)
     return request
 
 

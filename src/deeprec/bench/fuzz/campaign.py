@@ -25,7 +25,6 @@ from deeprec.launcher.processes import exit_reason
 from deeprec.v1 import scheduler_pb2, shard_pb2, tensor_pb2
 
 from .cases import (
-    EXTRA_MESSAGE,
     NO_MESSAGE,
     RPCS,
     Case,
@@ -61,7 +60,6 @@ FORBIDDEN = (
     "INTERNAL",
     "transport",
     "no_message_unanswered",
-    "extra_message_accepted",
     "unexpected_code",
     "empty_message",
     "long_message",
@@ -96,8 +94,6 @@ def judge(rpc: Rpc, case: Case, outcome: Outcome) -> str | None:
         return code
     if case.kind == NO_MESSAGE and code not in ("INVALID_ARGUMENT", "OK"):
         return "no_message_unanswered"  # left hanging until the client's deadline
-    if case.kind == EXTRA_MESSAGE and code == "OK":
-        return "extra_message_accepted"  # answered from the first, the rest ignored
     if code not in (ADMIN_ALLOWED if rpc.admin else ALLOWED):
         return "unexpected_code"
     if code != "OK":
@@ -148,11 +144,11 @@ class Sender:
         return outcome
 
     def _send(self, chan, rpc: Rpc, messages) -> Outcome:
-        if rpc.style != "bidi" and len(messages) != 1:  # NO_MESSAGE, EXTRA_MESSAGE
+        if not messages:  # NO_MESSAGE: half-close a call of any kind before any message
             call = chan.stream_stream(
                 rpc.method, request_serializer=None, response_deserializer=None
             )
-            replies = list(call(iter(messages), timeout=self.timeout))
+            replies = list(call(iter(()), timeout=self.timeout))
             bad = not all(_parses_as(rpc.response, r) for r in replies)
             return Outcome("OK", "", len(replies), bad, reply=replies[0] if replies else None)
         if rpc.style == "unary":
