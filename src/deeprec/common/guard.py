@@ -10,7 +10,8 @@ It also serves each unary-request method as a request-streaming one that reads o
 message: on the wire the two are the same, but grpc.aio leaves a unary call whose client
 half-closes without sending a message unanswered until the call's deadline or the
 connection's end (forever with neither). Read here, that call gets INVALID_ARGUMENT at
-once; a second message, as before, is not read.
+once. A second message, as with grpc.aio's own unary handling, is not read: reading for
+one cost the frontend about 4% of its CPU per query (`deeprec bench cost`, four pairs).
 """
 
 from __future__ import annotations
