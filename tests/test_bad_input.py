@@ -12,6 +12,7 @@ import time
 import grpc
 import numpy as np
 import pytest
+import raw_http2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from servers import ShardProcess, WorkerProcess, request_for, scores_of
 
@@ -25,6 +26,7 @@ from deeprec.common.features import (
     encode_features,
     validate,
 )
+from deeprec.common.guard import NO_REQUEST
 from deeprec.common.limits import RequestLimits
 from deeprec.common.memory import TOP_PAD_BYTES
 from deeprec.common.tensors import TensorError, decode
@@ -180,6 +182,23 @@ def test_undecodable_requests_get_invalid_argument_at_every_rpc(worker, what):
                 continue
         assert code == grpc.StatusCode.INVALID_ARGUMENT, (method, code, details)
         assert "is not a valid" in details and len(details) < 300
+    assert worker.alive()
+
+
+CUT_SHORT = {  # HTTP/2 streams ending mid-message: gRPC's core drops the partial message
+    "a length prefix past the data": raw_http2.grpc_message(b"\x0a\x01a", length=1000),
+    "a length prefix cut short": b"\x00\x00\x00",
+}
+
+
+@pytest.mark.parametrize("what", CUT_SHORT)
+def test_a_request_cut_short_on_the_wire_is_refused_at_once(worker, what):
+    """Before the guard read each request itself, such a call stayed open until its
+    deadline (here: the raw client's 30-s timeout, an error)."""
+    for method in ("/deeprec.v1.Inference/Predict", "/grpc.health.v1.Health/Check"):
+        answer = raw_http2.call(worker.address, method, CUT_SHORT[what])
+        assert answer.get("grpc-status") == str(grpc.StatusCode.INVALID_ARGUMENT.value[0])
+        assert answer.get("grpc-message") == NO_REQUEST, (method, answer)
     assert worker.alive()
 
 
