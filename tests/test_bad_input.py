@@ -197,7 +197,8 @@ def test_a_request_cut_short_on_the_wire_is_refused_at_once(worker, what):
     deadline (here: the raw client's 30-s timeout, an error)."""
     for method in ("/deeprec.v1.Inference/Predict", "/grpc.health.v1.Health/Check"):
         answer = raw_http2.call(worker.address, method, CUT_SHORT[what])
-        assert answer.get("grpc-status") == str(grpc.StatusCode.INVALID_ARGUMENT.value[0])
+        invalid_argument = str(grpc.StatusCode.INVALID_ARGUMENT.value[0])
+        assert answer.get("grpc-status") == invalid_argument, (method, answer)
         assert answer.get("grpc-message") == NO_REQUEST, (method, answer)
     assert worker.alive()
 

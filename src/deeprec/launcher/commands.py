@@ -340,9 +340,6 @@ def demo(args) -> int:
 # -- deeprec bench serving ------------------------------------------------------------------
 
 
-# Cores used by processes outside a measurement above which its figures are flagged.
-
-
 def _at_batch(in_process: dict, batch_size: int | None) -> dict | None:
     """The in-process point at the serving sub-batch size, for context next to the best."""
     rows = [r for r in in_process["results"] if r["batch_size"] == batch_size]
