@@ -45,11 +45,26 @@ def test_both_servers_are_measured_per_call_by_role(tmp_path, capsys):
         assert only["calls"] > 60, kind  # Poisson at 60/s for 2 s, seeded
         assert figures["total"] == pytest.approx(sum(figures[r] for r in ROLES))
         assert figures["total"] > 0, kind  # a server that answered spent CPU doing it
+        assert figures["client"] > 0, kind  # and so did the client that called it
     printed = capsys.readouterr().out
-    assert "server CPU ms per call" in printed and "aio" in printed and "sync" in printed
+    assert "CPU ms per call" in printed and "aio" in printed and "sync" in printed
+
+
+def test_a_server_is_measured_over_a_unix_socket(tmp_path):
+    out = tmp_path / "rpc.json"
+    argv = ["bench", "rpc", "--servers", "aio", "--transports", "unix", "--rate", "60"]
+    argv += ["--seconds", "2", "--rounds", "1", "--request-bytes", "100000", "--json", str(out)]
+    assert cli.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["transports"] == ["unix"]
+    (only,) = result["rounds"]["aio-unix"]
+    assert only["calls"] > 60 and only["total"] > 0 and only["client"] > 0
 
 
 def test_unknown_servers_are_a_usage_error(capsys):
     with pytest.raises(SystemExit):
         cli.main(["bench", "rpc", "--servers", "aio,grpcio"])
     assert "one or more of aio, sync" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "rpc", "--transports", "tcp,quic"])
+    assert "transports: one or more of tcp, unix" in capsys.readouterr().err
