@@ -142,6 +142,8 @@ def measure_server(kind: str, transport: str, args, seed: int) -> dict[str, floa
         server = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
         try:
             where = server.stdout.readline().strip()
+            if not where:
+                raise RuntimeError(f"the {kind} server did not start on {address} (above: why)")
             count, before, after, client = asyncio.run(_load(where, args, seed, server.pid))
         finally:
             server.kill()
