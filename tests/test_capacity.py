@@ -177,6 +177,25 @@ def test_bench_capacity_searches_each_configuration_on_a_real_cluster(tiny_model
         assert "pip install -e '.[bench]'" in run.stderr
 
 
+def test_a_tuned_search_records_the_policies_each_trial_was_served_under(tiny_model, tmp_path):
+    out = tmp_path / "capacity.json"
+    argv = [
+        *("--model", str(tiny_model), "--configs", "tuned", "--slo-ms", "2000"),
+        *("--start-rate", "8", "--max-rate", "16", "--seconds", "2", "--settle-seconds", "1"),
+        *("--min-queries", "1", "--confirmations", "1", "--max-trials", "3"),
+        *("--json", str(out), "--log-dir", str(tmp_path / "logs")),
+    ]
+    run = deeprec_cli("bench", "capacity", *argv, timeout=240)
+    assert run.returncode == 0, run.stdout + run.stderr
+    (config,) = json.loads(out.read_text())["configs"]
+    assert config["name"] == "deeprec tuned" and config["loads"]
+    for load in config["loads"]:
+        policies = load["policies"]  # sampled from the scheduler during the trial
+        assert policies and sum(p["share"] for p in policies) == pytest.approx(1.0)
+        assert all(p["batch_size"] > 0 and p["version"] > 0 for p in policies)
+    assert "served under B=" in run.stderr
+
+
 def test_searches_take_turns_one_trial_at_a_time_round_robin():
     turns = Turns(["a", "b", "c"])
     log, busy, overlap = [], [], []

@@ -17,6 +17,7 @@ from deeprec.bench.burner import CpuBurner, shares
 from deeprec.bench.tuning import (
     p95_ms,
     policy_settle_time,
+    policy_shares,
     reaction_time,
     settle_time,
     step_arrivals,
@@ -88,6 +89,19 @@ def test_policy_settle_and_reaction_times():
     assert policy_settle_time(samples, 9.0, {256}, 20.0, 10.0) is None
     assert reaction_time(samples, 9.0) == pytest.approx(1.0)
     assert reaction_time(samples[:1], 9.0) is None
+
+
+def test_a_trials_policies_are_listed_in_the_order_they_came_with_their_shares():
+    # PolicySampler's tuples: (time, B, T, version, threads, merge delay us)
+    samples = [(0.0, 256, 0, 3, 1, 0), (0.5, 256, 0, 3, 1, 0), (1.0, 512, 0, 4, 2, 500)]
+    samples.append((1.5, 512, 0, 4, 2, 500))
+    assert policy_shares(samples) == [
+        {"version": 3, "batch_size": 256, "offload_threshold": 0, "threads": 1,
+         "merge_delay_us": 0, "samples": 2, "share": 0.5},
+        {"version": 4, "batch_size": 512, "offload_threshold": 0, "threads": 2,
+         "merge_delay_us": 500, "samples": 2, "share": 0.5},
+    ]  # fmt: skip
+    assert policy_shares([]) == []
 
 
 def _row(batch_size: int, p95: float) -> dict:

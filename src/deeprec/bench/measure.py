@@ -17,14 +17,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import grpc
 import numpy as np
 
+from deeprec.common.server import sync_channel
 from deeprec.launcher.loadrun import warm_up
+from deeprec.v1 import scheduler_pb2, scheduler_pb2_grpc
 from deeprec.workload.openloop import LoadResult, run_open_loop
 from deeprec.workload.queries import QueryCycle
 
 from .search import SLA, Trial
 from .targets import Running
+from .tuning import PolicySampler, policy_shares
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,13 @@ def trial_of(result: LoadResult, sla: SLA) -> Trial:
     )
 
 
+def _policy_text(policy: dict) -> str:
+    return (
+        f"B={policy['batch_size']} threads={policy['threads']} "
+        f"delay={policy['merge_delay_us']}us (v{policy['version']}) {policy['share']:.0%}"
+    )
+
+
 @dataclass
 class Runner:
     """``measure(rate, attempt)`` for ``find_capacity`` against one running target."""
@@ -67,6 +78,7 @@ class Runner:
     results: list[dict] = field(default_factory=list)  # every measured LoadResult, as JSON
     _warm: bool = False
     _settled_at: float | None = None
+    _adopted: bool = False  # a tuned target's scheduler keeps a policy for the model
 
     def measure(self, rate: float, attempt: int) -> Trial:
         if self.stop is not None and self.stop.is_set():
@@ -75,14 +87,54 @@ class Runner:
             self.say(f"    settling {self.plan.settle_s:g} s at {rate:.2f} q/s (unmeasured)")
             self._run(rate, self.plan.settle_s, seed=10_000 + len(self.results))
             self._settled_at = rate
-        result = self._run(rate, self.plan.duration(rate), seed=len(self.results))
-        self.results.append(result.to_json() | {"attempt": attempt})
+        if self.running.scheduler and not self._adopted:
+            self._await_policy()
+        policies = None
+        if self.running.scheduler:  # tuned: which policies served this trial
+            with PolicySampler(self.running.scheduler, self.running.model) as sampler:
+                result = self._run(rate, self.plan.duration(rate), seed=len(self.results))
+            policies = policy_shares(sampler.samples)
+            told = ", ".join(map(_policy_text, policies)) or "no policy from the scheduler"
+            self.say(f"    served under {told}")
+        else:
+            result = self._run(rate, self.plan.duration(rate), seed=len(self.results))
+        entry = result.to_json() | {"attempt": attempt}
+        self.results.append(entry if policies is None else entry | {"policies": policies})
         trial = trial_of(result, self.sla)
         if result.errors:
             self.say(f"    errors by status: {result.errors}")
         if trial.verdict(self.sla):
             self._cool_down()
         return trial
+
+    def _await_policy(self, timeout_s: float = 60.0) -> None:
+        """Warm the target, then wait until its scheduler has adopted the model (it does
+        on the first metrics the frontend exports), so no trial is served unpoliced."""
+        if not self._warm:
+            asyncio.run(self._warm_up())
+        request = scheduler_pb2.GetPolicyRequest(model=self.running.model)
+        deadline = time.monotonic() + timeout_s
+        with sync_channel(self.running.scheduler) as channel:
+            stub = scheduler_pb2_grpc.SchedulerStub(channel)
+            while True:
+                try:
+                    stub.GetPolicy(request, timeout=2)
+                    break
+                except grpc.RpcError as err:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(
+                            f"the scheduler at {self.running.scheduler} adopted no policy "
+                            f"for {self.running.model} within {timeout_s:g} s "
+                            f"({err.code().name}: {err.details()})"
+                        ) from None
+                time.sleep(0.2)
+        self._adopted = True
+
+    async def _warm_up(self) -> None:
+        async with self.running.client(self.running.address, self.plan.timeout(self.sla)) as client:
+            await client.wait_ready()
+            await warm_up(client, self.running.queries)
+        self._warm = True
 
     def _run(self, rate: float, seconds: float, seed: int) -> LoadResult:
         return asyncio.run(self._load(rate, seconds, seed))

@@ -96,6 +96,10 @@ class Running:
     address: str
     client: Callable[[str, float], Any]  # (address, timeout) -> RecommenderClient-like
     queries: list[Query]
+    # A tuned deeprec: its scheduler and the model it tunes, so each trial can record the
+    # policies it was served under.
+    scheduler: str | None = None
+    model: str = ""
 
 
 @dataclass
@@ -166,7 +170,10 @@ class DeeprecTarget:
             **tuning,
         )
         self.cluster.start()
-        return Running(self.cluster.frontend_address, RecommenderClient, queries)
+        if not self.config.tuned:
+            return Running(self.cluster.frontend_address, RecommenderClient, queries)
+        scheduler, model = self.cluster.scheduler_address, c.artifact.spec.name
+        return Running(self.cluster.frontend_address, RecommenderClient, queries, scheduler, model)
 
     def stop(self) -> None:
         if self.cluster is not None:

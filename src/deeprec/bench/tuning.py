@@ -177,6 +177,27 @@ class PolicySampler:
 # -- analysis (pure) ------------------------------------------------------------------------
 
 
+def policy_shares(samples: list[tuple]) -> list[dict]:
+    """PolicySampler's samples as the policies seen, in the order they came into force,
+    each with its share of the samples: what a tuned target served a trial under."""
+    seen: dict[int, dict] = {}
+    for _, batch_size, threshold, version, threads, merge_delay_us in samples:
+        entry = seen.setdefault(
+            version,
+            {
+                "version": version,
+                "batch_size": batch_size,
+                "offload_threshold": threshold,
+                "threads": threads,
+                "merge_delay_us": merge_delay_us,
+                "samples": 0,
+            },
+        )
+        entry["samples"] += 1
+    total = max(1, len(samples))
+    return [entry | {"share": entry["samples"] / total} for entry in seen.values()]
+
+
 def p95_ms(latencies_s: np.ndarray) -> float:
     """p95 in ms; a failed query (NaN) counts as infinitely slow. NaN if there is none."""
     if len(latencies_s) == 0:
