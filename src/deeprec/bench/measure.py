@@ -109,7 +109,7 @@ class Runner:
 
     def _await_policy(self, timeout_s: float = 60.0) -> None:
         """Warm the target, then wait until its scheduler has adopted the model (it does
-        on the first metrics the frontend exports), so no trial is served unpoliced."""
+        on the first metrics the frontend exports), so no trial runs before tuning starts."""
         if not self._warm:
             asyncio.run(self._warm_up())
         request = scheduler_pb2.GetPolicyRequest(model=self.running.model)
