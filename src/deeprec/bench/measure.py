@@ -110,8 +110,7 @@ class Runner:
     def _await_policy(self, timeout_s: float = 60.0) -> None:
         """Warm the target, then wait until its scheduler has adopted the model (it does
         on the first metrics the frontend exports), so no trial runs before tuning starts."""
-        if not self._warm:
-            asyncio.run(self._warm_up())
+        asyncio.run(self._warm_up())
         request = scheduler_pb2.GetPolicyRequest(model=self.running.model)
         deadline = time.monotonic() + timeout_s
         with sync_channel(self.running.scheduler) as channel:
@@ -132,9 +131,14 @@ class Runner:
 
     async def _warm_up(self) -> None:
         async with self.running.client(self.running.address, self.plan.timeout(self.sla)) as client:
-            await client.wait_ready()
+            await self._ready(client)
+
+    async def _ready(self, client) -> None:
+        """Wait for the target; the first time, one unmeasured pass over the queries."""
+        await client.wait_ready()
+        if not self._warm:
             await warm_up(client, self.running.queries)
-        self._warm = True
+            self._warm = True
 
     def _run(self, rate: float, seconds: float, seed: int) -> LoadResult:
         return asyncio.run(self._load(rate, seconds, seed))
@@ -142,10 +146,7 @@ class Runner:
     async def _load(self, rate: float, seconds: float, seed: int) -> LoadResult:
         timeout = self.plan.timeout(self.sla)
         async with self.running.client(self.running.address, timeout) as client:
-            await client.wait_ready()
-            if not self._warm:
-                await warm_up(client, self.running.queries)
-                self._warm = True
+            await self._ready(client)
             return await run_open_loop(
                 client.send,
                 QueryCycle(self.running.queries, np.random.default_rng([self.seed, seed, 2])),

@@ -170,10 +170,14 @@ class DeeprecTarget:
             **tuning,
         )
         self.cluster.start()
-        if not self.config.tuned:
-            return Running(self.cluster.frontend_address, RecommenderClient, queries)
-        scheduler, model = self.cluster.scheduler_address, c.artifact.spec.name
-        return Running(self.cluster.frontend_address, RecommenderClient, queries, scheduler, model)
+        scheduler = self.cluster.scheduler_address if self.config.tuned else None
+        return Running(
+            self.cluster.frontend_address,
+            RecommenderClient,
+            queries,
+            scheduler,
+            c.artifact.spec.name,
+        )
 
     def stop(self) -> None:
         if self.cluster is not None:
