@@ -4,7 +4,10 @@ Queries arrive as a Poisson process with sizes from a given mix; the frontend sp
 into sub-batches of B items dispatched to the CPU worker with the fewest outstanding
 sub-batches (each worker serves its queue in order), or sends queries of at least T items
 whole to a GPU worker. A sub-batch costs ``overhead + per_item * items`` with log-normal
-noise. Latency runs from arrival to the last sub-batch's completion.
+noise. Latency runs from arrival to the last sub-batch's completion. With
+``per_item_squared_ms`` a run costs more per item the larger it grows, as DIN's do (its
+attention's intermediates spill out of the caches): then the largest B is not the
+cheapest.
 
 The policy's threads: a run on k intra-op threads costs ``1 / (1 + (k - 1) *
 thread_efficiency)`` as much, and the cores (``cpu_workers``) hold ``cpu_workers // k``
@@ -32,11 +35,16 @@ class ServerModel:
     cpu_workers: int = 2
     overhead_ms: float = 1.0
     per_item_ms: float = 0.04
+    per_item_squared_ms: float = 0.0  # times items squared: > 0, large runs cost more per item
     gpu_workers: int = 0
     gpu_overhead_ms: float = 4.0
     gpu_per_item_ms: float = 0.004
     noise: float = 0.1
     thread_efficiency: float = 0.6  # a second intra-op thread makes a run 1.6x faster
+
+    def run_ms(self, items: int) -> float:
+        """A CPU run's cost before noise and threads."""
+        return self.overhead_ms + items * (self.per_item_ms + self.per_item_squared_ms * items)
 
 
 def _noise(rng: np.random.Generator, sigma: float):
@@ -86,7 +94,7 @@ def simulate(
                 while q and q[0] <= t:
                     q.popleft()
             w = min(range(len(cpu_queues)), key=lambda i: (len(cpu_queues[i]), i))
-            cost = (server.overhead_ms + server.per_item_ms * items) * next(draw) / speedup
+            cost = server.run_ms(items) * next(draw) / speedup
             start = cpu_free[w] if cpu_free[w] > t else t + delay_ms
             cpu_free[w] = start + cost
             cpu_queues[w].append(cpu_free[w])
