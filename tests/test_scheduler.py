@@ -853,3 +853,93 @@ def test_a_load_rise_that_overloads_no_split_leaves_no_b_to_try_and_moves_on():
     decision = tuner.step(policy, overloaded)
     assert "trying nothing below no split" in decision.note
     assert decision.policy is None and tuner.phase == "hold", tuner.history
+
+
+# DIN-like p95 (ms) by B: larger B cost no less per item and serialise the large
+# queries, so B = 256 stays the best as the load rises.
+DIN_TRUTH = {
+    15: {128: 23.0, 256: 20.0, 512: 22.0, 1024: 25.0},
+    30: {128: 31.0, 256: 28.0, 512: 33.0, 1024: 40.0},
+}
+# What DIN's sub-batches cost under the query mix: (items per sub-batch, ms, count).
+DIN_SERVICE = {256: (150.0, 4.80, 400), 512: (220.0, 7.10, 300), 1024: (270.0, 8.9, 200)}
+
+
+def test_when_no_larger_b_measures_cheaper_per_item_a_load_rise_starts_from_the_best():
+    """Tuned DIN sweeps (2026-12-05) moved up to B = 512 and 1024 at each rise of the
+    load: the round began one B larger, and B = 256, as the costlier challenger, had to
+    beat it by twice a trial's noise. DIN's sub-batches cost the same per item at 256,
+    512 and 1024 (within 5%), so no larger B gains from the load: the round begins from
+    the best known, may try any B, and keeps B = 256."""
+    tuner, policy = Tuner(STEP_CONFIG), Policy("m", 256, 0)
+
+    def window(policy, qps):
+        return replace(_step_window(policy, qps, DIN_TRUTH), service=DIN_SERVICE)
+
+    for _ in range(12):
+        decision = tuner.step(policy, window(policy, 15))
+        if decision.policy is not None:
+            policy = replace(decision.policy, version=policy.version + 1)
+        elif tuner.phase == "hold":
+            break
+    assert tuner.phase == "hold" and policy.batch_size == 256, tuner.history
+    tuner.step(policy, window(policy, 30))
+    decision = tuner.step(policy, window(policy, 30))
+    assert "no larger B measured cheaper per item" in decision.note, decision
+    assert tuner.least_split == 0 and tuner.incumbent.batch_size == 256, tuner.history
+    for _ in range(12):
+        if decision.policy is not None:
+            policy = replace(decision.policy, version=policy.version + 1)
+        elif tuner.phase == "hold":
+            break
+        decision = tuner.step(policy, window(policy, 30))
+    assert tuner.phase == "hold" and policy.batch_size == 256, tuner.history
+
+
+def test_an_overloaded_start_jumps_to_the_b_measured_cheapest_per_item():
+    """Far over the SLA the tuner goes at once to the cheapest policy per item: the
+    largest B while nothing measured says otherwise (test above), but where the
+    sub-batches measured cost more per item at B = 1024 than at 256, B = 256."""
+    tuner = Tuner(TunerConfig(min_queries=200))
+    service = {16: (16.0, 1.6, 1000), 256: (200.0, 6.4, 300), 1024: (270.0, 13.5, 100)}
+    overloaded = Observation(60, 3.0, 520.0, 18, 270, 2, 700, service)
+    decision = tuner.step(Policy("m", 16, 0), overloaded)
+    assert decision.policy is not None and decision.policy.batch_size == 256, tuner.history
+    # Still cheaper per item at the largest B measured: the largest candidate.
+    tuner = Tuner(TunerConfig(min_queries=200))
+    falling = {16: (16.0, 1.6, 1000), 256: (200.0, 6.4, 300), 512: (250.0, 7.0, 100)}
+    decision = tuner.step(Policy("m", 16, 0), replace(overloaded, service=falling))
+    assert decision.policy.batch_size == max(TunerConfig().batch_sizes), tuner.history
+
+
+def test_on_a_din_like_server_a_ladder_of_loads_is_served_near_the_best_b():
+    """The simulator with runs that cost more per item as they grow (DIN's in-process
+    profile) and a sub-batch overhead: B = 256 is the best static B at every rate. The
+    load climbs 120 -> 151 -> 190 q/s twice, as `deeprec bench peers --sweep` does; in
+    the last 6 windows at each rate (the measured part of a trial) the policy in force
+    was over 1.1x the best static p95 in 96 of 288 windows before the load-rise rule
+    looked at the cost per item, and in 36 after."""
+    server = ServerModel(overhead_ms=1.5, per_item_ms=0.0182, per_item_squared_ms=2.43e-5)
+    sizes, ladder = (64, 128, 256, 512, 1024), (120, 151, 190)
+    truth = {
+        r: {b: simulate(server, b, 0, r, 60, seed=7).latency_ms for b in sizes} for r in ladder
+    }
+    assert all(min(t, key=t.get) == 256 for t in truth.values()), truth
+    config = TunerConfig(sla_ms=100, batch_sizes=sizes, threads=(), merge_delays_us=())
+    off, measured = 0, 0
+    for seed in range(8):
+        tuner, policy, step = Tuner(config), Policy("m", 256, 0), 0
+        for rate in ladder * 2:
+            for window in range(20):
+                obs = simulate(
+                    server, policy.batch_size, 0, rate, 300 / rate, seed=seed * 1000 + step
+                )
+                step += 1
+                if window >= 14:
+                    measured += 1
+                    off += truth[rate][policy.batch_size] > 1.1 * min(truth[rate].values())
+                decision = tuner.step(policy, obs)
+                if decision.policy is not None:
+                    policy = replace(decision.policy, version=policy.version + 1)
+    assert measured == 288
+    assert off <= 0.2 * measured, off

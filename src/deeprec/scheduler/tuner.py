@@ -21,6 +21,11 @@ INF = math.inf
 # Held windows in a row whose load moved, or whose tail broke the SLA, before a new
 # round starts.
 DRIFT_WINDOWS = 2
+# A batch size's measured cost per item counts from this many sub-batches on, and two
+# costs closer than this share are the same (a B's sub-batches under other loads and
+# rounds differ by a few percent).
+COST_SUBBATCHES = 20
+COST_TOLERANCE = 0.05
 
 
 @dataclass(frozen=True)
@@ -213,8 +218,12 @@ class Tuner:
             # on trial when the load stepped, and lost 20 s to it. From one B cheaper
             # than the best known if the load rose and the trial in force is not.
             base, least = self._round_start(self.incumbent, self.round_qps, obs.qps)
-            if self.phase == "b" and _split_size(policy) >= least:
-                base = policy  # a B trial no smaller than the round may try
+            if (
+                self.phase == "b"
+                and _split_size(policy) >= least
+                and not self._cheaper(base.batch_size, policy.batch_size)
+            ):
+                base = policy  # a B trial the round may try, and no dearer per item
             if not self._same_knobs(policy, base):
                 note = self._new_round_note(base, least, self.round_qps, obs.qps)
                 self._start_round(base, least)
@@ -283,15 +292,33 @@ class Tuner:
     def _round_start(self, best: Policy, was_qps: float, now_qps: float) -> tuple[Policy, float]:
         """The policy a round at a new load begins from, as its bar, and the smallest
         split size (B; no split counts as infinite) it may try. A busier server gains
-        from fewer sub-batches, never from more: if the load rose, the round begins one
-        B larger than the best known, and tries no B below it. In bench tuning run H
-        quiet 3 (2026-12-03) the round after the step began from the B that was best at
-        half the load and held it (1.13x the best static p95): B = 512, 11% faster at
-        the new load, had to beat it by a trial's noise margin. In H quiet 4 the round
-        spent 13 s of the new load on B = 512, 256 and 128, below the B = 1024 it held."""
+        from a B that costs less per item, never from one that costs more. Where runs
+        get cheaper per item as they grow (or nothing measured says otherwise), that is
+        a larger B: the round begins one B larger than the best known, and tries no B
+        below it. In bench tuning run H quiet 3 (2026-12-03) the round after the step
+        began from the B that was best at half the load and held it (1.13x the best
+        static p95): B = 512, 11% faster at the new load, had to beat it by a trial's
+        noise margin. In H quiet 4 the round spent 13 s of the new load on B = 512, 256
+        and 128, below the B = 1024 it held.
+
+        Where the sub-batches measured say a larger B costs no less per item, the round
+        begins from the B measured cheapest per item (the best known if it costs as
+        little), and may try any B. DIN's 512- and 1024-item runs cost 1.18x and 1.8x a
+        256-item run's per item; in the query mix, whose queries are mostly under 256
+        items, B = 256, 512 and 1024 measure within 5% of each other, and the larger B
+        only serialise the large queries. Tuned DIN sweeps on 2026-12-05 moved up to
+        B = 512 and 1024 at the rises of the load, and held them at rates where they
+        shed queries; B = 256 held served 1.06x the plain server's capacity."""
         if now_qps <= was_qps or self._offloads_everything():
             return best, 0.0
         least = _split_size(best)
+        cheapest = self._cheapest(self.config.batch_sizes)
+        largest = max(self.config.batch_sizes, key=_split_size_of)
+        if cheapest != largest and _split_size_of(cheapest) <= least:
+            # Measured: no larger B costs less per item, so none gains from the load,
+            # and a smaller one may cost as little and split the large queries.
+            cheaper = self._cheaper(cheapest, best.batch_size)
+            return (replace(best, batch_size=cheapest) if cheaper else best), 0.0
         larger = [b for b in self.config.batch_sizes if _split_size_of(b) > least]
         if not larger:
             return best, least
@@ -299,6 +326,11 @@ class Tuner:
 
     @staticmethod
     def _new_round_note(base: Policy, least: float, was_qps: float, now_qps: float) -> str:
+        if not least and now_qps > was_qps:
+            return (
+                f"the load rose from {was_qps:.0f} to {now_qps:.0f} q/s: a new round, from "
+                f"{describe(base)}: no larger B measured cheaper per item"
+            )
         if not least:
             return f"the load moved from {was_qps:.0f} to {now_qps:.0f} q/s: a new round"
         smallest = "no split" if least == INF else f"B={least:.0f}"
@@ -329,13 +361,13 @@ class Tuner:
         return bool(self.results) and min(self.results.values()) > limit
 
     def _escapes_overload(self, policy: Policy) -> bool:
-        """A larger B (cheaper per item) tried while the incumbent is far over the SLA:
-        kept whatever its tail, which is the incumbent's backlog as much as its own."""
+        """A B cheaper per item tried while the incumbent is far over the SLA: kept
+        whatever its tail, which is the incumbent's backlog as much as its own."""
         return (
             self.phase == "b"
             and self.incumbent_ms < INF
             and self.incumbent_ms > self.config.guard_factor * self.config.sla_ms
-            and _split_size(policy) > _split_size(self.incumbent)
+            and self._cheaper(policy.batch_size, self.incumbent.batch_size)
         )
 
     def _breaks_sla_badly(self, obs: Observation) -> bool:
@@ -358,7 +390,7 @@ class Tuner:
 
     def _costlier(self, policy: Policy) -> bool:
         if self.phase == "b":
-            return _split_size(policy) < _split_size(self.incumbent)
+            return self._cheaper(self.incumbent.batch_size, policy.batch_size)
         if self.phase == "threads":  # 0: the pool's own, one thread per run as deployed
             return (policy.threads or 1) > (self.incumbent.threads or 1)
         return False
@@ -480,12 +512,13 @@ class Tuner:
         model = ServiceModel.fit(self.service)
         if best is None or not candidates:  # none: a load rise on no split, or a B above all
             return None
-        if self._overloaded() and max(candidates) not in self.results:
+        cheapest = self._cheapest(candidates)
+        if self._overloaded() and cheapest not in self.results:
             # Every result so far far over the SLA: queues are growing, and a climb one
             # neighbour at a time would spend a trial at each overloaded step. Go at once
-            # to the cheapest policy per item (fewest sub-batches); the climb comes back
-            # down from there if smaller B pays.
-            return max(candidates)
+            # to the cheapest policy per item; the climb goes on from there if another
+            # B pays.
+            return cheapest
         if model is not None:
             predicted = {b: model.predict_latency(b, obs) for b in candidates}
             untried = [b for b in candidates if b not in self.results and self._within_reach(b)]
@@ -496,6 +529,35 @@ class Tuner:
                 if predicted[guess] < predicted.get(best, INF) * (1 - self.config.improvement):
                     return guess
         return self._explore(candidates, model, obs)
+
+    def _cost_per_item(self, batch_size: int) -> float | None:
+        """What B's sub-batches cost per item, as measured (None: too few measured)."""
+        items, ms, n = self.service.get(batch_size, (0.0, 0.0, 0))
+        return ms / items if n >= COST_SUBBATCHES and items > 0 else None
+
+    def _cheaper(self, a: int, b: int) -> bool:
+        """B = ``a`` costs less per item than B = ``b``: as measured where both are (two
+        within COST_TOLERANCE cost the same), else the larger (fewer sub-batches)."""
+        cost_a, cost_b = self._cost_per_item(a), self._cost_per_item(b)
+        if cost_a is not None and cost_b is not None:
+            return cost_a * (1 + COST_TOLERANCE) < cost_b
+        return _split_size_of(a) > _split_size_of(b)
+
+    def _cheapest(self, candidates) -> int:
+        """The candidate B likely cheapest per item: the smallest measured within
+        COST_TOLERANCE of the cheapest measured (a larger one gains nothing), unless that
+        is the largest measured, the runs still getting cheaper there: then the largest
+        candidate (fewest sub-batches)."""
+        largest = max(candidates, key=_split_size_of)
+        measured = {b: cost for b in candidates if (cost := self._cost_per_item(b)) is not None}
+        if not measured:
+            return largest
+        least = min(measured.values())
+        near = [b for b, cost in measured.items() if cost <= least * (1 + COST_TOLERANCE)]
+        smallest_near = min(near, key=_split_size_of)
+        if smallest_near == max(measured, key=_split_size_of):
+            return largest
+        return smallest_near
 
     def _within_reach(self, batch_size: int) -> bool:
         """The cost model may jump to any larger B, but to a smaller one only one step
