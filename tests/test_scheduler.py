@@ -898,7 +898,8 @@ def test_when_no_larger_b_measures_cheaper_per_item_a_load_rise_starts_from_the_
 
 def test_an_overloaded_start_jumps_to_the_b_measured_cheapest_per_item():
     """Far over the SLA the tuner goes at once to the cheapest policy per item: the
-    largest B while nothing measured says otherwise (test above), but where the
+    largest B while nothing measured says otherwise
+    (test_from_an_overloaded_start_the_tuner_jumps_to_the_cheapest_policy), but where the
     sub-batches measured cost more per item at B = 1024 than at 256, B = 256."""
     tuner = Tuner(TunerConfig(min_queries=200))
     service = {16: (16.0, 1.6, 1000), 256: (200.0, 6.4, 300), 1024: (270.0, 13.5, 100)}
