@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from deeprec import cli
 from deeprec.bench.simulator import ServerModel, simulate
+from deeprec.bench.tuner_sim import SERVERS, Ladder, best_static, run_ladder
 from deeprec.common.policy import Policy
 from deeprec.scheduler.histogram import ExpHistogram, bucket_index, merge
 from deeprec.scheduler.tuner import Observation, ServiceModel, Tuner, TunerConfig, noise_margin
@@ -916,31 +919,31 @@ def test_an_overloaded_start_jumps_to_the_b_measured_cheapest_per_item():
 def test_on_a_din_like_server_a_ladder_of_loads_is_served_near_the_best_b():
     """The simulator with runs that cost more per item as they grow (DIN's in-process
     profile) and a sub-batch overhead: B = 256 is the best static B at every rate. The
-    load climbs 120 -> 151 -> 190 q/s twice, as `deeprec bench peers --sweep` does; in
-    the last 6 windows at each rate (the measured part of a trial) the policy in force
-    was over 1.1x the best static p95 in 96 of 288 windows before the load-rise rule
-    looked at the cost per item, and in 36 after."""
-    server = ServerModel(overhead_ms=1.5, per_item_ms=0.0182, per_item_squared_ms=2.43e-5)
-    sizes, ladder = (64, 128, 256, 512, 1024), (120, 151, 190)
-    truth = {
-        r: {b: simulate(server, b, 0, r, 60, seed=7).latency_ms for b in sizes} for r in ladder
-    }
+    load climbs 120 -> 151 -> 190 q/s twice, as `deeprec bench peers --sweep` does
+    (`deeprec bench tuner-sim`); in the measured part of each rate the policy in force
+    was over 1.1x the best static p95 in 110 of 288 windows before the tuner's
+    rules looked at the cost per item, and in 35 after."""
+    server = SERVERS["din"]
+    ladder = Ladder((120, 151, 190), rounds=2)
+    config = TunerConfig(sla_ms=100, batch_sizes=(64, 128, 256, 512, 1024), threads=())
+    truth = best_static(server, config.batch_sizes, ladder.rates)
     assert all(min(t, key=t.get) == 256 for t in truth.values()), truth
-    config = TunerConfig(sla_ms=100, batch_sizes=sizes, threads=(), merge_delays_us=())
-    off, measured = 0, 0
+    measured = off = 0
     for seed in range(8):
-        tuner, policy, step = Tuner(config), Policy("m", 256, 0), 0
-        for rate in ladder * 2:
-            for window in range(20):
-                obs = simulate(
-                    server, policy.batch_size, 0, rate, 300 / rate, seed=seed * 1000 + step
-                )
-                step += 1
-                if window >= 14:
-                    measured += 1
-                    off += truth[rate][policy.batch_size] > 1.1 * min(truth[rate].values())
-                decision = tuner.step(policy, obs)
-                if decision.policy is not None:
-                    policy = replace(decision.policy, version=policy.version + 1)
-    assert measured == 288
-    assert off <= 0.2 * measured, off
+        m, o, _ = run_ladder(server, replace(config, merge_delays_us=()), ladder, seed, truth)
+        measured, off = measured + m, off + o
+    assert measured > 200, measured
+    assert off <= 0.2 * measured, (off, measured)
+
+
+def test_bench_tuner_sim_counts_the_measured_windows_off_the_best_and_saves_them(tmp_path):
+    out = tmp_path / "sim.json"
+    argv = ["bench", "tuner-sim", "--server", "linear", "--rates", "20", "40"]
+    assert cli.main([*argv, "--rounds", "1", "--seeds", "2", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["kind"] == "tuner-sim" and result["ladder"]["rates"] == [20, 40]
+    assert [s["measured"] for s in result["seeds"]] == [len(s["held"]) for s in result["seeds"]]
+    assert result["measured"] == sum(s["measured"] for s in result["seeds"]) > 0
+    assert 0 <= result["off"] <= result["measured"]
+    assert set(result["best_static"]) == set(result["window_p95_relative_sd"]) == {"20.0", "40.0"}
+    assert all(sd > 0 for sd in result["window_p95_relative_sd"].values())

@@ -7,7 +7,7 @@ from deeprec.launcher.commands import DEMO_BATCH_SIZE, add_threads_argument
 from deeprec.launcher.console import say, stop_on_signals
 from deeprec.workload.distributions import ID_CHOICES, SIZE_CHOICES
 
-from . import dedup, gpu, recycling, rpc, scale, sizing, stages
+from . import dedup, gpu, recycling, rpc, scale, sizing, stages, tuner_sim
 from .args import add_model_arguments, add_placement_argument
 from .targets import CONFIG_CHOICES
 
@@ -175,6 +175,7 @@ def add_bench_parser(bench) -> None:
     rpc.add_parser(bench)
     sizing.add_parser(bench)
     scale.add_parser(bench)
+    tuner_sim.add_parser(bench)
 
 
 def _triton(p) -> None:
