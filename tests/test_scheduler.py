@@ -871,9 +871,10 @@ DIN_SERVICE = {256: (150.0, 4.80, 400), 512: (220.0, 7.10, 300), 1024: (270.0, 8
 def test_when_no_larger_b_measures_cheaper_per_item_a_load_rise_starts_from_the_best():
     """Tuned DIN sweeps (2026-12-05) moved up to B = 512 and 1024 at each rise of the
     load: the round began one B larger, and B = 256, as the costlier challenger, had to
-    beat it by twice a trial's noise. DIN's sub-batches cost the same per item at 256,
-    512 and 1024 (within 5%), so no larger B gains from the load: the round begins from
-    the best known, may try any B, and keeps B = 256."""
+    beat it by twice a trial's noise. Sub-batches of 256, 512 and 1024 that cost the same
+    per item (within 5%, as in the simulator fitted to DIN's runs) leave no larger B to
+    gain from the load: the round begins from the best known, may try any B, and keeps
+    B = 256."""
     tuner, policy = Tuner(STEP_CONFIG), Policy("m", 256, 0)
 
     def window(policy, qps):

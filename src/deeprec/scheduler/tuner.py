@@ -303,10 +303,11 @@ class Tuner:
 
         Where the sub-batches measured say a larger B costs no less per item, the round
         begins from the B measured cheapest per item (the best known if it costs as
-        little), and may try any B. DIN's 512- and 1024-item runs cost 1.18x and 1.8x a
-        256-item run's per item; in the query mix, whose queries are mostly under 256
-        items, B = 256, 512 and 1024 measure within 5% of each other, and the larger B
-        only serialise the large queries. Tuned DIN sweeps on 2026-12-05 moved up to
+        little), and may try any B. DIN's 512- and 1024-item runs cost 1.06-1.18x and
+        1.3-1.8x a 256-item run's per item; with the query mix, whose queries are mostly
+        under 256 items, B = 256, 512 and 1024 cost within 5% of each other in the
+        simulator fitted to those runs, and the larger B only serialise the large
+        queries. Tuned DIN sweeps on 2026-12-05 moved up to
         B = 512 and 1024 at the rises of the load, and held them at rates where they
         shed queries; B = 256 held served 1.06x the plain server's capacity."""
         if now_qps <= was_qps or self._offloads_everything():
